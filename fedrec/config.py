@@ -1,0 +1,269 @@
+"""One typed configuration, read from the ``params.yaml`` that DVC also reads.
+
+Every section is a frozen dataclass; unknown keys and wrong types raise
+:class:`~fedrec.errors.ConfigError` naming the offending key. Overrides use the
+DVC spelling (``federation.rounds=5``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fedrec.errors import ConfigError
+
+DATA_DIR_ENV = "FEDREC_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_users: int = 300
+    n_items: int = 200
+    n_factors: int = 8
+    interactions_per_user: int = 25
+    popularity_exponent: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["movielens", "synthetic"] = "movielens"
+    #: directory holding u.data/u.item/u.user; env FEDREC_DATA_DIR wins over it; None -> download
+    raw_dir: str | None = None
+    download_dir: str = "data/raw"
+    work_dir: str = "data"
+    min_user_interactions: int = 5
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    scheme: Literal["region", "iid", "dirichlet"] = "region"
+    n_silos: int = 5
+    alpha: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    n_negatives: int = 99
+    k: int = 10
+    #: metric on the validation item that picks the epoch/round (never the test item)
+    selection_metric: Literal["hr", "ndcg", "full_hr", "full_ndcg"] = "hr"
+    seed: int = 2024
+    full_ranking: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["gmf", "neumf"] = "neumf"
+    embedding_dim: int = 32
+    mlp_layers: tuple[int, ...] = (64, 32, 16)
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    n_negatives: int = 4
+    seeds: tuple[int, ...] = (0, 1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    patience: int = 5
+
+
+@dataclass(frozen=True)
+class CryptoConfig:
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    global_scale_bits: int = 40
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = 30
+    local_epochs: int = 1
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = 0.01
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    he: bool = True
+    eval_every: int = 1
+    min_silos: int = 1
+    exchange_url: str = "state/exchange"
+    state_dir: str = "state"
+    max_parallel_silos: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    #: None -> env MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
+    uri: str | None = None
+    experiment: str = "fedrec"
+    registered_model: str = "fedrec-item-tower"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """Return a copy with dotted overrides applied, e.g. ``replace(**{"federation.rounds": 5})``."""
+        raw = to_dict(self)
+        for dotted, value in overrides.items():
+            _set_dotted(raw, dotted, value)
+        return from_dict(raw)
+
+    def resolved_raw_dir(self) -> str | None:
+        return os.environ.get(DATA_DIR_ENV) or self.data.raw_dir
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) suitable for YAML or MLflow params."""
+    out = dataclasses.asdict(cfg)
+    return _lists(out)
+
+
+def _lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_lists(v) for v in obj]
+    return obj
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *path, leaf = dotted.split(".")
+    node = raw
+    for part in path:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"unknown config section {dotted!r}")
+        node = node[part]
+    if leaf not in node:
+        raise ConfigError(f"unknown config key {dotted!r}")
+    node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (elem,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, elem, key) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(prefix + u for u in unknown)}; known: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict[str, Any] | None) -> Config:
+    cfg = _build(Config, raw or {})
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> None:
+    checks = [
+        (cfg.partition.n_silos >= 1, "partition.n_silos must be >= 1"),
+        (cfg.partition.alpha > 0, "partition.alpha must be > 0"),
+        (cfg.evaluation.n_negatives >= 1, "evaluation.n_negatives must be >= 1"),
+        (cfg.evaluation.k >= 1, "evaluation.k must be >= 1"),
+        (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
+        (all(h >= 1 for h in cfg.model.mlp_layers), "model.mlp_layers must be positive"),
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
+        (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),
+        (cfg.training.lr > 0, "training.lr must be > 0"),
+        (len(cfg.training.seeds) >= 1, "training.seeds needs at least one seed"),
+        (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
+        (cfg.federation.local_epochs >= 1, "federation.local_epochs must be >= 1"),
+        (cfg.federation.eval_every >= 1, "federation.eval_every must be >= 1"),
+        (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
+        (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),
+        (cfg.crypto.poly_modulus_degree in (4096, 8192, 16384, 32768),
+         "crypto.poly_modulus_degree must be a power of two in 4096..32768"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``params.yaml``; a missing file means defaults. Overrides use dotted keys."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping at top level")
+    cfg = from_dict(raw)
+    return cfg.replace(**overrides) if overrides else cfg

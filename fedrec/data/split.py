@@ -1,0 +1,75 @@
+"""Leave-one-out split and the fixed negative candidates of the sampled protocol.
+
+Per user: the latest interaction is the test item, the second latest the validation item
+(early stopping / model selection), the rest is training data. 99 negatives per user are
+drawn once from items the user never touched, seeded by (seed, user_id) so a user gets
+the same candidates whichever silo holds them and whichever model is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Split:
+    """train: interaction rows; holdout: user_id, val_item, test_item, negatives (list of n_neg item ids)."""
+
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.train.to_parquet(d / "train.parquet", index=False)
+        self.holdout.to_parquet(d / "holdout.parquet", index=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Split":
+        d = Path(directory)
+        return cls(pd.read_parquet(d / "train.parquet"), pd.read_parquet(d / "holdout.parquet"))
+
+
+def leave_one_out(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, user_id/val_item/test_item); ties in time are broken by item_id for determinism."""
+    ordered = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="mergesort")
+    pos_from_end = ordered.groupby("user_id").cumcount(ascending=False)
+    test = ordered[pos_from_end == 0].set_index("user_id")["item_id"]
+    val = ordered[pos_from_end == 1].set_index("user_id")["item_id"]
+    train = ordered[pos_from_end >= 2].reset_index(drop=True)
+    holdout = pd.DataFrame({"val_item": val, "test_item": test}).dropna().astype("int64")
+    holdout = holdout.rename_axis("user_id").reset_index()
+    return train, holdout
+
+
+def sample_user_negatives(seen: np.ndarray, catalogue: np.ndarray, n_neg: int, seed: int, user_id: int) -> np.ndarray:
+    """``n_neg`` distinct catalogue item ids not in ``seen``, deterministic in (seed, user_id)."""
+    rng = np.random.default_rng([seed, int(user_id)])
+    allowed = len(catalogue) - len(np.intersect1d(seen, catalogue))
+    if allowed < n_neg:
+        raise ValueError(f"user {user_id}: only {allowed} unseen items, cannot draw {n_neg} negatives")
+    chosen: list[int] = []
+    taken = set(int(s) for s in seen)
+    while len(chosen) < n_neg:
+        for item in catalogue[rng.integers(0, len(catalogue), size=2 * n_neg)]:
+            if int(item) not in taken:
+                taken.add(int(item))
+                chosen.append(int(item))
+                if len(chosen) == n_neg:
+                    break
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def split_interactions(interactions: pd.DataFrame, catalogue: np.ndarray, n_neg: int, seed: int) -> Split:
+    train, holdout = leave_one_out(interactions)
+    seen = interactions.groupby("user_id")["item_id"].apply(np.asarray)
+    catalogue = np.asarray(catalogue, dtype=np.int64)
+    holdout["negatives"] = [
+        sample_user_negatives(seen[u], catalogue, n_neg, seed, u).tolist() for u in holdout["user_id"]
+    ]
+    train = train[train["user_id"].isin(holdout["user_id"])].reset_index(drop=True)
+    return Split(train=train, holdout=holdout)

@@ -1,0 +1,162 @@
+"""The data pipeline's steps as plain functions (DVC stages and Prefect tasks call these).
+
+prepare -> partition -> validate -> split; outputs live under ``data.work_dir``:
+
+    prepared/{interactions,users}.parquet  catalogue/items.parquet
+    silos/<silo>/interactions.parquet + manifest.json
+    validation/<silo>.json + summary.json
+    split/<silo>/{train,holdout}.parquet   (only silos that passed validation)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedrec.config import Config
+from fedrec.data import synthetic
+from fedrec.data.movielens import load_movielens_100k, resolve_raw_dir
+from fedrec.data.partition import assign_silos, list_silos, read_catalogue, write_catalogue, write_silos
+from fedrec.data.split import Split, split_interactions
+from fedrec.data.types import Dataset
+from fedrec.training import SiloData
+from fedrec.validation import ValidationReport, validate_interactions
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @classmethod
+    def of(cls, cfg: Config) -> "Paths":
+        return cls(Path(cfg.data.work_dir))
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "prepared"
+
+    @property
+    def catalogue(self) -> Path:
+        return self.root / "catalogue"
+
+    @property
+    def silos(self) -> Path:
+        return self.root / "silos"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split"
+
+
+def load_dataset(cfg: Config) -> Dataset:
+    if cfg.data.source == "synthetic":
+        return synthetic.generate(cfg.data.synthetic)
+    return load_movielens_100k(resolve_raw_dir(cfg.resolved_raw_dir(), cfg.data.download_dir))
+
+
+def prepare(cfg: Config) -> Dataset:
+    dataset = load_dataset(cfg)
+    paths = Paths.of(cfg)
+    paths.prepared.mkdir(parents=True, exist_ok=True)
+    dataset.interactions.to_parquet(paths.prepared / "interactions.parquet", index=False)
+    dataset.users.to_parquet(paths.prepared / "users.parquet", index=False)
+    write_catalogue(dataset, paths.catalogue)
+    return dataset
+
+
+def read_prepared(cfg: Config) -> Dataset:
+    paths = Paths.of(cfg)
+    return Dataset(
+        interactions=pd.read_parquet(paths.prepared / "interactions.parquet"),
+        items=read_catalogue(paths.catalogue),
+        users=pd.read_parquet(paths.prepared / "users.parquet"),
+    )
+
+
+def partition(cfg: Config) -> dict[str, dict[str, int]]:
+    dataset = read_prepared(cfg)
+    return write_silos(dataset, assign_silos(dataset, cfg.partition), Paths.of(cfg).silos)
+
+
+def validate_silo(cfg: Config, silo_id: str) -> ValidationReport:
+    """Validate one silo's interactions against the GE suite and save its report."""
+    paths = Paths.of(cfg)
+    frame = pd.read_parquet(paths.silos / silo_id / "interactions.parquet")
+    catalogue = read_catalogue(paths.catalogue)["item_id"].tolist()
+    report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions)
+    report.save(paths.validation / f"{silo_id}.json")
+    return report
+
+
+def validate_all(cfg: Config) -> list[ValidationReport]:
+    paths = Paths.of(cfg)
+    reports = [validate_silo(cfg, s) for s in list_silos(paths.silos)]
+    write_validation_summary(cfg, reports)
+    return reports
+
+
+def write_validation_summary(cfg: Config, reports: list[ValidationReport]) -> None:
+    summary = {r.silo_id: {"success": r.success, "n_rows": r.n_rows, "failures": r.summary()} for r in reports}
+    path = Paths.of(cfg).validation / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def passing_silos(cfg: Config) -> list[str]:
+    summary = json.loads((Paths.of(cfg).validation / "summary.json").read_text())
+    return sorted(s for s, r in summary.items() if r["success"])
+
+
+def split_silo(cfg: Config, silo_id: str) -> Split:
+    paths = Paths.of(cfg)
+    frame = pd.read_parquet(paths.silos / silo_id / "interactions.parquet")
+    catalogue = read_catalogue(paths.catalogue)["item_id"].to_numpy()
+    split = split_interactions(frame, catalogue, cfg.evaluation.n_negatives, cfg.evaluation.seed)
+    split.save(paths.split / silo_id)
+    return split
+
+
+def split_all(cfg: Config) -> list[str]:
+    silos = passing_silos(cfg)
+    for silo_id in silos:
+        split_silo(cfg, silo_id)
+    return silos
+
+
+def catalogue_ids(cfg: Config) -> np.ndarray:
+    return read_catalogue(Paths.of(cfg).catalogue)["item_id"].to_numpy(np.int64)
+
+
+def load_silo_data(cfg: Config, silo_id: str) -> SiloData:
+    return SiloData.from_split(Split.load(Paths.of(cfg).split / silo_id), catalogue_ids(cfg))
+
+
+def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
+    """All listed silos' data as one (the centralized twin of a federation)."""
+    splits = [Split.load(Paths.of(cfg).split / s) for s in silo_ids]
+    union = Split(pd.concat([s.train for s in splits], ignore_index=True),
+                  pd.concat([s.holdout for s in splits], ignore_index=True))
+    return SiloData.from_split(union, catalogue_ids(cfg))
+
+
+def ensure_data(cfg: Config) -> list[str]:
+    """Run the data steps whose outputs are missing; returns the silos that passed validation."""
+    paths = Paths.of(cfg)
+    if not (paths.prepared / "interactions.parquet").exists():
+        prepare(cfg)
+    if not (paths.silos / "manifest.json").exists():
+        partition(cfg)
+    if not (paths.validation / "summary.json").exists():
+        validate_all(cfg)
+    silos = passing_silos(cfg)
+    if not all((paths.split / s / "holdout.parquet").exists() for s in silos):
+        split_all(cfg)
+    return silos

@@ -1,0 +1,250 @@
+"""Device-agnostic training and evaluation loops shared by centralized and federated training.
+
+Everything here works on one :class:`SiloData` (the centralized baseline is one big silo).
+Randomness comes from explicit numpy / torch generators so silos can train in threads
+deterministically.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedrec.config import Config, ModelConfig, TrainingConfig
+from fedrec.data.split import Split
+from fedrec.metrics import MetricSums, full_rank, sampled_rank, selection_value
+from models import RecModel, RecModelConfig, build_model
+
+
+class Scorer(Protocol):
+    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
+    def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor: ...
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+@dataclass
+class SiloData:
+    """One silo's training and evaluation arrays, users re-indexed locally (row = local index).
+
+    train_users / train_items: int64 [n_train]; val_items / test_items: int64 [n_users];
+    negatives: int64 [n_users, n_neg]; all item values are catalogue indices.
+    """
+
+    user_ids: np.ndarray
+    train_users: np.ndarray
+    train_items: np.ndarray
+    val_items: np.ndarray
+    test_items: np.ndarray
+    negatives: np.ndarray
+    n_items: int
+    _seen_codes: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._seen_codes = np.unique(self.train_users * self.n_items + self.train_items)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_users)
+
+    @classmethod
+    def from_split(cls, split: Split, catalogue_ids: np.ndarray) -> "SiloData":
+        catalogue_ids = np.asarray(catalogue_ids, dtype=np.int64)
+        to_index = pd.Series(np.arange(len(catalogue_ids)), index=catalogue_ids)
+        holdout = split.holdout.sort_values("user_id").reset_index(drop=True)
+        local = pd.Series(np.arange(len(holdout)), index=holdout["user_id"].to_numpy())
+        return cls(
+            user_ids=holdout["user_id"].to_numpy(np.int64),
+            train_users=local.loc[split.train["user_id"]].to_numpy(np.int64),
+            train_items=to_index.loc[split.train["item_id"]].to_numpy(np.int64),
+            val_items=to_index.loc[holdout["val_item"]].to_numpy(np.int64),
+            test_items=to_index.loc[holdout["test_item"]].to_numpy(np.int64),
+            negatives=to_index.loc[np.concatenate(holdout["negatives"].to_numpy())].to_numpy(np.int64)
+            .reshape(len(holdout), -1),
+            n_items=len(catalogue_ids),
+        )
+
+    def seen_mask(self, local_users: np.ndarray) -> np.ndarray:
+        """bool [len(local_users), n_items]: items in each user's training data."""
+        mask = np.zeros((len(local_users), self.n_items), dtype=bool)
+        row_of = {u: r for r, u in enumerate(local_users)}
+        sel = np.isin(self.train_users, local_users)
+        rows = np.fromiter((row_of[u] for u in self.train_users[sel]), dtype=np.int64, count=int(sel.sum()))
+        mask[rows, self.train_items[sel]] = True
+        return mask
+
+    def epoch_samples(self, n_neg: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positives plus ``n_neg`` uniformly drawn unseen items each, shuffled: users, items, labels."""
+        neg_users = np.repeat(self.train_users, n_neg)
+        neg_items = rng.integers(0, self.n_items, size=len(neg_users))
+        for _ in range(10):  # rejection: redraw negatives that hit a training positive
+            clash = np.isin(neg_users * self.n_items + neg_items, self._seen_codes)
+            if not clash.any():
+                break
+            neg_items[clash] = rng.integers(0, self.n_items, size=int(clash.sum()))
+        users = np.concatenate([self.train_users, neg_users])
+        items = np.concatenate([self.train_items, neg_items])
+        labels = np.concatenate([np.ones(self.n_train, np.float32), np.zeros(len(neg_users), np.float32)])
+        order = rng.permutation(len(users))
+        return users[order], items[order], labels[order]
+
+
+def model_config(cfg: ModelConfig, num_users: int, num_items: int) -> RecModelConfig:
+    return RecModelConfig(name=cfg.name, num_users=num_users, num_items=num_items,
+                          embedding_dim=cfg.embedding_dim, mlp_layers=tuple(cfg.mlp_layers), dropout=cfg.dropout)
+
+
+def make_optimizer(model: RecModel, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def proximal_term(model: RecModel, reference: dict[str, torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx: mu/2 * ||w - w_global||^2 over the shared (item-tower) parameters."""
+    total = torch.zeros((), device=next(model.parameters()).device)
+    for name, param in model.items.named_parameters():
+        total = total + (param - reference[name]).pow(2).sum()
+    return 0.5 * mu * total
+
+
+def train_epoch(
+    model: RecModel,
+    optimizer: torch.optim.Optimizer,
+    data: SiloData,
+    cfg: TrainingConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+    proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> float:
+    """One pass over the silo's positives with fresh negatives; returns the mean BCE loss."""
+    model.train()
+    users, items, labels = (torch.from_numpy(a).to(device) for a in data.epoch_samples(cfg.n_negatives, rng))
+    n_batches = (len(users) + cfg.batch_size - 1) // cfg.batch_size
+    total = 0.0
+    for b in range(n_batches):
+        sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+        loss = model.calculate_loss(users[sl], items[sl], labels[sl])
+        total += float(loss.detach()) * (sl.stop - sl.start if sl.stop <= len(users) else len(users) - sl.start)
+        if proximal is not None and proximal[0] > 0:
+            loss = loss + proximal_term(model, proximal[1], proximal[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_batch is not None:
+            on_batch(b + 1, n_batches)
+    return total / len(users)
+
+
+@torch.no_grad()
+def evaluate(model: Scorer, data: SiloData, k: int, target: str = "val", full: bool = True,
+             device: torch.device | None = None, chunk_users: int = 256) -> MetricSums:
+    """Rank each user's val or test item among its fixed negatives (and, if ``full``, among all unseen items).
+
+    For the test item the validation item counts as seen; the test item is never used for ``val``.
+    """
+    if target not in ("val", "test"):
+        raise ValueError("target must be 'val' or 'test'")
+    if hasattr(model, "eval"):
+        model.eval()
+    device = device or torch.device("cpu")
+    targets_all = data.val_items if target == "val" else data.test_items
+    sums = MetricSums()
+    for start in range(0, data.n_users, chunk_users):
+        local = np.arange(start, min(start + chunk_users, data.n_users))
+        users_t = torch.from_numpy(local).to(device)
+        targets = targets_all[local]
+        cand = np.concatenate([targets[:, None], data.negatives[local]], axis=1)
+        scores = model.predict(users_t.repeat_interleave(cand.shape[1]),
+                               torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
+        sampled = sampled_rank(scores[:, 0], scores[:, 1:])
+        full_ranks = None
+        if full:
+            all_scores = model.full_sort_predict(users_t).cpu().numpy()
+            excluded = data.seen_mask(local)
+            if target == "test":
+                excluded[np.arange(len(local)), data.val_items[local]] = True
+            full_ranks = full_rank(all_scores, targets, excluded)
+        sums = sums + MetricSums.from_ranks(sampled, full_ranks, k)
+    return sums
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    seconds: float
+    val: dict[str, float]
+
+
+@dataclass
+class CentralizedResult:
+    model_name: str
+    seed: int
+    best_epoch: int
+    selection_metric: str
+    val: dict[str, float]
+    test: dict[str, float]
+    history: list[EpochRecord]
+    seconds_per_epoch: float
+    model: object = field(repr=False, default=None)
+
+
+def seeded_generators(seed: int) -> tuple[np.random.Generator, torch.Generator]:
+    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+
+def train_centralized(
+    data: SiloData,
+    cfg: Config,
+    seed: int,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> CentralizedResult:
+    """Train with early stopping on the validation item; test metrics come from the selected epoch only."""
+    device = resolve_device(cfg.training.device)
+    ev = cfg.evaluation
+    rng, gen = seeded_generators(seed)
+    model = build_model(model_config(cfg.model, data.n_users, data.n_items), gen).to(device)
+    optimizer = make_optimizer(model, cfg.training)
+    history: list[EpochRecord] = []
+    best_value, best_state, best_epoch, stale = -np.inf, None, 0, 0
+    train_seconds = 0.0
+    for epoch in range(1, cfg.training.epochs + 1):
+        start = time.perf_counter()
+        loss = train_epoch(model, optimizer, data, cfg.training, rng, device, on_batch=on_batch)
+        train_seconds += time.perf_counter() - start
+        val = evaluate(model, data, ev.k, "val", ev.full_ranking or ev.selection_metric.startswith("full"),
+                       device).means(ev.k)
+        record = EpochRecord(epoch, loss, time.perf_counter() - start, val)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        value = selection_value(val, ev.selection_metric, ev.k)
+        if value > best_value:
+            best_value, best_state, best_epoch, stale = value, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.training.patience:
+                break
+    model.load_state_dict(best_state)
+    test = evaluate(model, data, ev.k, "test", ev.full_ranking, device).means(ev.k)
+    return CentralizedResult(
+        model_name=cfg.model.name, seed=seed, best_epoch=best_epoch, selection_metric=f"val_{ev.selection_metric}@{ev.k}",
+        val=history[best_epoch - 1].val, test=test, history=history,
+        seconds_per_epoch=train_seconds / len(history), model=model,
+    )

@@ -1,0 +1,22 @@
+"""Generalized matrix factorisation (He et al. 2017, "Neural Collaborative Filtering", sec. 3.2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.base import ItemTower
+
+
+class GMFItemTower(ItemTower):
+    """logit = h^T (p_u * q_i); the user vector p_u comes from the silo's user tower."""
+
+    def __init__(self, num_items: int, embedding_dim: int):
+        super().__init__()
+        self.num_items = num_items
+        self.user_dims = {"gmf": embedding_dim}
+        self.item_gmf = nn.Embedding(num_items, embedding_dim)
+        self.out = nn.Linear(embedding_dim, 1)
+
+    def forward(self, user_vecs: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        return self.out(user_vecs["gmf"] * self.item_gmf(items)).squeeze(-1)
