@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from fedrec.errors import SiloValidationError
 
 SUITE_PATH = Path(__file__).resolve().parent.parent / "expectations" / "silo_interactions.json"
 DERIVED_COUNT = "user_interaction_count"
+# GE's suite-parameter parser (pyparsing) is not thread-safe; Prefect runs silos in threads.
+_GE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ def validate_interactions(
     now: int | None = None,
 ) -> ValidationReport:
     """Validate one silo's interactions; never raises for bad data (see :meth:`raise_if_failed`)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    with _GE_LOCK:
+        return _validate(df, silo_id, catalogue, min_user_interactions, now)
+
+
+def _validate(df, silo_id, catalogue, min_user_interactions, now) -> ValidationReport:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

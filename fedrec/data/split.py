@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedrec.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Split:
@@ -51,7 +53,8 @@ def sample_user_negatives(seen: np.ndarray, catalogue: np.ndarray, n_neg: int, s
     rng = np.random.default_rng([seed, int(user_id)])
     allowed = len(catalogue) - len(np.intersect1d(seen, catalogue))
     if allowed < n_neg:
-        raise ValueError(f"user {user_id}: only {allowed} unseen items, cannot draw {n_neg} negatives")
+        raise ConfigError(f"user {user_id}: only {allowed} unseen items, cannot draw {n_neg} negatives; "
+                          "lower evaluation.n_negatives or use a larger catalogue")
     chosen: list[int] = []
     taken = set(int(s) for s in seen)
     while len(chosen) < n_neg:

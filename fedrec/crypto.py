@@ -1,0 +1,142 @@
+"""CKKS (TenSEAL) and plaintext codecs for summing weighted updates.
+
+Key holders (the silos) hold a secret context; the coordinator gets a context serialized
+without the secret key, galois or relinearisation keys: ciphertext addition needs none of
+them, and without the secret key it cannot decrypt (:class:`DecryptionKeyError`).
+Flat vectors are packed into ``poly_modulus_degree / 2`` slots per ciphertext ourselves,
+so TenSEAL never chunks (and warns) on its own.
+
+The plaintext codec exposes the same interface so HE can be switched off (``he: false``)
+to measure its cost; both produce :class:`~fedrec.payload.EncryptedUpdate` chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fedrec.config import CryptoConfig
+from fedrec.errors import DecryptionKeyError, PayloadError
+
+
+def context_fingerprint(public_context: bytes) -> str:
+    return hashlib.sha256(public_context).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """secret_context: only for the silos' key stores. public_context: what the coordinator gets."""
+
+    secret_context: bytes
+    public_context: bytes
+
+    def __repr__(self) -> str:  # never print key bytes
+        return f"KeyMaterial(context_id={context_fingerprint(self.public_context)})"
+
+
+def create_keys(cfg: CryptoConfig) -> KeyMaterial:
+    import tenseal as ts
+
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=cfg.poly_modulus_degree,
+                     coeff_mod_bit_sizes=list(cfg.coeff_mod_bit_sizes))
+    ctx.global_scale = 2 ** cfg.global_scale_bits
+    secret = ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+    public = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    return KeyMaterial(secret_context=secret, public_context=public)
+
+
+class Codec(Protocol):
+    scheme: str
+    context_id: str
+
+    def encrypt(self, flat: np.ndarray) -> list[bytes]: ...
+    def add(self, payloads: list[list[bytes]]) -> list[bytes]: ...
+    def decrypt(self, chunks: list[bytes], length: int) -> np.ndarray: ...
+
+
+class CKKSCodec:
+    """Encrypt / add / decrypt flat float vectors as lists of serialized CKKS vectors."""
+
+    scheme = "ckks"
+
+    def __init__(self, context_bytes: bytes, slots: int, public_context: bytes | None = None):
+        import tenseal as ts
+
+        self._ts = ts
+        try:
+            self._ctx = ts.context_from(context_bytes)
+        except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on garbage
+            raise PayloadError(f"not a TenSEAL context ({exc})") from exc
+        self.slots = slots  # poly_modulus_degree / 2: we pack ourselves so TenSEAL never chunks
+        self.context_id = context_fingerprint(public_context if public_context is not None else context_bytes)
+
+    @property
+    def can_decrypt(self) -> bool:
+        return self._ctx.is_private()
+
+    def encrypt(self, flat: np.ndarray) -> list[bytes]:
+        flat = np.asarray(flat, dtype=np.float64)
+        return [self._ts.ckks_vector(self._ctx, flat[i:i + self.slots].tolist()).serialize()
+                for i in range(0, len(flat), self.slots)]
+
+    def _load(self, chunk: bytes):
+        try:
+            return self._ts.ckks_vector_from(self._ctx, chunk)
+        except Exception as exc:
+            raise PayloadError(f"ciphertext does not parse under this context ({exc})") from exc
+
+    def add(self, payloads: list[list[bytes]]) -> list[bytes]:
+        n_chunks = {len(p) for p in payloads}
+        if len(n_chunks) != 1:
+            raise PayloadError(f"updates have different numbers of ciphertexts: {sorted(n_chunks)}")
+        out = []
+        for j in range(n_chunks.pop()):
+            total = self._load(payloads[0][j])
+            for p in payloads[1:]:
+                total = total + self._load(p[j])
+            out.append(total.serialize())
+        return out
+
+    def decrypt(self, chunks: list[bytes], length: int) -> np.ndarray:
+        if not self.can_decrypt:
+            raise DecryptionKeyError("this context holds no secret key (the coordinator's public context "
+                                     "cannot decrypt); decrypt with a silo's key store")
+        flat = np.concatenate([np.asarray(self._load(c).decrypt(), dtype=np.float64) for c in chunks])
+        if len(flat) < length:
+            raise PayloadError(f"decrypted {len(flat)} values, layout needs {length}")
+        return flat[:length]
+
+
+class PlainCodec:
+    """The same payloads in plaintext float64 (``he: false``): for measuring what HE costs."""
+
+    scheme = "plain"
+    context_id = "plaintext"
+    can_decrypt = True
+
+    def encrypt(self, flat: np.ndarray) -> list[bytes]:
+        return [np.asarray(flat, dtype="<f8").tobytes()]
+
+    def add(self, payloads: list[list[bytes]]) -> list[bytes]:
+        total = None
+        for p in payloads:
+            arr = _plain(p)
+            if total is not None and arr.shape != total.shape:
+                raise PayloadError(f"plaintext updates differ in length: {arr.shape} vs {total.shape}")
+            total = arr if total is None else total + arr
+        return [total.tobytes()]
+
+    def decrypt(self, chunks: list[bytes], length: int) -> np.ndarray:
+        flat = _plain(chunks)
+        if len(flat) != length:
+            raise PayloadError(f"plaintext payload has {len(flat)} values, layout needs {length}")
+        return flat
+
+
+def _plain(chunks: list[bytes]) -> np.ndarray:
+    if len(chunks) != 1 or len(chunks[0]) % 8:
+        raise PayloadError("plaintext payload must be one float64 chunk")
+    return np.frombuffer(chunks[0], dtype="<f8").copy()

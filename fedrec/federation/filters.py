@@ -1,0 +1,95 @@
+"""Encryption as a filter between the trainer and the aggregator (NVIDIA FLARE style).
+
+The trainer produces a plaintext :class:`LocalUpdate` and never imports TenSEAL; the
+encrypt filter weights it by its sample count and encrypts it; the aggregator only adds
+ciphertexts it has checked belong together; a key holder decrypts the sum and divides by
+the total sample count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedrec.crypto import Codec
+from fedrec.errors import PayloadError
+from fedrec.federation.aggregate import flatten_state, layout_of, unflatten_state
+from fedrec.federation.strategy import AggregateResult
+from fedrec.payload import EncryptedUpdate, layout_size
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """A silo's plaintext update; lives only inside the silo."""
+
+    silo_id: str
+    round: int
+    n_samples: int
+    delta: dict[str, torch.Tensor]
+
+
+def encrypt_update(update: LocalUpdate, codec: Codec) -> EncryptedUpdate:
+    """Weight by n_samples, then encrypt: the aggregator only has to add."""
+    flat = flatten_state(update.delta) * float(update.n_samples)
+    return EncryptedUpdate(kind="update", round=update.round, silo_id=update.silo_id, n_samples=update.n_samples,
+                           scheme=codec.scheme, context_id=codec.context_id, layout=layout_of(update.delta),
+                           chunks=tuple(codec.encrypt(flat)))
+
+
+def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round: int) -> EncryptedUpdate:
+    """Sum ciphertexts and sample counts of one round; refuses anything that does not belong."""
+    if not updates:
+        raise PayloadError(f"round {server_round}: no updates to aggregate")
+    ref = updates[0]
+    for u in updates:
+        problems = []
+        if u.kind != "update":
+            problems.append(f"kind {u.kind!r}")
+        if u.round != server_round:
+            problems.append(f"round {u.round} (expected {server_round})")
+        if u.scheme != codec.scheme:
+            problems.append(f"scheme {u.scheme!r} (aggregator runs {codec.scheme!r})")
+        if u.context_id != codec.context_id:
+            problems.append(f"encrypted under foreign context {u.context_id} (expected {codec.context_id})")
+        if u.layout != ref.layout:
+            problems.append("tensor layout differs from the other silos'")
+        if u.n_samples <= 0:
+            problems.append(f"n_samples {u.n_samples}")
+        if problems:
+            raise PayloadError(f"update from silo {u.silo_id!r} refused: " + ", ".join(problems))
+    ordered = sorted(updates, key=lambda u: u.silo_id)  # fixed order: HE and plain runs add alike
+    return EncryptedUpdate(kind="aggregate", round=server_round, silo_id="aggregate",
+                           n_samples=sum(u.n_samples for u in ordered), scheme=codec.scheme,
+                           context_id=codec.context_id, layout=ref.layout,
+                           chunks=tuple(codec.add([list(u.chunks) for u in ordered])),
+                           contributors=tuple(u.silo_id for u in ordered))
+
+
+def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResult:
+    """Key holder side: decrypt the sum, divide by the total number of samples."""
+    if aggregate.kind != "aggregate":
+        raise PayloadError(f"expected an aggregate payload, got {aggregate.kind!r}")
+    if aggregate.context_id != codec.context_id:
+        raise PayloadError(f"aggregate was made under context {aggregate.context_id}, ours is {codec.context_id}")
+    flat = codec.decrypt(list(aggregate.chunks), layout_size(aggregate.layout)) / float(aggregate.n_samples)
+    return AggregateResult(mean_delta=unflatten_state(flat, aggregate.layout),
+                           total_samples=aggregate.n_samples, contributors=aggregate.contributors)
+
+
+def encode_global(state: dict[str, torch.Tensor], server_round: int) -> EncryptedUpdate:
+    """The global item tower after a round (an aggregate, not any silo's update), as a plaintext payload."""
+    flat = flatten_state(state)
+    return EncryptedUpdate(kind="global", round=server_round, silo_id="global", n_samples=0, scheme="plain",
+                           context_id="plaintext", layout=layout_of(state),
+                           chunks=(np.asarray(flat, dtype="<f8").tobytes(),))
+
+
+def decode_global(payload: EncryptedUpdate) -> dict[str, torch.Tensor]:
+    if payload.kind != "global" or payload.scheme != "plain" or len(payload.chunks) != 1:
+        raise PayloadError(f"not a global-model payload (kind={payload.kind!r}, scheme={payload.scheme!r})")
+    flat = np.frombuffer(payload.chunks[0], dtype="<f8")
+    if len(flat) != layout_size(payload.layout):
+        raise PayloadError("global-model payload length does not match its layout")
+    return unflatten_state(flat, payload.layout)

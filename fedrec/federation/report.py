@@ -1,0 +1,63 @@
+"""Per-round bookkeeping: turn silos' metric sums and task summaries into metrics and a markdown table."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from fedrec.federation.silo import EvalOutcome
+from fedrec.metrics import MetricSums
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    loss: float
+    contributors: list[str]
+    failures: dict[str, str]
+    bytes_per_silo: dict[str, int]
+    plaintext_bytes: int
+    seconds: dict[str, float]  # train / encrypt / aggregate / decrypt / evaluate / round
+    val: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    per_silo_val: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_silo_test: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add_evaluation(self, outcomes: list[EvalOutcome], k: int) -> None:
+        val, test = MetricSums(), MetricSums()
+        for o in outcomes:
+            val, test = val + o.val, test + o.test
+            self.per_silo_val[o.silo_id] = o.val.means(k)
+            self.per_silo_test[o.silo_id] = o.test.means(k)
+        self.val, self.test = val.means(k), test.means(k)
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        m: dict[str, float] = {"train_loss": self.loss, "silos_contributing": len(self.contributors),
+                               "silos_failed": len(self.failures)}
+        m |= {f"seconds_{phase}": s for phase, s in self.seconds.items()}
+        m |= {f"bytes_sent_silo_{s}": b for s, b in self.bytes_per_silo.items()}
+        if self.bytes_per_silo:
+            m["bytes_sent_mean"] = statistics.fmean(self.bytes_per_silo.values())
+        m |= {f"val_{k}": v for k, v in self.val.items()} | {f"test_{k}": v for k, v in self.test.items()}
+        for silo, metrics in self.per_silo_test.items():
+            m |= {f"silo_{silo}_test_{k}": v for k, v in metrics.items()}
+        for silo, metrics in self.per_silo_val.items():
+            m |= {f"silo_{silo}_val_{k}": v for k, v in metrics.items()}
+        return m
+
+    def markdown(self, k: int) -> str:
+        lines = [f"## Round {self.round}", "",
+                 f"loss {self.loss:.4f}; {len(self.contributors)} silos contributed"
+                 + (f"; failed: {self.failures}" if self.failures else ""), "",
+                 f"| silo | bytes sent | val hr@{k} | test hr@{k} | test ndcg@{k} | test full_hr@{k} |",
+                 "|---|---|---|---|---|---|"]
+        for silo in sorted(set(self.bytes_per_silo) | set(self.per_silo_test)):
+            v, t = self.per_silo_val.get(silo, {}), self.per_silo_test.get(silo, {})
+            lines.append(f"| {silo} | {self.bytes_per_silo.get(silo, 0):,} | {v.get(f'hr@{k}', float('nan')):.4f} | "
+                         f"{t.get(f'hr@{k}', float('nan')):.4f} | {t.get(f'ndcg@{k}', float('nan')):.4f} | "
+                         f"{t.get(f'full_hr@{k}', float('nan')):.4f} |")
+        if self.test:
+            lines.append(f"| **all** | | {self.val[f'hr@{k}']:.4f} | {self.test[f'hr@{k}']:.4f} | "
+                         f"{self.test[f'ndcg@{k}']:.4f} | {self.test[f'full_hr@{k}']:.4f} |")
+        lines += ["", "seconds: " + ", ".join(f"{p} {s:.2f}" for p, s in self.seconds.items())]
+        return "\n".join(lines)

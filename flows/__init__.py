@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline as the user sees it."""

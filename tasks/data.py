@@ -1,0 +1,34 @@
+"""Data tasks: prepare the partitioned silos, validate one silo, split one silo."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import IO_RETRIES
+
+from fedrec import pipeline
+from fedrec.config import Config
+from fedrec.validation import ValidationReport
+
+
+@task(name="prepare-silos", **IO_RETRIES, cache_policy=NO_CACHE)
+def prepare_silos(cfg: Config) -> list[str]:
+    """Load/synthesize and partition when the outputs are missing; returns every silo id."""
+    paths = pipeline.Paths.of(cfg)
+    if not (paths.prepared / "interactions.parquet").exists():
+        pipeline.prepare(cfg)
+    if not (paths.silos / "manifest.json").exists():
+        pipeline.partition(cfg)
+    from fedrec.data.partition import list_silos
+
+    return list_silos(paths.silos)
+
+
+@task(name="validate", task_run_name="validate-silo-{silo_id}", cache_policy=NO_CACHE)
+def validate_silo(cfg: Config, silo_id: str) -> ValidationReport:
+    """Great Expectations on the silo's interactions; on success its leave-one-out split is written."""
+    report = pipeline.validate_silo(cfg, silo_id)
+    if report.success:
+        pipeline.split_silo(cfg, silo_id)
+    return report
