@@ -33,11 +33,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="results/tune_centralized.json")
+    ap.add_argument("--grid", default=None, help="JSON list of override dicts (default: the built-in grid)")
     args = ap.parse_args()
     base = load_config(args.params, {"training.epochs": args.epochs, "training.patience": 6})
     data = pipeline.load_union(base, pipeline.ensure_data(base))
     rows = []
-    for overrides in GRID:
+    for overrides in json.loads(args.grid) if args.grid else GRID:
         cfg = base.replace(**overrides)
         start = time.perf_counter()
         r = train_centralized(data, cfg, args.seed)

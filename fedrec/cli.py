@@ -178,6 +178,34 @@ def run(
         err.print(f"[yellow]silos left out:[/] {summary['excluded']}")
 
 
+@app.command()
+def recommend(
+    silo: str = typer.Option(..., "--silo", help="the silo that holds the user"),
+    user: int = typer.Option(..., "--user", help="user id (as in the silo's data)"),
+    k: int = typer.Option(10, "--k"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="federated run (default: the silo's latest)"),
+    as_json: bool = typer.Option(False, "--json"),
+    params: Path = ParamsOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Top-K unseen items for one user, computed inside the user's silo."""
+    from fedrec.recommend import recommend as top_k
+
+    try:
+        recs = top_k(_config(params, set_), silo, user, k, run_id)
+    except FedrecError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps([vars(r) for r in recs]) + "\n")
+        return
+    table = Table(title=f"top-{k} for user {user} (silo {silo})")
+    for col in ("rank", "item_id", "title", "score"):
+        table.add_column(col)
+    for r in recs:
+        table.add_row(str(r.rank), str(r.item_id), r.title, f"{r.score:.3f}")
+    out.print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

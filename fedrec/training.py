@@ -139,7 +139,9 @@ def train_epoch(
     for b in range(n_batches):
         sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
         loss = model.calculate_loss(users[sl], items[sl], labels[sl])
-        total += float(loss.detach()) * (sl.stop - sl.start if sl.stop <= len(users) else len(users) - sl.start)
+        total += float(loss.detach()) * len(users[sl])
+        if cfg.embedding_l2 > 0:
+            loss = loss + cfg.embedding_l2 * model.embedding_l2(users[sl], items[sl])
         if proximal is not None and proximal[0] > 0:
             loss = loss + proximal_term(model, proximal[1], proximal[0])
         optimizer.zero_grad(set_to_none=True)
@@ -221,12 +223,14 @@ def train_centralized(
     rng, gen = seeded_generators(seed)
     model = build_model(model_config(cfg.model, data.n_users, data.n_items), gen).to(device)
     optimizer = make_optimizer(model, cfg.training)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.training.lr_decay)
     history: list[EpochRecord] = []
     best_value, best_state, best_epoch, stale = -np.inf, None, 0, 0
     train_seconds = 0.0
     for epoch in range(1, cfg.training.epochs + 1):
         start = time.perf_counter()
         loss = train_epoch(model, optimizer, data, cfg.training, rng, device, on_batch=on_batch)
+        scheduler.step()
         train_seconds += time.perf_counter() - start
         val = evaluate(model, data, ev.k, "val", ev.full_ranking or ev.selection_metric.startswith("full"),
                        device).means(ev.k)

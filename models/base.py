@@ -85,6 +85,14 @@ class RecModel(nn.Module):
         """Binary cross-entropy on logits. users, items: LongTensor [batch]; labels: FloatTensor [batch]."""
         return F.binary_cross_entropy_with_logits(self(users, items), labels)
 
+    def embedding_l2(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Mean squared norm of the embedding rows a batch touches (per-batch L2, Rendle et al. 2020)."""
+        total = sum(v.pow(2).sum() for v in self.users(users).values())
+        for module in self.items.modules():
+            if isinstance(module, nn.Embedding):
+                total = total + module(items).pow(2).sum()
+        return total / len(users)
+
     @torch.no_grad()
     def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of (user, item) pairs: FloatTensor [batch]."""

@@ -19,7 +19,7 @@ def flatten_state(state: dict[str, torch.Tensor]) -> np.ndarray:
 def unflatten_state(flat: np.ndarray, layout: tuple[TensorSpec, ...]) -> dict[str, torch.Tensor]:
     out, offset = {}, 0
     for spec in layout:
-        out[spec.name] = torch.from_numpy(np.asarray(flat[offset:offset + spec.size])).float().reshape(spec.shape)
+        out[spec.name] = torch.tensor(np.asarray(flat[offset:offset + spec.size]), dtype=torch.float32).reshape(spec.shape)
         offset += spec.size
     return out
 
