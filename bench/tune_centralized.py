@@ -30,7 +30,7 @@ GRID = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds; metrics are averaged")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="results/tune_centralized.json")
     ap.add_argument("--grid", default=None, help="JSON list of override dicts (default: the built-in grid)")
@@ -41,13 +41,17 @@ def main() -> None:
     for overrides in json.loads(args.grid) if args.grid else GRID:
         cfg = base.replace(**overrides)
         start = time.perf_counter()
-        r = train_centralized(data, cfg, args.seed)
-        row = {"overrides": overrides, "best_epoch": r.best_epoch, "val": r.val, "test": r.test,
-               "seconds_per_epoch": r.seconds_per_epoch, "wall_s": time.perf_counter() - start}
+        results = [train_centralized(data, cfg, int(seed)) for seed in args.seeds.split(",")]
+        mean = {k: sum(r.test[k] for r in results) / len(results) for k in results[0].test}
+        row = {"overrides": overrides, "best_epochs": [r.best_epoch for r in results],
+               "val": [r.val for r in results], "test_per_seed": [r.test for r in results], "test_mean": mean,
+               "seconds_per_epoch": sum(r.seconds_per_epoch for r in results) / len(results),
+               "wall_s": time.perf_counter() - start}
         rows.append(row)
-        print(json.dumps({"overrides": overrides, "best_epoch": r.best_epoch,
-                          "val_hr": round(r.val["hr@10"], 4), "test_hr": round(r.test["hr@10"], 4),
-                          "test_ndcg": round(r.test["ndcg@10"], 4), "s/epoch": round(r.seconds_per_epoch, 2)}), flush=True)
+        print(json.dumps({"overrides": overrides, "best_epochs": row["best_epochs"],
+                          "test_hr": [round(r.test["hr@10"], 4) for r in results],
+                          "mean_hr": round(mean["hr@10"], 4), "mean_ndcg": round(mean["ndcg@10"], 4),
+                          "s/epoch": round(row["seconds_per_epoch"], 2)}), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2))
 

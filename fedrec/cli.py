@@ -60,7 +60,10 @@ def partition(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> N
     """Partition users into silos (data/silos/<silo>/)."""
     from fedrec import pipeline
 
-    manifest = pipeline.partition(_config(params, set_))
+    try:
+        manifest = pipeline.partition(_config(params, set_))
+    except FedrecError as exc:
+        _fail(exc)
     err.print(f"{len(manifest)} silos: " + ", ".join(f"{s}({m['users']} users)" for s, m in manifest.items()))
 
 
@@ -70,7 +73,10 @@ def validate(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
     """Run the Great Expectations suite on every silo; reports in data/validation/."""
     from fedrec import pipeline
 
-    reports = pipeline.validate_all(_config(params, set_))
+    try:
+        reports = pipeline.validate_all(_config(params, set_))
+    except FedrecError as exc:
+        _fail(exc)
     for r in reports:
         mark = "[green]pass[/]" if r.success else "[red]FAIL[/] " + "; ".join(r.summary())
         err.print(f"silo {r.silo_id}: {r.n_rows} rows, {r.n_users} users: {mark}")
@@ -83,7 +89,10 @@ def split(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Leave-one-out split + fixed negatives for every silo that passed validation."""
     from fedrec import pipeline
 
-    silos = pipeline.split_all(_config(params, set_))
+    try:
+        silos = pipeline.split_all(_config(params, set_))
+    except FedrecError as exc:
+        _fail(exc)
     err.print(f"split {len(silos)} silos: {', '.join(silos)}")
 
 

@@ -80,6 +80,9 @@ class TrainingConfig:
     #: learning rate multiplied by this after every epoch (1.0 = constant)
     lr_decay: float = 1.0
     n_negatives: int = 4
+    #: after choosing the epoch (or round) on the validation item, retrain that long on train + validation
+    #: items and report the test item from that refit model (the test item still chooses nothing)
+    refit: bool = False
     seeds: tuple[int, ...] = (0, 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     patience: int = 5

@@ -79,6 +79,14 @@ class SiloData:
             n_items=len(catalogue_ids),
         )
 
+    def with_validation_in_train(self) -> "SiloData":
+        """The refit view: each user's validation item becomes a training positive."""
+        return SiloData(user_ids=self.user_ids,
+                        train_users=np.concatenate([self.train_users, np.arange(self.n_users)]),
+                        train_items=np.concatenate([self.train_items, self.val_items]),
+                        val_items=self.val_items, test_items=self.test_items, negatives=self.negatives,
+                        n_items=self.n_items)
+
     def seen_mask(self, local_users: np.ndarray) -> np.ndarray:
         """bool [len(local_users), n_items]: items in each user's training data."""
         mask = np.zeros((len(local_users), self.n_items), dtype=bool)
@@ -210,6 +218,25 @@ def seeded_generators(seed: int) -> tuple[np.random.Generator, torch.Generator]:
     return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
 
 
+def _fresh_run(data: SiloData, cfg: Config, seed: int, device: torch.device):
+    rng, gen = seeded_generators(seed)
+    model = build_model(model_config(cfg.model, data.n_users, data.n_items), gen).to(device)
+    optimizer = make_optimizer(model, cfg.training)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.training.lr_decay)
+    return rng, model, optimizer, scheduler
+
+
+def refit(data: SiloData, cfg: Config, seed: int, epochs: int, device: torch.device,
+          on_batch: Callable[[int, int], None] | None = None) -> RecModel:
+    """Same seed and schedule, ``epochs`` epochs on train + validation items."""
+    full = data.with_validation_in_train()
+    rng, model, optimizer, scheduler = _fresh_run(full, cfg, seed, device)
+    for _ in range(epochs):
+        train_epoch(model, optimizer, full, cfg.training, rng, device, on_batch=on_batch)
+        scheduler.step()
+    return model
+
+
 def train_centralized(
     data: SiloData,
     cfg: Config,
@@ -220,10 +247,7 @@ def train_centralized(
     """Train with early stopping on the validation item; test metrics come from the selected epoch only."""
     device = resolve_device(cfg.training.device)
     ev = cfg.evaluation
-    rng, gen = seeded_generators(seed)
-    model = build_model(model_config(cfg.model, data.n_users, data.n_items), gen).to(device)
-    optimizer = make_optimizer(model, cfg.training)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.training.lr_decay)
+    rng, model, optimizer, scheduler = _fresh_run(data, cfg, seed, device)
     history: list[EpochRecord] = []
     best_value, best_state, best_epoch, stale = -np.inf, None, 0, 0
     train_seconds = 0.0
@@ -246,6 +270,8 @@ def train_centralized(
             if stale >= cfg.training.patience:
                 break
     model.load_state_dict(best_state)
+    if cfg.training.refit:
+        model = refit(data, cfg, seed, best_epoch, device, on_batch)
     test = evaluate(model, data, ev.k, "test", ev.full_ranking, device).means(ev.k)
     return CentralizedResult(
         model_name=cfg.model.name, seed=seed, best_epoch=best_epoch, selection_metric=f"val_{ev.selection_metric}@{ev.k}",

@@ -68,6 +68,13 @@ def _with_derived_columns(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars print as np.int64(2); users want 2."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
 def _failure(result) -> dict[str, Any]:
     cfg = result.expectation_config
     res = result.result or {}
@@ -75,9 +82,10 @@ def _failure(result) -> dict[str, Any]:
     if exc.get("raised_exception"):
         detail = f"could not be evaluated: {str(exc.get('exception_message'))[:200]}"
     elif "unexpected_count" in res:
-        detail = f"{res['unexpected_count']} unexpected value(s), e.g. {list(res.get('partial_unexpected_list', []))[:5]}"
+        examples = [_plain(v) for v in list(res.get("partial_unexpected_list") or [])[:5]]
+        detail = f"{res['unexpected_count']} unexpected value(s), e.g. {examples}"
     else:
-        detail = f"observed {res.get('observed_value')!r}"
+        detail = f"observed {_plain(res.get('observed_value'))}"
     return {"expectation": cfg.type, "column": cfg.kwargs.get("column"), "detail": detail}
 
 
@@ -115,7 +123,12 @@ def _validate(df, silo_id, catalogue, min_user_interactions, now) -> ValidationR
         "min_user_interactions": int(min_user_interactions),
     }
     result = batch.validate(load_suite(), expectation_parameters=params)
-    failures = [_failure(r) for r in result.results if not r.success]
+    missing = {c for c in ("user_id", "item_id", "rating", "timestamp") if c not in df.columns}
+    failures = [_failure(r) for r in result.results
+                if not r.success and r.expectation_config.kwargs.get("column") not in missing]
+    if missing:
+        failures.insert(0, {"expectation": "required columns", "column": None,
+                            "detail": f"missing column(s) {sorted(missing)}"})
     n_users = int(df["user_id"].nunique()) if "user_id" in df.columns else 0
     return ValidationReport(
         silo_id=silo_id, success=bool(result.success) and not failures, n_rows=int(len(df)),

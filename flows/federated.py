@@ -57,7 +57,7 @@ def _round_progress(enabled: bool, total: int):
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=Console(stderr=True))
 
 
-def run_round(fed: Federation, strategy, silos: list[str], key_holder: str, r: int) -> RoundRecord:
+def run_round(fed: Federation, strategy, silos: list[str], key_holder: str, r: int, last_round: int) -> RoundRecord:
     cfg = fed.cfg
     start = time.perf_counter()
     instructions = strategy.configure_fit(r, silos)
@@ -79,7 +79,7 @@ def run_round(fed: Federation, strategy, silos: list[str], key_holder: str, r: i
                  "encrypt": sum(e.seconds for e in encrypted.values()),
                  "aggregate": agg.seconds, "decrypt": dec.seconds},
     )
-    if r % cfg.federation.eval_every == 0 or r == cfg.federation.rounds:
+    if (r % cfg.federation.eval_every == 0 and not fed.validation_in_train) or r == last_round:
         eval_start = time.perf_counter()
         outcomes, _ = _settle({s: evaluate_local.submit(fed, s, r) for s in silos})
         record.add_evaluation(list(outcomes.values()), cfg.evaluation.k)
@@ -122,7 +122,7 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
                      "validation.json")
         bar = progress.add_task("rounds", total=cfg.federation.rounds, status="") if progress else None
         for r in range(1, cfg.federation.rounds + 1):
-            record = run_round(fed, strategy, silos, key_holder, r)
+            record = run_round(fed, strategy, silos, key_holder, r, cfg.federation.rounds)
             history.append(record)
             run.log_metrics(record.mlflow_metrics(), step=r)
             create_markdown_artifact(record.markdown(k), key="fedrec-round", description=f"round {r}")
@@ -133,12 +133,33 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
             logger.info("round %d: %s", r, status)
             if progress:
                 progress.update(bar, advance=1, status=status)
+        final_fed, final_round, final_test = fed, best.round, best.test
+        if cfg.training.refit:
+            final_fed = Federation(cfg, run_id=f"{fed.run_id}-refit", validation_in_train=True)
+            final_test = _refit(final_fed, strategy, silos, key_holder, best.round, progress, logger)
+            run.log_metrics({f"refit_test_{m}": v for m, v in final_test.items()})
         summary = _summary(cfg, fed, silos, excluded, history, best)
-        run.log_metrics({f"selected_test_{m}": v for m, v in best.test.items()} | {"selected_round": best.round})
+        summary |= {m: v for m, v in final_test.items()}
+        summary["refit"] = cfg.training.refit
+        run.log_metrics({f"selected_test_{m}": v for m, v in final_test.items()} | {"selected_round": best.round})
         run.log_dict(summary, "summary.json")
-        summary["model_uri"] = _register_model(fed, best.round, run)
+        summary["model_uri"] = _register_model(final_fed, final_round, run)
         summary["mlflow_run_id"] = run.run_id
     return summary
+
+
+def _refit(fed: Federation, strategy, silos: list[str], key_holder: str, rounds: int, progress, logger) -> dict:
+    """Re-run the federation for the selected number of rounds with validation items in training."""
+    setup_keys(fed, silos)
+    init_global(fed)
+    bar = progress.add_task("refit", total=rounds, status="") if progress else None
+    record = None
+    for r in range(1, rounds + 1):
+        record = run_round(fed, strategy, silos, key_holder, r, rounds)
+        if progress:
+            progress.update(bar, advance=1, status=f"refit loss {record.loss:.4f}")
+    logger.info("refit on train+validation for %d rounds: test %s", rounds, record.test)
+    return record.test
 
 
 def _summary(cfg: Config, fed: Federation, silos, excluded, history: list[RoundRecord], best: RoundRecord) -> dict:

@@ -22,7 +22,7 @@ from fedrec.federation.filters import (LocalUpdate, aggregate_updates, decode_gl
 from fedrec.federation.silo import EvalOutcome, SiloStore, evaluate_silo, fit
 from fedrec.federation.strategy import FitInstructions, ServerState, Strategy
 from fedrec.payload import EncryptedUpdate
-from fedrec.training import model_config
+from fedrec.training import SiloData, model_config
 from models import build_model
 
 
@@ -32,6 +32,12 @@ class Federation:
 
     cfg: Config
     run_id: str
+    #: the refit phase: validation items are training positives (see TrainingConfig.refit)
+    validation_in_train: bool = False
+
+    def silo_data(self, silo_id: str) -> SiloData:
+        data = pipeline.load_silo_data(self.cfg, silo_id)
+        return data.with_validation_in_train() if self.validation_in_train else data
 
     @property
     def exchange(self) -> Exchange:
@@ -92,7 +98,7 @@ class TrainSummary:
 def train_local(fed: Federation, silo_id: str, instructions: FitInstructions) -> TrainSummary:
     """Train on the silo's own data from the previous round's global model; the plaintext update
     is parked in the silo's private store for the encrypt filter."""
-    data = pipeline.load_silo_data(fed.cfg, silo_id)
+    data = fed.silo_data(silo_id)
     store = fed.store(silo_id)
     outcome = fit(fed.cfg, silo_id, data, instructions, fed.load_global(instructions.round - 1), store)
     pending = store.pending_path(instructions.round)
@@ -181,5 +187,5 @@ def decrypt_and_step(fed: Federation, key_holder: str, server_round: int, strate
 
 
 def evaluate_local(fed: Federation, silo_id: str, server_round: int) -> EvalOutcome:
-    data = pipeline.load_silo_data(fed.cfg, silo_id)
+    data = fed.silo_data(silo_id)
     return evaluate_silo(fed.cfg, silo_id, data, fed.load_global(server_round), fed.store(silo_id))

@@ -1,0 +1,57 @@
+"""fedrec.cli: the Typer app as a user runs it."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+
+
+def test_centralized_pop_json(params_file, tmp_path):
+    # Prepare
+    runner = CliRunner()
+    out_file = tmp_path / "results" / "pop.json"
+
+    # Execute
+    result = runner.invoke(app, ["centralized", "--model", "pop", "--json", "--params", str(params_file),
+                                 "--out", str(out_file)])
+
+    # Assert: exactly one JSON object on stdout, progress elsewhere
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    payload = json.loads(lines[0])
+    assert payload["model"] == "pop"
+    for key in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"):
+        assert 0.0 <= payload[key] <= 1.0
+    assert payload["ndcg@10"] <= payload["hr@10"]
+    assert payload["silos"] == ["0", "1", "2"]
+    assert json.loads(out_file.read_text()) == payload
+    # the data steps ran into the configured work_dir
+    assert (tmp_path / "data" / "split" / "0" / "holdout.parquet").exists()
+
+
+def test_bad_config_key_exits_2_naming_the_key(params_file):
+    result = CliRunner().invoke(app, ["centralized", "--model", "pop", "--params", str(params_file),
+                                      "-S", "model.nme=1"])
+
+    assert result.exit_code == 2
+    assert "model.nme" in result.stderr
+    assert "unknown config key" in result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_bad_model_option_exits_2():
+    result = CliRunner().invoke(app, ["centralized", "--model", "bert"])
+
+    assert result.exit_code == 2
+    assert "--model must be pop, gmf or neumf, not 'bert'" in result.stderr
+
+
+def test_run_rejects_bad_config_before_starting_prefect(params_file):
+    result = CliRunner().invoke(app, ["run", "--params", str(params_file), "-S", "federation.rounds=zero"])
+
+    assert result.exit_code == 2
+    assert "federation.rounds" in result.stderr

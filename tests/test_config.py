@@ -1,0 +1,114 @@
+"""fedrec.config: typed params.yaml with named errors and DVC-style dotted overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedrec.config import Config, from_dict, load_config, to_dict
+from fedrec.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_load_when_file_missing(tmp_path):
+    # Prepare: a path that does not exist
+    missing = tmp_path / "nope.yaml"
+
+    # Execute
+    cfg = load_config(missing)
+
+    # Assert: the documented defaults
+    assert cfg == Config()
+    assert cfg.federation.rounds == 30
+    assert cfg.model.mlp_layers == (64, 32, 16)
+    assert cfg.training.seeds == (0, 1)
+    assert cfg.evaluation.n_negatives == 99
+    assert cfg.crypto.poly_modulus_degree == 8192
+
+
+def test_unknown_key_raises_config_error_naming_key():
+    with pytest.raises(ConfigError, match=r"model\.nme"):
+        from_dict({"model": {"nme": "gmf"}})
+
+
+def test_unknown_section_raises_config_error():
+    with pytest.raises(ConfigError, match="modle"):
+        from_dict({"modle": {"name": "gmf"}})
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"federation": {"rounds": "five"}}, "federation.rounds"),
+    ({"federation": {"he": "yes"}}, "federation.he"),
+    ({"training": {"lr": "fast"}}, "training.lr"),
+    ({"model": {"name": "bert"}}, "model.name"),
+    ({"training": {"seeds": 3}}, "training.seeds"),
+    ({"federation": {"rounds": True}}, "federation.rounds"),
+])
+def test_wrong_type_raises_config_error(raw, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_dict(raw)
+
+
+def test_out_of_range_raises_config_error():
+    with pytest.raises(ConfigError, match="federation.rounds must be >= 1"):
+        from_dict({"federation": {"rounds": 0}})
+
+
+def test_dotted_override_parses_yaml_scalars():
+    # Prepare
+    cfg = Config()
+
+    # Execute
+    new = cfg.replace(**{"federation.rounds": "5", "federation.he": "false", "model.mlp_layers": "[8, 4]",
+                         "training.lr": 0.5})
+
+    # Assert: values converted to the field types, the original untouched (frozen copy)
+    assert new.federation.rounds == 5
+    assert new.federation.he is False
+    assert new.model.mlp_layers == (8, 4)
+    assert new.training.lr == 0.5
+    assert cfg.federation.rounds == 30
+
+
+def test_dotted_override_unknown_key_raises():
+    with pytest.raises(ConfigError, match=r"federation\.roundz"):
+        Config().replace(**{"federation.roundz": "5"})
+
+
+def test_load_config_with_overrides(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"federation": {"rounds": 3}, "model": {"name": "gmf"}}))
+
+    cfg = load_config(path, {"federation.local_epochs": "2"})
+
+    assert cfg.federation.rounds == 3
+    assert cfg.federation.local_epochs == 2
+    assert cfg.model.name == "gmf"
+    assert cfg.training.epochs == 20  # untouched default
+
+
+def test_invalid_yaml_raises_config_error(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_repo_params_yaml_loads():
+    cfg = load_config(ROOT / "params.yaml")
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert cfg.data.source == raw["data"]["source"]
+    assert cfg.partition.scheme == raw["partition"]["scheme"]
+    assert cfg.federation.rounds == raw["federation"]["rounds"]
+    assert list(cfg.model.mlp_layers) == raw["model"]["mlp_layers"]
+    # every key of the file survives a round trip through the dataclasses
+    assert to_dict(cfg) == {**to_dict(Config()), **{s: {**to_dict(Config())[s], **v} for s, v in raw.items()}}
+
+
+def test_tiny_cfg_fixture_is_valid(tiny_cfg):
+    assert tiny_cfg.data.source == "synthetic"
+    assert tiny_cfg.partition.n_silos == 3

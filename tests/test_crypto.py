@@ -1,0 +1,175 @@
+"""fedrec.crypto + fedrec.federation.filters: CKKS weighted sums with real TenSEAL ciphertexts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec.config import CryptoConfig
+from fedrec.crypto import CKKSCodec, PlainCodec, context_fingerprint, create_keys
+from fedrec.errors import DecryptionKeyError, PayloadError
+from fedrec.federation.aggregate import flatten_state, weighted_average
+from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
+
+CRYPTO = CryptoConfig()  # 8192 -> 4096 slots per ciphertext
+SLOTS = CRYPTO.poly_modulus_degree // 2
+LENGTH = 2 * SLOTS + 123  # three ciphertexts per vector
+N_SAMPLES = [120, 45, 300]
+CHUNK_WARNING = "does not fit in a single ciphertext"
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return create_keys(CRYPTO)
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    rng = np.random.default_rng(0)
+    return [rng.normal(scale=0.05, size=LENGTH) for _ in N_SAMPLES]
+
+
+def silo_codec(keys) -> CKKSCodec:
+    return CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context)
+
+
+def coordinator_codec(keys) -> CKKSCodec:
+    return CKKSCodec(keys.public_context, SLOTS)
+
+
+def test_key_material_contexts(keys):
+    assert silo_codec(keys).can_decrypt
+    assert not coordinator_codec(keys).can_decrypt
+    # both sides name the context by the public context's fingerprint
+    assert silo_codec(keys).context_id == coordinator_codec(keys).context_id == context_fingerprint(keys.public_context)
+    assert len(keys.secret_context) > len(keys.public_context)
+    assert repr(keys) == f"KeyMaterial(context_id={context_fingerprint(keys.public_context)})"  # no key bytes
+
+
+def test_ckks_weighted_sum_round_trip(keys, vectors, recwarn, capfd):
+    # Prepare
+    silo, coordinator = silo_codec(keys), coordinator_codec(keys)
+
+    # Execute: each silo encrypts n_k * x_k; the coordinator adds; a key holder decrypts and divides
+    payloads = [silo.encrypt(n * x) for n, x in zip(N_SAMPLES, vectors)]
+    total = coordinator.add(payloads)
+    average = silo.decrypt(total, LENGTH) / sum(N_SAMPLES)
+
+    # Assert
+    assert all(len(p) == 3 for p in payloads) and len(total) == 3
+    expected = weighted_average(vectors, N_SAMPLES)
+    assert average.shape == (LENGTH,)
+    np.testing.assert_allclose(average, expected, atol=1e-6)
+    assert not np.allclose(average, np.mean(vectors, axis=0), atol=1e-6)  # weights matter
+    assert not [w for w in recwarn if "tenseal" in (w.filename + str(w.message)).lower()]
+    out, err = capfd.readouterr()
+    assert CHUNK_WARNING not in out + err
+
+
+def test_chunk_warning_detector_works(keys, capfd):
+    """Control for the test above: TenSEAL's own chunking prints the warning we look for."""
+    import tenseal as ts
+
+    ctx = ts.context_from(keys.public_context)
+    ts.ckks_vector(ctx, [0.5] * (SLOTS + 1))
+
+    out, err = capfd.readouterr()
+    assert CHUNK_WARNING in out + err
+
+
+def test_coordinator_cannot_decrypt(keys, vectors):
+    coordinator = coordinator_codec(keys)
+    total = coordinator.add([silo_codec(keys).encrypt(vectors[0])])
+
+    with pytest.raises(DecryptionKeyError, match="no secret key"):
+        coordinator.decrypt(total, LENGTH)
+
+
+def test_add_refuses_different_chunk_counts(keys):
+    codec = silo_codec(keys)
+    with pytest.raises(PayloadError, match="different numbers of ciphertexts"):
+        codec.add([codec.encrypt(np.zeros(10)), codec.encrypt(np.zeros(SLOTS + 10))])
+
+
+def test_garbage_context_and_ciphertext(keys):
+    with pytest.raises(PayloadError, match="not a TenSEAL context"):
+        CKKSCodec(b"definitely not a context", SLOTS)
+    codec = silo_codec(keys)
+    with pytest.raises(PayloadError, match="does not parse"):
+        codec.decrypt([b"\x00" * 64], 1)
+
+
+def test_plain_codec_gives_the_same_average(vectors):
+    codec = PlainCodec()
+
+    total = codec.add([codec.encrypt(n * x) for n, x in zip(N_SAMPLES, vectors)])
+    average = codec.decrypt(total, LENGTH) / sum(N_SAMPLES)
+
+    np.testing.assert_allclose(average, weighted_average(vectors, N_SAMPLES), rtol=0, atol=1e-12)
+    with pytest.raises(PayloadError, match="differ in length"):
+        codec.add([codec.encrypt(np.zeros(3)), codec.encrypt(np.zeros(4))])
+    with pytest.raises(PayloadError, match="layout needs 5"):
+        codec.decrypt(total, 5)
+
+
+def test_weighted_average_hand_computed():
+    got = weighted_average([np.array([1.0, 0.0]), np.array([4.0, 2.0])], [1, 3])
+
+    assert got.tolist() == [13 / 4, 6 / 4]
+
+
+def _updates(vectors, round_=3):
+    # split each flat vector into two named tensors, as a model's item tower would be
+    out = []
+    for i, (n, x) in enumerate(zip(N_SAMPLES, vectors)):
+        delta = {"item_gmf.weight": torch.from_numpy(x[:-123].reshape(-1, 8)).float(),
+                 "out.weight": torch.from_numpy(x[-123:]).float()}
+        out.append(LocalUpdate(silo_id=f"s{i}", round=round_, n_samples=n, delta=delta))
+    return out
+
+
+@pytest.mark.parametrize("he", [True, False])
+def test_filters_encrypt_aggregate_decrypt(keys, vectors, he, capfd):
+    # Prepare
+    silo = silo_codec(keys) if he else PlainCodec()
+    coordinator = coordinator_codec(keys) if he else PlainCodec()
+    updates = _updates(vectors)
+    flats = [flatten_state(u.delta) for u in updates]  # float32-rounded, as the silos really send
+
+    # Execute
+    encrypted = [encrypt_update(u, silo) for u in updates]
+    aggregate = aggregate_updates(list(reversed(encrypted)), coordinator, server_round=3)
+    result = decrypt_aggregate(aggregate, silo)
+
+    # Assert
+    assert [e.scheme for e in encrypted] == ["ckks" if he else "plain"] * 3
+    assert aggregate.kind == "aggregate" and aggregate.n_samples == sum(N_SAMPLES)
+    assert aggregate.contributors == ("s0", "s1", "s2") == result.contributors
+    assert result.total_samples == sum(N_SAMPLES)
+    expected = weighted_average(flats, N_SAMPLES)
+    got = flatten_state(result.mean_delta)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert result.mean_delta["item_gmf.weight"].shape == (2 * SLOTS // 8, 8)
+    out, err = capfd.readouterr()
+    assert CHUNK_WARNING not in out + err
+
+
+def test_aggregate_refuses_mismatched_round(keys, vectors):
+    silo = silo_codec(keys)
+    encrypted = [encrypt_update(u, silo) for u in _updates(vectors[:1], round_=2)]
+
+    with pytest.raises(PayloadError, match=r"silo 's0' refused: round 2 \(expected 3\)"):
+        aggregate_updates(encrypted, coordinator_codec(keys), server_round=3)
+
+
+def test_aggregate_refuses_plaintext_under_ckks(keys, vectors):
+    plain = [encrypt_update(u, PlainCodec()) for u in _updates(vectors[:1])]
+
+    with pytest.raises(PayloadError, match="scheme 'plain'"):
+        aggregate_updates(plain, coordinator_codec(keys), server_round=3)
+
+
+def test_aggregate_refuses_empty_round(keys):
+    with pytest.raises(PayloadError, match="no updates"):
+        aggregate_updates([], coordinator_codec(keys), server_round=1)
