@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrec.data.split import Split, leave_one_out, sample_user_negatives, split_interactions
+from fedrec.data.split import Split, leave_one_out, sample_user_negatives, split_interactions, tiebreak_key
 from fedrec.errors import ConfigError
 
 
@@ -29,12 +29,29 @@ def test_leave_one_out_latest_is_test_second_latest_is_val():
     assert sorted(zip(train["user_id"], train["item_id"])) == [(1, 10), (1, 12), (2, 21)]
 
 
-def test_leave_one_out_ties_broken_by_item_id():
-    train, holdout = leave_one_out(frame([(1, 7, 3, 100), (1, 5, 3, 100), (1, 6, 3, 100), (1, 9, 3, 50)]))
+def test_leave_one_out_ties_follow_the_seeded_key_not_item_id():
+    rows = [(1, 7, 3, 100), (1, 5, 3, 100), (1, 6, 3, 100), (1, 9, 3, 50)]
+    tied = np.array([7, 5, 6])
+    expected = tied[np.argsort(tiebreak_key(np.ones(3, dtype=np.int64), tied, seed=0), kind="stable")]
 
-    # same timestamp: order 5, 6, 7 -> test 7, val 6
-    assert holdout.iloc[0].tolist() == [1, 6, 7]
-    assert sorted(train["item_id"]) == [5, 9]
+    train, holdout = leave_one_out(frame(rows), seed=0)
+
+    # same timestamp: the order is the hash order of (seed, user, item), the earlier-second item stays in train
+    assert holdout.iloc[0].tolist() == [1, int(expected[1]), int(expected[2])]
+    assert sorted(train["item_id"]) == sorted([9, int(expected[0])])
+    # deterministic, and the input row order does not matter
+    again, holdout2 = leave_one_out(frame(rows[::-1]), seed=0)
+    assert holdout2.iloc[0].tolist() == holdout.iloc[0].tolist()
+
+
+def test_tiebreak_key_is_not_item_order():
+    items = np.arange(1, 1001)
+    keys = tiebreak_key(np.full(1000, 3), items, seed=0)
+
+    # over many tied items the hash order is unrelated to item id (no bias towards high ids)
+    rank_corr = np.corrcoef(np.argsort(np.argsort(keys)), items)[0, 1]
+    assert abs(rank_corr) < 0.1
+    assert len(np.unique(keys)) == 1000
 
 
 def test_negatives_never_seen_and_distinct():
