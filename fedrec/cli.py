@@ -9,7 +9,8 @@ env.apply_defaults()
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Iterator, Optional  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -43,15 +44,22 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Errors a user can cause (named FedrecError) become one red line and exit code 2, not a traceback."""
+    try:
+        yield
+    except FedrecError as exc:
+        _fail(exc)
+
+
 @app.command()
 def prepare(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Load MovieLens-100K (or synthesize) into data/prepared and data/catalogue."""
     from fedrec import pipeline
 
-    try:
+    with _user_errors():
         ds = pipeline.prepare(_config(params, set_))
-    except FedrecError as exc:
-        _fail(exc)
     err.print(f"prepared {len(ds.interactions)} interactions, {len(ds.users)} users, {len(ds.items)} items")
 
 
@@ -60,10 +68,8 @@ def partition(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> N
     """Partition users into silos (data/silos/<silo>/)."""
     from fedrec import pipeline
 
-    try:
+    with _user_errors():
         manifest = pipeline.partition(_config(params, set_))
-    except FedrecError as exc:
-        _fail(exc)
     err.print(f"{len(manifest)} silos: " + ", ".join(f"{s}({m['users']} users)" for s, m in manifest.items()))
 
 
@@ -73,10 +79,8 @@ def validate(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
     """Run the Great Expectations suite on every silo; reports in data/validation/."""
     from fedrec import pipeline
 
-    try:
+    with _user_errors():
         reports = pipeline.validate_all(_config(params, set_))
-    except FedrecError as exc:
-        _fail(exc)
     for r in reports:
         mark = "[green]pass[/]" if r.success else "[red]FAIL[/] " + "; ".join(r.summary())
         err.print(f"silo {r.silo_id}: {r.n_rows} rows, {r.n_users} users: {mark}")
@@ -89,10 +93,8 @@ def split(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Leave-one-out split + fixed negatives for every silo that passed validation."""
     from fedrec import pipeline
 
-    try:
+    with _user_errors():
         silos = pipeline.split_all(_config(params, set_))
-    except FedrecError as exc:
-        _fail(exc)
     err.print(f"split {len(silos)} silos: {', '.join(silos)}")
 
 
@@ -111,7 +113,7 @@ def centralized(
 
     if model not in ("pop", "gmf", "neumf"):
         _fail(ValueError(f"--model must be pop, gmf or neumf, not {model!r}"))
-    try:
+    with _user_errors():
         cfg = _config(params, set_, {"training.epochs": epochs,
                                      "training.seeds": f"[{seeds}]" if seeds else None})
         with _progress() as progress:
@@ -123,8 +125,6 @@ def centralized(
 
             report = run_baseline(cfg, model, on_epoch=on_epoch)
             progress.update(task, completed=progress.tasks[0].total)
-    except FedrecError as exc:
-        _fail(exc)
     payload = report.to_json()
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -161,13 +161,11 @@ def run(
                                      "model.name": model}.items() if v is not None}
     if no_he:
         overrides["federation.he"] = False
-    try:
+    with _user_errors():
         load_config(params, overrides)  # fail fast on bad config, before Prefect starts
         from flows.federated import federated_training
 
         summary = federated_training(params_path=str(params), overrides=overrides, show_progress=True)
-    except FedrecError as exc:
-        _fail(exc)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(summary, indent=2))
@@ -200,10 +198,8 @@ def recommend(
     """Top-K unseen items for one user, computed inside the user's silo."""
     from fedrec.recommend import recommend as top_k
 
-    try:
+    with _user_errors():
         recs = top_k(_config(params, set_), silo, user, k, run_id)
-    except FedrecError as exc:
-        _fail(exc)
     if as_json:
         sys.stdout.write(json.dumps([vars(r) for r in recs]) + "\n")
         return

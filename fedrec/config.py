@@ -97,7 +97,7 @@ class CryptoConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    rounds: int = 30
+    rounds: int = 40
     local_epochs: int = 1
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     proximal_mu: float = 0.01
