@@ -54,6 +54,8 @@ class EncryptedUpdate:
     layout: tuple[TensorSpec, ...]
     chunks: tuple[bytes, ...]
     contributors: tuple[str, ...] = field(default=())
+    #: values are multiples of 2^-quantization_bits (0: not quantized)
+    quantization_bits: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -65,7 +67,7 @@ class EncryptedUpdate:
             "scheme": self.scheme, "context_id": self.context_id,
             "layout": [[t.name, list(t.shape)] for t in self.layout],
             "chunks": [[len(c), hashlib.sha256(c).hexdigest()] for c in self.chunks],
-            "contributors": list(self.contributors),
+            "contributors": list(self.contributors), "quantization_bits": self.quantization_bits,
         }
         raw = json.dumps(header, sort_keys=True).encode()
         return MAGIC + struct.pack(">Q", len(raw)) + raw + b"".join(self.chunks)
@@ -96,7 +98,8 @@ class EncryptedUpdate:
         payload = cls(kind=header["kind"], round=int(header["round"]), silo_id=str(header["silo_id"]),
                       n_samples=int(header["n_samples"]), scheme=header["scheme"],
                       context_id=str(header["context_id"]), layout=layout, chunks=tuple(chunks),
-                      contributors=tuple(header.get("contributors", [])))
+                      contributors=tuple(header.get("contributors", [])),
+                      quantization_bits=int(header.get("quantization_bits", 0)))
         if expect_kind is not None and payload.kind != expect_kind:
             raise PayloadError(f"{source}: expected a {expect_kind!r} payload, got {payload.kind!r}")
         if payload.scheme not in ("ckks", "plain"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,11 +54,11 @@ class RunLogger:
     def log_dict(self, payload: dict[str, Any], artifact_file: str) -> None:
         self._mlflow.log_dict(payload, artifact_file)
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path)
-
     def log_figure(self, figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
         self._mlflow.log_figure(figure, artifact_file)
+        plt.close(figure)
 
     def log_torch_model(self, model, name: str, registered_model_name: str | None = None) -> str:
         """Log a torch module (weights + code reference); optionally register it. Returns the model URI."""
@@ -81,7 +80,3 @@ def mlflow_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -
     experiment_id = _experiment_id(mlflow, cfg.tracking.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags or {}) as run:
         yield RunLogger(mlflow, run)
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="fedrec-")

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from fedrec.config import Config, load_config  # noqa: E402
-from fedrec.federation.report import RoundRecord  # noqa: E402
+from fedrec.federation.report import RoundRecord, rounds_figure  # noqa: E402
 from fedrec.federation.rounds import Federation  # noqa: E402
 from fedrec.federation.strategy import build_strategy  # noqa: E402
 from fedrec.metrics import selection_value  # noqa: E402
@@ -133,6 +133,7 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
             logger.info("round %d: %s", r, status)
             if progress:
                 progress.update(bar, advance=1, status=status)
+        run.log_figure(rounds_figure(history, k), "hr_ndcg_per_round.png")
         final_fed, final_round, final_test = fed, best.round, best.test
         if cfg.training.refit:
             final_fed = Federation(cfg, run_id=f"{fed.run_id}-refit", validation_in_train=True)

@@ -173,3 +173,41 @@ def test_aggregate_refuses_plaintext_under_ckks(keys, vectors):
 def test_aggregate_refuses_empty_round(keys):
     with pytest.raises(PayloadError, match="no updates"):
         aggregate_updates([], coordinator_codec(keys), server_round=1)
+
+
+def test_quantized_he_and_plain_aggregates_are_bit_identical(keys, vectors):
+    # Prepare: the same updates through the CKKS path and the plaintext path, on the 2^-20 grid
+    updates = _updates(vectors)
+    bits = 20
+
+    # Execute
+    he_agg = aggregate_updates([encrypt_update(u, silo_codec(keys), bits) for u in updates],
+                               coordinator_codec(keys), server_round=3)
+    he = flatten_state(decrypt_aggregate(he_agg, silo_codec(keys)).mean_delta)
+    plain_agg = aggregate_updates([encrypt_update(u, PlainCodec(), bits) for u in updates], PlainCodec(), 3)
+    plain = flatten_state(decrypt_aggregate(plain_agg, PlainCodec()).mean_delta)
+
+    # Assert: CKKS noise is rounded away; both are within a grid step of the exact weighted average
+    assert he_agg.quantization_bits == bits
+    np.testing.assert_array_equal(he, plain)
+    np.testing.assert_allclose(he, weighted_average([flatten_state(u.delta) for u in updates], N_SAMPLES),
+                               atol=2.0 ** -bits)
+
+
+def test_grid_deviation_beyond_margin_is_a_named_error(keys, vectors):
+    # Prepare: a grid finer than CKKS noise (2^-30 ~ 1e-9 vs ~1e-8 noise on values of this size)
+    updates = _updates([v * 1000 for v in vectors])
+    agg = aggregate_updates([encrypt_update(u, silo_codec(keys), 30) for u in updates],
+                            coordinator_codec(keys), server_round=3)
+
+    # Execute / Assert
+    with pytest.raises(PayloadError, match="grid"):
+        decrypt_aggregate(agg, silo_codec(keys))
+
+
+def test_mixed_quantization_is_refused(keys, vectors):
+    updates = _updates(vectors)
+    mixed = [encrypt_update(updates[0], silo_codec(keys), 20), encrypt_update(updates[1], silo_codec(keys), 0)]
+
+    with pytest.raises(PayloadError, match="quantization_bits"):
+        aggregate_updates(mixed, coordinator_codec(keys), server_round=3)

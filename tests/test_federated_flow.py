@@ -85,6 +85,8 @@ def test_he_run_is_tracked_in_mlflow(he_run):
     assert all(m.value > 0 for m in client.get_metric_history(run_id, "seconds_encrypt"))
     assert run.data.metrics["selected_round"] == summary["selected_round"]
     assert run.data.params["silos"] == "0,1,2" and run.data.params["silos_excluded"] == "-"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"hr_ndcg_per_round.png", "summary.json", "validation.json"} <= artifacts
     # Assert: the selected global item tower is a registered model version of this run
     versions = client.search_model_versions(f"name='{load_config(he_run[2]).tracking.registered_model}'")
     assert [v.run_id for v in versions] == [run_id]
@@ -107,10 +109,11 @@ def test_plain_run_matches_he_run(he_run, plain_run):
     assert set(he_global) == set(plain_global) == set(initial)
     for name in he_global:
         assert he_global[name].shape == plain_global[name].shape
-        assert torch.allclose(he_global[name], plain_global[name], atol=1e-4, rtol=0), name
+        # quantized aggregation (crypto.quantization_bits): CKKS noise is rounded away, models are identical
+        assert torch.equal(he_global[name], plain_global[name]), name
     assert any(not torch.equal(he_global[n], initial[n]) for n in initial)  # training moved the model
     assert torch.equal(initial["out.weight"], plain_fed.load_global(0)["out.weight"])
-    assert plain_summary["hr@10"] == pytest.approx(he_summary["hr@10"], abs=0.02)
+    assert plain_summary["hr@10"] == he_summary["hr@10"]
 
 
 def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedrec.data.movielens import (REQUIRED_FILES, fetch_movielens_100k, genre_matrix, load_movielens_100k,
+from fedrec.data.movielens import (REQUIRED_FILES, fetch_movielens_100k, load_movielens_100k,
                                    resolve_raw_dir)
 from fedrec.errors import ChecksumError, DataNotFoundError
 
@@ -90,17 +90,6 @@ def test_leading_zero_zip_is_kept(tmp_path):
     users = load_movielens_100k(directory).users
 
     assert users["zip_code"].tolist() == ["01002"]
-
-
-def test_genre_matrix(tmp_path):
-    ds = load_movielens_100k(write_ml100k(tmp_path / "ml"))
-
-    mat, names = genre_matrix(ds.items)
-
-    assert names == sorted({"Animation", "Children's", "Comedy", "Action", "Crime", "Thriller", "unknown"})
-    assert mat.shape == (4, 7)
-    assert mat.sum(axis=1).tolist() == [3.0, 1.0, 3.0, 1.0]
-    assert mat[1, names.index("Comedy")] == 1.0
 
 
 def test_resolve_raw_dir_with_complete_directory(tmp_path):

@@ -13,7 +13,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fedrec.data.types import Dataset
@@ -85,14 +84,3 @@ def load_movielens_100k(directory: str | Path) -> Dataset:
                         dtype={"zip_code": str}, encoding="latin-1")
     users["user_id"] = users["user_id"].astype("int64")
     return Dataset(interactions=interactions, items=items, users=users)
-
-
-def genre_matrix(items: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """Items x genres 0/1 matrix (row order = ``items``) and the genre names."""
-    names = sorted({g for gs in items["genres"] for g in gs})
-    col = {g: j for j, g in enumerate(names)}
-    mat = np.zeros((len(items), len(names)), dtype=np.float64)
-    for i, gs in enumerate(items["genres"]):
-        for g in gs:
-            mat[i, col[g]] = 1.0
-    return mat, names

@@ -30,12 +30,24 @@ class LocalUpdate:
     delta: dict[str, torch.Tensor]
 
 
-def encrypt_update(update: LocalUpdate, codec: Codec) -> EncryptedUpdate:
-    """Weight by n_samples, then encrypt: the aggregator only has to add."""
-    flat = flatten_state(update.delta) * float(update.n_samples)
+#: a decrypted sum further than this (in grid steps) from the grid means CKKS noise ate the margin
+MAX_GRID_DEVIATION = 0.25
+
+
+def quantize(flat: np.ndarray, bits: int) -> np.ndarray:
+    """Round to multiples of 2^-bits (exact in float64, so plaintext sums of them are exact too)."""
+    if bits <= 0:
+        return flat
+    step = 2.0 ** bits
+    return np.round(flat * step) / step
+
+
+def encrypt_update(update: LocalUpdate, codec: Codec, quantization_bits: int = 0) -> EncryptedUpdate:
+    """Weight by n_samples, round to the grid, then encrypt: the aggregator only has to add."""
+    flat = quantize(flatten_state(update.delta) * float(update.n_samples), quantization_bits)
     return EncryptedUpdate(kind="update", round=update.round, silo_id=update.silo_id, n_samples=update.n_samples,
                            scheme=codec.scheme, context_id=codec.context_id, layout=layout_of(update.delta),
-                           chunks=tuple(codec.encrypt(flat)))
+                           chunks=tuple(codec.encrypt(flat)), quantization_bits=quantization_bits)
 
 
 def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round: int) -> EncryptedUpdate:
@@ -55,6 +67,8 @@ def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round
             problems.append(f"encrypted under foreign context {u.context_id} (expected {codec.context_id})")
         if u.layout != ref.layout:
             problems.append("tensor layout differs from the other silos'")
+        if u.quantization_bits != ref.quantization_bits:
+            problems.append(f"quantization_bits {u.quantization_bits} differs from {ref.quantization_bits}")
         if u.n_samples <= 0:
             problems.append(f"n_samples {u.n_samples}")
         if problems:
@@ -64,7 +78,7 @@ def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round
                            n_samples=sum(u.n_samples for u in ordered), scheme=codec.scheme,
                            context_id=codec.context_id, layout=ref.layout,
                            chunks=tuple(codec.add([list(u.chunks) for u in ordered])),
-                           contributors=tuple(u.silo_id for u in ordered))
+                           contributors=tuple(u.silo_id for u in ordered), quantization_bits=ref.quantization_bits)
 
 
 def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResult:
@@ -73,7 +87,15 @@ def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResu
         raise PayloadError(f"expected an aggregate payload, got {aggregate.kind!r}")
     if aggregate.context_id != codec.context_id:
         raise PayloadError(f"aggregate was made under context {aggregate.context_id}, ours is {codec.context_id}")
-    flat = codec.decrypt(list(aggregate.chunks), layout_size(aggregate.layout)) / float(aggregate.n_samples)
+    total = codec.decrypt(list(aggregate.chunks), layout_size(aggregate.layout))
+    if aggregate.quantization_bits > 0:
+        steps = total * 2.0 ** aggregate.quantization_bits
+        deviation = float(np.max(np.abs(steps - np.round(steps)), initial=0.0))
+        if deviation > MAX_GRID_DEVIATION:
+            raise PayloadError(f"decrypted sum is {deviation:.2f} grid steps off the 2^-{aggregate.quantization_bits} grid: "
+                               "CKKS noise exceeds the margin; lower crypto.quantization_bits or raise global_scale_bits")
+        total = np.round(steps) / 2.0 ** aggregate.quantization_bits
+    flat = total / float(aggregate.n_samples)
     return AggregateResult(mean_delta=unflatten_state(flat, aggregate.layout),
                            total_samples=aggregate.n_samples, contributors=aggregate.contributors)
 

@@ -61,3 +61,24 @@ class RoundRecord:
                          f"{self.test[f'ndcg@{k}']:.4f} | {self.test[f'full_hr@{k}']:.4f} |")
         lines += ["", "seconds: " + ", ".join(f"{p} {s:.2f}" for p, s in self.seconds.items())]
         return "\n".join(lines)
+
+
+def rounds_figure(history: list[RoundRecord], k: int):
+    """Validation and test HR@k / NDCG@k per evaluated round (logged to MLflow beside the numbers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluated = [h for h in history if h.val]
+    rounds = [h.round for h in evaluated]
+    fig, (hr_ax, ndcg_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in ((hr_ax, f"hr@{k}"), (ndcg_ax, f"ndcg@{k}")):
+        ax.plot(rounds, [h.val[metric] for h in evaluated], label="validation item")
+        ax.plot(rounds, [h.test[metric] for h in evaluated], "--", label="test item")
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"{metric} (sampled)")
+        ax.grid(alpha=0.3)
+    hr_ax.legend()
+    fig.tight_layout()
+    return fig

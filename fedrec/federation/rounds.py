@@ -123,7 +123,7 @@ def encrypt_and_publish(fed: Federation, silo_id: str, server_round: int) -> Enc
     saved = torch.load(pending, weights_only=True)
     update = LocalUpdate(silo_id, server_round, int(saved["n_samples"]), saved["delta"])
     start = time.perf_counter()
-    payload = encrypt_update(update, fed.silo_codec(silo_id))
+    payload = encrypt_update(update, fed.silo_codec(silo_id), fed.cfg.crypto.quantization_bits)
     seconds = time.perf_counter() - start
     sent = fed.exchange.put(update_key(server_round, silo_id), payload.to_bytes())
     pending.unlink()
