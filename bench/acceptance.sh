@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 export FEDREC_DATA_DIR="${FEDREC_DATA_DIR:-$(cd ../shared/datasets/ml-100k && pwd)}"
 PY=.venv/bin/python
 $PY bench/centralized.py --models pop,gmf,neumf --out results/centralized_bench.json
-$PY bench/federated.py --out results/federated_bench.json                       # HE and plaintext, federation.seed=0
-$PY bench/federated.py --skip-plain -S federation.seed=1 --out results/federated_bench_seed1.json
+bench/acceptance_federated.sh

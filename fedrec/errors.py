@@ -29,6 +29,10 @@ class SiloValidationError(FedrecError):
         )
 
 
+class FederationError(FedrecError):
+    """A federation cannot proceed as configured (e.g. fewer valid silos than federation.min_silos)."""
+
+
 class PayloadError(FedrecError):
     """A payload crossing a silo boundary is corrupt, truncated, foreign or of the wrong kind."""
 

@@ -23,6 +23,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from fedrec.config import Config, load_config  # noqa: E402
+from fedrec.errors import FederationError  # noqa: E402
 from fedrec.federation.report import RoundRecord, rounds_figure  # noqa: E402
 from fedrec.federation.rounds import Federation  # noqa: E402
 from fedrec.federation.strategy import build_strategy  # noqa: E402
@@ -45,7 +46,7 @@ def _settle(futures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     return done, failed
 
 
-def _round_progress(enabled: bool, total: int):
+def _round_progress(enabled: bool):
     from contextlib import nullcontext
 
     if not enabled:
@@ -104,7 +105,8 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
     for silo_id, why in excluded.items():
         logger.warning("silo %s left out of the federation: %s", silo_id, why)
     if len(silos) < cfg.federation.min_silos:
-        raise RuntimeError(f"only {len(silos)} silo(s) passed validation, federation.min_silos={cfg.federation.min_silos}")
+        raise FederationError(f"only {len(silos)} silo(s) passed validation but federation.min_silos="
+                              f"{cfg.federation.min_silos}; left out: {excluded}")
     context_id = setup_keys(fed, silos)
     n_params = init_global(fed)
     strategy = build_strategy(cfg.federation)
@@ -114,7 +116,7 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
     best: RoundRecord | None = None
     with mlflow_run(cfg, f"federated-{cfg.model.name}-{'he' if cfg.federation.he else 'plain'}",
                     {"kind": "federated", "model": cfg.model.name, "prefect_flow_run": fed.run_id}) as run, \
-            _round_progress(show_progress, cfg.federation.rounds) as progress:
+            _round_progress(show_progress) as progress:
         run.log_config(cfg)
         run.log_params({"silos": ",".join(silos), "silos_excluded": ",".join(excluded) or "-",
                         "he_context_id": context_id, "shared_parameters": n_params, "key_holder": key_holder})

@@ -209,3 +209,17 @@ def test_user_embedding_patterns_are_found_where_they_are(he_run):
 
     assert all(np.abs(r).sum() > 0 for r in rows)  # trained embeddings, not zeros that match anything
     assert all(r.astype("<f4").tobytes() in model_bytes for r in rows)
+
+
+def test_refit_phase_retrains_for_the_selected_rounds(prefect_harness, tmp_path):
+    # Execute
+    summary, params, path = _run_flow(tmp_path, {"training.refit": True})
+
+    # Assert: a second federation (validation items in training) ran for exactly the selected rounds
+    refit = Federation(load_config(path), f"{summary['run_id']}-refit", validation_in_train=True)
+    rounds_run = sorted(k for k in refit.exchange.keys("global") if k.endswith(".bin"))
+    assert summary["refit"] is True
+    assert len(rounds_run) == summary["selected_round"] + 1  # round 0 (initial) .. selected round
+    run = mlflow.MlflowClient(params["tracking"]["uri"]).get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["refit_test_hr_at_10"] == summary["hr@10"]
+    assert run.data.metrics["selected_test_hr_at_10"] == summary["hr@10"]

@@ -167,3 +167,28 @@ def test_train_centralized_selects_on_validation(tiny_cfg, silo_data):
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_with_validation_in_train_adds_each_val_item_once():
+    data = hand_data()
+
+    refit = data.with_validation_in_train()
+
+    assert refit.n_train == data.n_train + data.n_users
+    assert sorted(zip(refit.train_users.tolist(), refit.train_items.tolist())) == \
+        sorted([(0, 0), (0, 1), (1, 0), (1, 2), (1, 5), (0, 2), (1, 1)])
+    # the validation item is now seen: it is excluded from the full ranking of the test item
+    assert refit.seen_mask(np.array([0]))[0, 2] and not data.seen_mask(np.array([0]))[0, 2]
+    np.testing.assert_array_equal(refit.test_items, data.test_items)
+
+
+def test_refit_reuses_the_selected_epoch_count(tiny_cfg, silo_data):
+    cfg = tiny_cfg.replace(**{"training.epochs": 3, "training.lr": 0.01, "training.patience": 3})
+    plain = train_centralized(silo_data, cfg, seed=0)
+
+    refit = train_centralized(silo_data, cfg.replace(**{"training.refit": True}), seed=0)
+
+    # selection is identical (same seed, same validation item); only the model behind the test metrics differs
+    assert refit.best_epoch == plain.best_epoch and refit.val == plain.val
+    assert refit.test != plain.test
+    assert all(0.0 <= v <= 1.0 for v in refit.test.values())
