@@ -63,21 +63,26 @@ def main() -> None:
         print(json.dumps(result["he_vs_plain"], indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    plot(runs, Path(args.out).with_suffix(".png"))
+    plot(runs, Path(args.out).with_suffix(".png"), result.get("he_vs_plain"))
 
 
-def plot(runs: dict, path: Path) -> None:
+def plot(runs: dict, path: Path, comparison: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    style = {"he": dict(linewidth=5, alpha=0.35), "plain": dict(linewidth=1.2, marker=".", markersize=4)}
     for mode, summary in runs.items():
         rounds = [h["round"] for h in summary["history"] if "val_hr@10" in h]
-        ax.plot(rounds, [h["val_hr@10"] for h in summary["history"] if "val_hr@10" in h], label=f"{mode} val HR@10")
-        ax.plot(rounds, [h["test_hr@10"] for h in summary["history"] if "test_hr@10" in h], "--",
-                label=f"{mode} test HR@10")
+        ax.plot(rounds, [h["val_hr@10"] for h in summary["history"] if "val_hr@10" in h], color="tab:blue",
+                label=f"{mode} validation HR@10", **style[mode])
+        ax.plot(rounds, [h["test_hr@10"] for h in summary["history"] if "test_hr@10" in h], color="tab:red",
+                label=f"{mode} test HR@10", **style[mode])
+    if comparison is not None:
+        ax.set_title(f"CKKS vs plaintext aggregation: max |param diff| = {comparison['max_abs_param_diff']:.1e}, "
+                     f"time x{comparison['time_ratio']:.2f}", fontsize=9)
     ax.set_xlabel("round")
     ax.set_ylabel("HR@10 (sampled, 99 negatives)")
     ax.legend()
