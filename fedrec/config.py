@@ -76,7 +76,7 @@ class TrainingConfig:
     lr: float = 0.001
     weight_decay: float = 0.0
     #: L2 on the embedding rows each batch touches (unlike weight_decay, rare items are not shrunk every step)
-    embedding_l2: float = 0.0
+    embedding_l2: float = 0.001
     #: learning rate multiplied by this after every epoch (1.0 = constant)
     lr_decay: float = 1.0
     n_negatives: int = 4

@@ -22,7 +22,7 @@ def test_defaults_load_when_file_missing(tmp_path):
 
     # Assert: the documented defaults
     assert cfg == Config()
-    assert cfg.federation.rounds == 30
+    assert cfg.federation.rounds == 40
     assert cfg.model.mlp_layers == (64, 32, 16)
     assert cfg.training.seeds == (0, 1)
     assert cfg.evaluation.n_negatives == 99
@@ -70,7 +70,7 @@ def test_dotted_override_parses_yaml_scalars():
     assert new.federation.he is False
     assert new.model.mlp_layers == (8, 4)
     assert new.training.lr == 0.5
-    assert cfg.federation.rounds == 30
+    assert cfg.federation.rounds == 40
 
 
 def test_dotted_override_unknown_key_raises():
@@ -107,6 +107,8 @@ def test_repo_params_yaml_loads():
     assert list(cfg.model.mlp_layers) == raw["model"]["mlp_layers"]
     # every key of the file survives a round trip through the dataclasses
     assert to_dict(cfg) == {**to_dict(Config()), **{s: {**to_dict(Config())[s], **v} for s, v in raw.items()}}
+    # the shipped params.yaml spells out the code's defaults: no params.yaml behaves the same
+    assert cfg == Config()
 
 
 def test_tiny_cfg_fixture_is_valid(tiny_cfg):

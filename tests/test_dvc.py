@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from conftest import make_tiny_params
 from fedrec.config import from_dict, to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,17 +29,12 @@ def _repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     for name in COPIED:
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    params = {
-        "data": {"source": "synthetic", "work_dir": "data",
-                 "synthetic": {"n_users": 60, "n_items": 50, "interactions_per_user": 14, "seed": 0}},
-        "partition": {"scheme": "iid", "n_silos": 2, "seed": 0},
-        "evaluation": {"n_negatives": 20},
-        "model": {"name": "neumf", "embedding_dim": 8, "mlp_layers": [16, 8]},
-        "training": {"epochs": 1, "seeds": [0], "batch_size": 128},
-        "federation": {"rounds": 1, "exchange_url": str(tmp_path / "state" / "exchange"),
-                       "state_dir": str(tmp_path / "state")},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "fedrec-dvc-test"},
-    }
+    params = make_tiny_params(tmp_path)
+    params["data"]["work_dir"] = "data"  # DVC outputs live inside the repo
+    params["partition"]["n_silos"] = 2
+    params["training"]["epochs"] = 1
+    params["federation"]["rounds"] = 1
+    params["tracking"]["experiment"] = "fedrec-dvc-test"
     # DVC needs every key dvc.yaml names: write the full config, defaults filled in, as the repo's own file has
     (repo / "params.yaml").write_text(yaml.safe_dump(to_dict(from_dict(params)), sort_keys=False))
     (repo / ".gitignore").write_text("__pycache__/\n.prefect/\n")
