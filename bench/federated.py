@@ -33,13 +33,13 @@ def main() -> None:
     ap.add_argument("--out", default="results/federated_bench.json")
     args = ap.parse_args()
     overrides = dict(s.split("=", 1) for s in args.sets)
-    from flows.federated import federated_training
+    from flows.federated import run_federation
 
     runs = {}
     for mode in (["he"] if args.skip_plain else ["he", "plain"]):
         ov = overrides | {"federation.he": mode == "he"}
         start = time.perf_counter()
-        summary = federated_training(params_path=args.params, overrides=ov, show_progress=True)
+        summary = run_federation(params_path=args.params, overrides=ov, show_progress=True)
         summary["wall_seconds"] = time.perf_counter() - start
         runs[mode] = summary
         print(json.dumps({mode: {k: summary[k] for k in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",

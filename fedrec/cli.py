@@ -163,9 +163,9 @@ def run(
         overrides["federation.he"] = False
     with _user_errors():
         load_config(params, overrides)  # fail fast on bad config, before Prefect starts
-        from flows.federated import federated_training
+        from flows.federated import run_federation
 
-        summary = federated_training(params_path=str(params), overrides=overrides, show_progress=True)
+        summary = run_federation(params_path=str(params), overrides=overrides, show_progress=True)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(summary, indent=2))

@@ -112,6 +112,7 @@ class FederationConfig:
     min_silos: int = 1
     exchange_url: str = "state/exchange"
     state_dir: str = "state"
+    #: silos trained at the same time (Prefect thread pool); each also uses torch intra-op threads
     max_parallel_silos: int = 2
     seed: int = 0
 

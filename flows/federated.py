@@ -197,3 +197,12 @@ def _register_model(fed: Federation, server_round: int, run) -> str:
     model = build_model(model_config(fed.cfg.model, 1, len(pipeline.catalogue_ids(fed.cfg))))
     model.load_shared_state(fed.load_global(server_round))
     return run.log_torch_model(model.items, "global_item_tower", registered_model_name=fed.cfg.tracking.registered_model)
+
+
+def run_federation(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
+                   show_progress: bool = False) -> dict[str, Any]:
+    """Run `federated_training` with as many silos in parallel as ``federation.max_parallel_silos``."""
+    cfg = load_config(params_path, overrides)
+    runner = ThreadPoolTaskRunner(max_workers=cfg.federation.max_parallel_silos)
+    return federated_training.with_options(task_runner=runner)(
+        params_path=params_path, overrides=overrides, show_progress=show_progress)

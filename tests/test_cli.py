@@ -55,3 +55,20 @@ def test_run_rejects_bad_config_before_starting_prefect(params_file):
 
     assert result.exit_code == 2
     assert "federation.rounds" in result.stderr
+
+
+def test_run_emits_one_json_object(prefect_harness, params_file):
+    # Execute: one round through the real flow, one silo at a time
+    result = CliRunner().invoke(app, ["run", "--params", str(params_file), "--rounds", "1", "--json",
+                                      "-S", "federation.max_parallel_silos=1"])
+
+    # Assert
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    for key in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["rounds"] == 1 and summary["he"] is True
+    assert summary["seconds_per_round"] > 0
+    assert set(summary["bytes_per_round"]) == {"0", "1", "2"} and summary["bytes_per_round_mean"] > 0
