@@ -97,9 +97,6 @@ def validate_interactions(
     now: int | None = None,
 ) -> ValidationReport:
     """Validate one silo's interactions; never raises for bad data (see :meth:`raise_if_failed`)."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     with _GE_LOCK:
         return _validate(df, silo_id, catalogue, min_user_interactions, now)
 
