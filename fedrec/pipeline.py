@@ -147,13 +147,20 @@ def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
     return SiloData.from_split(union, catalogue_ids(cfg))
 
 
-def ensure_data(cfg: Config) -> list[str]:
-    """Run the data steps whose outputs are missing; returns the silos that passed validation."""
+def ensure_partitioned(cfg: Config) -> list[str]:
+    """Prepare and partition when their outputs are missing; returns every silo id."""
     paths = Paths.of(cfg)
     if not (paths.prepared / "interactions.parquet").exists():
         prepare(cfg)
     if not (paths.silos / "manifest.json").exists():
         partition(cfg)
+    return list_silos(paths.silos)
+
+
+def ensure_data(cfg: Config) -> list[str]:
+    """Run the data steps whose outputs are missing; returns the silos that passed validation."""
+    paths = Paths.of(cfg)
+    ensure_partitioned(cfg)
     if not (paths.validation / "summary.json").exists():
         validate_all(cfg)
     silos = passing_silos(cfg)

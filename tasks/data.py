@@ -15,14 +15,7 @@ from fedrec.validation import ValidationReport
 @task(name="prepare-silos", **IO_RETRIES, cache_policy=NO_CACHE)
 def prepare_silos(cfg: Config) -> list[str]:
     """Load/synthesize and partition when the outputs are missing; returns every silo id."""
-    paths = pipeline.Paths.of(cfg)
-    if not (paths.prepared / "interactions.parquet").exists():
-        pipeline.prepare(cfg)
-    if not (paths.silos / "manifest.json").exists():
-        pipeline.partition(cfg)
-    from fedrec.data.partition import list_silos
-
-    return list_silos(paths.silos)
+    return pipeline.ensure_partitioned(cfg)
 
 
 @task(name="validate", task_run_name="validate-silo-{silo_id}", cache_policy=NO_CACHE)

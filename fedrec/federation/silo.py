@@ -62,15 +62,18 @@ class SiloStore:
         return self.root / "pending" / f"round-{server_round:04d}.pt"
 
 
-def _load_model(cfg: Config, silo_id: str, data: SiloData, store: SiloStore, device: torch.device):
+def _load_model(cfg: Config, silo_id: str, data: SiloData, store: SiloStore, device: torch.device,
+                with_optimizer: bool = True):
+    """The silo's model (its own user tower, freshly seeded on first use) and, for training, its optimizer."""
     seed = int(np.random.SeedSequence(silo_seed(cfg.federation.seed, silo_id)).generate_state(1)[0])
     model = build_model(model_config(cfg.model, data.n_users, data.n_items), torch.Generator().manual_seed(seed))
     model.to(device)
-    optimizer = make_optimizer(model, cfg.training)
+    optimizer = make_optimizer(model, cfg.training) if with_optimizer else None
     if store.model_path.exists():
         saved = torch.load(store.model_path, map_location=device, weights_only=True)
         model.users.load_state_dict(saved["users"])
-        optimizer.load_state_dict(saved["optimizer"])
+        if optimizer is not None:
+            optimizer.load_state_dict(saved["optimizer"])
     return model, optimizer
 
 
@@ -119,7 +122,7 @@ class EvalOutcome:
 def evaluate_silo(cfg: Config, silo_id: str, data: SiloData, global_state: dict[str, torch.Tensor],
                   store: SiloStore) -> EvalOutcome:
     device = resolve_device(cfg.training.device)
-    model, _ = _load_model(cfg, silo_id, data, store, device)
+    model, _ = _load_model(cfg, silo_id, data, store, device, with_optimizer=False)
     model.load_shared_state(global_state)
     ev = cfg.evaluation
     return EvalOutcome(silo_id=silo_id,
