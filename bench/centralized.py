@@ -18,7 +18,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from fedrec.centralized import run_baseline  # noqa: E402
-from fedrec.config import load_config  # noqa: E402
+from fedrec.config import load_config, parse_overrides  # noqa: E402
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", default="results/centralized_bench.json")
     args = ap.parse_args()
-    cfg = load_config(args.params, dict(s.split("=", 1) for s in args.sets))
+    cfg = load_config(args.params, parse_overrides(args.sets))
     results, curves = {}, {}
     for model in args.models.split(","):
         start = time.perf_counter()

@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from fedrec.config import load_config  # noqa: E402
+from fedrec.config import load_config, parse_overrides  # noqa: E402
 from fedrec.federation.aggregate import flatten_state  # noqa: E402
 from fedrec.federation.rounds import Federation  # noqa: E402
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--skip-plain", action="store_true")
     ap.add_argument("--out", default="results/federated_bench.json")
     args = ap.parse_args()
-    overrides = dict(s.split("=", 1) for s in args.sets)
+    overrides = parse_overrides(args.sets)
     from flows.federated import run_federation
 
     runs = {}

@@ -17,7 +17,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from fedrec.config import Config, load_config  # noqa: E402
+from fedrec.config import Config, load_config, parse_overrides  # noqa: E402
 from fedrec.errors import FedrecError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated recommendation with encrypted aggregation.")
@@ -28,10 +28,23 @@ ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="params.yaml (the
 SetOpt = typer.Option(None, "--set", "-S", help="override a config key, e.g. -S federation.rounds=5")
 
 
+def _overrides(sets: list[str] | None, extra: dict | None = None) -> dict:
+    """-S key=value pairs plus the options a command maps onto config keys (None = not given)."""
+    return parse_overrides(sets) | {k: v for k, v in (extra or {}).items() if v is not None}
+
+
 def _config(params: Path, sets: list[str] | None, extra: dict | None = None) -> Config:
-    overrides = dict(s.split("=", 1) for s in (sets or []))
-    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
-    return load_config(params, overrides)
+    return load_config(params, _overrides(sets, extra))
+
+
+def _emit(payload: dict, output: Path | None, as_json: bool) -> bool:
+    """Write the JSON summary to ``output`` if given; print it on stdout if ``as_json``. True when printed."""
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(payload, indent=2))
+    if as_json:
+        sys.stdout.write(json.dumps(payload) + "\n")
+    return as_json
 
 
 def _progress() -> Progress:
@@ -125,12 +138,7 @@ def centralized(
 
             report = run_baseline(cfg, model, on_epoch=on_epoch)
             progress.update(task, completed=progress.tasks[0].total)
-    payload = report.to_json()
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(payload, indent=2))
-    if as_json:
-        sys.stdout.write(json.dumps(payload) + "\n")
+    if _emit(report.to_json(), output, as_json):
         return
     table = Table(title=f"centralized {model} (selected on {report.selection_metric}, test item)")
     table.add_column("seed")
@@ -156,21 +164,14 @@ def run(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Federated training across the silos (Prefect flow `federated_training`, HE aggregation by default)."""
-    overrides = dict(s.split("=", 1) for s in (set_ or []))
-    overrides |= {k: v for k, v in {"federation.rounds": rounds, "federation.local_epochs": local_epochs,
-                                     "model.name": model}.items() if v is not None}
-    if no_he:
-        overrides["federation.he"] = False
     with _user_errors():
+        overrides = _overrides(set_, {"federation.rounds": rounds, "federation.local_epochs": local_epochs,
+                                      "model.name": model, "federation.he": False if no_he else None})
         load_config(params, overrides)  # fail fast on bad config, before Prefect starts
         from flows.federated import run_federation
 
         summary = run_federation(params_path=str(params), overrides=overrides, show_progress=True)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(summary, indent=2))
-    if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+    if _emit(summary, output, as_json):
         return
     k = 10
     table = Table(title=f"federated {summary['model']} ({'CKKS' if summary['he'] else 'plaintext'} aggregation), "

@@ -267,6 +267,17 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(message)
 
 
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """``["federation.rounds=5", ...]`` (the CLI's and DVC's -S spelling) -> ``{"federation.rounds": "5"}``."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not key=value (e.g. -S federation.rounds=5)")
+        overrides[key.strip()] = value
+    return overrides
+
+
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
     """Read ``params.yaml``; a missing file means defaults. Overrides use dotted keys."""
     path = Path(path)

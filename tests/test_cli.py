@@ -72,3 +72,10 @@ def test_run_emits_one_json_object(prefect_harness, params_file):
     assert summary["rounds"] == 1 and summary["he"] is True
     assert summary["seconds_per_round"] > 0
     assert set(summary["bytes_per_round"]) == {"0", "1", "2"} and summary["bytes_per_round_mean"] > 0
+
+
+def test_malformed_override_exits_2_with_a_message(params_file):
+    result = CliRunner().invoke(app, ["partition", "--params", str(params_file), "-S", "federation.rounds"])
+
+    assert result.exit_code == 2
+    assert "not key=value" in result.output

@@ -114,3 +114,13 @@ def test_repo_params_yaml_loads():
 def test_tiny_cfg_fixture_is_valid(tiny_cfg):
     assert tiny_cfg.data.source == "synthetic"
     assert tiny_cfg.partition.n_silos == 3
+
+
+def test_parse_overrides_splits_on_the_first_equals_and_names_bad_pairs():
+    from fedrec.config import parse_overrides
+
+    assert parse_overrides(["federation.rounds=5", "tracking.uri=sqlite:///a=b.db"]) == \
+        {"federation.rounds": "5", "tracking.uri": "sqlite:///a=b.db"}
+    assert parse_overrides(None) == {}
+    with pytest.raises(ConfigError, match="federation.rounds5"):
+        parse_overrides(["federation.rounds5"])
