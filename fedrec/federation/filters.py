@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedrec.crypto import Codec
+from fedrec.crypto import Codec, PlainCodec
 from fedrec.errors import PayloadError
 from fedrec.federation.aggregate import flatten_state, layout_of, unflatten_state
 from fedrec.federation.strategy import AggregateResult
@@ -102,16 +102,13 @@ def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResu
 
 def encode_global(state: dict[str, torch.Tensor], server_round: int) -> EncryptedUpdate:
     """The global item tower after a round (an aggregate, not any silo's update), as a plaintext payload."""
-    flat = flatten_state(state)
-    return EncryptedUpdate(kind="global", round=server_round, silo_id="global", n_samples=0, scheme="plain",
-                           context_id="plaintext", layout=layout_of(state),
-                           chunks=(np.asarray(flat, dtype="<f8").tobytes(),))
+    codec = PlainCodec()
+    return EncryptedUpdate(kind="global", round=server_round, silo_id="global", n_samples=0, scheme=codec.scheme,
+                           context_id=codec.context_id, layout=layout_of(state),
+                           chunks=tuple(codec.encrypt(flatten_state(state))))
 
 
 def decode_global(payload: EncryptedUpdate) -> dict[str, torch.Tensor]:
-    if payload.kind != "global" or payload.scheme != "plain" or len(payload.chunks) != 1:
+    if payload.kind != "global" or payload.scheme != "plain":
         raise PayloadError(f"not a global-model payload (kind={payload.kind!r}, scheme={payload.scheme!r})")
-    flat = np.frombuffer(payload.chunks[0], dtype="<f8")
-    if len(flat) != layout_size(payload.layout):
-        raise PayloadError("global-model payload length does not match its layout")
-    return unflatten_state(flat, payload.layout)
+    return unflatten_state(PlainCodec().decrypt(list(payload.chunks), layout_size(payload.layout)), payload.layout)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from fedrec import pipeline
 from fedrec.config import Config
-from fedrec.crypto import CKKSCodec, Codec, PlainCodec, create_keys
+from fedrec.crypto import CKKSCodec, Codec, PlainCodec, context_fingerprint, create_keys
 from fedrec.exchange import PUBLIC_CONTEXT_KEY, Exchange, aggregate_key, global_key, update_key
 from fedrec.federation.filters import (LocalUpdate, aggregate_updates, decode_global, decrypt_aggregate,
                                        encode_global, encrypt_update)
@@ -39,7 +40,7 @@ class Federation:
         data = pipeline.load_silo_data(self.cfg, silo_id)
         return data.with_validation_in_train() if self.validation_in_train else data
 
-    @property
+    @cached_property
     def exchange(self) -> Exchange:
         return Exchange(f"{self.cfg.federation.exchange_url.rstrip('/')}/{self.run_id}")
 
@@ -73,7 +74,7 @@ def setup_keys(fed: Federation, silos: list[str]) -> str:
     for silo_id in silos:
         fed.store(silo_id).save_secret_context(keys.secret_context)
     fed.exchange.put(PUBLIC_CONTEXT_KEY, keys.public_context)
-    return fed.coordinator_codec().context_id
+    return context_fingerprint(keys.public_context)
 
 
 def initialize_global(fed: Federation) -> int:
