@@ -9,7 +9,7 @@ from typing import Callable
 
 from fedrec import pipeline
 from fedrec.config import Config
-from fedrec.training import EpochRecord, SiloData, evaluate, resolve_device, train_centralized
+from fedrec.training import EpochRecord, SiloData, evaluate_targets, resolve_device, train_centralized
 from fedrec.tracking import mlflow_run
 from models.popularity import PopularityModel
 
@@ -50,8 +50,8 @@ def run_popularity(cfg: Config, data: SiloData) -> SeedOutcome:
     model = PopularityModel(data.train_items, data.n_items).to(device)
     k = cfg.evaluation.k
     with mlflow_run(cfg, "centralized-pop", {"kind": "centralized", "model": "pop"}) as run:
-        val = evaluate(model, data, k, "val", True, device).means(k)
-        test = evaluate(model, data, k, "test", True, device).means(k)
+        sums = evaluate_targets(model, data, k, ("val", "test"), True, device)
+        val, test = sums["val"].means(k), sums["test"].means(k)
         run.log_metrics({f"val_{m}": v for m, v in val.items()} | {f"test_{m}": v for m, v in test.items()})
     return SeedOutcome(seed=0, best_epoch=0, val=val, test=test, seconds_per_epoch=0.0, run_id=run.run_id)
 

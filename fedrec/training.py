@@ -161,36 +161,47 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: Scorer, data: SiloData, k: int, target: str = "val", full: bool = True,
-             device: torch.device | None = None, chunk_users: int = 256) -> MetricSums:
-    """Rank each user's val or test item among its fixed negatives (and, if ``full``, among all unseen items).
+def evaluate_targets(model: Scorer, data: SiloData, k: int, targets: tuple[str, ...] = ("val", "test"),
+                     full: bool = True, device: torch.device | None = None,
+                     chunk_users: int = 256) -> dict[str, MetricSums]:
+    """Rank each user's val and/or test item among its fixed negatives (and, if ``full``, among all unseen
+    items), scoring every item once per user for all targets.
 
     For the test item the validation item counts as seen; the test item is never used for ``val``.
     """
-    if target not in ("val", "test"):
-        raise ValueError("target must be 'val' or 'test'")
+    if not targets or set(targets) - {"val", "test"}:
+        raise ValueError("targets must be 'val' and/or 'test'")
     if hasattr(model, "eval"):
         model.eval()
     device = device or torch.device("cpu")
-    targets_all = data.val_items if target == "val" else data.test_items
-    sums = MetricSums()
+    items_of = {"val": data.val_items, "test": data.test_items}
+    sums = {t: MetricSums() for t in targets}
     for start in range(0, data.n_users, chunk_users):
         local = np.arange(start, min(start + chunk_users, data.n_users))
         users_t = torch.from_numpy(local).to(device)
-        targets = targets_all[local]
-        cand = np.concatenate([targets[:, None], data.negatives[local]], axis=1)
-        scores = model.predict(users_t.repeat_interleave(cand.shape[1]),
-                               torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
-        sampled = sampled_rank(scores[:, 0], scores[:, 1:])
-        full_ranks = None
-        if full:
-            all_scores = model.full_sort_predict(users_t).cpu().numpy()
-            excluded = data.seen_mask(local)
-            if target == "test":
-                excluded[np.arange(len(local)), data.val_items[local]] = True
-            full_ranks = full_rank(all_scores, targets, excluded)
-        sums = sums + MetricSums.from_ranks(sampled, full_ranks, k)
+        all_scores = model.full_sort_predict(users_t).cpu().numpy() if full else None
+        for target in targets:
+            wanted = items_of[target][local]
+            cand = np.concatenate([wanted[:, None], data.negatives[local]], axis=1)
+            scores = model.predict(users_t.repeat_interleave(cand.shape[1]),
+                                   torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
+            full_ranks = None
+            if full:
+                excluded = data.seen_mask(local)
+                if target == "test":
+                    excluded[np.arange(len(local)), data.val_items[local]] = True
+                full_ranks = full_rank(all_scores, wanted, excluded)
+            sums[target] = sums[target] + MetricSums.from_ranks(sampled_rank(scores[:, 0], scores[:, 1:]),
+                                                                full_ranks, k)
     return sums
+
+
+def evaluate(model: Scorer, data: SiloData, k: int, target: str = "val", full: bool = True,
+             device: torch.device | None = None, chunk_users: int = 256) -> MetricSums:
+    """:func:`evaluate_targets` for one target (``val`` or ``test``)."""
+    if target not in ("val", "test"):
+        raise ValueError("target must be 'val' or 'test'")
+    return evaluate_targets(model, data, k, (target,), full, device, chunk_users)[target]
 
 
 @dataclass

@@ -192,3 +192,21 @@ def test_refit_reuses_the_selected_epoch_count(tiny_cfg, silo_data):
     assert refit.best_epoch == plain.best_epoch and refit.val == plain.val
     assert refit.test != plain.test
     assert all(0.0 <= v <= 1.0 for v in refit.test.values())
+
+
+def test_evaluate_targets_in_one_pass_equals_one_target_at_a_time(silo_data):
+    from fedrec.training import evaluate_targets
+
+    from fedrec.config import ModelConfig
+
+    spec = model_config(ModelConfig(name="neumf", embedding_dim=8, mlp_layers=(16, 8)),
+                        silo_data.n_users, silo_data.n_items)
+    model = build_model(spec, torch.Generator().manual_seed(0))
+
+    both = evaluate_targets(model, silo_data, 10, ("val", "test"), full=True, chunk_users=7)
+
+    assert both["val"] == evaluate(model, silo_data, 10, "val", full=True, chunk_users=7)
+    assert both["test"] == evaluate(model, silo_data, 10, "test", full=True, chunk_users=7)
+    assert both["val"] != both["test"]
+    with pytest.raises(ValueError):
+        evaluate_targets(model, silo_data, 10, ("train",))

@@ -20,7 +20,7 @@ from fedrec.federation.aggregate import state_delta
 from fedrec.federation.filters import LocalUpdate
 from fedrec.federation.strategy import FitInstructions
 from fedrec.metrics import MetricSums
-from fedrec.training import (SiloData, evaluate, make_optimizer, model_config, resolve_device, train_epoch)
+from fedrec.training import (SiloData, evaluate_targets, make_optimizer, model_config, resolve_device, train_epoch)
 from models import RecModel, build_model
 
 
@@ -125,6 +125,5 @@ def evaluate_silo(cfg: Config, silo_id: str, data: SiloData, global_state: dict[
     model, _ = _load_model(cfg, silo_id, data, store, device, with_optimizer=False)
     model.load_shared_state(global_state)
     ev = cfg.evaluation
-    return EvalOutcome(silo_id=silo_id,
-                       val=evaluate(model, data, ev.k, "val", ev.full_ranking, device),
-                       test=evaluate(model, data, ev.k, "test", ev.full_ranking, device))
+    sums = evaluate_targets(model, data, ev.k, ("val", "test"), ev.full_ranking, device)
+    return EvalOutcome(silo_id=silo_id, val=sums["val"], test=sums["test"])
