@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fedrec import env
+from fedrec import audit, env
 
 env.apply_defaults()
+audit.install_from_env()
 
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -134,7 +135,7 @@ def centralized(
 
             def on_epoch(seed, rec):
                 progress.update(task, advance=1, status=f"seed {seed} epoch {rec.epoch} loss {rec.loss:.4f} "
-                                f"val hr@10 {rec.val['hr@10']:.4f}")
+                                f"val hr@{cfg.evaluation.k} {rec.val[f'hr@{cfg.evaluation.k}']:.4f}")
 
             report = run_baseline(cfg, model, on_epoch=on_epoch)
             progress.update(task, completed=progress.tasks[0].total)
@@ -152,38 +153,91 @@ def centralized(
     out.print(table)
 
 
-@app.command()
-def run(
-    rounds: Optional[int] = typer.Option(None, "--rounds", "-r"),
-    local_epochs: Optional[int] = typer.Option(None, "--local-epochs", "-E"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="gmf | neumf"),
-    no_he: bool = typer.Option(False, "--no-he", help="aggregate the same payloads in plaintext (to measure HE cost)"),
-    as_json: bool = typer.Option(False, "--json", help="emit one JSON object on stdout"),
-    output: Optional[Path] = typer.Option(None, "--out", help="also write the JSON summary to this file"),
-    params: Path = ParamsOpt,
-    set_: Optional[list[str]] = SetOpt,
-) -> None:
-    """Federated training across the silos (Prefect flow `federated_training`, HE aggregation by default)."""
-    with _user_errors():
-        overrides = _overrides(set_, {"federation.rounds": rounds, "federation.local_epochs": local_epochs,
-                                      "model.name": model, "federation.he": False if no_he else None})
-        load_config(params, overrides)  # fail fast on bad config, before Prefect starts
-        from flows.federated import run_federation
+def _run_options(rounds, local_epochs, model, no_he) -> dict:
+    return {"federation.rounds": rounds, "federation.local_epochs": local_epochs, "model.name": model,
+            "federation.he": False if no_he else None}
 
-        summary = run_federation(params_path=str(params), overrides=overrides, show_progress=True)
+
+def _print_summary(summary: dict, k: int, output: Path | None, as_json: bool) -> None:
     if _emit(summary, output, as_json):
         return
-    k = 10
+    keys = (f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}", "seconds_per_round_median", "bytes_per_round_mean")
     table = Table(title=f"federated {summary['model']} ({'CKKS' if summary['he'] else 'plaintext'} aggregation), "
                         f"round {summary['selected_round']} selected on {summary['selection_metric']}")
-    for key in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10", "seconds_per_round", "bytes_per_round_mean"):
+    for key in keys:
         table.add_column(key)
-    table.add_row(*(f"{summary[key]:.4f}" if key.endswith(f"@{k}") else f"{summary[key]:,.1f}"
-                    for key in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10", "seconds_per_round",
-                                "bytes_per_round_mean")))
+    table.add_row(*(f"{summary[key]:.4f}" if key.endswith(f"@{k}") else f"{summary[key]:,.2f}" for key in keys))
     out.print(table)
     if summary["excluded"]:
         err.print(f"[yellow]silos left out:[/] {summary['excluded']}")
+
+
+RoundsOpt = typer.Option(None, "--rounds", "-r")
+EpochsOpt = typer.Option(None, "--local-epochs", "-E")
+ModelOpt = typer.Option(None, "--model", "-m", help="gmf | neumf")
+NoHeOpt = typer.Option(False, "--no-he", help="aggregate the same payloads in plaintext (to measure HE cost)")
+JsonOpt = typer.Option(False, "--json", help="emit one JSON object on stdout")
+OutOpt = typer.Option(None, "--out", help="also write the JSON summary to this file")
+
+
+@app.command()
+def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsOpt, model: Optional[str] = ModelOpt,
+        no_he: bool = NoHeOpt, as_json: bool = JsonOpt, output: Optional[Path] = OutOpt,
+        params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """One machine: provision the demo silos, then federate them (silo agents in host processes, CKKS by default)."""
+    with _user_errors():
+        overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
+        cfg = load_config(params, overrides)  # fail fast on bad config, before Prefect starts
+        from flows.federated import run_demo
+
+        summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True)
+    _print_summary(summary, cfg.evaluation.k, output, as_json)
+
+
+@app.command()
+def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated roster, e.g. 0,1,2"),
+               rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsOpt,
+               model: Optional[str] = ModelOpt, no_he: bool = NoHeOpt, as_json: bool = JsonOpt,
+               output: Optional[Path] = OutOpt, params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """The coordinator only: start the silos' agents (their deployments, or local hosts) and run the rounds.
+
+    Opens no silo's data or keys; needs the public item catalogue (data/catalogue) and the exchange."""
+    with _user_errors():
+        overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
+        cfg = load_config(params, overrides)
+        from flows.federated import run_federation
+
+        summary = run_federation(params_path=str(params), overrides=overrides,
+                                 silos=[s.strip() for s in silos.split(",") if s.strip()], show_progress=not as_json)
+    _print_summary(summary, cfg.evaluation.k, output, as_json)
+
+
+silo_app = typer.Typer(no_args_is_help=True, help="What a silo's operator runs on the silo's own machine.")
+app.add_typer(silo_app, name="silo")
+
+
+@silo_app.command("serve")
+def silo_serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
+               params: Path = ParamsOpt,
+               poll: int = typer.Option(2, "--poll", help="seconds between looks for new runs")) -> None:
+    """Serve this silo's `silo_agent/silo-<id>` deployment: the coordinator starts runs of it; they run here,
+    next to this silo's data and keys. Stops on Ctrl-C."""
+    import os
+
+    from fedrec.wire.exchange import check_silo_id
+
+    with _user_errors():
+        check_silo_id(silo)
+        load_config(params)
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(poll))
+    from prefect import serve
+
+    from flows.silo_agent import silo_agent
+
+    deployment = silo_agent.to_deployment(name=f"silo-{silo}", tags=[f"silo:{silo}"],
+                                          parameters={"silo_id": silo, "params_path": str(params.resolve())})
+    err.print(f"serving silo_agent/silo-{silo} (Ctrl-C to stop)")
+    serve(deployment, print_starting_message=False)
 
 
 @app.command()

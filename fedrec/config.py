@@ -112,9 +112,20 @@ class FederationConfig:
     min_silos: int = 1
     exchange_url: str = "state/exchange"
     state_dir: str = "state"
-    #: silos trained at the same time (Prefect thread pool); each also uses torch intra-op threads
-    max_parallel_silos: int = 2
+    #: one machine: silo host processes (each keeps its silos in memory, one torch thread); 0 = one per core
+    max_parallel_silos: int = 0
     seed: int = 0
+    #: local: silo hosts started by the coordinator on this machine; deployments: each silo serves its own
+    #: `silo_agent/silo-<id>` Prefect deployment (`fedrec silo serve`) and the coordinator starts runs of it
+    launcher: Literal["local", "deployments"] = "local"
+    #: the roster; empty: the silos of the demo partition (data/silos)
+    silos: tuple[str, ...] = ()
+    #: a silo that has not joined (validated) by then is left out
+    join_timeout_s: float = 600.0
+    #: per-round deadline for updates, the key holder's decryption and metric sums
+    round_timeout_s: float = 600.0
+    #: how often parties look for each other's payloads on the exchange
+    poll_interval_s: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -256,6 +267,11 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
         (cfg.federation.local_epochs >= 1, "federation.local_epochs must be >= 1"),
         (cfg.federation.eval_every >= 1, "federation.eval_every must be >= 1"),
+        (cfg.federation.max_parallel_silos >= 0, "federation.max_parallel_silos must be >= 0 (0 = one per core)"),
+        (cfg.federation.join_timeout_s > 0, "federation.join_timeout_s must be > 0"),
+        (cfg.federation.round_timeout_s > 0, "federation.round_timeout_s must be > 0"),
+        (0 < cfg.federation.poll_interval_s <= 60, "federation.poll_interval_s must be in (0, 60]"),
+        (len(set(cfg.federation.silos)) == len(cfg.federation.silos), "federation.silos has duplicates"),
         (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
         (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),
         (0 <= cfg.crypto.quantization_bits <= 30, "crypto.quantization_bits must be in 0..30"),

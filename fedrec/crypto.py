@@ -7,7 +7,7 @@ Flat vectors are packed into ``poly_modulus_degree / 2`` slots per ciphertext ou
 so TenSEAL never chunks (and warns) on its own.
 
 The plaintext codec exposes the same interface so HE can be switched off (``he: false``)
-to measure its cost; both produce :class:`~fedrec.payload.EncryptedUpdate` chunks.
+to measure its cost; both produce :class:`~fedrec.wire.payload.EncryptedUpdate` chunks.
 """
 
 from __future__ import annotations

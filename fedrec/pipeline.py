@@ -167,3 +167,9 @@ def ensure_data(cfg: Config) -> list[str]:
     if not all((paths.split / s / "holdout.parquet").exists() for s in silos):
         split_all(cfg)
     return silos
+
+
+def silo_sizes(cfg: Config) -> dict[str, int]:
+    """Interactions per silo from the demo partition's manifest (used to balance silo hosts on one machine)."""
+    manifest = json.loads((Paths.of(cfg).silos / "manifest.json").read_text())
+    return {s: int(m["interactions"]) for s, m in manifest.items()}

@@ -16,7 +16,9 @@ import torch
 from fedrec import pipeline
 from fedrec.config import Config
 from fedrec.errors import FedrecError
-from fedrec.federation.rounds import Federation
+from fedrec.federation.filters import load_global
+from fedrec.silo.store import SiloStore
+from fedrec.wire.exchange import run_exchange
 from fedrec.training import model_config, resolve_device
 from models import build_model
 
@@ -41,7 +43,7 @@ def recommend(cfg: Config, silo_id: str, user_id: int, k: int = 10, run_id: str 
               server_round: int | None = None) -> list[Recommendation]:
     """The k best unseen items for ``user_id`` (a user of ``silo_id``) under a federated run's model."""
     run_id = run_id or latest_run_id(cfg, silo_id)
-    fed = Federation(cfg, run_id)
+    exchange = run_exchange(cfg, run_id)
     data = pipeline.load_silo_data(cfg, silo_id)
     matches = np.flatnonzero(data.user_ids == user_id)
     if len(matches) == 0:
@@ -49,10 +51,10 @@ def recommend(cfg: Config, silo_id: str, user_id: int, k: int = 10, run_id: str 
     local = int(matches[0])
     device = resolve_device(cfg.training.device)
     model = build_model(model_config(cfg.model, data.n_users, data.n_items)).to(device)
-    saved = torch.load(fed.store(silo_id).model_path, map_location=device, weights_only=True)
+    saved = torch.load(SiloStore.of(cfg, silo_id, run_id).model_path, map_location=device, weights_only=True)
     model.users.load_state_dict(saved["users"])
-    rounds_done = server_round if server_round is not None else _last_round(fed)
-    model.load_shared_state(fed.load_global(rounds_done))
+    rounds_done = server_round if server_round is not None else _last_round(exchange)
+    model.load_shared_state(load_global(exchange, rounds_done))
     scores = model.full_sort_predict(torch.tensor([local], device=device))[0].cpu().numpy()
     scores[data.seen_mask(np.array([local]))[0]] = -np.inf
     top = np.argsort(-scores, kind="stable")[:k]
@@ -62,6 +64,6 @@ def recommend(cfg: Config, silo_id: str, user_id: int, k: int = 10, run_id: str 
             for r, i in enumerate(top)]
 
 
-def _last_round(fed: Federation) -> int:
-    keys = [k for k in fed.exchange.keys("global") if k.endswith(".bin")]
+def _last_round(exchange) -> int:
+    keys = [k for k in exchange.keys("global") if k.endswith(".bin")]
     return max(int(k.rsplit("round-", 1)[1].split(".")[0]) for k in keys)

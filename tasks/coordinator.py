@@ -1,37 +1,38 @@
-"""Tasks of the coordinator (public context only) and of the key holder."""
+"""Tasks the coordinator runs (thin wrappers over :class:`fedrec.coordinator.coordinator.Coordinator`).
+
+It holds the public HE context only; results are summaries (counts, seconds, bytes), never keys."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import IO_RETRIES
-
-from fedrec.federation import rounds
-from fedrec.federation.strategy import Strategy
-
-
-@task(name="setup_keys", **IO_RETRIES, cache_policy=NO_CACHE)
-def setup_keys(fed: rounds.Federation, silos: list[str]) -> str:
-    """CKKS context: secret to the silos' key stores, public to the exchange. Returns the context id."""
-    return rounds.setup_keys(fed, silos)
+from fedrec.coordinator.coordinator import Coordinator
+from fedrec.coordinator.report import RoundRecord, round_record
+from fedrec.wire.messages import Admission
 
 
-@task(name="init_global", **IO_RETRIES, cache_policy=NO_CACHE)
-def init_global(fed: rounds.Federation) -> int:
-    return rounds.initialize_global(fed)
+@task(name="admit", cache_policy=NO_CACHE)
+def admit(coord: Coordinator, roster: list[str]) -> Admission:
+    """Wait for the silos' hellos; admit those whose data passed validation."""
+    return coord.admit(roster)
 
 
-@task(name="aggregate", task_run_name="aggregate-round-{server_round}",
-      **IO_RETRIES, cache_policy=NO_CACHE)
-def aggregate(fed: rounds.Federation, server_round: int, silos: list[str]) -> rounds.AggregateSummary:
-    """Sum the round's ciphertexts without decrypting anything."""
-    return rounds.aggregate_round(fed, server_round, silos)
+@task(name="open-federation", cache_policy=NO_CACHE)
+def open_federation(coord: Coordinator) -> tuple[str, int]:
+    """The key holder's public context, and the round-0 global model. Returns (context id, parameters)."""
+    return coord.open_context(), coord.init_global()
 
 
-@task(name="decrypt", task_run_name="decrypt-round-{server_round}-at-{key_holder}",
-      **IO_RETRIES, cache_policy=NO_CACHE)
-def decrypt_and_step(fed: rounds.Federation, key_holder: str, server_round: int, strategy: Strategy,
-                     failures: list[tuple[str, str]]) -> rounds.DecryptSummary:
-    """At a key holder: decrypt the aggregate, apply the strategy, publish the new global model."""
-    return rounds.decrypt_and_step(fed, key_holder, server_round, strategy, failures)
+@task(name="round", task_run_name="round-{server_round}", cache_policy=NO_CACHE)
+def federated_round(coord: Coordinator, server_round: int, evaluate: bool) -> RoundRecord:
+    """Instructions ─► updates (deadline) ─► ciphertext sum ─► key holder's mean ─► strategy ─► global(r)."""
+    return round_record(coord, server_round, evaluate)
+
+
+@task(name="evaluate", task_run_name="evaluate-round-{server_round}", cache_policy=NO_CACHE)
+def collect_evaluation(coord: Coordinator, record: RoundRecord, server_round: int) -> RoundRecord:
+    """The silos' metric sums for the round's global model."""
+    reports, _ = coord.collect_metrics(server_round, record.contributors)
+    record.add_evaluation(reports, coord.cfg.evaluation.k)
+    return record

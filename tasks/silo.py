@@ -1,4 +1,5 @@
-"""Tasks that run at a silo: local training, the encrypt filter, local evaluation."""
+"""Tasks a silo runs (thin wrappers over :class:`fedrec.silo.agent.SiloAgent`); their results are small
+reports, never tensors, ciphertexts or keys."""
 
 from __future__ import annotations
 
@@ -7,26 +8,41 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import IO_RETRIES
 
-from fedrec.federation import rounds
-from fedrec.federation.silo import EvalOutcome
-from fedrec.federation.strategy import FitInstructions
+from fedrec.silo.agent import SiloAgent
+from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, MetricReport
 
 
-@task(name="train_local", task_run_name="train-silo-{silo_id}-round-{server_round}", cache_policy=NO_CACHE)
-def train_local(fed: rounds.Federation, silo_id: str, server_round: int,
-                instructions: FitInstructions) -> rounds.TrainSummary:
-    """E local epochs from the global item tower; the plaintext update stays in the silo's store."""
-    return rounds.train_local(fed, silo_id, instructions)
+@task(name="validate", task_run_name="validate-silo-{agent.silo_id}", cache_policy=NO_CACHE)
+def validate_data(agent: SiloAgent) -> Hello:
+    """Great Expectations on the silo's own interactions; publishes the verdict (no example rows)."""
+    return agent.validate()
 
 
-@task(name="encrypt", task_run_name="encrypt-silo-{silo_id}-round-{server_round}",
-      **IO_RETRIES, cache_policy=NO_CACHE)
-def encrypt_update(fed: rounds.Federation, silo_id: str, server_round: int) -> rounds.EncryptSummary:
-    """Weight, encrypt (CKKS) and publish the silo's update to the exchange."""
-    return rounds.encrypt_and_publish(fed, silo_id, server_round)
+@task(name="join", task_run_name="join-silo-{agent.silo_id}", cache_policy=NO_CACHE)
+def join_federation(agent: SiloAgent) -> Admission | None:
+    return agent.await_admission()
 
 
-@task(name="evaluate_local", task_run_name="evaluate-silo-{silo_id}-round-{server_round}", cache_policy=NO_CACHE)
-def evaluate_local(fed: rounds.Federation, silo_id: str, server_round: int) -> EvalOutcome:
+@task(name="setup", task_run_name="keys-and-model-silo-{agent.silo_id}", cache_policy=NO_CACHE)
+def setup_silo(agent: SiloAgent) -> str:
+    """The key holder makes the run's CKKS keys; every silo builds its model. Returns the context id."""
+    return agent.setup()
+
+
+@task(name="fit", task_run_name="fit-silo-{agent.silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
+def fit_round(agent: SiloAgent, ins: FitInstructions) -> FitReport:
+    """Train E local epochs, encrypt the weighted update in memory, publish it."""
+    return agent.fit(ins)
+
+
+@task(name="decrypt", task_run_name="decrypt-round-{server_round}-at-{agent.silo_id}",
+      cache_policy=NO_CACHE, **IO_RETRIES)
+def decrypt_round(agent: SiloAgent, server_round: int) -> bool:
+    """Key holder: decrypt the round's aggregate and publish the mean."""
+    return agent.decrypt(server_round)
+
+
+@task(name="evaluate", task_run_name="evaluate-silo-{agent.silo_id}-round-{server_round}", cache_policy=NO_CACHE)
+def evaluate_round(agent: SiloAgent, server_round: int) -> MetricReport:
     """HR/NDCG sums over the silo's own users (only sums leave the silo)."""
-    return rounds.evaluate_local(fed, silo_id, server_round)
+    return agent.evaluate(server_round)

@@ -1,4 +1,4 @@
-"""fedrec.exchange: payload transport over any fsspec URL."""
+"""fedrec.wire.exchange: payload transport over any fsspec URL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from fedrec.errors import PayloadError
-from fedrec.exchange import Exchange, aggregate_key, global_key, update_key
+from fedrec.wire.exchange import Exchange, aggregate_key, global_key, update_key
 
 
 def _urls(tmp_path):

@@ -17,9 +17,9 @@ from conftest import make_tiny_params
 from fedrec import pipeline
 from fedrec.config import load_config
 from fedrec.crypto import CKKSCodec
-from fedrec.exchange import PUBLIC_CONTEXT_KEY
+from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY
 from fedrec.federation.rounds import Federation
-from fedrec.payload import MAGIC, EncryptedUpdate
+from fedrec.wire.payload import MAGIC, EncryptedUpdate
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 

@@ -1,4 +1,4 @@
-"""fedrec.payload: the wire format of updates, aggregates and global models, validated on receipt."""
+"""fedrec.wire.payload: the wire format of updates, aggregates and global models, validated on receipt."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fedrec.crypto import CKKSCodec, create_keys
 from fedrec.errors import PayloadError
 from fedrec.federation.filters import (LocalUpdate, aggregate_updates, decode_global, encode_global,
                                        encrypt_update)
-from fedrec.payload import MAGIC, EncryptedUpdate, TensorSpec, layout_size
+from fedrec.wire.payload import MAGIC, EncryptedUpdate, TensorSpec, layout_size
 
 CRYPTO = CryptoConfig(poly_modulus_degree=4096, coeff_mod_bit_sizes=(40, 20, 40), global_scale_bits=20)
 SLOTS = 2048

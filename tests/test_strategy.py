@@ -1,4 +1,4 @@
-"""fedrec.federation.strategy: FedAvg / FedProx on decrypted mean updates."""
+"""fedrec.coordinator.strategy: FedAvg / FedProx on decrypted mean updates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedrec.config import FederationConfig
-from fedrec.federation.strategy import (AggregateResult, FedAvg, FedProx, FitInstructions, ServerState,
+from fedrec.coordinator.strategy import (AggregateResult, FedAvg, FedProx, FitInstructions, ServerState,
                                         build_strategy)
 
 GLOBAL = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}

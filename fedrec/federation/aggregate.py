@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedrec.payload import TensorSpec
+from fedrec.wire.payload import TensorSpec
 
 
 def layout_of(state: dict[str, torch.Tensor]) -> tuple[TensorSpec, ...]:

@@ -16,8 +16,16 @@ import torch
 from fedrec.crypto import Codec, PlainCodec
 from fedrec.errors import PayloadError
 from fedrec.federation.aggregate import flatten_state, layout_of, unflatten_state
-from fedrec.federation.strategy import AggregateResult
-from fedrec.payload import EncryptedUpdate, layout_size
+from fedrec.wire.payload import EncryptedUpdate, layout_size
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """The decrypted aggregate of one round: mean update and who contributed."""
+
+    mean_delta: dict[str, torch.Tensor]
+    total_samples: int
+    contributors: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -50,28 +58,34 @@ def encrypt_update(update: LocalUpdate, codec: Codec, quantization_bits: int = 0
                            chunks=tuple(codec.encrypt(flat)), quantization_bits=quantization_bits)
 
 
+def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int,
+                    ref: EncryptedUpdate | None = None) -> list[str]:
+    """Why ``u`` cannot be added to this round's sum (empty: it can); ``ref`` is an already accepted update."""
+    problems = []
+    if u.kind != "update":
+        problems.append(f"kind {u.kind!r}")
+    if u.round != server_round:
+        problems.append(f"round {u.round} (expected {server_round})")
+    if u.scheme != codec.scheme:
+        problems.append(f"scheme {u.scheme!r} (aggregator runs {codec.scheme!r})")
+    if u.context_id != codec.context_id:
+        problems.append(f"encrypted under foreign context {u.context_id} (expected {codec.context_id})")
+    if ref is not None and u.layout != ref.layout:
+        problems.append("tensor layout differs from the other silos'")
+    if ref is not None and u.quantization_bits != ref.quantization_bits:
+        problems.append(f"quantization_bits {u.quantization_bits} differs from {ref.quantization_bits}")
+    if u.n_samples <= 0:
+        problems.append(f"n_samples {u.n_samples}")
+    return problems
+
+
 def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round: int) -> EncryptedUpdate:
     """Sum ciphertexts and sample counts of one round; refuses anything that does not belong."""
     if not updates:
         raise PayloadError(f"round {server_round}: no updates to aggregate")
     ref = updates[0]
     for u in updates:
-        problems = []
-        if u.kind != "update":
-            problems.append(f"kind {u.kind!r}")
-        if u.round != server_round:
-            problems.append(f"round {u.round} (expected {server_round})")
-        if u.scheme != codec.scheme:
-            problems.append(f"scheme {u.scheme!r} (aggregator runs {codec.scheme!r})")
-        if u.context_id != codec.context_id:
-            problems.append(f"encrypted under foreign context {u.context_id} (expected {codec.context_id})")
-        if u.layout != ref.layout:
-            problems.append("tensor layout differs from the other silos'")
-        if u.quantization_bits != ref.quantization_bits:
-            problems.append(f"quantization_bits {u.quantization_bits} differs from {ref.quantization_bits}")
-        if u.n_samples <= 0:
-            problems.append(f"n_samples {u.n_samples}")
-        if problems:
+        if problems := update_problems(u, codec, server_round, ref):
             raise PayloadError(f"update from silo {u.silo_id!r} refused: " + ", ".join(problems))
     ordered = sorted(updates, key=lambda u: u.silo_id)  # fixed order: HE and plain runs add alike
     return EncryptedUpdate(kind="aggregate", round=server_round, silo_id="aggregate",
@@ -112,3 +126,32 @@ def decode_global(payload: EncryptedUpdate) -> dict[str, torch.Tensor]:
     if payload.kind != "global" or payload.scheme != "plain":
         raise PayloadError(f"not a global-model payload (kind={payload.kind!r}, scheme={payload.scheme!r})")
     return unflatten_state(PlainCodec().decrypt(list(payload.chunks), layout_size(payload.layout)), payload.layout)
+
+
+def encode_mean(result: AggregateResult, server_round: int) -> EncryptedUpdate:
+    """The key holder's decrypted round mean (an aggregate of several silos, never one update), as plaintext."""
+    codec = PlainCodec()
+    return EncryptedUpdate(kind="mean", round=server_round, silo_id="mean", n_samples=result.total_samples,
+                           scheme=codec.scheme, context_id=codec.context_id, layout=layout_of(result.mean_delta),
+                           chunks=tuple(codec.encrypt(flatten_state(result.mean_delta))), contributors=result.contributors)
+
+
+def decode_mean(payload: EncryptedUpdate, server_round: int) -> AggregateResult:
+    if payload.kind != "mean" or payload.scheme != "plain" or payload.round != server_round:
+        raise PayloadError(f"not the round-{server_round} mean (kind={payload.kind!r}, round={payload.round})")
+    flat = PlainCodec().decrypt(list(payload.chunks), layout_size(payload.layout))
+    if not np.all(np.isfinite(flat)):
+        raise PayloadError(f"round {server_round}: the decrypted mean holds NaN or Inf")
+    return AggregateResult(mean_delta=unflatten_state(flat, payload.layout), total_samples=payload.n_samples,
+                           contributors=payload.contributors)
+
+
+def load_global(exchange, server_round: int) -> dict[str, torch.Tensor]:
+    """The global item tower after ``server_round`` rounds (0: the initial model) from a run's exchange."""
+    from fedrec.wire.exchange import global_key
+
+    key = global_key(server_round)
+    payload = EncryptedUpdate.from_bytes(exchange.get(key), expect_kind="global", source=key)
+    if payload.round != server_round:
+        raise PayloadError(f"{key}: holds the model of round {payload.round}")
+    return decode_global(payload)

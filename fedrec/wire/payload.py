@@ -19,7 +19,7 @@ import numpy as np
 from fedrec.errors import PayloadError
 
 MAGIC = b"FEDREC1\n"
-Kind = Literal["update", "aggregate", "global"]
+Kind = Literal["update", "aggregate", "mean", "global"]
 Scheme = Literal["ckks", "plain"]
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from fedrec.federation.silo import EvalOutcome
 from fedrec.metrics import MetricSums
+from fedrec.wire.messages import MetricReport
 
 
 @dataclass
 class RoundRecord:
+    """One round at the coordinator: who contributed, who failed and why, loss, bytes, seconds, metrics."""
+
     round: int
     loss: float
     contributors: list[str]
@@ -23,12 +25,13 @@ class RoundRecord:
     per_silo_val: dict[str, dict[str, float]] = field(default_factory=dict)
     per_silo_test: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def add_evaluation(self, outcomes: list[EvalOutcome], k: int) -> None:
+    def add_evaluation(self, reports: list[MetricReport], k: int) -> None:
         val, test = MetricSums(), MetricSums()
-        for o in outcomes:
-            val, test = val + o.val, test + o.test
-            self.per_silo_val[o.silo_id] = o.val.means(k)
-            self.per_silo_test[o.silo_id] = o.test.means(k)
+        for o in reports:
+            o_val, o_test = MetricSums(**o.val), MetricSums(**o.test)
+            val, test = val + o_val, test + o_test
+            self.per_silo_val[o.silo_id] = o_val.means(k)
+            self.per_silo_test[o.silo_id] = o_test.means(k)
         self.val, self.test = val.means(k), test.means(k)
 
     def mlflow_metrics(self) -> dict[str, float]:
@@ -82,3 +85,31 @@ def rounds_figure(history: list[RoundRecord], k: int):
     hr_ax.legend()
     fig.tight_layout()
     return fig
+
+
+def round_record(coord, server_round: int, evaluate: bool) -> RoundRecord:
+    """Run one round at the coordinator (instructions ─► updates ─► sum ─► mean ─► strategy ─► global)."""
+    import time
+
+    start = time.perf_counter()
+    silos = coord.start_round(server_round, evaluate)
+    collected = coord.collect_updates(server_round, silos)
+    t_collect = time.perf_counter()
+    aggregate = coord.aggregate(server_round, collected.updates)
+    t_aggregate = time.perf_counter()
+    result = coord.mean(server_round, aggregate)
+    t_mean = time.perf_counter()
+    coord.step(server_round, result, collected.failures)
+    reports = collected.reports
+    n = sum(r.n_samples for r in reports.values())
+    return RoundRecord(
+        round=server_round,
+        loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
+        contributors=sorted(reports), failures=collected.failures,
+        bytes_per_silo={s: r.bytes_sent for s, r in reports.items()},
+        plaintext_bytes=next(iter(reports.values())).plaintext_bytes if reports else 0,
+        seconds={"train": sum(r.seconds_train for r in reports.values()),
+                 "encrypt": sum(r.seconds_encrypt for r in reports.values()),
+                 "wait_updates": t_collect - start, "aggregate": t_aggregate - t_collect,
+                 "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start},
+    )

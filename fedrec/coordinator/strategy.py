@@ -17,24 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fedrec.config import FederationConfig
-
-
-@dataclass(frozen=True)
-class FitInstructions:
-    """What a silo is told to do in a round."""
-
-    round: int
-    local_epochs: int
-    proximal_mu: float = 0.0
-
-
-@dataclass(frozen=True)
-class AggregateResult:
-    """The decrypted aggregate of one round: mean update and who contributed."""
-
-    mean_delta: dict[str, torch.Tensor]
-    total_samples: int
-    contributors: tuple[str, ...]
+from fedrec.federation.filters import AggregateResult
+from fedrec.wire.messages import FitInstructions
 
 
 @dataclass

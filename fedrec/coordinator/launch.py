@@ -1,0 +1,164 @@
+"""How the coordinator gets the silo agents of a run going.
+
+- :class:`LocalSiloHosts` (one machine, ``federation.launcher: local``): ``max_parallel_silos`` host processes
+  (``python -m fedrec.silo.host``), each running the ``silo_agent`` flow of several silos against the same
+  Prefect API, so one Prefect UI shows the coordinator and every silo.
+- :class:`DeploymentLauncher` (``launcher: deployments``): each silo serves its own ``silo_agent/silo-<id>``
+  deployment on its own machine (``fedrec silo serve``); the coordinator only creates flow runs of them.
+
+Neither passes anything secret: a run id, a params path and overrides (the silo's own config decides the rest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from fedrec.config import Config
+
+
+def deployment_name(silo_id: str) -> str:
+    return f"silo_agent/silo-{silo_id}"
+
+
+def balanced_groups(silos: list[str], n_groups: int, sizes: dict[str, int] | None = None) -> list[list[str]]:
+    """Longest-processing-time-first: biggest silos first, each to the least loaded host (round robin without sizes)."""
+    n_groups = max(1, min(n_groups, len(silos)))
+    groups: list[list[str]] = [[] for _ in range(n_groups)]
+    load = [0] * n_groups
+    for silo in sorted(silos, key=lambda s: (-(sizes or {}).get(s, 1), s)):
+        i = min(range(n_groups), key=lambda g: (load[g], len(groups[g]), g))
+        groups[i].append(silo)
+        load[i] += (sizes or {}).get(silo, 1)
+    return [sorted(g) for g in groups if g]
+
+
+def host_count(cfg: Config) -> int:
+    return cfg.federation.max_parallel_silos or os.cpu_count() or 1
+
+
+class LocalSiloHosts:
+    """Silo host processes on this machine; each keeps its silos' state in memory for the whole run."""
+
+    def __init__(self, cfg: Config, run_id: str, silos: list[str], *, params_path: str,
+                 overrides: dict | None, api_url: str | None, validation_in_train: bool = False,
+                 sizes: dict[str, int] | None = None):
+        self.groups = balanced_groups(silos, host_count(cfg), sizes)
+        self.log_dir = Path(cfg.federation.state_dir) / "logs" / run_id
+        self._cmd = [sys.executable, "-m", "fedrec.silo.host", "--params", str(params_path), "--run-id", run_id,
+                     "--overrides", json.dumps(overrides or {})] + (["--validation-in-train"] if validation_in_train
+                                                                     else [])
+        self._env = os.environ | ({"PREFECT_API_URL": api_url} if api_url else {})
+        self.procs: list[tuple[list[str], subprocess.Popen]] = []
+
+    def start(self) -> "LocalSiloHosts":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for i, group in enumerate(self.groups):
+            log = open(self.log_dir / f"host-{i}.log", "wb")
+            proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group)], stdout=log, stderr=subprocess.STDOUT,
+                                    env=self._env)
+            self.procs.append((group, proc))
+        return self
+
+    def gone(self) -> set[str]:
+        """Silos whose host process has exited."""
+        return {s for group, proc in self.procs if proc.poll() is not None for s in group}
+
+    def failed_hosts(self) -> list[str]:
+        return [f"host {i} ({','.join(g)}) exit {p.returncode}; log {self.log_dir / f'host-{i}.log'}"
+                for i, (g, p) in enumerate(self.procs) if p.returncode not in (0, None)]
+
+    def join(self, timeout: float = 120.0) -> list[str]:
+        """Wait for the hosts to exit (they do once the run is stopped); kill stragglers. Returns failures."""
+        deadline = time.monotonic() + timeout
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return self.failed_hosts()
+
+
+class DeploymentLauncher:
+    """Flow runs of each silo's own ``silo_agent`` deployment (served on the silo's machine)."""
+
+    def __init__(self, cfg: Config, run_id: str, silos: list[str], *, validation_in_train: bool = False):
+        self.cfg, self.run_id, self.silos = cfg, run_id, silos
+        self.validation_in_train = validation_in_train
+        self.flow_runs: dict[str, object] = {}
+        self._gone: set[str] = set()
+        self._checked = 0.0
+
+    def start(self) -> "DeploymentLauncher":
+        from prefect.deployments import run_deployment
+
+        for silo in self.silos:
+            self.flow_runs[silo] = run_deployment(
+                deployment_name(silo), timeout=0, tags=[f"fedrec-run:{self.run_id}"],
+                parameters={"run_id": self.run_id, "validation_in_train": self.validation_in_train},
+                flow_run_name=f"silo-{silo}-{self.run_id[:8]}")
+        return self
+
+    def _states(self) -> dict[str, object]:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            return {s: client.read_flow_run(fr.id).state for s, fr in self.flow_runs.items()}
+
+    def gone(self) -> set[str]:
+        """Silos whose agent flow run has ended (checked at most every 2 s: it is an API call)."""
+        if time.monotonic() - self._checked > 2.0:
+            self._checked = time.monotonic()
+            self._gone = {s for s, st in self._states().items() if st is not None and st.is_final()}
+        return self._gone
+
+    def join(self, timeout: float = 120.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = self._states()
+            if all(st is not None and st.is_final() for st in states.values()):
+                return [f"silo {s}: {st.name}" for s, st in states.items() if not st.is_completed()]
+            time.sleep(1.0)
+        return [f"silo {s}: still {st.name if st else 'unknown'} after {timeout:.0f}s"
+                for s, st in self._states().items() if st is None or not st.is_final()]
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """The Prefect API every party reports to: PREFECT_API_URL when set (a `prefect server` or the test
+    harness), else Prefect's own local server on 127.0.0.1 over the project's PREFECT_HOME database,
+    started for this run and stopped after it. Yields its URL."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    url = get_current_settings().api.url
+    if url:
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            _drain_prefect_workers()  # logs and events reach the server before it stops
+    finally:
+        server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.instance().drain()
+    except RuntimeError:  # never started
+        pass
+    EventsWorker.drain_all()

@@ -1,0 +1,61 @@
+"""The coordinator's run bookkeeping: evaluation schedule, best-round selection, the run summary, the model
+registration. Plain Python over :class:`~fedrec.coordinator.report.RoundRecord`s."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+
+from fedrec.config import Config
+from fedrec.coordinator.report import RoundRecord
+from fedrec.metrics import selection_value
+
+PHASES = ("train", "encrypt", "wait_updates", "aggregate", "decrypt", "evaluate")
+
+
+def evaluation_due(cfg: Config, server_round: int, last_round: int, refit: bool = False) -> bool:
+    """Every ``eval_every`` rounds and after the last one (a refit phase only evaluates its last round)."""
+    return server_round == last_round or (not refit and server_round % cfg.federation.eval_every == 0)
+
+
+def better(cfg: Config, record: RoundRecord, best: RoundRecord | None) -> bool:
+    """Is ``record`` better than ``best`` on the validation item (never the test item)?"""
+    ev = cfg.evaluation
+    return bool(record.val) and (best is None or selection_value(record.val, ev.selection_metric, ev.k)
+                                 > selection_value(best.val, ev.selection_metric, ev.k))
+
+
+def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], best: RoundRecord) -> dict[str, Any]:
+    k = cfg.evaluation.k
+    silos = admission.silos
+    bytes_mean = {s: statistics.fmean(h.bytes_per_silo.get(s, 0) for h in history) for s in silos}
+    round_seconds = [h.seconds["round"] for h in history]
+    return {
+        "run_id": run_id, "model": cfg.model.name, "he": cfg.federation.he,
+        "strategy": cfg.federation.strategy, "rounds": cfg.federation.rounds,
+        "local_epochs": cfg.federation.local_epochs, "silos": silos, "excluded": admission.excluded,
+        "key_holder": admission.key_holder,
+        "selection_metric": f"val_{cfg.evaluation.selection_metric}@{k}", "selected_round": best.round,
+        **best.test, "val": best.val, "per_silo_test": best.per_silo_test,
+        "seconds_per_round": statistics.fmean(round_seconds),
+        "seconds_per_round_median": statistics.median(round_seconds),
+        "seconds_per_phase": {p: statistics.fmean(h.seconds.get(p, 0.0) for h in history) for p in PHASES},
+        "bytes_per_round": bytes_mean,
+        "bytes_per_round_mean": statistics.fmean(bytes_mean.values()),
+        "plaintext_fp32_bytes": history[-1].plaintext_bytes,
+        "failures": {h.round: h.failures for h in history if h.failures},
+        "history": [{"round": h.round, "loss": h.loss, **{f"val_{m}": v for m, v in h.val.items()},
+                     **{f"test_{m}": v for m, v in h.test.items()}} for h in history],
+    }
+
+
+def register_model(cfg: Config, n_items: int, state: dict[str, torch.Tensor], run) -> str:
+    """Log and register a global item tower (no user embeddings: those stay in the silos)."""
+    from fedrec.training import model_config
+    from models import build_model
+
+    model = build_model(model_config(cfg.model, 1, n_items))
+    model.load_shared_state(state)
+    return run.log_torch_model(model.items, "global_item_tower", registered_model_name=cfg.tracking.registered_model)

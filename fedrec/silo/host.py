@@ -1,0 +1,59 @@
+"""A silo host process: runs the ``silo_agent`` flow of one or more silos for one federation run.
+
+Started by the coordinator's local launcher (one machine): ``python -m fedrec.silo.host --silos 0,3 ...``.
+Each silo's agent is its own Prefect flow run in its own thread; they take turns computing
+(:data:`fedrec.silo.agent.COMPUTE`) on one torch thread, so two hosts use two cores without the GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import traceback
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedrec.silo.host")
+    parser.add_argument("--silos", required=True, help="comma-separated silo ids hosted here")
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--overrides", default="{}", help="JSON object of dotted config overrides")
+    parser.add_argument("--validation-in-train", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for this host")
+    args = parser.parse_args(argv)
+
+    from fedrec import env
+
+    env.apply_defaults()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from prefect import tags
+
+    from flows.silo_agent import silo_agent
+
+    failures: list[str] = []
+
+    def run(silo_id: str) -> None:
+        try:
+            with tags(f"fedrec-run:{args.run_id}"):
+                silo_agent(silo_id=silo_id, run_id=args.run_id, params_path=args.params,
+                           overrides=json.loads(args.overrides), validation_in_train=args.validation_in_train)
+        except BaseException:  # noqa: BLE001 - reported below; the other silos of this host go on
+            failures.append(silo_id)
+            traceback.print_exc()
+
+    threads = [threading.Thread(target=run, args=(s,), name=f"silo-{s}") for s in args.silos.split(",")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        print(f"silo agent(s) failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""A silo's private directory: its key store and its trained user tower. Only the silo's own process opens it.
+
+``state/silos/<silo>/<run>/`` holds ``keys/secret.ctx`` (0600 in a 0700 directory; the HE secret context,
+only at the key-holding silo) and ``model.pt`` (user tower + optimizer, for recommendations after the run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedrec.config import Config
+from fedrec.wire.exchange import check_silo_id
+
+
+def silo_seed(base: int, silo_id: str, *extra: int) -> list[int]:
+    digest = int(hashlib.sha256(silo_id.encode()).hexdigest()[:8], 16)
+    return [base, digest, *extra]
+
+
+@dataclass(frozen=True)
+class SiloStore:
+    root: Path
+
+    @classmethod
+    def of(cls, cfg: Config, silo_id: str, run_id: str) -> "SiloStore":
+        return cls(Path(cfg.federation.state_dir) / "silos" / check_silo_id(silo_id) / run_id)
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model.pt"
+
+    @property
+    def secret_context_path(self) -> Path:
+        return self.root / "keys" / "secret.ctx"
+
+    def save_secret_context(self, data: bytes) -> None:
+        path = self.secret_context_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+    def load_secret_context(self) -> bytes:
+        return self.secret_context_path.read_bytes()

@@ -1,0 +1,149 @@
+"""Where payloads travel between silos and the coordinator: any fsspec URL.
+
+A local directory by default (``state/exchange``); ``s3://bucket/fedrec``, ``gs://...`` or
+``memory://`` work the same, so silos on other machines share one bucket instead of an RPC.
+Writes go to a temporary key first and are then moved, so a reader never sees half a payload.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Callable, Iterable
+
+import fsspec
+
+from fedrec.errors import ConfigError, PayloadError
+
+#: silo ids become path segments on the exchange and in silo stores: no separators, no dot-dot
+SILO_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_silo_id(silo_id: str) -> str:
+    if not isinstance(silo_id, str) or not SILO_ID.match(silo_id) or ".." in silo_id:
+        raise ConfigError(f"silo id {silo_id!r} is not allowed: use letters, digits, '_', '-', '.' (no path parts)")
+    return silo_id
+
+
+class Exchange:
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key}"
+
+    def put(self, key: str, data: bytes) -> int:
+        path = self._path(key)
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        self.fs.mv(tmp, path)
+        return len(data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            with self.fs.open(self._path(key), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError as exc:
+            raise PayloadError(f"{self.url}/{key} does not exist (was the producing task run?)") from exc
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def wait_any(self, keys: Iterable[str], *, timeout: float, poll: float,
+                 give_up: Callable[[], bool] | None = None) -> str | None:
+        """The first of ``keys`` that exists, polling every ``poll`` s; None after ``timeout`` s or
+        as soon as ``give_up()`` says waiting is pointless (e.g. the producer died)."""
+        keys = list(keys)
+        deadline = time.monotonic() + timeout
+        while True:
+            for key in keys:
+                if self.exists(key):
+                    return key
+            if time.monotonic() >= deadline or (give_up is not None and give_up()):
+                return None
+            time.sleep(poll)
+
+    def wait_all(self, keys: dict[str, str], *, timeout: float, poll: float,
+                 gone: Callable[[], set[str]] | None = None) -> set[str]:
+        """Of ``{name: key}``, the names whose key appeared within ``timeout`` s. Stops early once every
+        name has either arrived or is in ``gone()`` (producers known to be dead)."""
+        pending, arrived = dict(keys), set()
+        deadline = time.monotonic() + timeout
+        while pending:
+            for name, key in list(pending.items()):
+                if self.exists(key):
+                    arrived.add(name)
+                    del pending[name]
+            if not pending or time.monotonic() >= deadline:
+                break
+            if gone is not None and set(pending) <= gone():
+                break
+            time.sleep(poll)
+        return arrived
+
+    def keys(self, prefix: str = "") -> list[str]:
+        base = self.root.rstrip("/") + "/"
+        try:
+            found = self.fs.find(self._path(prefix) if prefix else self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(p[len(base):] if p.startswith(base) else p for p in found)
+
+
+def update_key(round_: int, silo_id: str) -> str:
+    return f"round-{round_:04d}/updates/{check_silo_id(silo_id)}.bin"
+
+
+def fit_report_key(round_: int, silo_id: str) -> str:
+    return f"round-{round_:04d}/reports/{check_silo_id(silo_id)}.json"
+
+
+def metrics_key(round_: int, silo_id: str) -> str:
+    return f"round-{round_:04d}/metrics/{check_silo_id(silo_id)}.json"
+
+
+def instruction_key(round_: int, silo_id: str) -> str:
+    return f"round-{round_:04d}/instructions/{check_silo_id(silo_id)}.json"
+
+
+def aggregate_key(round_: int) -> str:
+    return f"round-{round_:04d}/aggregate.bin"
+
+
+def no_aggregate_key(round_: int) -> str:
+    """Written instead of the aggregate when no update arrived: the key holder stops waiting."""
+    return f"round-{round_:04d}/no-aggregate.json"
+
+
+def mean_key(round_: int) -> str:
+    """The key holder's decryption of the aggregate: the round's mean update (never one silo's)."""
+    return f"round-{round_:04d}/mean.bin"
+
+
+def hello_key(silo_id: str) -> str:
+    return f"silos/{check_silo_id(silo_id)}/hello.json"
+
+
+ADMISSION_KEY = "admission.json"
+STOP_KEY = "stop.json"
+
+
+def global_key(round_: int) -> str:
+    """Global (item-tower) parameters after ``round_`` rounds; round 0 is the initial model."""
+    return f"global/round-{round_:04d}.bin"
+
+
+PUBLIC_CONTEXT_KEY = "context/public.ctx"
+
+
+def run_exchange(cfg, run_id: str) -> Exchange:
+    """The exchange of one federation run: ``federation.exchange_url``/<run_id>."""
+    if not re.match(r"^[A-Za-z0-9_.-]+$", run_id) or ".." in run_id:
+        raise ConfigError(f"run id {run_id!r} is not allowed as a path segment")
+    return Exchange(f"{cfg.federation.exchange_url.rstrip('/')}/{run_id}")

@@ -1,0 +1,42 @@
+"""`silo_agent`: one silo's part of one federation run, as a Prefect flow run of that silo.
+
+    validate (GE) ─► join ─► keys + model ─► per round: fit (train ─► encrypt ─► publish)
+                                              ─► [decrypt, key holder] ─► [evaluate]   ─► save
+
+Runs where the silo's data is: in a host process on one machine, or from the silo's own served
+deployment (`fedrec silo serve`). Its state stays in memory for the whole run; only what the wire
+allows leaves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from fedrec.config import load_config
+from fedrec.silo.agent import SiloAgent
+from tasks.silo import decrypt_round, evaluate_round, fit_round, join_federation, setup_silo, validate_data
+
+
+@flow(name="silo_agent", flow_run_name="silo-{silo_id}-{run_id}")
+def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
+               overrides: dict[str, Any] | None = None, validation_in_train: bool = False) -> dict[str, Any]:
+    """This silo's side of federation run ``run_id``; returns what it did (counts only)."""
+    logger = get_run_logger()
+    agent = SiloAgent(load_config(params_path, overrides), silo_id, run_id, validation_in_train=validation_in_train)
+    hello = validate_data(agent)
+    if not hello.valid or join_federation(agent) is None:
+        logger.warning("silo %s not admitted to run %s (valid data: %s)", silo_id, run_id, hello.valid)
+        return {"silo_id": silo_id, "admitted": False, "rounds": 0}
+    setup_silo(agent)
+    rounds = 0
+    while (ins := agent.next_instructions(rounds)) is not None:
+        fit_round(agent, ins)
+        if agent.is_key_holder and agent.cfg.federation.he:
+            decrypt_round(agent, ins.round)
+        if ins.evaluate:
+            evaluate_round(agent, ins.round)
+        rounds = ins.round
+    agent.save()
+    return {"silo_id": silo_id, "admitted": True, "rounds": rounds, "key_holder": agent.is_key_holder}
