@@ -234,7 +234,7 @@ def silo_serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
 
     from flows.silo_agent import silo_agent
 
-    deployment = silo_agent.to_deployment(name=f"silo-{silo}", tags=[f"silo:{silo}"],
+    deployment = silo_agent.to_deployment(name=f"silo-{silo}",
                                           parameters={"silo_id": silo, "params_path": str(params.resolve())})
     err.print(f"serving silo_agent/silo-{silo} (Ctrl-C to stop)")
     serve(deployment, print_starting_message=False)

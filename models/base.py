@@ -43,9 +43,17 @@ class ItemTower(nn.Module):
     user_dims: dict[str, int]
     num_items: int
 
+    def item_vectors(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """items: LongTensor [batch] -> {name: FloatTensor [batch, d]} (the item embedding rows used)"""
+        raise NotImplementedError
+
+    def score(self, user_vecs: dict[str, torch.Tensor], item_vecs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits FloatTensor [batch] from user and item vectors of the same batch."""
+        raise NotImplementedError
+
     def forward(self, user_vecs: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         """user_vecs: {name: [batch, d]}, items: LongTensor [batch] -> logits FloatTensor [batch]"""
-        raise NotImplementedError
+        return self.score(user_vecs, self.item_vectors(items))
 
     def score_all(self, user_vecs: dict[str, torch.Tensor], chunk: int = 131072) -> torch.Tensor:
         """Logits of every item for each user: returns FloatTensor [batch, num_items]."""
@@ -84,6 +92,14 @@ class RecModel(nn.Module):
     def calculate_loss(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy on logits. users, items: LongTensor [batch]; labels: FloatTensor [batch]."""
         return F.binary_cross_entropy_with_logits(self(users, items), labels)
+
+    def loss_and_l2(self, users: torch.Tensor, items: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(BCE on logits, per-batch embedding L2) from one lookup of the batch's embedding rows."""
+        user_vecs, item_vecs = self.users(users), self.items.item_vectors(items)
+        loss = F.binary_cross_entropy_with_logits(self.items.score(user_vecs, item_vecs), labels)
+        l2 = sum(v.pow(2).sum() for v in (*user_vecs.values(), *item_vecs.values())) / len(users)
+        return loss, l2
 
     def embedding_l2(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean squared norm of the embedding rows a batch touches (per-batch L2, Rendle et al. 2020)."""

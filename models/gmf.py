@@ -18,5 +18,8 @@ class GMFItemTower(ItemTower):
         self.item_gmf = nn.Embedding(num_items, embedding_dim)
         self.out = nn.Linear(embedding_dim, 1)
 
-    def forward(self, user_vecs: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
-        return self.out(user_vecs["gmf"] * self.item_gmf(items)).squeeze(-1)
+    def item_vectors(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"gmf": self.item_gmf(items)}
+
+    def score(self, user_vecs: dict[str, torch.Tensor], item_vecs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.out(user_vecs["gmf"] * item_vecs["gmf"]).squeeze(-1)

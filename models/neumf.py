@@ -27,7 +27,10 @@ class NeuMFItemTower(ItemTower):
         self.mlp = nn.Sequential(*layers)
         self.out = nn.Linear(embedding_dim + width, 1)
 
-    def forward(self, user_vecs: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
-        gmf = user_vecs["gmf"] * self.item_gmf(items)
-        mlp = self.mlp(torch.cat([user_vecs["mlp"], self.item_mlp(items)], dim=-1))
+    def item_vectors(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"gmf": self.item_gmf(items), "mlp": self.item_mlp(items)}
+
+    def score(self, user_vecs: dict[str, torch.Tensor], item_vecs: dict[str, torch.Tensor]) -> torch.Tensor:
+        gmf = user_vecs["gmf"] * item_vecs["gmf"]
+        mlp = self.mlp(torch.cat([user_vecs["mlp"], item_vecs["mlp"]], dim=-1))
         return self.out(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)

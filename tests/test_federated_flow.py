@@ -1,4 +1,5 @@
-"""flows.federated: the whole federation end to end on a real Prefect server, MLflow store and TenSEAL."""
+"""flows.federated + flows.silo_agent: the whole federation end to end on a real Prefect server (silo agents in
+their own host processes), a real MLflow store and real TenSEAL."""
 
 from __future__ import annotations
 
@@ -17,20 +18,21 @@ from conftest import make_tiny_params
 from fedrec import pipeline
 from fedrec.config import load_config
 from fedrec.crypto import CKKSCodec
-from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY
-from fedrec.federation.rounds import Federation
+from fedrec.federation.filters import load_global
+from fedrec.silo.store import SiloStore
+from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY, run_exchange
 from fedrec.wire.payload import MAGIC, EncryptedUpdate
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 
 
 def _run_flow(base: Path, overrides: dict | None = None) -> tuple[dict, dict, Path]:
-    from flows.federated import federated_training
+    from flows.federated import run_demo
 
     params = make_tiny_params(base)
     path = base / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    summary = federated_training(params_path=str(path), overrides=overrides)
+    summary = run_demo(params_path=str(path), overrides=overrides)
     return summary, params, path
 
 
@@ -48,7 +50,9 @@ def test_he_run_summary(he_run):
     summary, params, _ = he_run
 
     assert summary["he"] is True and summary["rounds"] == 2
-    assert summary["silos"] == ["0", "1", "2"] and summary["excluded"] == {}
+    assert summary["silos"] == ["0", "1", "2"] and summary["excluded"] == {} and summary["failures"] == {}
+    assert summary["key_holder"] == "0" and summary["coordinator_can_decrypt"] is False
+    assert summary["seconds_per_round_median"] > 0
     for key in METRICS:
         assert 0.0 <= summary[key] <= 1.0
     assert [h["round"] for h in summary["history"]] == [1, 2]
@@ -97,12 +101,12 @@ def test_plain_run_matches_he_run(he_run, plain_run):
     # Prepare
     he_summary, he_params, he_path = he_run
     plain_summary, plain_params, plain_path = plain_run
-    he_fed = Federation(load_config(he_path), he_summary["run_id"])
-    plain_fed = Federation(load_config(plain_path, {"federation.he": False}), plain_summary["run_id"])
+    he_ex = run_exchange(load_config(he_path), he_summary["run_id"])
+    plain_ex = run_exchange(load_config(plain_path, {"federation.he": False}), plain_summary["run_id"])
 
     # Execute
-    he_global, plain_global = he_fed.load_global(2), plain_fed.load_global(2)
-    initial = he_fed.load_global(0)
+    he_global, plain_global = load_global(he_ex, 2), load_global(plain_ex, 2)
+    initial = load_global(he_ex, 0)
 
     # Assert
     assert plain_summary["he"] is False
@@ -112,13 +116,13 @@ def test_plain_run_matches_he_run(he_run, plain_run):
         # quantized aggregation (crypto.quantization_bits): CKKS noise is rounded away, models are identical
         assert torch.equal(he_global[name], plain_global[name]), name
     assert any(not torch.equal(he_global[n], initial[n]) for n in initial)  # training moved the model
-    assert torch.equal(initial["out.weight"], plain_fed.load_global(0)["out.weight"])
+    assert torch.equal(initial["out.weight"], load_global(plain_ex, 0)["out.weight"])
     assert plain_summary["hr@10"] == he_summary["hr@10"]
 
 
 def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     # Prepare: the data steps, then one silo ships a rating of 9
-    from flows.federated import federated_training
+    from flows.federated import run_demo
 
     pipeline.prepare(tiny_cfg)
     pipeline.partition(tiny_cfg)
@@ -128,12 +132,13 @@ def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     frame.to_parquet(bad, index=False)
 
     # Execute
-    summary = federated_training(params_path=str(params_file), overrides={"federation.rounds": 1})
+    summary = run_demo(params_path=str(params_file), overrides={"federation.rounds": 1})
 
     # Assert: silo 1 left out with the failed expectation as the reason; 0 and 2 trained
     assert set(summary["excluded"]) == {"1"}
     assert "expect_column_values_to_be_between(rating)" in summary["excluded"]["1"]
-    assert "e.g. [9]" in summary["excluded"]["1"]
+    assert "[9]" not in summary["excluded"]["1"]  # the offending values stay in the silo's own report
+    assert "e.g. [9]" in json.dumps(json.loads((pipeline.Paths.of(tiny_cfg).validation / "1.json").read_text()))
     assert summary["silos"] == ["0", "2"]
     assert set(summary["bytes_per_round"]) == {"0", "2"}
     assert set(summary["per_silo_test"]) == {"0", "2"}
@@ -141,7 +146,7 @@ def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     paths = pipeline.Paths.of(tiny_cfg)
     assert json.loads((paths.validation / "1.json").read_text())["success"] is False
     assert not (paths.split / "1").exists()
-    exchange = Federation(tiny_cfg, summary["run_id"]).exchange
+    exchange = run_exchange(tiny_cfg, summary["run_id"])
     assert exchange.keys("round-0001/updates") == ["round-0001/updates/0.bin", "round-0001/updates/2.bin"]
     aggregate = EncryptedUpdate.from_bytes(exchange.get("round-0001/aggregate.bin"), expect_kind="aggregate")
     assert aggregate.contributors == ("0", "2")
@@ -160,10 +165,9 @@ def test_exchange_leaks_no_user_data_and_no_secret_key(he_run):
     # Prepare
     summary, params, path = he_run
     cfg = load_config(path)
-    fed = Federation(cfg, summary["run_id"])
     exchange_dir = Path(cfg.federation.exchange_url) / summary["run_id"]
     files = sorted(p for p in exchange_dir.rglob("*") if p.is_file())
-    rows = [r for s in summary["silos"] for r in _user_rows(fed.store(s).model_path)]
+    rows = [r for s in summary["silos"] for r in _user_rows(SiloStore.of(cfg, s, summary["run_id"]).model_path)]
     patterns = [r.astype("<f4").tobytes() for r in rows] + [r.astype("<f8").tobytes() for r in rows]
     interactions = pd.read_parquet(pipeline.Paths.of(cfg).silos / "0" / "interactions.parquet")
 
@@ -191,21 +195,22 @@ def test_exchange_leaks_no_user_data_and_no_secret_key(he_run):
     # the public context holds no secret key
     public = (exchange_dir / PUBLIC_CONTEXT_KEY).read_bytes()
     assert CKKSCodec(public, cfg.crypto.poly_modulus_degree // 2).can_decrypt is False
-    # the secret context lives only in the silos' stores, private to the owner
-    for silo in summary["silos"]:
-        secret = fed.store(silo).secret_context_path
-        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-        assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
-        assert CKKSCodec(secret.read_bytes(), 4096, public_context=public).can_decrypt
-        assert all(secret.read_bytes() != f.read_bytes() for f in files)
+    # the secret context lives only in the key holder's store, private to it; the other silos never get it
+    secret = SiloStore.of(cfg, summary["key_holder"], summary["run_id"]).secret_context_path
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+    assert CKKSCodec(secret.read_bytes(), 4096, public_context=public).can_decrypt
+    assert all(secret.read_bytes() != f.read_bytes() for f in files)
+    others = [s for s in summary["silos"] if s != summary["key_holder"]]
+    assert others and not any(SiloStore.of(cfg, s, summary["run_id"]).secret_context_path.exists() for s in others)
 
 
 def test_user_embedding_patterns_are_found_where_they_are(he_run):
     """Control for the scan above: the same byte patterns are found in the silo's own model file."""
     summary, _, path = he_run
-    fed = Federation(load_config(path), summary["run_id"])
-    model_bytes = fed.store("0").model_path.read_bytes()
-    rows = _user_rows(fed.store("0").model_path)
+    store = SiloStore.of(load_config(path), "0", summary["run_id"])
+    model_bytes = store.model_path.read_bytes()
+    rows = _user_rows(store.model_path)
 
     assert all(np.abs(r).sum() > 0 for r in rows)  # trained embeddings, not zeros that match anything
     assert all(r.astype("<f4").tobytes() in model_bytes for r in rows)
@@ -216,8 +221,8 @@ def test_refit_phase_retrains_for_the_selected_rounds(prefect_harness, tmp_path)
     summary, params, path = _run_flow(tmp_path, {"training.refit": True})
 
     # Assert: a second federation (validation items in training) ran for exactly the selected rounds
-    refit = Federation(load_config(path), f"{summary['run_id']}-refit", validation_in_train=True)
-    rounds_run = sorted(k for k in refit.exchange.keys("global") if k.endswith(".bin"))
+    refit = run_exchange(load_config(path), f"{summary['run_id']}-refit")
+    rounds_run = sorted(k for k in refit.keys("global") if k.endswith(".bin"))
     assert summary["refit"] is True
     assert len(rounds_run) == summary["selected_round"] + 1  # round 0 (initial) .. selected round
     run = mlflow.MlflowClient(params["tracking"]["uri"]).get_run(summary["mlflow_run_id"])

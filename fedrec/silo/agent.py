@@ -36,8 +36,37 @@ from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, M
 from fedrec.wire.payload import EncryptedUpdate
 from models import RecModel, build_model
 
-#: silos hosted in one process take turns computing: one torch thread each, no GIL contention
-COMPUTE = threading.Lock()
+class ComputeSlot:
+    """Silos hosted in one process take turns computing (one torch thread, no GIL contention); a silo waiting
+    for the exchange sleeps while another computes instead of polling (polls steal the GIL from training)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._busy = False
+
+    def __enter__(self) -> "ComputeSlot":
+        self._lock.acquire()
+        with self._cond:
+            self._busy = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+        self._lock.release()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or while another silo computes, until it is done."""
+        with self._cond:
+            if self._busy:
+                self._cond.wait(timeout=60.0)
+                return
+        time.sleep(seconds)
+
+
+COMPUTE = ComputeSlot()
 
 
 def public_failures(report: ValidationReport) -> list[str]:
@@ -65,7 +94,8 @@ class SiloAgent:
         return f"SiloAgent(silo={self.silo_id!r}, run={self.run_id!r})"
 
     def _wait(self, keys: list[str], timeout: float) -> str | None:
-        return self.exchange.wait_any(keys, timeout=timeout, poll=self.cfg.federation.poll_interval_s)
+        return self.exchange.wait_any(keys, timeout=timeout, poll=self.cfg.federation.poll_interval_s,
+                                      pause=COMPUTE.pause)
 
     # --- joining ---------------------------------------------------------------------------------------
     def validate(self) -> Hello:

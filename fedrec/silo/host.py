@@ -30,17 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from prefect import tags
-
     from flows.silo_agent import silo_agent
 
     failures: list[str] = []
 
     def run(silo_id: str) -> None:
         try:
-            with tags(f"fedrec-run:{args.run_id}"):
-                silo_agent(silo_id=silo_id, run_id=args.run_id, params_path=args.params,
-                           overrides=json.loads(args.overrides), validation_in_train=args.validation_in_train)
+            # no tags: Prefect checks tag concurrency limits on the server before every tagged task run
+            silo_agent(silo_id=silo_id, run_id=args.run_id, params_path=args.params,
+                       overrides=json.loads(args.overrides), validation_in_train=args.validation_in_train)
         except BaseException:  # noqa: BLE001 - reported below; the other silos of this host go on
             failures.append(silo_id)
             traceback.print_exc()

@@ -56,9 +56,10 @@ class Exchange:
         return self.fs.exists(self._path(key))
 
     def wait_any(self, keys: Iterable[str], *, timeout: float, poll: float,
-                 give_up: Callable[[], bool] | None = None) -> str | None:
-        """The first of ``keys`` that exists, polling every ``poll`` s; None after ``timeout`` s or
-        as soon as ``give_up()`` says waiting is pointless (e.g. the producer died)."""
+                 give_up: Callable[[], bool] | None = None,
+                 pause: Callable[[float], None] = time.sleep) -> str | None:
+        """The first of ``keys`` that exists, polling every ``poll`` s (``pause(poll)`` between looks); None
+        after ``timeout`` s or as soon as ``give_up()`` says waiting is pointless (e.g. the producer died)."""
         keys = list(keys)
         deadline = time.monotonic() + timeout
         while True:
@@ -67,7 +68,7 @@ class Exchange:
                     return key
             if time.monotonic() >= deadline or (give_up is not None and give_up()):
                 return None
-            time.sleep(poll)
+            pause(poll)
 
     def wait_all(self, keys: dict[str, str], *, timeout: float, poll: float,
                  gone: Callable[[], set[str]] | None = None) -> set[str]:

@@ -1,0 +1,120 @@
+"""Separate parties on one machine: a real Prefect server on loopback (the session's harness server), three silos
+each serving its own `silo_agent` deployment from its own process, and a coordinator process that runs two encrypted
+rounds through them while every path it opens is recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_tiny_params
+from fedrec import pipeline
+from fedrec.config import from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+SILOS = ("0", "1", "2")
+
+
+def _wait_for_deployments(names: list[str], timeout: float = 180.0) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        for name in names:
+            while True:
+                try:
+                    client.read_deployment_by_name(name)
+                    break
+                except ObjectNotFound:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"deployment {name} was not served within {timeout}s")
+                    time.sleep(1.0)
+
+
+def _silo_runs(run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name={"any_": ["silo_agent"]}),
+                                     flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=run_id)))
+        return [(run, client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))) for run in runs]
+
+
+@pytest.fixture()
+def served_silos(prefect_harness, tmp_path):
+    """The data owners' step (each silo's data in place), then one `fedrec silo serve` process per silo."""
+    from prefect.settings import get_current_settings
+
+    params = make_tiny_params(tmp_path)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    cfg = from_dict(params)
+    pipeline.ensure_partitioned(cfg)
+    env = os.environ | {"PREFECT_API_URL": get_current_settings().api.url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    fedrec = str(Path(sys.executable).with_name("fedrec"))
+    procs = []
+    for silo in SILOS:
+        log = open(tmp_path / f"serve-{silo}.log", "wb")
+        procs.append(subprocess.Popen([fedrec, "silo", "serve", "--silo", silo, "--params", str(path), "--poll", "1"],
+                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        _wait_for_deployments([f"silo_agent/silo-{s}" for s in SILOS])
+        yield cfg, path, env
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_keys(served_silos, tmp_path):
+    # Prepare
+    cfg, params_path, env = served_silos
+    audit = tmp_path / "coordinator-opened.tsv"
+    fedrec = str(Path(sys.executable).with_name("fedrec"))
+
+    # Execute: the coordinator as its own process, starting the silos' agents through their deployments
+    result = subprocess.run([fedrec, "coordinate", "--silos", ",".join(SILOS), "--params", str(params_path), "--json",
+                             "-S", "federation.launcher=deployments"], cwd=ROOT, capture_output=True, text=True,
+                            env=env | {"FEDREC_AUDIT_OPENS": str(audit)}, timeout=600)
+
+    # Assert: two encrypted rounds with every silo contributing
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["he"] is True and [h["round"] for h in summary["history"]] == [1, 2]
+    assert summary["silos"] == list(SILOS) and summary["failures"] == {} and summary["excluded"] == {}
+    assert summary["coordinator_can_decrypt"] is False
+    assert all(b > summary["plaintext_fp32_bytes"] for b in summary["bytes_per_round"].values())
+    # Assert: the coordinator opened exchange and catalogue paths, but nothing of a silo's data or keys
+    opened = {line.split("\t", 1)[1] for line in audit.read_text().splitlines()}
+    paths = pipeline.Paths.of(cfg)
+    private = [str(p.resolve()) for p in (paths.silos, paths.split, paths.validation, paths.prepared)]
+    private.append(str((Path(cfg.federation.state_dir) / "silos").resolve()))
+    leaked = sorted(p for p in opened if any(p == root or p.startswith(root + os.sep) for root in private))
+    assert leaked == []
+    exchange_root = str(Path(cfg.federation.exchange_url).resolve())
+    assert any(p.startswith(exchange_root) for p in opened)  # control: the audit does see its reads
+    assert any(p.startswith(str(paths.catalogue.resolve())) for p in opened)
+    # Assert: the key material stayed with the key holder
+    key_dir = Path(cfg.federation.state_dir) / "silos" / summary["key_holder"] / summary["run_id"] / "keys"
+    assert (key_dir / "secret.ctx").exists()
+    # Assert: each silo ran as its own flow run, visible through the Prefect API, with its per-round tasks
+    runs = _silo_runs(summary["run_id"])
+    assert sorted(run.parameters["silo_id"] for run, _ in runs) == list(SILOS)
+    for run, task_runs in runs:
+        assert run.state.is_completed(), run.state
+        names = {t.name for t in task_runs}
+        silo = run.parameters["silo_id"]
+        assert {f"validate-silo-{silo}", f"fit-silo-{silo}-round-1", f"fit-silo-{silo}-round-2"} <= names
