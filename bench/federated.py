@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 from fedrec.config import load_config, parse_overrides  # noqa: E402
 from fedrec.federation.aggregate import flatten_state  # noqa: E402
-from fedrec.federation.rounds import Federation  # noqa: E402
+from fedrec.federation.filters import load_global  # noqa: E402
+from fedrec.wire.exchange import run_exchange  # noqa: E402
 
 
 def main() -> None:
@@ -33,27 +34,29 @@ def main() -> None:
     ap.add_argument("--out", default="results/federated_bench.json")
     args = ap.parse_args()
     overrides = parse_overrides(args.sets)
-    from flows.federated import run_federation
+    from flows.federated import run_demo
 
     runs = {}
     for mode in (["he"] if args.skip_plain else ["he", "plain"]):
         ov = overrides | {"federation.he": mode == "he"}
         start = time.perf_counter()
-        summary = run_federation(params_path=args.params, overrides=ov, show_progress=True)
+        summary = run_demo(params_path=args.params, overrides=ov, show_progress=True)
         summary["wall_seconds"] = time.perf_counter() - start
         runs[mode] = summary
         print(json.dumps({mode: {k: summary[k] for k in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",
-                                                           "selected_round", "seconds_per_round",
+                                                           "selected_round", "seconds_per_round", "seconds_per_round_median",
                                                            "bytes_per_round_mean")}}), flush=True)
     cfg = load_config(args.params, overrides)
     result = {"config_overrides": overrides, "runs": runs}
     if "plain" in runs:
-        he = flatten_state(Federation(cfg, runs["he"]["run_id"]).load_global(cfg.federation.rounds))
-        plain = flatten_state(Federation(cfg, runs["plain"]["run_id"]).load_global(cfg.federation.rounds))
+        he = flatten_state(load_global(run_exchange(cfg, runs["he"]["run_id"]), cfg.federation.rounds))
+        plain = flatten_state(load_global(run_exchange(cfg, runs["plain"]["run_id"]), cfg.federation.rounds))
         result["he_vs_plain"] = {
             "max_abs_param_diff": float(np.max(np.abs(he - plain))),
             "seconds_per_round_he": runs["he"]["seconds_per_round"],
             "seconds_per_round_plain": runs["plain"]["seconds_per_round"],
+            "median_round_he": runs["he"]["seconds_per_round_median"],
+            "median_round_plain": runs["plain"]["seconds_per_round_median"],
             "time_ratio": runs["he"]["seconds_per_round"] / runs["plain"]["seconds_per_round"],
             "bytes_per_silo_he": runs["he"]["bytes_per_round_mean"],
             "bytes_per_silo_plain_fp64_payload": runs["plain"]["bytes_per_round_mean"],
