@@ -48,9 +48,10 @@ def _launcher(cfg: Config, run_id: str, silos: list[str], params_path: str, over
 
 
 def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params_path: str, overrides: dict | None,
-             sizes: dict[str, int] | None = None, refit: bool = False, on_round=None):
-    """Launch the silo agents, admit them, run ``rounds`` rounds, stop them. Returns (coordinator, history)."""
-    launcher = _launcher(cfg, run_id, roster, params_path, overrides, sizes, refit)
+             sizes: dict[str, int] | None = None, refit: bool = False, on_round=None, launcher=None):
+    """Launch the silo agents (unless ``launcher`` already did), admit them, run ``rounds`` rounds, stop them.
+    Returns (coordinator, history)."""
+    launcher = launcher or _launcher(cfg, run_id, roster, params_path, overrides, sizes, refit)
     coord = Coordinator(cfg, run_id, len(pipeline.catalogue_ids(cfg)), gone=launcher.gone)
     history: list[RoundRecord] = []
     finished = False
@@ -79,12 +80,23 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
                        silos: list[str] | None = None, silo_sizes: dict[str, int] | None = None,
                        show_progress: bool = False) -> dict[str, Any]:
     """Train one recommender across the silos with encrypted aggregation; returns the run's summary."""
-    logger = get_run_logger()
     cfg = load_config(params_path, overrides)
     run_id = str(flow_run.get_id() or uuid.uuid4())
     roster = list(silos or cfg.federation.silos)
     if not roster:
         raise ConfigError("no silos to federate: list them in federation.silos (or run `fedrec run`)")
+    # the silo agents start (imports, validation) while MLflow opens its store
+    launcher = _launcher(cfg, run_id, roster, params_path, overrides, silo_sizes, False)
+    try:
+        return _train_and_track(cfg, run_id, roster, launcher, params_path, overrides, silo_sizes, show_progress)
+    finally:  # whatever happened, no silo agent is left waiting
+        Coordinator(cfg, run_id, 0).stop("the coordinator's flow ended", 0)
+        launcher.join()
+
+
+def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, params_path: str,
+                     overrides: dict | None, silo_sizes: dict | None, show_progress: bool) -> dict[str, Any]:
+    logger = get_run_logger()
     k = cfg.evaluation.k
     best: RoundRecord | None = None
     with mlflow_run(cfg, f"federated-{cfg.model.name}-{'he' if cfg.federation.he else 'plain'}",
@@ -103,7 +115,7 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
                 progress.update(progress.task_ids[0], advance=1, status=status)
 
         coord, history = federate(cfg, run_id, roster, cfg.federation.rounds, params_path=params_path,
-                                  overrides=overrides, sizes=silo_sizes, on_round=on_round)
+                                  overrides=overrides, sizes=silo_sizes, on_round=on_round, launcher=launcher)
         if best is None:
             raise FederationError("no round was evaluated: no silo returned metric sums")
         adm = coord.admission
