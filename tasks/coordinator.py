@@ -4,6 +4,8 @@ It holds the public HE context only; results are summaries (counts, seconds, byt
 
 from __future__ import annotations
 
+import time
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -32,7 +34,10 @@ def federated_round(coord: Coordinator, server_round: int, evaluate: bool) -> Ro
 
 @task(name="evaluate", task_run_name="evaluate-round-{server_round}", cache_policy=NO_CACHE)
 def collect_evaluation(coord: Coordinator, record: RoundRecord, server_round: int) -> RoundRecord:
-    """The silos' metric sums for the round's global model."""
+    """The silos' metric sums for the round's global model (its wait counts towards the round's time)."""
+    start = time.perf_counter()
     reports, _ = coord.collect_metrics(server_round, record.contributors)
     record.add_evaluation(reports, coord.cfg.evaluation.k)
+    record.seconds["evaluate"] = time.perf_counter() - start
+    record.seconds["round"] += record.seconds["evaluate"]
     return record
