@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from fedrec import pipeline
 from fedrec.config import Config, load_config
 from fedrec.coordinator.coordinator import Coordinator
-from fedrec.coordinator.launch import DeploymentLauncher, LocalSiloHosts, prefect_api
+from fedrec.coordinator.launch import DeploymentLauncher, LocalSiloHosts, local_server_yields_cpu, prefect_api
 from fedrec.coordinator.report import RoundRecord, rounds_figure
 from fedrec.coordinator.summary import better, evaluation_due, register_model, summarize
 from fedrec.errors import ConfigError, FederationError
@@ -58,6 +58,7 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
     try:
         admit(coord, roster)
         open_federation(coord)
+        local_server_yields_cpu()
         for r in range(1, rounds + 1):
             evaluate = evaluation_due(cfg, r, rounds, refit)
             record = federated_round(coord, r, evaluate)

@@ -10,7 +10,7 @@ silo arrived on the exchange (hello, fit report, ciphertext update, metric sums)
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -119,8 +119,7 @@ class Coordinator:
         """Instructions for every admitted silo that is still around; returns them."""
         silos = [s for s in self.admission.silos if s not in self.gone()]
         for silo, ins in self.strategy.configure_fit(server_round, silos).items():
-            ins = type(ins)(round=ins.round, local_epochs=ins.local_epochs, proximal_mu=ins.proximal_mu,
-                            silos=silos, evaluate=evaluate)
+            ins = dataclasses.replace(ins, silos=silos, evaluate=evaluate)
             self.exchange.put(instruction_key(server_round, silo), ins.to_json())
         return silos
 
@@ -215,9 +214,3 @@ class Coordinator:
         """Tell every agent the run is over (idempotent)."""
         if not self.exchange.exists(STOP_KEY):
             self.exchange.put(STOP_KEY, Stop(reason=reason, last_round=last_round).to_json())
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start

@@ -148,15 +148,23 @@ def prefect_api() -> Iterator[str]:
 
     server = SubprocessASGIServer()
     server.start()
-    # The server ingests every task run's events (~0.3 of a core here): it yields the CPU to training and
-    # catches up between rounds; nothing in a round waits on it.
-    _lower_priority(server.server_process.pid)
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
             _drain_prefect_workers()  # logs and events reach the server before it stops
     finally:
         server.stop()
+
+
+def local_server_yields_cpu() -> None:
+    """Once the silos have joined: the local Prefect server started by :func:`prefect_api` (if any) ingests every
+    task run's events (~0.3 of a core here); niced, it yields the CPU to training and catches up between rounds.
+    Nothing in a round waits on it (before that, flow runs are being created: it runs at normal priority)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer._instances.get(None)
+    if server is not None and server.running and server.server_process is not None:
+        _lower_priority(server.server_process.pid)
 
 
 def _lower_priority(pid: int, niceness: int = 19) -> None:

@@ -16,6 +16,7 @@ import torch
 from fedrec.crypto import Codec, PlainCodec
 from fedrec.errors import PayloadError
 from fedrec.federation.aggregate import flatten_state, layout_of, unflatten_state
+from fedrec.wire.exchange import Exchange, global_key
 from fedrec.wire.payload import EncryptedUpdate, layout_size
 
 
@@ -146,10 +147,8 @@ def decode_mean(payload: EncryptedUpdate, server_round: int) -> AggregateResult:
                            contributors=payload.contributors)
 
 
-def load_global(exchange, server_round: int) -> dict[str, torch.Tensor]:
+def load_global(exchange: Exchange, server_round: int) -> dict[str, torch.Tensor]:
     """The global item tower after ``server_round`` rounds (0: the initial model) from a run's exchange."""
-    from fedrec.wire.exchange import global_key
-
     key = global_key(server_round)
     payload = EncryptedUpdate.from_bytes(exchange.get(key), expect_kind="global", source=key)
     if payload.round != server_round:
