@@ -29,14 +29,18 @@ def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
     if not hello.valid or join_federation(agent) is None:
         logger.warning("silo %s not admitted to run %s (valid data: %s)", silo_id, run_id, hello.valid)
         return {"silo_id": silo_id, "admitted": False, "rounds": 0}
-    setup_silo(agent)
     rounds = 0
-    while (ins := agent.next_instructions(rounds)) is not None:
-        fit_round(agent, ins)
-        if agent.is_key_holder and agent.cfg.federation.he:
-            decrypt_round(agent, ins.round)
-        if ins.evaluate:
-            evaluate_round(agent, ins.round)
-        rounds = ins.round
+    try:
+        setup_silo(agent)
+        while (ins := agent.next_instructions(rounds)) is not None:
+            fit_round(agent, ins)
+            if agent.is_key_holder and agent.cfg.federation.he:
+                decrypt_round(agent, ins.round)
+            if ins.evaluate:
+                evaluate_round(agent, ins.round)
+            rounds = ins.round
+    except BaseException as exc:
+        agent.leave(rounds, exc)  # the coordinator stops waiting for this silo
+        raise
     agent.save()
     return {"silo_id": silo_id, "admitted": True, "rounds": rounds, "key_holder": agent.is_key_holder}

@@ -3,6 +3,8 @@ directory with real payloads (plaintext codec; the CKKS path is covered end to e
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +16,8 @@ from fedrec.crypto import PlainCodec
 from fedrec.errors import ConfigError, FederationError, PayloadError
 from fedrec.federation.filters import LocalUpdate, encrypt_update, load_global
 from fedrec.wire.exchange import (ADMISSION_KEY, STOP_KEY, check_silo_id, fit_report_key, hello_key, instruction_key,
-                                  run_exchange, update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Stop
+                                  left_key, run_exchange, update_key)
+from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, Stop
 
 
 @pytest.fixture()
@@ -162,3 +164,25 @@ def test_hosts_are_balanced_by_silo_size():
     assert sorted(s for g in groups for s in g) == sorted(sizes)
     assert loads == [100, 104]
     assert balanced_groups(["a", "b", "c"], 8) == [["a"], ["b"], ["c"]]  # never more hosts than silos
+
+
+def test_a_silo_that_left_is_not_waited_for(cfg):
+    # Prepare: a long deadline; b's agent failed and said so
+    coord = Coordinator(cfg.replace(**{"federation.round_timeout_s": 60.0}), "run-f", n_items=6)
+    for silo in "ab":
+        coord.exchange.put(hello_key(silo), _hello(silo))
+    coord.admit(["a", "b"])
+    coord.open_context()
+    coord.init_global()
+    silos = coord.start_round(1, evaluate=False)
+    _publish_update(coord, "a", 1)
+    coord.exchange.put(left_key("b"), Left(silo_id="b", after_round=0, reason="PayloadError: NaN in update").to_json())
+
+    # Execute
+    start = time.monotonic()
+    collected = coord.collect_updates(1, silos)
+
+    # Assert: b is a failure with its reason, found long before the 60 s deadline
+    assert time.monotonic() - start < 30
+    assert collected.failures == {"b": "its agent left the run (PayloadError: NaN in update)"}
+    assert coord.start_round(2, evaluate=False) == ["a"]  # and it gets no more instructions

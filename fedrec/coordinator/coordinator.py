@@ -11,6 +11,7 @@ silo arrived on the exchange (hello, fit report, ciphertext update, metric sums)
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,9 +26,9 @@ from fedrec.federation.filters import (AggregateResult, aggregate_updates, decod
                                        encode_global, update_problems)
 from fedrec.training import model_config
 from fedrec.wire.exchange import (ADMISSION_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, aggregate_key, fit_report_key,
-                                  global_key, hello_key, instruction_key, mean_key, metrics_key, no_aggregate_key,
-                                  run_exchange, update_key)
-from fedrec.wire.messages import Admission, FitReport, Hello, MetricReport, Stop
+                                  global_key, hello_key, instruction_key, left_key, mean_key, metrics_key,
+                                  no_aggregate_key, run_exchange, update_key)
+from fedrec.wire.messages import Admission, FitReport, Hello, Left, MetricReport, Stop
 from fedrec.wire.payload import EncryptedUpdate
 from models import build_model
 
@@ -50,13 +51,31 @@ class Coordinator:
         self.exchange = run_exchange(cfg, run_id)
         self.strategy = build_strategy(cfg.federation)
         self.server_state = ServerState()
-        self.gone = gone or (lambda: set())  # silos whose agent is known to have ended
+        self._launcher_gone = gone or (lambda: set())  # silos whose agent's process or flow run ended
+        self._left: dict[str, str] = {}
+        self._left_checked = 0.0
         self.codec: Codec | None = None
         self.admission: Admission | None = None
         self.global_state: dict[str, torch.Tensor] | None = None
 
     def __repr__(self) -> str:
         return f"Coordinator(run={self.run_id!r})"
+
+    def gone(self) -> set[str]:
+        """Silos known to have stopped: their process or flow run ended, or they left a ``left.json``
+        (looked up at most twice a second)."""
+        if self.admission is not None and time.monotonic() - self._left_checked > 0.5:
+            self._left_checked = time.monotonic()
+            for silo in self.admission.silos:
+                if silo not in self._left and self.exchange.exists(left_key(silo)):
+                    try:
+                        self._left[silo] = Left.from_json(self.exchange.get(left_key(silo)), left_key(silo)).reason
+                    except PayloadError as exc:
+                        self._left[silo] = str(exc)
+        return self._launcher_gone() | set(self._left)
+
+    def why_gone(self, silo: str) -> str:
+        return f"its agent left the run ({self._left[silo]})" if silo in self._left else "its agent ended"
 
     @property
     def _timing(self) -> dict:
@@ -131,7 +150,7 @@ class Coordinator:
         updates, reports, failures = [], {}, {}
         for silo in silos:
             if silo not in arrived:
-                failures[silo] = ("its agent ended" if silo in self.gone()
+                failures[silo] = (self.why_gone(silo) if silo in self.gone()
                                   else f"no update within {fed.round_timeout_s:.0f}s")
                 continue
             try:

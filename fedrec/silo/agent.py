@@ -12,6 +12,7 @@ Nothing it publishes carries interactions, user ids, user embeddings, a plaintex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import threading
@@ -23,16 +24,16 @@ import torch
 from fedrec import pipeline
 from fedrec.config import Config
 from fedrec.crypto import CKKSCodec, Codec, PlainCodec, create_keys
-from fedrec.errors import FederationError, PayloadError
+from fedrec.errors import FederationError, FedrecError, PayloadError
 from fedrec.federation.aggregate import flatten_state, state_delta
 from fedrec.federation.filters import (LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global)
 from fedrec.silo.store import SiloStore, silo_seed
 from fedrec.training import SiloData, evaluate_targets, make_optimizer, model_config, resolve_device, train_epoch
 from fedrec.validation import ValidationReport
 from fedrec.wire.exchange import (ADMISSION_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, Exchange, aggregate_key,
-                                  check_silo_id, fit_report_key, global_key, hello_key, instruction_key,
+                                  check_silo_id, fit_report_key, global_key, hello_key, instruction_key, left_key,
                                   mean_key, metrics_key, no_aggregate_key, run_exchange, update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, MetricReport
+from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport
 from fedrec.wire.payload import EncryptedUpdate
 from models import RecModel, build_model
 
@@ -226,6 +227,13 @@ class SiloAgent:
                               test=dataclasses.asdict(sums["test"]), seconds=seconds)
         self.exchange.put(metrics_key(server_round, self.silo_id), report.to_json())
         return report
+
+    def leave(self, after_round: int, exc: BaseException) -> None:
+        """Tell the coordinator this agent stops (it then stops waiting for it). Named fedrec errors carry their
+        message (written by fedrec, no data); anything else only its type."""
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, FedrecError) else type(exc).__name__
+        with contextlib.suppress(Exception):
+            self.exchange.put(left_key(self.silo_id), Left(self.silo_id, after_round, reason[:300]).to_json())
 
     def save(self) -> None:
         """Keep the trained user tower (and optimizer) in the silo's store, for recommendations."""

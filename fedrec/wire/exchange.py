@@ -131,6 +131,11 @@ def hello_key(silo_id: str) -> str:
     return f"silos/{check_silo_id(silo_id)}/hello.json"
 
 
+def left_key(silo_id: str) -> str:
+    """Written by a silo agent that stops before the run's end (with the error's kind), so nobody waits for it."""
+    return f"silos/{check_silo_id(silo_id)}/left.json"
+
+
 ADMISSION_KEY = "admission.json"
 STOP_KEY = "stop.json"
 

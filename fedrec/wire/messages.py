@@ -114,3 +114,12 @@ class Stop(Message):
 
     reason: str
     last_round: int
+
+
+@dataclass(frozen=True)
+class Left(Message):
+    """A silo agent stopped before the end of the run; ``reason`` names the error (no data)."""
+
+    silo_id: str
+    after_round: int
+    reason: str
