@@ -1,0 +1,104 @@
+"""fedrec.silo.agent with fedrec.coordinator, as plain Python (no Prefect): one encrypted round between two silo
+agents and a coordinator, driven step by step over a real exchange directory with real CKKS ciphertexts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedrec import pipeline
+from fedrec.coordinator.coordinator import Coordinator
+from fedrec.errors import DecryptionKeyError
+from fedrec.federation.aggregate import flatten_state
+from fedrec.federation.filters import load_global
+from fedrec.metrics import MetricSums
+from fedrec.silo.agent import SiloAgent
+from fedrec.wire.exchange import hello_key
+from fedrec.wire.messages import Hello
+
+
+@pytest.fixture()
+def cfg(tiny_cfg):
+    pipeline.ensure_partitioned(tiny_cfg)
+    return tiny_cfg
+
+
+def test_one_encrypted_round_between_two_agents_and_a_coordinator(cfg):
+    # Prepare: both silos validate and join; the key holder makes the keys
+    coord = Coordinator(cfg, "run-1", n_items=len(pipeline.catalogue_ids(cfg)))
+    agents = {s: SiloAgent(cfg, s, "run-1") for s in ("0", "1")}
+    hellos = {s: a.validate() for s, a in agents.items()}
+    admission = coord.admit(["0", "1"])
+    assert all(a.await_admission() == admission for a in agents.values())
+    agents["0"].setup()  # key holder first: the others wait for its public context
+    agents["1"].setup()
+    coord.open_context()
+    coord.init_global()
+    start = load_global(coord.exchange, 0)
+
+    # Execute: one round, evaluated
+    silos = coord.start_round(1, evaluate=True)
+    reports = {s: a.fit(a.next_instructions(0)) for s, a in agents.items()}
+    trained = {s: flatten_state(a.model.shared_state()) for s, a in agents.items()}
+    collected = coord.collect_updates(1, silos)
+    aggregate = coord.aggregate(1, collected.updates)
+    assert agents["0"].decrypt(1) is True
+    coord.step(1, coord.mean(1, aggregate), collected.failures)
+    metrics = {s: a.evaluate(1) for s, a in agents.items()}
+    received, missing = coord.collect_metrics(1, silos)
+
+    # Assert: the new global model is start + the sample-weighted mean of the two silos' deltas
+    assert admission.key_holder == "0" and agents["0"].is_key_holder and not agents["1"].is_key_holder
+    assert all(h.valid and h.n_train > 0 for h in hellos.values())
+    assert collected.failures == {} and sorted(collected.reports) == ["0", "1"]
+    deltas = {s: trained[s] - flatten_state(start) for s in agents}
+    n = {s: reports[s].n_samples for s in agents}
+    expected = flatten_state(start) + (n["0"] * deltas["0"] + n["1"] * deltas["1"]) / (n["0"] + n["1"])
+    np.testing.assert_allclose(flatten_state(load_global(coord.exchange, 1)), expected, atol=2e-6)
+    # Assert: only the key holder can decrypt; the coordinator and silo 1 hold the public context only
+    with pytest.raises(DecryptionKeyError):
+        agents["1"].codec.decrypt([collected.updates[0].chunks[0]], 4)
+    assert not coord.codec.can_decrypt and agents["0"].codec.can_decrypt
+    # Assert: metric sums reach the coordinator as they were computed
+    assert missing == {} and {m.silo_id: m.val for m in received} == {s: m.val for s, m in metrics.items()}
+    assert all(MetricSums(**m.test).n == agents[s].data.n_users for s, m in metrics.items())
+
+
+def test_a_failing_silo_publishes_its_verdict_without_the_offending_values(cfg):
+    # Prepare: silo 2 ships a rating of 9
+    bad = pipeline.Paths.of(cfg).silos / "2" / "interactions.parquet"
+    frame = pd.read_parquet(bad)
+    frame.loc[3, "rating"] = 9
+    frame.to_parquet(bad, index=False)
+    agent = SiloAgent(cfg, "2", "run-2")
+
+    # Execute
+    hello = agent.validate()
+
+    # Assert: the coordinator learns which expectation failed and how often, not the value
+    published = Hello.from_json(agent.exchange.get(hello_key("2")))
+    assert published == hello and not hello.valid and agent.data is None
+    assert any("expect_column_values_to_be_between(rating)" in f for f in hello.failures)
+    assert not any("e.g." in f or "[9]" in f for f in hello.failures)
+
+
+def test_the_agent_keeps_its_model_in_memory_between_rounds(cfg):
+    agent = SiloAgent(cfg, "0", "run-3")
+    coord = Coordinator(cfg, "run-3", n_items=len(pipeline.catalogue_ids(cfg)))
+    agent.validate()
+    coord.admit(["0"])
+    agent.await_admission()
+    agent.setup()
+    coord.open_context()
+    coord.init_global()
+    users_before = agent.model.users.tables["gmf"].weight.detach().clone()
+
+    coord.start_round(1, evaluate=False)
+    agent.fit(agent.next_instructions(0))
+
+    assert not torch.equal(agent.model.users.tables["gmf"].weight, users_before)  # trained in place
+    assert not agent.store.model_path.exists()  # nothing written until the run ends
+    agent.save()
+    assert agent.store.model_path.exists()
