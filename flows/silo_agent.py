@@ -25,12 +25,12 @@ def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
     """This silo's side of federation run ``run_id``; returns what it did (counts only)."""
     logger = get_run_logger()
     agent = SiloAgent(load_config(params_path, overrides), silo_id, run_id, validation_in_train=validation_in_train)
-    hello = validate_data(agent)
-    if not hello.valid or join_federation(agent) is None:
-        logger.warning("silo %s not admitted to run %s (valid data: %s)", silo_id, run_id, hello.valid)
-        return {"silo_id": silo_id, "admitted": False, "rounds": 0}
     rounds = 0
     try:
+        hello = validate_data(agent)
+        if not hello.valid or join_federation(agent) is None:
+            logger.warning("silo %s not admitted to run %s (valid data: %s)", silo_id, run_id, hello.valid)
+            return {"silo_id": silo_id, "admitted": False, "rounds": 0}
         setup_silo(agent)
         while (ins := agent.next_instructions(rounds)) is not None:
             fit_round(agent, ins)

@@ -102,3 +102,22 @@ def test_the_agent_keeps_its_model_in_memory_between_rounds(cfg):
     assert not agent.store.model_path.exists()  # nothing written until the run ends
     agent.save()
     assert agent.store.model_path.exists()
+
+
+def test_unreadable_data_is_a_failed_verdict_and_the_silo_is_left_out(cfg):
+    # Prepare: silo 2's Parquet file is truncated
+    path = pipeline.Paths.of(cfg).silos / "2" / "interactions.parquet"
+    path.write_bytes(path.read_bytes()[:100])
+    agents = {s: SiloAgent(cfg, s, "run-4") for s in ("1", "2")}
+    coord = Coordinator(cfg, "run-4", n_items=len(pipeline.catalogue_ids(cfg)))
+
+    # Execute
+    hellos = {s: a.validate() for s, a in agents.items()}
+    admission = coord.admit(["1", "2"])
+
+    # Assert: a verdict, not a crash; the other silo goes on
+    assert hellos["1"].valid and not hellos["2"].valid
+    assert hellos["2"].failures[0].startswith("data could not be read (")
+    assert admission.silos == ["1"]
+    assert admission.excluded["2"].startswith("data validation failed: data could not be read")
+    assert path.stat().st_size == 100  # nothing of the silo's data was touched

@@ -53,6 +53,7 @@ class Coordinator:
         self.server_state = ServerState()
         self._launcher_gone = gone or (lambda: set())  # silos whose agent's process or flow run ended
         self._left: dict[str, str] = {}
+        self._roster: list[str] = []
         self._left_checked = 0.0
         self.codec: Codec | None = None
         self.admission: Admission | None = None
@@ -64,9 +65,9 @@ class Coordinator:
     def gone(self) -> set[str]:
         """Silos known to have stopped: their process or flow run ended, or they left a ``left.json``
         (looked up at most twice a second)."""
-        if self.admission is not None and time.monotonic() - self._left_checked > 0.5:
+        if time.monotonic() - self._left_checked > 0.5:
             self._left_checked = time.monotonic()
-            for silo in self.admission.silos:
+            for silo in (self.admission.silos if self.admission is not None else self._roster):
                 if silo not in self._left and self.exchange.exists(left_key(silo)):
                     try:
                         self._left[silo] = Left.from_json(self.exchange.get(left_key(silo)), left_key(silo)).reason
@@ -84,12 +85,14 @@ class Coordinator:
     def admit(self, roster: list[str]) -> Admission:
         """Silos whose hello arrived in time with a passing validation; the first of them holds the HE key."""
         fed = self.cfg.federation
+        self._roster = list(roster)
         arrived = self.exchange.wait_all({s: hello_key(s) for s in roster}, timeout=fed.join_timeout_s,
                                          **self._timing)
         admitted, excluded = [], {}
         for silo in roster:
             if silo not in arrived:
-                excluded[silo] = f"did not join within {fed.join_timeout_s:.0f}s"
+                excluded[silo] = (f"{self.why_gone(silo)} before joining" if silo in self.gone()
+                                  else f"did not join within {fed.join_timeout_s:.0f}s")
                 continue
             try:
                 hello = Hello.from_json(self.exchange.get(hello_key(silo)), hello_key(silo))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 import threading
 import time
@@ -36,6 +37,9 @@ from fedrec.wire.exchange import (ADMISSION_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, E
 from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport
 from fedrec.wire.payload import EncryptedUpdate
 from models import RecModel, build_model
+
+log = logging.getLogger(__name__)
+
 
 class ComputeSlot:
     """Silos hosted in one process take turns computing (one torch thread, no GIL contention); a silo waiting
@@ -101,14 +105,21 @@ class SiloAgent:
     # --- joining ---------------------------------------------------------------------------------------
     def validate(self) -> Hello:
         """Great Expectations on the silo's own data; on success, split it and keep it in memory."""
-        with COMPUTE:
-            report = pipeline.validate_silo(self.cfg, self.silo_id)
-            if report.success:
-                pipeline.split_silo(self.cfg, self.silo_id)
-                data = pipeline.load_silo_data(self.cfg, self.silo_id)
-                self.data = data.with_validation_in_train() if self.validation_in_train else data
-        hello = Hello(silo_id=self.silo_id, valid=report.success, n_rows=report.n_rows, n_users=report.n_users,
-                      n_train=self.data.n_train if self.data is not None else 0, failures=public_failures(report))
+        try:
+            with COMPUTE:
+                report = pipeline.validate_silo(self.cfg, self.silo_id)
+                if report.success:
+                    pipeline.split_silo(self.cfg, self.silo_id)
+                    data = pipeline.load_silo_data(self.cfg, self.silo_id)
+                    self.data = data.with_validation_in_train() if self.validation_in_train else data
+        except Exception as exc:  # unreadable data (missing, truncated, not Parquet): a verdict, not a crash
+            log.exception("silo %s: its data could not be read", self.silo_id)
+            hello = Hello(silo_id=self.silo_id, valid=False, n_rows=0, n_users=0, n_train=0,
+                          failures=[f"data could not be read ({type(exc).__name__}; see the silo's own log)"])
+        else:
+            hello = Hello(silo_id=self.silo_id, valid=report.success, n_rows=report.n_rows, n_users=report.n_users,
+                          n_train=self.data.n_train if self.data is not None else 0,
+                          failures=public_failures(report))
         self.exchange.put(hello_key(self.silo_id), hello.to_json())
         return hello
 
