@@ -178,7 +178,8 @@ class SiloAgent:
 
     def global_state(self, server_round: int) -> dict[str, torch.Tensor]:
         if self._global is None or self._global[0] != server_round:
-            if self._wait([global_key(server_round)], self.cfg.federation.round_timeout_s) is None:
+            # global(r) follows the round's update deadline and the decryption: up to 3 deadlines away
+            if self._wait([global_key(server_round)], 3 * self.cfg.federation.round_timeout_s) is None:
                 raise FederationError(f"silo {self.silo_id}: global model of round {server_round} never appeared")
             self._global = (server_round, load_global(self.exchange, server_round))
         return self._global[1]
@@ -213,8 +214,9 @@ class SiloAgent:
 
     def decrypt(self, server_round: int) -> bool:
         """Key holder: decrypt the round's aggregate and publish the mean; False when there was none."""
+        # the sum comes once the slowest silo's update arrived or the round's deadline passed
         key = self._wait([aggregate_key(server_round), no_aggregate_key(server_round), STOP_KEY],
-                         self.cfg.federation.round_timeout_s)
+                         2 * self.cfg.federation.round_timeout_s)
         if key != aggregate_key(server_round):
             return False
         aggregate = EncryptedUpdate.from_bytes(self.exchange.get(key), expect_kind="aggregate", source=key)
