@@ -38,7 +38,7 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-bench: $(STAMP)  ## acceptance figures on ML-100K (~35 min on 2 cores): results/
+bench: $(STAMP)  ## acceptance figures on ML-100K (~16 min on 2 cores; FLOWER_VENV adds Flower's rows): results/
 	bench/acceptance.sh
 
 clean:
