@@ -37,6 +37,13 @@ class KeyMaterial:
         return f"KeyMaterial(context_id={context_fingerprint(self.public_context)})"
 
 
+def value_limit(cfg: CryptoConfig) -> float:
+    """The largest |value| a CKKS sum may reach: past 2^(data bits - scale bits - 1) it wraps around the data
+    primes' modulus and decrypts to a wrong value that still looks plausible; one bit is kept as margin (SEAL
+    refuses to encode a single value past it)."""
+    return 2.0 ** (sum(cfg.coeff_mod_bit_sizes[:-1]) - cfg.global_scale_bits - 2)
+
+
 def create_keys(cfg: CryptoConfig) -> KeyMaterial:
     import tenseal as ts
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedrec.config import CryptoConfig
-from fedrec.crypto import CKKSCodec, PlainCodec, context_fingerprint, create_keys
+from fedrec.crypto import CKKSCodec, PlainCodec, context_fingerprint, create_keys, value_limit
 from fedrec.errors import DecryptionKeyError, PayloadError
 from fedrec.federation.aggregate import flatten_state, weighted_average
 from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
@@ -211,3 +211,26 @@ def test_mixed_quantization_is_refused(keys, vectors):
 
     with pytest.raises(PayloadError, match="quantization_bits"):
         aggregate_updates(mixed, coordinator_codec(keys), server_round=3)
+
+
+def test_a_sum_past_the_value_limit_wraps_silently_which_is_why_silos_check_first(keys):
+    # Prepare: the default parameters (one 60-bit data prime, scale 2^40) wrap sums at 2^19; the limit keeps 2^18
+    limit = value_limit(CRYPTO)
+    assert limit == 2.0 ** 18
+    inside, outside = np.full(8, limit / 3), np.full(8, limit * 0.9)
+
+    # Execute: sums of three ciphertexts each (each value alone is fine)
+    sums = [silo_codec(keys).decrypt(coordinator_codec(keys).add([silo_codec(keys).encrypt(v) for _ in range(3)]), 8)
+            for v in (inside, outside)]
+
+    # Assert: inside the range the sum is exact to the grid; past 2^19 it decrypts to something else, no error
+    np.testing.assert_allclose(sums[0], 3 * inside, atol=1e-6)
+    assert np.all(np.abs(sums[1] - 3 * outside) > 1.0)
+
+
+def test_a_silo_refuses_to_encrypt_an_update_that_could_overflow_the_sum(keys):
+    update = LocalUpdate("s", 1, 1000, {"w": torch.full((4,), 200.0)})  # weighted: 200,000 > 2^18 / 2
+
+    with pytest.raises(PayloadError, match="could overflow the CKKS sum"):
+        encrypt_update(update, silo_codec(keys), 20, max_abs=value_limit(CRYPTO) / 2)
+    assert encrypt_update(update, silo_codec(keys), 20, max_abs=value_limit(CRYPTO)).n_samples == 1000

@@ -51,9 +51,15 @@ def quantize(flat: np.ndarray, bits: int) -> np.ndarray:
     return np.round(flat * step) / step
 
 
-def encrypt_update(update: LocalUpdate, codec: Codec, quantization_bits: int = 0) -> EncryptedUpdate:
-    """Weight by n_samples, round to the grid, then encrypt: the aggregator only has to add."""
+def encrypt_update(update: LocalUpdate, codec: Codec, quantization_bits: int = 0,
+                   max_abs: float | None = None) -> EncryptedUpdate:
+    """Weight by n_samples, round to the grid, then encrypt: the aggregator only has to add. ``max_abs``: the
+    largest weighted value this silo may send so that the sum over all contributors stays in the HE range."""
     flat = quantize(flatten_state(update.delta) * float(update.n_samples), quantization_bits)
+    if max_abs is not None and flat.size and float(np.max(np.abs(flat))) >= max_abs:
+        raise PayloadError(f"silo {update.silo_id!r}, round {update.round}: a weighted update value of "
+                           f"{float(np.max(np.abs(flat))):.3g} could overflow the CKKS sum (limit {max_abs:.3g} per "
+                           "silo); add a data prime to crypto.coeff_mod_bit_sizes or lower crypto.global_scale_bits")
     return EncryptedUpdate(kind="update", round=update.round, silo_id=update.silo_id, n_samples=update.n_samples,
                            scheme=codec.scheme, context_id=codec.context_id, layout=layout_of(update.delta),
                            chunks=tuple(codec.encrypt(flat)), quantization_bits=quantization_bits)

@@ -24,7 +24,7 @@ import torch
 
 from fedrec import pipeline
 from fedrec.config import Config
-from fedrec.crypto import CKKSCodec, Codec, PlainCodec, create_keys
+from fedrec.crypto import CKKSCodec, Codec, PlainCodec, create_keys, value_limit
 from fedrec.errors import FederationError, FedrecError, PayloadError
 from fedrec.federation.aggregate import flatten_state, state_delta
 from fedrec.federation.filters import (LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global)
@@ -138,6 +138,13 @@ class SiloAgent:
         return admission
 
     @property
+    def _max_abs(self) -> float | None:
+        """This silo's share of the CKKS value range: the sum of all contributors' values must fit."""
+        if not self.cfg.federation.he:
+            return None
+        return value_limit(self.cfg.crypto) / max(len(self.admission.silos), 1)
+
+    @property
     def is_key_holder(self) -> bool:
         return self.admission is not None and self.admission.key_holder == self.silo_id
 
@@ -203,7 +210,7 @@ class SiloAgent:
                 raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
             start = time.perf_counter()
             payload = encrypt_update(LocalUpdate(self.silo_id, r, self.data.n_train, delta), self.codec,
-                                     cfg.crypto.quantization_bits).to_bytes()
+                                     cfg.crypto.quantization_bits, self._max_abs).to_bytes()
             seconds_encrypt = time.perf_counter() - start
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=self.data.n_train, loss=float(np.mean(losses)),
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=len(payload),
