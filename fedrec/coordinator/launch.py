@@ -23,6 +23,10 @@ from typing import Iterator
 from fedrec.config import Config
 
 
+#: the pid of the Prefect server :func:`prefect_api` started (only that one is ever reniced)
+OWN_SERVER_PID = "FEDREC_OWN_PREFECT_SERVER_PID"
+
+
 def deployment_name(silo_id: str) -> str:
     return f"silo_agent/silo-{silo_id}"
 
@@ -148,23 +152,23 @@ def prefect_api() -> Iterator[str]:
 
     server = SubprocessASGIServer()
     server.start()
+    os.environ[OWN_SERVER_PID] = str(server.server_process.pid)
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
             _drain_prefect_workers()  # logs and events reach the server before it stops
     finally:
+        os.environ.pop(OWN_SERVER_PID, None)
         server.stop()
 
 
 def local_server_yields_cpu() -> None:
-    """Once the silos have joined: the local Prefect server started by :func:`prefect_api` (if any) ingests every
+    """Once the silos have joined: the local Prefect server started by :func:`prefect_api` (only that one) ingests every
     task run's events (~0.3 of a core here); niced, it yields the CPU to training and catches up between rounds.
     Nothing in a round waits on it (before that, flow runs are being created: it runs at normal priority)."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer._instances.get(None)
-    if server is not None and server.running and server.server_process is not None:
-        _lower_priority(server.server_process.pid)
+    pid = os.environ.get(OWN_SERVER_PID)
+    if pid and pid.isdigit():
+        _lower_priority(int(pid))
 
 
 def _lower_priority(pid: int, niceness: int = 19) -> None:
