@@ -32,6 +32,16 @@ def _hello(silo: str, valid: bool = True) -> bytes:
                  failures=[] if valid else ["expect_column_values_to_be_between(rating): 1 unexpected value(s)"]).to_json()
 
 
+def _opened(coord: Coordinator, silos: str) -> Coordinator:
+    """Every silo in ``silos`` said a valid hello; admitted, plaintext context open, global(0) published."""
+    for silo in silos:
+        coord.exchange.put(hello_key(silo), _hello(silo))
+    coord.admit(list(silos))
+    coord.open_context()
+    coord.init_global()
+    return coord
+
+
 def _publish_update(coord: Coordinator, silo: str, server_round: int, *, claimed_round: int | None = None,
                     n_samples: int = 8) -> np.ndarray:
     delta = {k: torch.full_like(v, 0.5) for k, v in coord.global_state.items()}
@@ -70,12 +80,7 @@ def test_too_few_silos_stops_the_run_with_a_named_error(cfg):
 
 def test_a_stale_update_and_a_missing_one_are_failures_of_the_round_not_of_the_run(cfg):
     # Prepare: three admitted silos; a sends a good update, b one that claims round 7, c nothing
-    coord = Coordinator(cfg, "run-c", n_items=6)
-    for silo in "abc":
-        coord.exchange.put(hello_key(silo), _hello(silo))
-    coord.admit(["a", "b", "c"])
-    coord.open_context()
-    coord.init_global()
+    coord = _opened(Coordinator(cfg, "run-c", n_items=6), "abc")
     before = {k: v.clone() for k, v in coord.global_state.items()}
     silos = coord.start_round(1, evaluate=False)
     delta = _publish_update(coord, "a", 1)
@@ -98,11 +103,7 @@ def test_a_stale_update_and_a_missing_one_are_failures_of_the_round_not_of_the_r
 
 
 def test_a_round_without_updates_keeps_the_global_model(cfg):
-    coord = Coordinator(cfg, "run-d", n_items=6)
-    coord.exchange.put(hello_key("a"), _hello("a"))
-    coord.admit(["a"])
-    coord.open_context()
-    coord.init_global()
+    coord = _opened(Coordinator(cfg, "run-d", n_items=6), "a")
 
     collected = coord.collect_updates(1, coord.start_round(1, evaluate=False))
     moved = coord.step(1, coord.mean(1, coord.aggregate(1, collected.updates)), collected.failures)
@@ -114,12 +115,7 @@ def test_a_round_without_updates_keeps_the_global_model(cfg):
 
 
 def test_an_update_published_under_another_silos_name_is_refused(cfg):
-    coord = Coordinator(cfg, "run-e", n_items=6)
-    for silo in "ab":
-        coord.exchange.put(hello_key(silo), _hello(silo))
-    coord.admit(["a", "b"])
-    coord.open_context()
-    coord.init_global()
+    coord = _opened(Coordinator(cfg, "run-e", n_items=6), "ab")
     silos = coord.start_round(1, evaluate=False)
     _publish_update(coord, "a", 1)
     coord.exchange.put(update_key(1, "b"), coord.exchange.get(update_key(1, "a")))  # a's payload copied to b
@@ -168,12 +164,7 @@ def test_hosts_are_balanced_by_silo_size():
 
 def test_a_silo_that_left_is_not_waited_for(cfg):
     # Prepare: a long deadline; b's agent failed and said so
-    coord = Coordinator(cfg.replace(**{"federation.round_timeout_s": 60.0}), "run-f", n_items=6)
-    for silo in "ab":
-        coord.exchange.put(hello_key(silo), _hello(silo))
-    coord.admit(["a", "b"])
-    coord.open_context()
-    coord.init_global()
+    coord = _opened(Coordinator(cfg.replace(**{"federation.round_timeout_s": 60.0}), "run-f", n_items=6), "ab")
     silos = coord.start_round(1, evaluate=False)
     _publish_update(coord, "a", 1)
     coord.exchange.put(left_key("b"), Left(silo_id="b", after_round=0, reason="PayloadError: NaN in update").to_json())
