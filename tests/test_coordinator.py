@@ -177,3 +177,16 @@ def test_a_silo_that_left_is_not_waited_for(cfg):
     assert time.monotonic() - start < 30
     assert collected.failures == {"b": "its agent left the run (PayloadError: NaN in update)"}
     assert coord.start_round(2, evaluate=False) == ["a"]  # and it gets no more instructions
+
+
+def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
+    from fedrec.coordinator.report import round_record
+
+    coord = _opened(Coordinator(cfg, "run-g", n_items=6, gone=lambda: {"b"}), "ab")
+    _publish_update(coord, "a", 1)
+
+    record = round_record(coord, 1, evaluate=False)
+
+    assert FitInstructions.from_json(coord.exchange.get(instruction_key(1, "a"))).silos == ["a"]
+    assert not coord.exchange.exists(instruction_key(1, "b"))
+    assert record.contributors == ["a"] and record.failures == {"b": "its agent ended"}

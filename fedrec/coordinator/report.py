@@ -94,6 +94,8 @@ def round_record(coord, server_round: int, evaluate: bool) -> RoundRecord:
     start = time.perf_counter()
     silos = coord.start_round(server_round, evaluate)
     collected = coord.collect_updates(server_round, silos)
+    # admitted silos no longer around are this round's failures too (dropouts are data)
+    collected.failures.update({s: coord.why_gone(s) for s in coord.admission.silos if s not in silos})
     t_collect = time.perf_counter()
     aggregate = coord.aggregate(server_round, collected.updates)
     t_aggregate = time.perf_counter()
