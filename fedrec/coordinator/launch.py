@@ -67,9 +67,9 @@ class LocalSiloHosts:
     def start(self) -> "LocalSiloHosts":
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for i, group in enumerate(self.groups):
-            log = open(self.log_dir / f"host-{i}.log", "wb")
-            proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group)], stdout=log, stderr=subprocess.STDOUT,
-                                    env=self._env)
+            with open(self.log_dir / f"host-{i}.log", "wb") as log:  # the host keeps its own descriptor
+                proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group)], stdout=log,
+                                        stderr=subprocess.STDOUT, env=self._env)
             self.procs.append((group, proc))
         return self
 

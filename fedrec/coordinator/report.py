@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 
 from fedrec.metrics import MetricSums
@@ -89,8 +90,6 @@ def rounds_figure(history: list[RoundRecord], k: int):
 
 def round_record(coord, server_round: int, evaluate: bool) -> RoundRecord:
     """Run one round at the coordinator (instructions ─► updates ─► sum ─► mean ─► strategy ─► global)."""
-    import time
-
     start = time.perf_counter()
     silos = coord.start_round(server_round, evaluate)
     collected = coord.collect_updates(server_round, silos)

@@ -121,32 +121,42 @@ def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResu
                            total_samples=aggregate.n_samples, contributors=aggregate.contributors)
 
 
-def encode_global(state: dict[str, torch.Tensor], server_round: int) -> EncryptedUpdate:
-    """The global item tower after a round (an aggregate, not any silo's update), as a plaintext payload."""
+def _plaintext_payload(kind: str, server_round: int, state: dict[str, torch.Tensor], n_samples: int = 0,
+                       contributors: tuple[str, ...] = ()) -> EncryptedUpdate:
+    """A payload that is meant to be readable (an aggregate of several silos, never one silo's update)."""
     codec = PlainCodec()
-    return EncryptedUpdate(kind="global", round=server_round, silo_id="global", n_samples=0, scheme=codec.scheme,
+    return EncryptedUpdate(kind=kind, round=server_round, silo_id=kind, n_samples=n_samples, scheme=codec.scheme,
                            context_id=codec.context_id, layout=layout_of(state),
-                           chunks=tuple(codec.encrypt(flatten_state(state))))
+                           chunks=tuple(codec.encrypt(flatten_state(state))), contributors=contributors)
+
+
+_PLAINTEXT_KINDS = {"global": "global-model", "mean": "round-mean"}
+
+
+def _plaintext_flat(payload: EncryptedUpdate, kind: str) -> np.ndarray:
+    if payload.kind != kind or payload.scheme != "plain":
+        raise PayloadError(f"not a {_PLAINTEXT_KINDS[kind]} payload (kind={payload.kind!r}, scheme={payload.scheme!r})")
+    return PlainCodec().decrypt(list(payload.chunks), layout_size(payload.layout))
+
+
+def encode_global(state: dict[str, torch.Tensor], server_round: int) -> EncryptedUpdate:
+    """The global item tower after a round, as a plaintext payload."""
+    return _plaintext_payload("global", server_round, state)
 
 
 def decode_global(payload: EncryptedUpdate) -> dict[str, torch.Tensor]:
-    if payload.kind != "global" or payload.scheme != "plain":
-        raise PayloadError(f"not a global-model payload (kind={payload.kind!r}, scheme={payload.scheme!r})")
-    return unflatten_state(PlainCodec().decrypt(list(payload.chunks), layout_size(payload.layout)), payload.layout)
+    return unflatten_state(_plaintext_flat(payload, "global"), payload.layout)
 
 
 def encode_mean(result: AggregateResult, server_round: int) -> EncryptedUpdate:
-    """The key holder's decrypted round mean (an aggregate of several silos, never one update), as plaintext."""
-    codec = PlainCodec()
-    return EncryptedUpdate(kind="mean", round=server_round, silo_id="mean", n_samples=result.total_samples,
-                           scheme=codec.scheme, context_id=codec.context_id, layout=layout_of(result.mean_delta),
-                           chunks=tuple(codec.encrypt(flatten_state(result.mean_delta))), contributors=result.contributors)
+    """The key holder's decrypted round mean, as a plaintext payload."""
+    return _plaintext_payload("mean", server_round, result.mean_delta, result.total_samples, result.contributors)
 
 
 def decode_mean(payload: EncryptedUpdate, server_round: int) -> AggregateResult:
-    if payload.kind != "mean" or payload.scheme != "plain" or payload.round != server_round:
-        raise PayloadError(f"not the round-{server_round} mean (kind={payload.kind!r}, round={payload.round})")
-    flat = PlainCodec().decrypt(list(payload.chunks), layout_size(payload.layout))
+    flat = _plaintext_flat(payload, "mean")
+    if payload.round != server_round:
+        raise PayloadError(f"not the round-{server_round} mean (it is of round {payload.round})")
     if not np.all(np.isfinite(flat)):
         raise PayloadError(f"round {server_round}: the decrypted mean holds NaN or Inf")
     return AggregateResult(mean_delta=unflatten_state(flat, payload.layout), total_samples=payload.n_samples,

@@ -26,7 +26,7 @@ from fedrec import pipeline
 from fedrec.config import Config
 from fedrec.crypto import CKKSCodec, Codec, PlainCodec, create_keys, value_limit
 from fedrec.errors import FederationError, FedrecError, PayloadError
-from fedrec.federation.aggregate import flatten_state, state_delta
+from fedrec.federation.aggregate import state_delta
 from fedrec.federation.filters import (LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global)
 from fedrec.silo.store import SiloStore, silo_seed
 from fedrec.training import SiloData, evaluate_targets, make_optimizer, model_config, resolve_device, train_epoch
@@ -214,7 +214,7 @@ class SiloAgent:
             seconds_encrypt = time.perf_counter() - start
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=self.data.n_train, loss=float(np.mean(losses)),
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=len(payload),
-                           plaintext_bytes=4 * len(flatten_state(delta)))
+                           plaintext_bytes=4 * sum(t.numel() for t in delta.values()))
         self.exchange.put(fit_report_key(r, self.silo_id), report.to_json())
         self.exchange.put(update_key(r, self.silo_id), payload)
         return report

@@ -43,6 +43,3 @@ class SiloStore:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-
-    def load_secret_context(self) -> bytes:
-        return self.secret_context_path.read_bytes()
