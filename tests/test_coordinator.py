@@ -190,3 +190,70 @@ def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
     assert FitInstructions.from_json(coord.exchange.get(instruction_key(1, "a"))).silos == ["a"]
     assert not coord.exchange.exists(instruction_key(1, "b"))
     assert record.contributors == ["a"] and record.failures == {"b": "its agent ended"}
+
+
+def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
+    # Prepare: a (careless or malicious) key holder publishes its secret context as the public one
+    from fedrec.crypto import create_keys
+    from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY
+
+    he = cfg.replace(**{"federation.he": True})
+    coord = Coordinator(he, "run-h", n_items=6)
+    coord.exchange.put(hello_key("a"), _hello("a"))
+    coord.admit(["a"])
+    coord.exchange.put(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).secret_context)
+
+    # Execute / Assert
+    with pytest.raises(PayloadError, match="contains a secret key"):
+        coord.open_context()
+
+
+def test_a_mean_that_is_not_of_the_rounds_aggregate_is_refused(cfg):
+    # Prepare: an HE run whose key holder answers with a mean over other contributors than the aggregate's
+    from fedrec.crypto import create_keys
+    from fedrec.federation.filters import AggregateResult, encode_mean
+    from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY, mean_key
+    from fedrec.wire.payload import EncryptedUpdate
+
+    he = cfg.replace(**{"federation.he": True})
+    coord = Coordinator(he, "run-i", n_items=6)
+    coord.exchange.put(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).public_context)
+    _opened(coord, "ab")
+    aggregate = EncryptedUpdate(kind="aggregate", round=1, silo_id="aggregate", n_samples=16, scheme="ckks",
+                                context_id=coord.codec.context_id, layout=(), chunks=(), contributors=("a", "b"))
+    forged = AggregateResult({k: torch.zeros_like(v) for k, v in coord.global_state.items()}, 8, ("a",))
+    coord.exchange.put(mean_key(1), encode_mean(forged, 1).to_bytes())
+
+    # Execute / Assert
+    with pytest.raises(PayloadError, match="not of this round's aggregate"):
+        coord.mean(1, aggregate)
+
+
+def test_a_hello_under_another_silos_name_is_not_admitted(cfg):
+    coord = Coordinator(cfg, "run-j", n_items=6)
+    coord.exchange.put(hello_key("a"), _hello("a"))
+    coord.exchange.put(hello_key("b"), _hello("a"))  # b's slot holds a's hello
+
+    admission = coord.admit(["a", "b"])
+
+    assert admission.silos == ["a"] and admission.excluded["b"] == "hello claims to be silo 'a'"
+
+
+def test_a_global_model_of_another_round_is_refused(cfg):
+    from fedrec.federation.filters import encode_global
+    from fedrec.wire.exchange import global_key
+
+    coord = _opened(Coordinator(cfg, "run-k", n_items=6), "a")
+    coord.exchange.put(global_key(3), encode_global(coord.global_state, 2).to_bytes())  # round 2's model at 3
+
+    with pytest.raises(PayloadError, match="holds the model of round 2"):
+        load_global(coord.exchange, 3)
+
+
+def test_a_mean_holding_nan_is_refused():
+    from fedrec.federation.filters import AggregateResult, decode_mean, encode_mean
+
+    poisoned = AggregateResult({"w": torch.tensor([1.0, float("nan")])}, 4, ("a", "b"))
+
+    with pytest.raises(PayloadError, match="NaN or Inf"):
+        decode_mean(encode_mean(poisoned, 1), 1)

@@ -121,3 +121,27 @@ def test_unreadable_data_is_a_failed_verdict_and_the_silo_is_left_out(cfg):
     assert admission.silos == ["1"]
     assert admission.excluded["2"].startswith("data validation failed: data could not be read")
     assert path.stat().st_size == 100  # nothing of the silo's data was touched
+
+
+def test_a_silo_never_sends_an_update_holding_nan(cfg):
+    # Prepare: the silo's own user embeddings went NaN (e.g. a diverged local step)
+    from fedrec.errors import PayloadError
+    from fedrec.wire.exchange import update_key
+
+    agent = SiloAgent(cfg, "0", "run-5")
+    coord = Coordinator(cfg, "run-5", n_items=len(pipeline.catalogue_ids(cfg)))
+    agent.validate()
+    coord.admit(["0"])
+    agent.await_admission()
+    agent.setup()
+    coord.open_context()
+    coord.init_global()
+    coord.start_round(1, evaluate=False)
+    with torch.no_grad():
+        for table in agent.model.users.tables.values():
+            table.weight.fill_(float("nan"))
+
+    # Execute / Assert: refused at the silo, before encryption; nothing reaches the exchange
+    with pytest.raises(PayloadError, match="NaN/Inf"):
+        agent.fit(agent.next_instructions(0))
+    assert not agent.exchange.exists(update_key(1, "0"))
