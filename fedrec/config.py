@@ -92,14 +92,18 @@ class TrainingConfig:
 class CryptoConfig:
     poly_modulus_degree: int = 8192
     #: aggregation only adds (silos pre-weight): one 60-bit data prime and the special prime suffice, so each
-    #: ciphertext is 2.5x smaller and 2x faster to make than with (60, 40, 40, 60); sums must stay below
-    #: 2^(data bits - scale bits - 2) = 2^18 (crypto.value_limit), which each silo checks before encrypting
+    #: ciphertext is 2.5x smaller and 2x faster to make than with (60, 40, 40, 60)
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 60)
-    global_scale_bits: int = 40
-    #: weighted updates are rounded to multiples of 2^-bits before encryption and the decrypted sum is
-    #: rounded back to that grid: CKKS noise (~0.02 grid steps measured) vanishes, so encrypted and
-    #: plaintext aggregation give bit-identical models. 0 disables the rounding.
-    quantization_bits: int = 20
+    #: each silo carries its masked residues scaled to [-1, 1): CKKS noise is ~2^(15 - scale) (measured), far
+    #: below one integer step 2^-(mask_bits - 1) when scale >= mask_bits + 18; a sum of up to
+    #: 2^(data bits - scale - 2) = 256 contributors stays in range (crypto.value_limit)
+    global_scale_bits: int = 50
+    #: weighted updates (n_samples * delta) are rounded to multiples of 2^-bits and sent as integers: encrypted
+    #: and plaintext aggregation give bit-identical models, and masks can cancel exactly
+    quantization_bits: int = 12
+    #: pairwise masks and the integer sum live modulo 2^mask_bits: the round's summed weighted update must stay
+    #: within +-2^(mask_bits - 1 - quantization_bits) (each silo checks its share before sending)
+    mask_bits: int = 32
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,14 @@ class FederationConfig:
     server_momentum: float = 0.0
     he: bool = True
     eval_every: int = 1
-    min_silos: int = 1
+    #: the fewest contributors a round may aggregate (and a silo agrees to be masked with): with one, the global
+    #: model's change is that silo's update; with two, each learns the other's. Refused below 2.
+    min_silos: int = 3
+    #: pairwise cancelling masks under the encryption (a key holder who decrypts one silo's ciphertext sees noise)
+    masking: bool = True
+    #: a pinned roster JSON of every party's public keys (`fedrec roster`); empty: learnt on first use from the
+    #: run's exchange and pinned at the coordinator (state/coordinator/known_silos.json)
+    roster: str = ""
     exchange_url: str = "state/exchange"
     state_dir: str = "state"
     #: one machine: silo host processes (each keeps its silos in memory, one torch thread); 0 = one per core
@@ -278,6 +289,12 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
         (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),
         (0 <= cfg.crypto.quantization_bits <= 30, "crypto.quantization_bits must be in 0..30"),
+        (cfg.crypto.quantization_bits + 8 <= cfg.crypto.mask_bits <= 48,
+         "crypto.mask_bits must be in quantization_bits+8..48"),
+        (cfg.crypto.global_scale_bits >= cfg.crypto.mask_bits + 18,
+         "crypto.global_scale_bits must be >= crypto.mask_bits + 18 (CKKS noise must stay below one integer step)"),
+        (cfg.federation.min_silos >= 2, "federation.min_silos must be >= 2: with one contributor the global model's "
+                                        "change is that silo's update in the clear"),
         (len(cfg.crypto.coeff_mod_bit_sizes) >= 2, "crypto.coeff_mod_bit_sizes needs a data prime and the special prime"),
         (sum(cfg.crypto.coeff_mod_bit_sizes[:-1]) - cfg.crypto.global_scale_bits >= 8,
          "crypto.global_scale_bits must stay at least 8 bits below the data primes (headroom for the sums)"),

@@ -40,7 +40,8 @@ class KeyMaterial:
 def value_limit(cfg: CryptoConfig) -> float:
     """The largest |value| a CKKS sum may reach: past 2^(data bits - scale bits - 1) it wraps around the data
     primes' modulus and decrypts to a wrong value that still looks plausible; one bit is kept as margin (SEAL
-    refuses to encode a single value past it)."""
+    refuses to encode a single value past it). Each silo sends values in [-1, 1), so this is also the most
+    contributors one sum can have."""
     return 2.0 ** (sum(cfg.coeff_mod_bit_sizes[:-1]) - cfg.global_scale_bits - 2)
 
 
@@ -83,6 +84,16 @@ class CKKSCodec:
     @property
     def can_decrypt(self) -> bool:
         return self._ctx.is_private()
+
+    def matches(self, public_context: bytes) -> bool:
+        """Whether this (secret) context decrypts what ``public_context`` encrypts."""
+        probe = np.linspace(-1.0, 1.0, 8)
+        public = CKKSCodec(public_context, self.slots)
+        try:
+            back = self.decrypt(public.encrypt(probe), len(probe))
+        except (DecryptionKeyError, PayloadError, ValueError):
+            return False
+        return bool(np.allclose(back, probe, atol=1e-6))
 
     def encrypt(self, flat: np.ndarray) -> list[bytes]:
         flat = np.asarray(flat, dtype=np.float64)

@@ -6,6 +6,7 @@ federated run) and history; the item tower is the federation's global model.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fedrec.config import Config
 from fedrec.errors import FedrecError
 from fedrec.federation.filters import load_global
 from fedrec.silo.store import SiloStore
+from fedrec.trust import PublicIdentity
 from fedrec.wire.exchange import run_exchange
 from fedrec.training import model_config, resolve_device
 from models import build_model
@@ -51,10 +53,12 @@ def recommend(cfg: Config, silo_id: str, user_id: int, k: int = 10, run_id: str 
     local = int(matches[0])
     device = resolve_device(cfg.training.device)
     model = build_model(model_config(cfg.model, data.n_users, data.n_items)).to(device)
-    saved = torch.load(SiloStore.of(cfg, silo_id, run_id).model_path, map_location=device, weights_only=True)
+    store = SiloStore.of(cfg, silo_id, run_id)
+    saved = torch.load(store.model_path, map_location=device, weights_only=True)
     model.users.load_state_dict(saved["users"])
     rounds_done = server_round if server_round is not None else _last_round(exchange)
-    model.load_shared_state(load_global(exchange, rounds_done))
+    coordinator = PublicIdentity.from_dict(json.loads(store.coordinator_path.read_text()), str(store.coordinator_path))
+    model.load_shared_state(load_global(exchange, rounds_done, coordinator))
     scores = model.full_sort_predict(torch.tensor([local], device=device))[0].cpu().numpy()
     scores[data.seen_mask(np.array([local]))[0]] = -np.inf
     top = np.argsort(-scores, kind="stable")[:k]

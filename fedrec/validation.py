@@ -1,7 +1,8 @@
 """Run the Great Expectations suite in ``expectations/`` on one silo's interactions.
 
 The suite is data (JSON), applied with an ephemeral GE context so nothing is written
-outside the report. A failing silo raises :class:`SiloValidationError` naming the silo and
+outside the report. Reports keep expectation names, columns and counts, never row values (GE's
+``partial_unexpected_list`` examples are dropped): a report may leave the silo (hello, MLflow, logs). A failing silo raises :class:`SiloValidationError` naming the silo and
 every failed expectation; the report (pass/fail, failures, counts) is saved either way.
 """
 
@@ -79,12 +80,13 @@ def _failure(result) -> dict[str, Any]:
     cfg = result.expectation_config
     res = result.result or {}
     exc = (result.exception_info or {}) if isinstance(result.exception_info, dict) else {}
-    if exc.get("raised_exception"):
-        detail = f"could not be evaluated: {str(exc.get('exception_message'))[:200]}"
-    elif "unexpected_count" in res:
-        examples = [_plain(v) for v in list(res.get("partial_unexpected_list") or [])[:5]]
-        detail = f"{res['unexpected_count']} unexpected value(s), e.g. {examples}"
-    else:
+    if exc.get("raised_exception"):  # the message may quote data: only that it failed leaves this function
+        detail = "could not be evaluated (the column is missing or of an unusable type)"
+    elif "unexpected_count" in res:  # counts only: GE's partial_unexpected_list holds raw rows, which stay out
+        detail = f"{res['unexpected_count']} unexpected value(s)"
+        if res.get("unexpected_percent") is not None:
+            detail += f" ({float(res['unexpected_percent']):.2f}% of rows)"
+    else:  # table-level expectations observe counts or column names, not rows
         detail = f"observed {_plain(res.get('observed_value'))}"
     return {"expectation": cfg.type, "column": cfg.kwargs.get("column"), "detail": detail}
 

@@ -137,7 +137,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         summary["coordinator_can_decrypt"] = bool(getattr(coord.codec, "can_decrypt", False)) and cfg.federation.he
         run.log_metrics({f"selected_test_{m}": v for m, v in final_test.items()} | {"selected_round": best.round})
         run.log_dict(summary, "summary.json")
-        summary["model_uri"] = register_model(cfg, coord.n_items, load_global(coord.exchange, best.round), run)
+        summary["model_uri"] = register_model(cfg, coord.n_items, load_global(coord.exchange, best.round, coord.identity.public), run)
         summary["mlflow_run_id"] = run.run_id
     return summary
 

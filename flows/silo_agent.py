@@ -1,7 +1,7 @@
 """`silo_agent`: one silo's part of one federation run, as a Prefect flow run of that silo.
 
-    validate (GE) ─► join ─► keys + model ─► per round: fit (train ─► encrypt ─► publish)
-                                              ─► [decrypt, key holder] ─► [evaluate]   ─► save
+    validate (GE) ─► join ─► keys + model ─► per round: fit (train ─► mask ─► encrypt ─► sign ─► publish)
+                                              ─► settle ([remask], [decrypt]) ─► [evaluate]   ─► save
 
 Runs where the silo's data is: in a host process on one machine, or from the silo's own served
 deployment (`fedrec silo serve`). Its state stays in memory for the whole run; only what the wire
@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 
 from fedrec.config import load_config
 from fedrec.silo.agent import SiloAgent
-from tasks.silo import decrypt_round, evaluate_round, fit_round, join_federation, setup_silo, validate_data
+from tasks.silo import evaluate_round, fit_round, join_federation, settle_round, setup_silo, validate_data
 
 
 @flow(name="silo_agent", flow_run_name="silo-{silo_id}-{run_id}")
@@ -33,9 +33,8 @@ def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
             return {"silo_id": silo_id, "admitted": False, "rounds": 0}
         setup_silo(agent)
         while (ins := agent.next_instructions(rounds)) is not None:
-            fit_round(agent, ins)
-            if agent.is_key_holder and agent.cfg.federation.he:
-                decrypt_round(agent, ins.round)
+            if fit_round(agent, ins) is not None:
+                settle_round(agent, ins)
             if ins.evaluate:
                 evaluate_round(agent, ins.round)
             rounds = ins.round

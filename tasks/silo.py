@@ -6,7 +6,6 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import IO_RETRIES
 
 from fedrec.silo.agent import SiloAgent
 from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, MetricReport
@@ -30,16 +29,16 @@ def setup_silo(agent: SiloAgent) -> str:
 
 
 @task(name="fit", task_run_name="fit-silo-{agent.silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
-def fit_round(agent: SiloAgent, ins: FitInstructions) -> FitReport:
-    """Train E local epochs, encrypt the weighted update in memory, publish it."""
+def fit_round(agent: SiloAgent, ins: FitInstructions) -> FitReport | None:
+    """Train E local epochs, mask and encrypt the weighted update in memory, publish it (None: the silo
+    refused the round's participant set)."""
     return agent.fit(ins)
 
 
-@task(name="decrypt", task_run_name="decrypt-round-{server_round}-at-{agent.silo_id}",
-      cache_policy=NO_CACHE, **IO_RETRIES)
-def decrypt_round(agent: SiloAgent, server_round: int) -> bool:
-    """Key holder: decrypt the round's aggregate and publish the mean."""
-    return agent.decrypt(server_round)
+@task(name="settle", task_run_name="settle-silo-{agent.silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
+def settle_round(agent: SiloAgent, ins: FitInstructions) -> dict:
+    """Until the round's global model: remask among survivors when asked; the decryptor decrypts the sum."""
+    return agent.settle(ins)
 
 
 @task(name="evaluate", task_run_name="evaluate-silo-{agent.silo_id}-round-{server_round}", cache_policy=NO_CACHE)

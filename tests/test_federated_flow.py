@@ -15,15 +15,21 @@ import torch
 import yaml
 
 from conftest import make_tiny_params
-from fedrec import pipeline
+from fedrec import leakscan, pipeline
 from fedrec.config import load_config
 from fedrec.crypto import CKKSCodec
 from fedrec.federation.filters import load_global
 from fedrec.silo.store import SiloStore
+from fedrec.trust import SEALED_MAGIC, peek_envelope
 from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY, run_exchange
 from fedrec.wire.payload import MAGIC, EncryptedUpdate
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
+
+
+#: the silos' raw user ids are shifted into a range no other number in a run's records falls into, so a
+#: leak scan can look for them (and the interactions' timestamps, 88xxxxxxx) as text
+USER_ID_BASE = 7_301_000_000
 
 
 def _run_flow(base: Path, overrides: dict | None = None) -> tuple[dict, dict, Path]:
@@ -32,6 +38,12 @@ def _run_flow(base: Path, overrides: dict | None = None) -> tuple[dict, dict, Pa
     params = make_tiny_params(base)
     path = base / "params.yaml"
     path.write_text(yaml.safe_dump(params))
+    cfg = load_config(path, overrides)
+    for silo in pipeline.ensure_partitioned(cfg):
+        file = pipeline.Paths.of(cfg).silos / silo / "interactions.parquet"
+        frame = pd.read_parquet(file)
+        frame["user_id"] += USER_ID_BASE
+        frame.to_parquet(file, index=False)
     summary = run_demo(params_path=str(path), overrides=overrides)
     return summary, params, path
 
@@ -132,13 +144,14 @@ def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     frame.to_parquet(bad, index=False)
 
     # Execute
-    summary = run_demo(params_path=str(params_file), overrides={"federation.rounds": 1})
+    summary = run_demo(params_path=str(params_file), overrides={"federation.rounds": 1, "federation.min_silos": 2})
 
     # Assert: silo 1 left out with the failed expectation as the reason; 0 and 2 trained
     assert set(summary["excluded"]) == {"1"}
     assert "expect_column_values_to_be_between(rating)" in summary["excluded"]["1"]
-    assert "[9]" not in summary["excluded"]["1"]  # the offending values stay in the silo's own report
-    assert "e.g. [9]" in json.dumps(json.loads((pipeline.Paths.of(tiny_cfg).validation / "1.json").read_text()))
+    # counts and names only, in the silo's own report too: the offending value is raw data
+    assert "1 unexpected value(s)" in summary["excluded"]["1"] and "[9]" not in summary["excluded"]["1"]
+    assert "[9]" not in (pipeline.Paths.of(tiny_cfg).validation / "1.json").read_text()
     assert summary["silos"] == ["0", "2"]
     assert set(summary["bytes_per_round"]) == {"0", "2"}
     assert set(summary["per_silo_test"]) == {"0", "2"}
@@ -147,8 +160,9 @@ def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     assert json.loads((paths.validation / "1.json").read_text())["success"] is False
     assert not (paths.split / "1").exists()
     exchange = run_exchange(tiny_cfg, summary["run_id"])
-    assert exchange.keys("round-0001/updates") == ["round-0001/updates/0.bin", "round-0001/updates/2.bin"]
-    aggregate = EncryptedUpdate.from_bytes(exchange.get("round-0001/aggregate.bin"), expect_kind="aggregate")
+    assert exchange.keys("round-0001/updates") == ["round-0001/updates/a0/0.bin", "round-0001/updates/a0/2.bin"]
+    aggregate = EncryptedUpdate.from_bytes(peek_envelope(exchange.get("round-0001/aggregate.bin"))[1],
+                                           expect_kind="aggregate")
     assert aggregate.contributors == ("0", "2")
     run = mlflow.MlflowClient(tiny_cfg.tracking.uri).get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
@@ -161,57 +175,103 @@ def _user_rows(model_path: Path) -> list[np.ndarray]:
     return [row for table in users.values() for row in table.numpy()]
 
 
-def test_exchange_leaks_no_user_data_and_no_secret_key(he_run):
+def _needles(cfg, summary) -> list:
+    """What must not leave the silos: the run's secret key, trained user vectors, raw user ids, interactions."""
+    rows = [r for s in summary["silos"] for r in _user_rows(SiloStore.of(cfg, s, summary["run_id"]).model_path)]
+    frames = [pd.read_parquet(pipeline.Paths.of(cfg).silos / s / "interactions.parquet") for s in summary["silos"]]
+    secret = SiloStore.of(cfg, summary["key_holder"], summary["run_id"]).secret_context_path.read_bytes()
+    return (leakscan.secret_key_needles(secret) + leakscan.embedding_needles(rows)
+            + leakscan.number_needles("user-id", np.concatenate([f.user_id for f in frames]))
+            + leakscan.number_needles("interaction", np.concatenate([f.timestamp for f in frames])))
+
+
+def _written_by_the_run(cfg, summary) -> list[Path]:
+    """Everything a run writes outside the silos' own stores: exchange, MLflow, Prefect, host logs."""
+    from prefect.settings import get_current_settings
+
+    db_url = get_current_settings().server.database.connection_url.get_secret_value()
+    prefect_db = Path(db_url.split(":///", 1)[1])
+    mlflow_db = Path(cfg.tracking.uri.removeprefix("sqlite:///"))
+    return [Path(cfg.federation.exchange_url) / summary["run_id"], mlflow_db, mlflow_db.parent / "mlartifacts",
+            *prefect_db.parent.glob(prefect_db.name + "*"), Path(cfg.federation.state_dir) / "logs",
+            Path(get_current_settings().home) / "storage"]
+
+
+def test_leak_scan_finds_no_secret_key_user_data_or_interaction_after_a_real_run(he_run):
+    # Prepare
+    summary, params, path = he_run
+    cfg = load_config(path)
+    needles = _needles(cfg, summary)
+    places = _written_by_the_run(cfg, summary)
+    scanned = leakscan.files_under(*places)
+
+    # Execute
+    findings = leakscan.scan(places, needles)
+
+    # Assert: every kind of needle is there, every place was searched, nothing was found
+    assert {n.kind for n in needles} == {"secret-key", "user-embedding", "user-id", "interaction"}
+    assert any(p.suffix == ".db" and "mlflow" in p.name for p in scanned)
+    assert any("prefect" in p.name and p.suffix == ".db" for p in scanned)
+    assert any(p.name.endswith(".png") for p in scanned) and any("round-0002" in str(p) for p in scanned)
+    assert findings == [], "\n".join(map(str, findings))
+
+
+@pytest.mark.parametrize("kind", ["secret-key", "user-embedding", "user-id", "interaction"])
+def test_the_leak_scan_finds_each_kind_where_it_is_planted(he_run, tmp_path, kind):
+    """Control for the scan above: plant one needle of each kind in a log line, an MLflow param and a payload."""
+    summary, params, path = he_run
+    cfg = load_config(path)
+    needles = [n for n in _needles(cfg, summary) if n.kind == kind]
+    text = next(n.pattern.decode() for n in needles if n.pattern.isascii() and len(n.pattern) > 8 or n.numeric)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "host.log").write_bytes(b"INFO round 3: silo said " + needles[0].pattern + b" and went on\n")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'planted-mlflow.db'}")
+    run = client.create_run(client.create_experiment("planted"))
+    client.log_param(run.info.run_id, "note", text)  # as text (hex or digits), as a careless log would
+
+    findings = leakscan.scan([planted, tmp_path / "planted-mlflow.db"], needles)
+
+    assert {(f.kind, Path(f.path).name) for f in findings} == {(kind, "host.log"), (kind, "planted-mlflow.db")}
+
+
+def test_exchange_holds_signed_payloads_and_sealed_secrets_only(he_run):
     # Prepare
     summary, params, path = he_run
     cfg = load_config(path)
     exchange_dir = Path(cfg.federation.exchange_url) / summary["run_id"]
     files = sorted(p for p in exchange_dir.rglob("*") if p.is_file())
-    rows = [r for s in summary["silos"] for r in _user_rows(SiloStore.of(cfg, s, summary["run_id"]).model_path)]
-    patterns = [r.astype("<f4").tobytes() for r in rows] + [r.astype("<f8").tobytes() for r in rows]
-    interactions = pd.read_parquet(pipeline.Paths.of(cfg).silos / "0" / "interactions.parquet")
-
-    # Assert: what is on the exchange
     names = [str(p.relative_to(exchange_dir)) for p in files]
-    assert PUBLIC_CONTEXT_KEY in names
-    assert {"global/round-0000.bin", "global/round-0002.bin", "round-0002/aggregate.bin",
-            "round-0002/updates/1.bin"} <= set(names)
-    assert len(rows) == 2 * 90 and len(patterns) == 4 * 90
-    for file in files:
+    secret = SiloStore.of(cfg, summary["key_holder"], summary["run_id"]).secret_context_path
+
+    # Assert: what is on the exchange, each file signed by a party
+    assert {PUBLIC_CONTEXT_KEY, "global/round-0000.bin", "global/round-0002.bin", "round-0002/aggregate.bin",
+            "round-0002/updates/a0/1.bin", "context/sealed/1.bin", "context/sealed/2.bin"} <= set(names)
+    assert "context/sealed/0.bin" not in names  # the key holder made the secret; nobody seals it to itself
+    for file, rel in zip(files, names):
         data = file.read_bytes()
-        rel = str(file.relative_to(exchange_dir))
-        assert "user" not in rel.lower() and "interaction" not in rel.lower() and "key" not in rel.lower()
+        author, body = peek_envelope(data, rel)
+        assert author in {"coordinator", *summary["silos"]}, rel
         if rel.endswith(".json"):  # small typed messages: verdicts, instructions, counts, seconds, metric sums
-            assert isinstance(json.loads(data), dict), rel
-        else:
-            assert rel == PUBLIC_CONTEXT_KEY or data.startswith(MAGIC), rel  # typed payloads besides the context
-        assert not data.startswith(b"PAR1") and not data.endswith(b"PAR1"), rel  # no parquet
-        assert b"user_id" not in data and b"interactions" not in data and b"timestamp" not in data, rel
-        for pattern in patterns:
-            assert pattern not in data, f"{rel} holds a user embedding"
-        # no raw interaction row as text either (e.g. a CSV dump)
-        first = interactions.iloc[0]
-        assert f"{first.user_id},{first.item_id},{first.rating},{first.timestamp}".encode() not in data
-        if rel.endswith(".bin"):
-            payload = EncryptedUpdate.from_bytes(data, source=rel)
-            assert all(not t.name.startswith("users.") for t in payload.layout)
-    # no plaintext update ever touched a silo's disk: its store holds the trained user tower and, at the key
-    # holder, the secret context; nothing else
+            assert isinstance(json.loads(body), dict), rel
+        elif rel.startswith("context/sealed/"):
+            assert body.startswith(SEALED_MAGIC) and author == summary["key_holder"], rel
+        elif rel != PUBLIC_CONTEXT_KEY:
+            payload = EncryptedUpdate.from_bytes(body, source=rel)
+            assert body.startswith(MAGIC) and all(not t.name.startswith("users.") for t in payload.layout)
+    # no plaintext update ever touched a silo's disk: its store holds the trained user tower, the coordinator key
+    # it trusted and, at the key holder, the secret context; nothing else
     for silo in summary["silos"]:
         root = SiloStore.of(cfg, silo, summary["run_id"]).root
         stored = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-        assert stored == ({"model.pt", "keys/secret.ctx"} if silo == summary["key_holder"] else {"model.pt"}), stored
-    # the public context holds no secret key
-    public = (exchange_dir / PUBLIC_CONTEXT_KEY).read_bytes()
+        expected = {"model.pt", "coordinator.json"} | ({"keys/secret.ctx"} if silo == summary["key_holder"] else set())
+        assert stored == expected, stored
+    # the public context holds no secret key; the secret context is private to the key holder's store
+    public = peek_envelope((exchange_dir / PUBLIC_CONTEXT_KEY).read_bytes())[1]
     assert CKKSCodec(public, cfg.crypto.poly_modulus_degree // 2).can_decrypt is False
-    # the secret context lives only in the key holder's store, private to it; the other silos never get it
-    secret = SiloStore.of(cfg, summary["key_holder"], summary["run_id"]).secret_context_path
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
     assert CKKSCodec(secret.read_bytes(), 4096, public_context=public).can_decrypt
-    assert all(secret.read_bytes() != f.read_bytes() for f in files)
-    others = [s for s in summary["silos"] if s != summary["key_holder"]]
-    assert others and not any(SiloStore.of(cfg, s, summary["run_id"]).secret_context_path.exists() for s in others)
 
 
 def test_user_embedding_patterns_are_found_where_they_are(he_run):

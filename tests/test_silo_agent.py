@@ -25,42 +25,48 @@ def cfg(tiny_cfg):
     return tiny_cfg
 
 
-def test_one_encrypted_round_between_two_agents_and_a_coordinator(cfg):
-    # Prepare: both silos validate and join; the key holder makes the keys
-    coord = Coordinator(cfg, "run-1", n_items=len(pipeline.catalogue_ids(cfg)))
-    agents = {s: SiloAgent(cfg, s, "run-1") for s in ("0", "1")}
-    hellos = {s: a.validate() for s, a in agents.items()}
-    admission = coord.admit(["0", "1"])
+def _opened(cfg, run_id: str, silos=("0", "1", "2")):
+    """A coordinator and one agent per silo: validated, admitted, keys made and sealed, global(0) published."""
+    coord = Coordinator(cfg, run_id, n_items=len(pipeline.catalogue_ids(cfg)))
+    agents = {s: SiloAgent(cfg, s, run_id) for s in silos}
+    for agent in agents.values():
+        agent.validate()
+    admission = coord.admit(list(silos))
     assert all(a.await_admission() == admission for a in agents.values())
-    agents["0"].setup()  # key holder first: the others wait for its public context
-    agents["1"].setup()
+    for silo in sorted(agents, key=lambda s: s != admission.key_holder):  # the key holder seals first
+        agents[silo].setup()
     coord.open_context()
     coord.init_global()
+    return coord, agents
+
+
+def test_one_encrypted_masked_round_between_three_agents_and_a_coordinator(cfg):
+    # Prepare: three silos validate and join; the key holder makes the keys and seals the secret to the others
+    coord, agents = _opened(cfg, "run-1")
     start = load_global(coord.exchange, 0)
 
     # Execute: one round, evaluated
     silos = coord.start_round(1, evaluate=True)
-    reports = {s: a.fit(a.next_instructions(0)) for s, a in agents.items()}
+    instructions = {s: a.next_instructions(0) for s, a in agents.items()}
+    reports = {s: a.fit(instructions[s]) for s, a in agents.items()}
     trained = {s: flatten_state(a.model.shared_state()) for s, a in agents.items()}
     collected = coord.collect_updates(1, silos)
     aggregate = coord.aggregate(1, collected.updates)
-    assert agents["0"].decrypt(1) is True
+    agents["0"].decrypt(1, silos)
     coord.step(1, coord.mean(1, aggregate), collected.failures)
     metrics = {s: a.evaluate(1) for s, a in agents.items()}
     received, missing = coord.collect_metrics(1, silos)
 
-    # Assert: the new global model is start + the sample-weighted mean of the two silos' deltas
-    assert admission.key_holder == "0" and agents["0"].is_key_holder and not agents["1"].is_key_holder
-    assert all(h.valid and h.n_train > 0 for h in hellos.values())
-    assert collected.failures == {} and sorted(collected.reports) == ["0", "1"]
-    deltas = {s: trained[s] - flatten_state(start) for s in agents}
+    # Assert: the new global model is start + the sample-weighted mean of the silos' deltas (masks cancelled)
+    assert coord.admission.key_holder == "0" and agents["0"].is_key_holder and not agents["1"].is_key_holder
+    assert {i.decryptor for i in instructions.values()} == {"0"}
+    assert collected.failures == {} and sorted(collected.reports) == ["0", "1", "2"]
     n = {s: reports[s].n_samples for s in agents}
-    expected = flatten_state(start) + (n["0"] * deltas["0"] + n["1"] * deltas["1"]) / (n["0"] + n["1"])
-    np.testing.assert_allclose(flatten_state(load_global(coord.exchange, 1)), expected, atol=2e-6)
-    # Assert: only the key holder can decrypt; the coordinator and silo 1 hold the public context only
-    with pytest.raises(DecryptionKeyError):
-        agents["1"].codec.decrypt([collected.updates[0].chunks[0]], 4)
-    assert not coord.codec.can_decrypt and agents["0"].codec.can_decrypt
+    expected = flatten_state(start) + sum(n[s] * (trained[s] - flatten_state(start)) for s in agents) / sum(n.values())
+    np.testing.assert_allclose(flatten_state(load_global(coord.exchange, 1)), expected, atol=1e-5)
+    # Assert: the coordinator cannot decrypt; every silo got the run's secret, sealed to it
+    assert not coord.codec.can_decrypt and all(a.codec.can_decrypt for a in agents.values())
+    assert {a.codec.context_id for a in agents.values()} == {coord.codec.context_id}
     # Assert: metric sums reach the coordinator as they were computed
     assert missing == {} and {m.silo_id: m.val for m in received} == {s: m.val for s, m in metrics.items()}
     assert all(MetricSums(**m.test).n == agents[s].data.n_users for s, m in metrics.items())
@@ -78,21 +84,15 @@ def test_a_failing_silo_publishes_its_verdict_without_the_offending_values(cfg):
     hello = agent.validate()
 
     # Assert: the coordinator learns which expectation failed and how often, not the value
-    published = Hello.from_json(agent.exchange.get(hello_key("2")))
+    published = Hello.from_json(agent.exchange.read(hello_key("2"), agent.identity.public))
     assert published == hello and not hello.valid and agent.data is None
     assert any("expect_column_values_to_be_between(rating)" in f for f in hello.failures)
     assert not any("e.g." in f or "[9]" in f for f in hello.failures)
 
 
 def test_the_agent_keeps_its_model_in_memory_between_rounds(cfg):
-    agent = SiloAgent(cfg, "0", "run-3")
-    coord = Coordinator(cfg, "run-3", n_items=len(pipeline.catalogue_ids(cfg)))
-    agent.validate()
-    coord.admit(["0"])
-    agent.await_admission()
-    agent.setup()
-    coord.open_context()
-    coord.init_global()
+    coord, agents = _opened(cfg, "run-3")
+    agent = agents["1"]
     users_before = agent.model.users.tables["gmf"].weight.detach().clone()
 
     coord.start_round(1, evaluate=False)
@@ -108,17 +108,17 @@ def test_unreadable_data_is_a_failed_verdict_and_the_silo_is_left_out(cfg):
     # Prepare: silo 2's Parquet file is truncated
     path = pipeline.Paths.of(cfg).silos / "2" / "interactions.parquet"
     path.write_bytes(path.read_bytes()[:100])
-    agents = {s: SiloAgent(cfg, s, "run-4") for s in ("1", "2")}
-    coord = Coordinator(cfg, "run-4", n_items=len(pipeline.catalogue_ids(cfg)))
+    agents = {s: SiloAgent(cfg, s, "run-4") for s in ("0", "1", "2")}
+    coord = Coordinator(cfg.replace(**{"federation.min_silos": 2}), "run-4", n_items=len(pipeline.catalogue_ids(cfg)))
 
     # Execute
     hellos = {s: a.validate() for s, a in agents.items()}
-    admission = coord.admit(["1", "2"])
+    admission = coord.admit(["0", "1", "2"])
 
     # Assert: a verdict, not a crash; the other silo goes on
     assert hellos["1"].valid and not hellos["2"].valid
     assert hellos["2"].failures[0].startswith("data could not be read (")
-    assert admission.silos == ["1"]
+    assert admission.silos == ["0", "1"]
     assert admission.excluded["2"].startswith("data validation failed: data could not be read")
     assert path.stat().st_size == 100  # nothing of the silo's data was touched
 
@@ -128,14 +128,8 @@ def test_a_silo_never_sends_an_update_holding_nan(cfg):
     from fedrec.errors import PayloadError
     from fedrec.wire.exchange import update_key
 
-    agent = SiloAgent(cfg, "0", "run-5")
-    coord = Coordinator(cfg, "run-5", n_items=len(pipeline.catalogue_ids(cfg)))
-    agent.validate()
-    coord.admit(["0"])
-    agent.await_admission()
-    agent.setup()
-    coord.open_context()
-    coord.init_global()
+    coord, agents = _opened(cfg, "run-5")
+    agent = agents["0"]
     coord.start_round(1, evaluate=False)
     with torch.no_grad():
         for table in agent.model.users.tables.values():

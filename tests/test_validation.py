@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -106,16 +107,15 @@ def test_bad_data_fails_naming_silo_and_expectation(kind):
     assert f"{expectation}({column or ''})" in message
 
 
-@pytest.mark.parametrize("kind, detail", [
-    ("rating_9", "1 unexpected value(s), e.g. [9]"),
-    ("unknown_item", "1 unexpected value(s), e.g. [999]"),
-    ("ts_future", f"1 unexpected value(s), e.g. [{NOW + 86_400}]"),
-])
-def test_single_fault_is_the_only_failure(kind, detail):
+@pytest.mark.parametrize("kind, value", [("rating_9", "9"), ("unknown_item", "999"), ("ts_future", str(NOW + 86_400))])
+def test_single_fault_is_the_only_failure_and_its_value_stays_out_of_the_report(kind, value):
     report = run(_corrupt(kind))
 
     assert len(report.failures) == 1
-    assert report.failures[0]["detail"] == detail
+    assert report.failures[0]["detail"].startswith("1 unexpected value(s) (")
+    # the offending row's value is raw data: counts and names only may leave the silo
+    assert value not in json.dumps(dataclasses.asdict(report))
+    assert value not in " ".join(report.summary())
 
 
 def test_too_few_interactions_reports_the_observed_minimum():

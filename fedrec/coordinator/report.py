@@ -25,6 +25,8 @@ class RoundRecord:
     test: dict[str, float] = field(default_factory=dict)
     per_silo_val: dict[str, dict[str, float]] = field(default_factory=dict)
     per_silo_test: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: 1, or more when silos dropped out after the participant set was fixed and the survivors remasked
+    attempts: int = 1
 
     def add_evaluation(self, reports: list[MetricReport], k: int) -> None:
         val, test = MetricSums(), MetricSums()
@@ -37,7 +39,7 @@ class RoundRecord:
 
     def mlflow_metrics(self) -> dict[str, float]:
         m: dict[str, float] = {"train_loss": self.loss, "silos_contributing": len(self.contributors),
-                               "silos_failed": len(self.failures)}
+                               "silos_failed": len(self.failures), "update_attempts": self.attempts}
         m |= {f"seconds_{phase}": s for phase, s in self.seconds.items()}
         m |= {f"bytes_sent_silo_{s}": b for s, b in self.bytes_per_silo.items()}
         if self.bytes_per_silo:
@@ -106,7 +108,7 @@ def round_record(coord, server_round: int, evaluate: bool) -> RoundRecord:
     return RoundRecord(
         round=server_round,
         loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
-        contributors=sorted(reports), failures=collected.failures,
+        contributors=sorted(reports), failures=collected.failures, attempts=collected.attempts,
         bytes_per_silo={s: r.bytes_sent for s, r in reports.items()},
         plaintext_bytes=next(iter(reports.values())).plaintext_bytes if reports else 0,
         seconds={"train": sum(r.seconds_train for r in reports.values()),

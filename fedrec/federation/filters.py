@@ -1,9 +1,10 @@
 """Encryption as a filter between the trainer and the aggregator (NVIDIA FLARE style).
 
 The trainer produces a plaintext :class:`LocalUpdate` and never imports TenSEAL; the
-encrypt filter weights it by its sample count and encrypts it; the aggregator only adds
-ciphertexts it has checked belong together; a key holder decrypts the sum and divides by
-the total sample count.
+encrypt filter weights it by its sample count, rounds it to integers, adds the silo's pairwise
+masks (:mod:`fedrec.federation.masking`) and encrypts it; the aggregator only adds ciphertexts it
+has checked belong together; a decrypting silo recovers the exact integer sum (masks cancel) and
+divides by the total sample count.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedrec.config import CryptoConfig
 from fedrec.crypto import Codec, PlainCodec
 from fedrec.errors import PayloadError
+from fedrec.federation import masking
 from fedrec.federation.aggregate import flatten_state, layout_of, unflatten_state
-from fedrec.wire.exchange import Exchange, global_key
-from fedrec.wire.payload import EncryptedUpdate, layout_size
+from fedrec.trust import COORDINATOR, PublicIdentity, self_signed_identity
+from fedrec.wire.exchange import COORDINATOR_KEY, Exchange, global_key
+from fedrec.wire.payload import EncryptedUpdate, TensorSpec, layout_size
 
 
 @dataclass(frozen=True)
@@ -39,35 +43,23 @@ class LocalUpdate:
     delta: dict[str, torch.Tensor]
 
 
-#: a decrypted sum further than this (in grid steps) from the grid means CKKS noise ate the margin
-MAX_GRID_DEVIATION = 0.25
-
-
-def quantize(flat: np.ndarray, bits: int) -> np.ndarray:
-    """Round to multiples of 2^-bits (exact in float64, so plaintext sums of them are exact too)."""
-    if bits <= 0:
-        return flat
-    step = 2.0 ** bits
-    return np.round(flat * step) / step
-
-
-def encrypt_update(update: LocalUpdate, codec: Codec, quantization_bits: int = 0,
-                   max_abs: float | None = None) -> EncryptedUpdate:
-    """Weight by n_samples, round to the grid, then encrypt: the aggregator only has to add. ``max_abs``: the
-    largest weighted value this silo may send so that the sum over all contributors stays in the HE range."""
-    flat = quantize(flatten_state(update.delta) * float(update.n_samples), quantization_bits)
-    if max_abs is not None and flat.size and float(np.max(np.abs(flat))) >= max_abs:
-        raise PayloadError(f"silo {update.silo_id!r}, round {update.round}: a weighted update value of "
-                           f"{float(np.max(np.abs(flat))):.3g} could overflow the CKKS sum (limit {max_abs:.3g} per "
-                           "silo); add a data prime to crypto.coeff_mod_bit_sizes or lower crypto.global_scale_bits")
+def encrypt_update(update: LocalUpdate, codec: Codec, crypto: CryptoConfig, n_participants: int,
+                   mask: np.ndarray | None = None) -> EncryptedUpdate:
+    """Weight by n_samples, round to the grid as integers, add this silo's pairwise ``mask`` (mod 2^mask_bits),
+    then encrypt: the aggregator only has to add. Each of the ``n_participants`` may use 1/n of the sum's range."""
+    q = masking.quantize_int(flatten_state(update.delta) * float(update.n_samples), crypto.quantization_bits)
+    masking.check_bound(q, crypto.mask_bits, n_participants, f"silo {update.silo_id!r}, round {update.round}")
+    carried = masking.encode(q, mask, crypto.mask_bits)
     return EncryptedUpdate(kind="update", round=update.round, silo_id=update.silo_id, n_samples=update.n_samples,
                            scheme=codec.scheme, context_id=codec.context_id, layout=layout_of(update.delta),
-                           chunks=tuple(codec.encrypt(flat)), quantization_bits=quantization_bits)
+                           chunks=tuple(codec.encrypt(carried)), quantization_bits=crypto.quantization_bits,
+                           mask_bits=crypto.mask_bits)
 
 
-def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int,
-                    ref: EncryptedUpdate | None = None) -> list[str]:
-    """Why ``u`` cannot be added to this round's sum (empty: it can); ``ref`` is an already accepted update."""
+def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int, crypto: CryptoConfig,
+                    layout: tuple[TensorSpec, ...] | None = None, n_samples: int | None = None) -> list[str]:
+    """Why ``u`` cannot be added to this round's sum (empty: it can). ``layout``: the global model's;
+    ``n_samples``: what the silo declared when it joined (a silo cannot inflate its weight later)."""
     problems = []
     if u.kind != "update":
         problems.append(f"kind {u.kind!r}")
@@ -77,46 +69,45 @@ def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int,
         problems.append(f"scheme {u.scheme!r} (aggregator runs {codec.scheme!r})")
     if u.context_id != codec.context_id:
         problems.append(f"encrypted under foreign context {u.context_id} (expected {codec.context_id})")
-    if ref is not None and u.layout != ref.layout:
-        problems.append("tensor layout differs from the other silos'")
-    if ref is not None and u.quantization_bits != ref.quantization_bits:
-        problems.append(f"quantization_bits {u.quantization_bits} differs from {ref.quantization_bits}")
-    if u.n_samples <= 0:
-        problems.append(f"n_samples {u.n_samples}")
+    if layout is not None and u.layout != layout:
+        problems.append("tensor layout differs from the global model's")
+    if (u.quantization_bits, u.mask_bits) != (crypto.quantization_bits, crypto.mask_bits):
+        problems.append(f"encoding 2^-{u.quantization_bits} mod 2^{u.mask_bits} (expected "
+                        f"2^-{crypto.quantization_bits} mod 2^{crypto.mask_bits})")
+    if u.n_samples <= 0 or (n_samples is not None and u.n_samples != n_samples):
+        problems.append(f"n_samples {u.n_samples} (declared {n_samples} when it joined)")
     return problems
 
 
-def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round: int) -> EncryptedUpdate:
+def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round: int,
+                      crypto: CryptoConfig) -> EncryptedUpdate:
     """Sum ciphertexts and sample counts of one round; refuses anything that does not belong."""
     if not updates:
         raise PayloadError(f"round {server_round}: no updates to aggregate")
     ref = updates[0]
     for u in updates:
-        if problems := update_problems(u, codec, server_round, ref):
+        if problems := update_problems(u, codec, server_round, crypto, ref.layout):
             raise PayloadError(f"update from silo {u.silo_id!r} refused: " + ", ".join(problems))
     ordered = sorted(updates, key=lambda u: u.silo_id)  # fixed order: HE and plain runs add alike
     return EncryptedUpdate(kind="aggregate", round=server_round, silo_id="aggregate",
                            n_samples=sum(u.n_samples for u in ordered), scheme=codec.scheme,
                            context_id=codec.context_id, layout=ref.layout,
                            chunks=tuple(codec.add([list(u.chunks) for u in ordered])),
-                           contributors=tuple(u.silo_id for u in ordered), quantization_bits=ref.quantization_bits)
+                           contributors=tuple(u.silo_id for u in ordered), quantization_bits=ref.quantization_bits,
+                           mask_bits=ref.mask_bits)
 
 
 def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResult:
-    """Key holder side: decrypt the sum, divide by the total number of samples."""
+    """Decryptor side: decrypt the sum, recover its integers (masks cancel), divide by the total samples."""
     if aggregate.kind != "aggregate":
         raise PayloadError(f"expected an aggregate payload, got {aggregate.kind!r}")
     if aggregate.context_id != codec.context_id:
         raise PayloadError(f"aggregate was made under context {aggregate.context_id}, ours is {codec.context_id}")
+    if aggregate.mask_bits <= 0 or aggregate.n_samples <= 0:
+        raise PayloadError(f"aggregate has mask_bits {aggregate.mask_bits}, n_samples {aggregate.n_samples}")
     total = codec.decrypt(list(aggregate.chunks), layout_size(aggregate.layout))
-    if aggregate.quantization_bits > 0:
-        steps = total * 2.0 ** aggregate.quantization_bits
-        deviation = float(np.max(np.abs(steps - np.round(steps)), initial=0.0))
-        if deviation > MAX_GRID_DEVIATION:
-            raise PayloadError(f"decrypted sum is {deviation:.2f} grid steps off the 2^-{aggregate.quantization_bits} grid: "
-                               "CKKS noise exceeds the margin; lower crypto.quantization_bits or raise global_scale_bits")
-        total = np.round(steps) / 2.0 ** aggregate.quantization_bits
-    flat = total / float(aggregate.n_samples)
+    integers = masking.decode_sum(total, len(aggregate.contributors), aggregate.mask_bits)
+    flat = integers.astype(np.float64) / 2.0 ** aggregate.quantization_bits / float(aggregate.n_samples)
     return AggregateResult(mean_delta=unflatten_state(flat, aggregate.layout),
                            total_samples=aggregate.n_samples, contributors=aggregate.contributors)
 
@@ -163,10 +154,15 @@ def decode_mean(payload: EncryptedUpdate, server_round: int) -> AggregateResult:
                            contributors=payload.contributors)
 
 
-def load_global(exchange: Exchange, server_round: int) -> dict[str, torch.Tensor]:
-    """The global item tower after ``server_round`` rounds (0: the initial model) from a run's exchange."""
+def load_global(exchange: Exchange, server_round: int,
+                coordinator: PublicIdentity | None = None) -> dict[str, torch.Tensor]:
+    """The global item tower after ``server_round`` rounds (0: the initial model) from a run's exchange,
+    verified as signed by ``coordinator`` (default: the identity the coordinator published on the run's
+    exchange, self-signed; parties pass the key they pinned)."""
     key = global_key(server_round)
-    payload = EncryptedUpdate.from_bytes(exchange.get(key), expect_kind="global", source=key)
+    if coordinator is None:
+        coordinator = self_signed_identity(exchange, COORDINATOR_KEY, COORDINATOR)
+    payload = EncryptedUpdate.from_bytes(exchange.read(key, coordinator), expect_kind="global", source=key)
     if payload.round != server_round:
         raise PayloadError(f"{key}: holds the model of round {payload.round}")
     return decode_global(payload)

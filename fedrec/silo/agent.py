@@ -4,18 +4,21 @@ One agent per silo per run. It owns the silo's data (read once), its Great Expec
 user tower and optimizer, and its codec; at the key-holding silo also the run's CKKS secret context.
 It talks to the coordinator only through the exchange:
 
-    validate ─► hello ─► admission ─► keys ─► per round: instruction ─► train ─► encrypt (in memory) ─►
-    update + report ─► [key holder: aggregate ─► decrypt ─► mean] ─► [evaluate global ─► metric sums]
+    validate ─► hello ─► admission ─► keys ─► per round: instruction ─► train ─► mask + encrypt (in memory)
+    ─► update + report ─► [remask among survivors] [decryptor: aggregate ─► decrypt ─► mean]
+    ─► [evaluate global ─► metric sums]
 
-Nothing it publishes carries interactions, user ids, user embeddings, a plaintext update or a secret key.
+Everything it publishes is signed with its own Ed25519 key; everything it reads is verified against the
+roster (the coordinator's or the key holder's key). Nothing it publishes carries interactions, user ids,
+user embeddings, a plaintext update or a secret key (the run's CKKS secret travels sealed to each silo).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
-import re
 import threading
 import time
 
@@ -24,17 +27,19 @@ import torch
 
 from fedrec import pipeline
 from fedrec.config import Config
-from fedrec.crypto import CKKSCodec, Codec, PlainCodec, create_keys, value_limit
+from fedrec.crypto import CKKSCodec, Codec, PlainCodec, context_fingerprint, create_keys
 from fedrec.errors import FederationError, FedrecError, PayloadError
+from fedrec.federation import masking
 from fedrec.federation.aggregate import state_delta
-from fedrec.federation.filters import (LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global)
+from fedrec.federation.filters import LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global
 from fedrec.silo.store import SiloStore, silo_seed
 from fedrec.training import SiloData, evaluate_targets, make_optimizer, model_config, resolve_device, train_epoch
-from fedrec.validation import ValidationReport
-from fedrec.wire.exchange import (ADMISSION_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, Exchange, aggregate_key,
-                                  check_silo_id, fit_report_key, global_key, hello_key, instruction_key, left_key,
-                                  mean_key, metrics_key, no_aggregate_key, run_exchange, update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport
+from fedrec.trust import COORDINATOR, Identity, PublicIdentity, Roster, RosterError, seal, self_signed_identity
+from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, Exchange,
+                                  aggregate_key, check_silo_id, fit_report_key, global_key, hello_key,
+                                  instruction_key, left_key, mean_key, metrics_key, no_aggregate_key, remask_key,
+                                  run_exchange, sealed_context_key, update_key)
+from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport, Remask
 from fedrec.wire.payload import EncryptedUpdate
 from models import RecModel, build_model
 
@@ -74,11 +79,6 @@ class ComputeSlot:
 COMPUTE = ComputeSlot()
 
 
-def public_failures(report: ValidationReport) -> list[str]:
-    """The validation failures without their example values (those are raw rows; they stay in the silo)."""
-    return [re.sub(r", e\.g\. .*$", "", line) for line in report.summary()]
-
-
 class SiloAgent:
     """One silo's side of one federation run (see the module docstring)."""
 
@@ -86,6 +86,7 @@ class SiloAgent:
         self.cfg, self.silo_id, self.run_id = cfg, check_silo_id(silo_id), run_id
         self.exchange: Exchange = run_exchange(cfg, run_id)
         self.store = SiloStore.of(cfg, silo_id, run_id)
+        self.identity = Identity.load_or_create(self.store.identity_dir, silo_id)
         self.validation_in_train = validation_in_train
         self.device = resolve_device(cfg.training.device)
         self.data: SiloData | None = None
@@ -93,7 +94,9 @@ class SiloAgent:
         self.optimizer: torch.optim.Optimizer | None = None
         self.codec: Codec | None = None
         self.admission: Admission | None = None
+        self.roster = Roster()
         self._global: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._pending: LocalUpdate | None = None  # this round's update, kept until global(r) for a remask
 
     def __repr__(self) -> str:  # Prefect may print task inputs: never the state
         return f"SiloAgent(silo={self.silo_id!r}, run={self.run_id!r})"
@@ -101,6 +104,16 @@ class SiloAgent:
     def _wait(self, keys: list[str], timeout: float) -> str | None:
         return self.exchange.wait_any(keys, timeout=timeout, poll=self.cfg.federation.poll_interval_s,
                                       pause=COMPUTE.pause)
+
+    def _post(self, key: str, body: bytes) -> int:
+        return self.exchange.post(key, body, self.identity)
+
+    @property
+    def coordinator(self) -> PublicIdentity:
+        return self.roster.get(COORDINATOR)
+
+    def _read_coordinator(self, key: str) -> bytes:
+        return self.exchange.read(key, self.coordinator)
 
     # --- joining ---------------------------------------------------------------------------------------
     def validate(self) -> Hello:
@@ -115,13 +128,22 @@ class SiloAgent:
         except Exception as exc:  # unreadable data (missing, truncated, not Parquet): a verdict, not a crash
             log.exception("silo %s: its data could not be read", self.silo_id)
             hello = Hello(silo_id=self.silo_id, valid=False, n_rows=0, n_users=0, n_train=0,
-                          failures=[f"data could not be read ({type(exc).__name__}; see the silo's own log)"])
-        else:
+                          failures=[f"data could not be read ({type(exc).__name__}; see the silo's own log)"],
+                          identity=self.identity.public.to_dict())
+        else:  # the report keeps counts and expectation names only (no row values)
             hello = Hello(silo_id=self.silo_id, valid=report.success, n_rows=report.n_rows, n_users=report.n_users,
                           n_train=self.data.n_train if self.data is not None else 0,
-                          failures=public_failures(report))
-        self.exchange.put(hello_key(self.silo_id), hello.to_json())
+                          failures=report.summary(), identity=self.identity.public.to_dict())
+        self._post(hello_key(self.silo_id), hello.to_json())
         return hello
+
+    def _trusted_coordinator(self) -> PublicIdentity:
+        """The coordinator's public identity: from the pinned roster, else as published on the run's exchange."""
+        if self.cfg.federation.roster:
+            return Roster.load(self.cfg.federation.roster).get(COORDINATOR)
+        if self._wait([COORDINATOR_KEY], self.cfg.federation.join_timeout_s) is None:
+            raise FederationError(f"silo {self.silo_id}: the coordinator published no identity")
+        return self_signed_identity(self.exchange, COORDINATOR_KEY, COORDINATOR)
 
     def await_admission(self) -> Admission | None:
         """The coordinator's admission, or None when this silo is not in it (or the run stopped)."""
@@ -129,28 +151,32 @@ class SiloAgent:
         if key is None:
             raise FederationError(f"silo {self.silo_id}: no admission from the coordinator within "
                                   f"{self.cfg.federation.join_timeout_s:.0f}s (is the coordinator running?)")
+        self.roster = Roster({COORDINATOR: self._trusted_coordinator()})
         if key == STOP_KEY:
             return None
-        admission = Admission.from_json(self.exchange.get(ADMISSION_KEY), ADMISSION_KEY)
+        admission = Admission.from_json(self._read_coordinator(ADMISSION_KEY), ADMISSION_KEY)
         if self.silo_id not in admission.silos or self.data is None:
             return None
-        self.admission = admission
+        roster = Roster.from_json(json.dumps(admission.roster).encode(), ADMISSION_KEY)
+        if roster.get(self.silo_id) != self.identity.public:
+            raise RosterError(f"{ADMISSION_KEY}: lists other keys for this silo ({self.silo_id}) than its own")
+        if roster.get(COORDINATOR) != self.coordinator:
+            raise RosterError(f"{ADMISSION_KEY}: names another coordinator key than the trusted one")
+        if self.cfg.federation.roster:  # a pinned roster: every peer's keys must be the pinned ones
+            pinned = Roster.load(self.cfg.federation.roster)
+            for silo in admission.silos:
+                if roster.get(silo) != pinned.get(silo):
+                    raise RosterError(f"{ADMISSION_KEY}: silo {silo}'s keys differ from the pinned roster's")
+        self.roster, self.admission = roster, admission
         return admission
-
-    @property
-    def _max_abs(self) -> float | None:
-        """This silo's share of the CKKS value range: the sum of all contributors' values must fit."""
-        if not self.cfg.federation.he:
-            return None
-        return value_limit(self.cfg.crypto) / max(len(self.admission.silos), 1)
 
     @property
     def is_key_holder(self) -> bool:
         return self.admission is not None and self.admission.key_holder == self.silo_id
 
     def setup(self) -> str:
-        """Keys (the key holder makes the run's CKKS context; the others receive only its public part) and
-        the local model; returns the context fingerprint."""
+        """Keys (the key holder makes the run's CKKS context and seals its secret to each admitted silo; the
+        others unseal theirs) and the local model; returns the context fingerprint."""
         cfg = self.cfg
         slots = cfg.crypto.poly_modulus_degree // 2
         if not cfg.federation.he:
@@ -160,16 +186,30 @@ class SiloAgent:
                 keys = create_keys(cfg.crypto)
             self.store.save_secret_context(keys.secret_context)
             self.codec = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context)
-            self.exchange.put(PUBLIC_CONTEXT_KEY, keys.public_context)
+            self._post(PUBLIC_CONTEXT_KEY, keys.public_context)
+            for silo in self.admission.silos:
+                if silo != self.silo_id:
+                    self._post(sealed_context_key(silo), seal(keys.secret_context, self.roster.get(silo),
+                                                              self._seal_binding(silo, self.codec.context_id)))
         else:
-            if self._wait([PUBLIC_CONTEXT_KEY], cfg.federation.join_timeout_s) is None:
-                raise FederationError(f"silo {self.silo_id}: the key holder published no public context")
-            self.codec = CKKSCodec(self.exchange.get(PUBLIC_CONTEXT_KEY), slots)
+            holder = self.roster.get(self.admission.key_holder)
+            if self._wait([sealed_context_key(self.silo_id)], cfg.federation.join_timeout_s) is None:
+                raise FederationError(f"silo {self.silo_id}: the key holder sealed no HE context to it")
+            public = self.exchange.read(PUBLIC_CONTEXT_KEY, holder)
+            secret = self.identity.unseal(self.exchange.read(sealed_context_key(self.silo_id), holder),
+                                          self._seal_binding(self.silo_id, context_fingerprint(public)))
+            self.codec = CKKSCodec(secret, slots, public_context=public)
+            if not self.codec.matches(public):
+                raise PayloadError(f"silo {self.silo_id}: the sealed secret context does not belong to the "
+                                   "published public context")
         seed = int(np.random.SeedSequence(silo_seed(cfg.federation.seed, self.silo_id)).generate_state(1)[0])
         self.model = build_model(model_config(cfg.model, self.data.n_users, self.data.n_items),
                                  torch.Generator().manual_seed(seed)).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.training)
         return self.codec.context_id
+
+    def _seal_binding(self, silo: str, context_id: str) -> bytes:
+        return f"fedrec-ckks-secret|{self.run_id}|{silo}|{context_id}".encode()
 
     # --- rounds ----------------------------------------------------------------------------------------
     def next_instructions(self, last_round: int) -> FitInstructions | None:
@@ -181,20 +221,46 @@ class SiloAgent:
                                   f"{4 * self.cfg.federation.round_timeout_s:.0f}s; the coordinator seems gone")
         if key == STOP_KEY:
             return None
-        return FitInstructions.from_json(self.exchange.get(key), key)
+        return FitInstructions.from_json(self._read_coordinator(key), key)
 
     def global_state(self, server_round: int) -> dict[str, torch.Tensor]:
         if self._global is None or self._global[0] != server_round:
             # global(r) follows the round's update deadline and the decryption: up to 3 deadlines away
             if self._wait([global_key(server_round)], 3 * self.cfg.federation.round_timeout_s) is None:
                 raise FederationError(f"silo {self.silo_id}: global model of round {server_round} never appeared")
-            self._global = (server_round, load_global(self.exchange, server_round))
+            self._global = (server_round, load_global(self.exchange, server_round, self.coordinator))
         return self._global[1]
 
-    def fit(self, ins: FitInstructions) -> FitReport:
-        """E local epochs from the previous global model; the update is weighted, quantised and encrypted in
-        memory, then published with a small report (loss, counts, seconds, bytes)."""
+    def _participants_problem(self, silos: list[str]) -> str | None:
+        """Why this silo must not mask with ``silos`` (a set too small would reveal its update), or None."""
+        if self.silo_id not in silos:
+            return "this silo is not among them"
+        if len(silos) < self.cfg.federation.min_silos:
+            return f"{len(silos)} participant(s), fewer than this silo's federation.min_silos={self.cfg.federation.min_silos}"
+        if unknown := [s for s in silos if s not in self.admission.silos]:
+            return f"not admitted: {unknown}"
+        return None
+
+    def _send_update(self, r: int, attempt: int, silos: list[str]) -> bytes:
+        """Mask this round's update against ``silos`` (fresh masks per attempt), encrypt, sign, publish."""
+        crypto = self.cfg.crypto
+        mask = None
+        if self.admission.masking:
+            length = sum(t.numel() for t in self._pending.delta.values())
+            mask = masking.silo_mask(self.identity, [self.roster.get(s) for s in silos],
+                                     masking.mask_info(self.run_id, r, attempt), length, crypto.mask_bits)
+        payload = encrypt_update(self._pending, self.codec, crypto, len(silos), mask).to_bytes()
+        self._post(update_key(r, self.silo_id, attempt), payload)
+        return payload
+
+    def fit(self, ins: FitInstructions) -> FitReport | None:
+        """E local epochs from the previous global model; the update is weighted, quantised, masked and
+        encrypted in memory, then published with a small report (loss, counts, seconds, bytes). None: this
+        silo refused the round's participant set."""
         cfg, r = self.cfg, ins.round
+        if problem := self._participants_problem(ins.silos):
+            log.warning("silo %s sits out round %d: %s", self.silo_id, r, problem)
+            return None
         start_global = self.global_state(r - 1)
         with COMPUTE:
             self.model.load_shared_state(start_global)
@@ -208,31 +274,64 @@ class SiloAgent:
             delta = state_delta(self.model.shared_state(), start_global)
             if not all(bool(torch.isfinite(t).all()) for t in delta.values()):
                 raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
+            self._pending = LocalUpdate(self.silo_id, r, self.data.n_train, delta)
             start = time.perf_counter()
-            payload = encrypt_update(LocalUpdate(self.silo_id, r, self.data.n_train, delta), self.codec,
-                                     cfg.crypto.quantization_bits, self._max_abs).to_bytes()
+            payload = self._send_update(r, 0, ins.silos)
             seconds_encrypt = time.perf_counter() - start
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=self.data.n_train, loss=float(np.mean(losses)),
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=len(payload),
                            plaintext_bytes=4 * sum(t.numel() for t in delta.values()))
-        self.exchange.put(fit_report_key(r, self.silo_id), report.to_json())
-        self.exchange.put(update_key(r, self.silo_id), payload)
+        self._post(fit_report_key(r, self.silo_id), report.to_json())
         return report
 
-    def decrypt(self, server_round: int) -> bool:
-        """Key holder: decrypt the round's aggregate and publish the mean; False when there was none."""
-        # the sum comes once the slowest silo's update arrived or the round's deadline passed
-        key = self._wait([aggregate_key(server_round), no_aggregate_key(server_round), STOP_KEY],
-                         2 * self.cfg.federation.round_timeout_s)
-        if key != aggregate_key(server_round):
-            return False
-        aggregate = EncryptedUpdate.from_bytes(self.exchange.get(key), expect_kind="aggregate", source=key)
+    def settle(self, ins: FitInstructions) -> dict[str, int | bool]:
+        """Until the round's global model appears: mask again among the survivors when asked (a dropout after
+        the participant set was fixed), and, as the round's decryptor, decrypt the sum and publish the mean."""
+        r, fed = ins.round, self.cfg.federation
+        attempt, decrypted, remasks = 0, not (fed.he and ins.decryptor == self.silo_id), 0
+        while True:
+            keys = [global_key(r), remask_key(r, attempt + 1), STOP_KEY]
+            if not decrypted:
+                keys += [aggregate_key(r), no_aggregate_key(r)]
+            key = self._wait(keys, 3 * fed.round_timeout_s)
+            if key is None:
+                raise FederationError(f"silo {self.silo_id}: round {r} did not finish within "
+                                      f"{3 * fed.round_timeout_s:.0f}s; the coordinator seems gone")
+            if key in (global_key(r), STOP_KEY):
+                break
+            if key == remask_key(r, attempt + 1):
+                attempt += 1
+                remask = Remask.from_json(self._read_coordinator(key), key)
+                problem = (f"{key} is for round {remask.round}, attempt {remask.attempt}"
+                           if (remask.round, remask.attempt) != (r, attempt) else self._participants_problem(remask.silos))
+                if problem is None and self._pending is not None and self._pending.round == r:
+                    with COMPUTE:
+                        self._send_update(r, attempt, remask.silos)
+                    remasks += 1
+                elif self.silo_id in remask.silos:
+                    log.warning("silo %s does not remask round %d: %s", self.silo_id, r, problem)
+            elif key == aggregate_key(r):
+                self.decrypt(r, ins.silos)
+                decrypted = True
+            else:  # no aggregate this round
+                decrypted = True
+        self._pending = None
+        return {"round": r, "remasks": remasks, "decrypted": fed.he and ins.decryptor == self.silo_id}
+
+    def decrypt(self, server_round: int, participants: list[str]) -> None:
+        """Decryptor: decrypt the round's sum and publish the mean; refuses a sum of too few silos (which would
+        reveal them) or of silos that were not the round's participants."""
+        key = aggregate_key(server_round)
+        aggregate = EncryptedUpdate.from_bytes(self._read_coordinator(key), expect_kind="aggregate", source=key)
         if aggregate.round != server_round:
             raise PayloadError(f"{key}: holds round {aggregate.round}")
+        contributors = list(aggregate.contributors)
+        if len(set(contributors)) < self.cfg.federation.min_silos or not set(contributors) <= set(participants):
+            raise PayloadError(f"{key}: refusing to decrypt a sum of {contributors} (participants {participants}, "
+                               f"federation.min_silos={self.cfg.federation.min_silos})")
         with COMPUTE:
             mean = decrypt_aggregate(aggregate, self.codec)
-        self.exchange.put(mean_key(server_round), encode_mean(mean, server_round).to_bytes())
-        return True
+        self._post(mean_key(server_round), encode_mean(mean, server_round).to_bytes())
 
     def evaluate(self, server_round: int) -> MetricReport:
         """HR/NDCG of the round's global model on this silo's users: only sums leave the silo."""
@@ -245,7 +344,7 @@ class SiloAgent:
             seconds = time.perf_counter() - start
         report = MetricReport(silo_id=self.silo_id, round=server_round, val=dataclasses.asdict(sums["val"]),
                               test=dataclasses.asdict(sums["test"]), seconds=seconds)
-        self.exchange.put(metrics_key(server_round, self.silo_id), report.to_json())
+        self._post(metrics_key(server_round, self.silo_id), report.to_json())
         return report
 
     def leave(self, after_round: int, exc: BaseException) -> None:
@@ -253,7 +352,7 @@ class SiloAgent:
         message (written by fedrec, no data); anything else only its type."""
         reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, FedrecError) else type(exc).__name__
         with contextlib.suppress(Exception):
-            self.exchange.put(left_key(self.silo_id), Left(self.silo_id, after_round, reason[:300]).to_json())
+            self._post(left_key(self.silo_id), Left(self.silo_id, after_round, reason[:300]).to_json())
 
     def save(self) -> None:
         """Keep the trained user tower (and optimizer) in the silo's store, for recommendations."""
@@ -261,3 +360,5 @@ class SiloAgent:
         tmp = self.store.model_path.with_suffix(".tmp")
         torch.save({"users": self.model.users.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp)
         tmp.replace(self.store.model_path)
+        # the coordinator key this silo trusted during the run: recommendations verify the global model with it
+        self.store.coordinator_path.write_text(json.dumps(self.coordinator.to_dict()))

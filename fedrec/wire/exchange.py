@@ -3,18 +3,31 @@
 A local directory by default (``state/exchange``); ``s3://bucket/fedrec``, ``gs://...`` or
 ``memory://`` work the same, so silos on other machines share one bucket instead of an RPC.
 Writes go to a temporary key first and are then moved, so a reader never sees half a payload.
+Keys are write-once: a second write to a key is refused (:class:`ExchangeConflictError`); on a local
+directory atomically (hard link), elsewhere by a look first (make the bucket immutable too, e.g. S3 Object
+Lock, against parties that bypass fedrec). Parties write signed envelopes (:meth:`Exchange.post`) and
+read them back verified against the expected author (:meth:`Exchange.read`), see :mod:`fedrec.trust`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from fedrec.errors import ConfigError, PayloadError
+
+if TYPE_CHECKING:
+    from fedrec.trust import Identity, PublicIdentity
+
+
+class ExchangeConflictError(PayloadError):
+    """A key on the exchange was written already: keys are write-once."""
 
 #: silo ids become path segments on the exchange and in silo stores: no separators, no dot-dot
 SILO_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -27,8 +40,8 @@ def check_silo_id(silo_id: str) -> str:
 
 
 class Exchange:
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, run_id: str = ""):
+        self.url, self.run_id = url, run_id
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.fs.makedirs(self.root, exist_ok=True)
 
@@ -40,10 +53,33 @@ class Exchange:
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+        if not isinstance(self.fs, LocalFileSystem) and self.fs.exists(path):
+            raise ExchangeConflictError(f"{self.url}/{key} exists already: exchange keys are write-once")
         with self.fs.open(tmp, "wb") as fh:
             fh.write(data)
-        self.fs.mv(tmp, path)
+        if isinstance(self.fs, LocalFileSystem):
+            try:
+                os.link(tmp, path)  # atomic and refuses an existing target
+            except FileExistsError:
+                raise ExchangeConflictError(f"{self.url}/{key} exists already: exchange keys are write-once") from None
+            finally:
+                os.unlink(tmp)
+        else:
+            self.fs.mv(tmp, path)
         return len(data)
+
+    def post(self, key: str, body: bytes, author: "Identity") -> int:
+        """Write ``body`` under ``key``, signed by ``author`` (bound to this run and key)."""
+        from fedrec.trust import seal_envelope
+
+        return self.put(key, seal_envelope(body, run_id=self.run_id, key=key, author=author))
+
+    def read(self, key: str, author: "PublicIdentity") -> bytes:
+        """The body under ``key`` if ``author`` signed it for this run and key, else
+        :class:`~fedrec.trust.SignatureError`."""
+        from fedrec.trust import open_envelope
+
+        return open_envelope(self.get(key), run_id=self.run_id, key=key, author=author)
 
     def get(self, key: str) -> bytes:
         try:
@@ -97,8 +133,14 @@ class Exchange:
         return sorted(p[len(base):] if p.startswith(base) else p for p in found)
 
 
-def update_key(round_: int, silo_id: str) -> str:
-    return f"round-{round_:04d}/updates/{check_silo_id(silo_id)}.bin"
+def update_key(round_: int, silo_id: str, attempt: int = 0) -> str:
+    """A silo's masked, encrypted update; attempt > 0: remasked among the survivors of a dropout."""
+    return f"round-{round_:04d}/updates/a{attempt}/{check_silo_id(silo_id)}.bin"
+
+
+def remask_key(round_: int, attempt: int) -> str:
+    """The coordinator names the survivors of a dropout, who mask and send again (attempt >= 1)."""
+    return f"round-{round_:04d}/remask-{attempt}.json"
 
 
 def fit_report_key(round_: int, silo_id: str) -> str:
@@ -136,6 +178,12 @@ def left_key(silo_id: str) -> str:
     return f"silos/{check_silo_id(silo_id)}/left.json"
 
 
+def sealed_context_key(silo_id: str) -> str:
+    """The run's CKKS secret context, sealed by the key holder to this silo's X25519 key."""
+    return f"context/sealed/{check_silo_id(silo_id)}.bin"
+
+
+COORDINATOR_KEY = "parties/coordinator.json"
 ADMISSION_KEY = "admission.json"
 STOP_KEY = "stop.json"
 
@@ -152,4 +200,4 @@ def run_exchange(cfg, run_id: str) -> Exchange:
     """The exchange of one federation run: ``federation.exchange_url``/<run_id>."""
     if not re.match(r"^[A-Za-z0-9_.-]+$", run_id) or ".." in run_id:
         raise ConfigError(f"run id {run_id!r} is not allowed as a path segment")
-    return Exchange(f"{cfg.federation.exchange_url.rstrip('/')}/{run_id}")
+    return Exchange(f"{cfg.federation.exchange_url.rstrip('/')}/{run_id}", run_id)

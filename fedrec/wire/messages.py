@@ -55,16 +55,27 @@ class Hello(Message):
     n_users: int
     n_train: int
     failures: list[str] = field(default_factory=list)
+    #: the silo's public identity (name, Ed25519 and X25519 public keys); the hello is signed with it
+    identity: dict[str, str] = field(default_factory=dict)
+
+    def _checked(self, source: str) -> "Hello":
+        if min(self.n_rows, self.n_users, self.n_train) < 0 or self.n_train > self.n_rows:
+            raise PayloadError(f"{source}: implausible sizes (rows {self.n_rows}, users {self.n_users}, "
+                               f"train {self.n_train})")
+        return self
 
 
 @dataclass(frozen=True)
 class Admission(Message):
-    """The coordinator's decision: who takes part, who holds the HE secret key."""
+    """The coordinator's decision: who takes part, who makes the HE keys, everyone's public keys."""
 
     silos: list[str]
     excluded: dict[str, str]
     key_holder: str
     he: bool
+    #: public identities of the coordinator and the admitted silos (party name -> name/sign/kx)
+    roster: dict[str, dict[str, str]] = field(default_factory=dict)
+    masking: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,11 +87,22 @@ class FitInstructions(Message):
     proximal_mu: float = 0.0
     silos: list[str] = field(default_factory=list)
     evaluate: bool = False
+    #: the silo that decrypts this round's sum (the key holder while it is around)
+    decryptor: str = ""
 
     def _checked(self, source: str) -> "FitInstructions":
         if self.round < 1 or self.local_epochs < 1:
             raise PayloadError(f"{source}: round {self.round} / local_epochs {self.local_epochs} out of range")
         return self
+
+
+@dataclass(frozen=True)
+class Remask(Message):
+    """Some participants of a round dropped out after the set was fixed: the survivors mask and send again."""
+
+    round: int
+    attempt: int
+    silos: list[str]
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ class EncryptedUpdate:
     """One silo's weighted update (kind=update), their sum (aggregate) or the global model (global).
 
     ``chunks`` hold CKKS ciphertexts (scheme=ckks) or little-endian float64 arrays (scheme=plain).
-    For an update the plaintext behind the chunks is ``n_samples * (local - global)``.
+    For an update the plaintext behind the chunks is ``n_samples * (local - global)`` on the grid
+    2^-quantization_bits, as integers modulo 2^mask_bits plus the silo's pairwise masks.
     """
 
     kind: Kind
@@ -56,6 +57,8 @@ class EncryptedUpdate:
     contributors: tuple[str, ...] = field(default=())
     #: values are multiples of 2^-quantization_bits (0: not quantized)
     quantization_bits: int = 0
+    #: > 0: the chunks carry integers modulo 2^mask_bits (masked or not), centred and scaled to [-1, 1)
+    mask_bits: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -68,6 +71,7 @@ class EncryptedUpdate:
             "layout": [[t.name, list(t.shape)] for t in self.layout],
             "chunks": [[len(c), hashlib.sha256(c).hexdigest()] for c in self.chunks],
             "contributors": list(self.contributors), "quantization_bits": self.quantization_bits,
+            "mask_bits": self.mask_bits,
         }
         raw = json.dumps(header, sort_keys=True).encode()
         return MAGIC + struct.pack(">Q", len(raw)) + raw + b"".join(self.chunks)
@@ -99,7 +103,8 @@ class EncryptedUpdate:
                       n_samples=int(header["n_samples"]), scheme=header["scheme"],
                       context_id=str(header["context_id"]), layout=layout, chunks=tuple(chunks),
                       contributors=tuple(header.get("contributors", [])),
-                      quantization_bits=int(header.get("quantization_bits", 0)))
+                      quantization_bits=int(header.get("quantization_bits", 0)),
+                      mask_bits=int(header.get("mask_bits", 0)))
         if expect_kind is not None and payload.kind != expect_kind:
             raise PayloadError(f"{source}: expected a {expect_kind!r} payload, got {payload.kind!r}")
         if payload.scheme not in ("ckks", "plain"):
