@@ -210,6 +210,9 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
         summary = run_federation(params_path=str(params), overrides=overrides,
                                  silos=[s.strip() for s in silos.split(",") if s.strip()], show_progress=not as_json)
     _print_summary(summary, cfg.evaluation.k, output, as_json)
+    from fedrec.audit import hold_for_inspection
+
+    hold_for_inspection()  # only with FEDREC_AUDIT_HOLD set: a test searches this process's memory
 
 
 silo_app = typer.Typer(no_args_is_help=True, help="What a silo's operator runs on the silo's own machine.")

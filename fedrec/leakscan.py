@@ -58,6 +58,12 @@ def secret_key_needles(secret_context: bytes, window: int = 48, count: int = 16)
     step = max((len(secret) - window) // max(count - 1, 1), 1)
     windows = [secret[i:i + window] for i in range(0, len(secret) - window + 1, step)][:count]
     needles = [Needle("secret-key", w) for w in windows] + [Needle("secret-key", w.hex().encode()) for w in windows]
+    # in memory, SEAL keeps the key as uint64 coefficients (NTT form): windows of 8 of them
+    key = ctx.secret_key().data.data()
+    n = key.coeff_count()
+    for start in range(0, n - 8, max(n // 8, 8)):
+        needles.append(Needle("secret-key", np.array([key.data(i) for i in range(start, start + 8)],
+                                                     dtype="<u8").tobytes()))
     at = secret_context.find(secret[:window])  # where the key sits in the context as serialized
     for shift in range(3):
         encoded = base64.b64encode(secret_context[shift:])
@@ -65,6 +71,33 @@ def secret_key_needles(secret_context: bytes, window: int = 48, count: int = 16)
             middle = (at - shift) * 4 // 3 + 8
             needles.append(Needle("secret-key", encoded[middle:middle + window]))
     return needles
+
+
+def public_key_needles(public_context: bytes) -> list[Needle]:
+    """The first coefficient of each public-key polynomial as SEAL keeps it in memory: a control showing a
+    memory scan does see SEAL's key objects of a process that loaded the context."""
+    import tenseal as ts
+
+    key = ts.context_from(public_context).public_key().data.data()
+    return [Needle("public-key", np.array([key.data(i)], dtype="<u8").tobytes()) for i in range(key.size())]
+
+
+def scan_process(pid: int, needles: list[Needle]) -> list[Finding]:
+    """Every needle found in the readable memory of process ``pid`` (its own user's, or a child's)."""
+    findings = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            findings += [Finding(f.kind, f"pid {pid} {fields[0]}", f.offset) for f in scan_bytes(data, needles)]
+    return findings
 
 
 def embedding_needles(rows: Iterable[np.ndarray]) -> list[Needle]:

@@ -1,8 +1,11 @@
-"""fedrec.coordinator + fedrec.wire.messages: admission, deadlines and bad updates as data, on a real exchange
-directory with real payloads (plaintext codec; the CKKS path is covered end to end in test_federated_flow)."""
+"""fedrec.coordinator + fedrec.wire + fedrec.trust against curious or forging parties: admission with pinned keys,
+deadlines, remasking after a dropout, and every forged or replayed payload as one silo's dropout with a named
+reason, on a real exchange directory with real signed payloads (plaintext codec, masks on; CKKS: test_masking and
+test_federated_flow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -14,10 +17,15 @@ from fedrec.coordinator.coordinator import Coordinator
 from fedrec.coordinator.launch import balanced_groups
 from fedrec.crypto import PlainCodec
 from fedrec.errors import ConfigError, FederationError, PayloadError
+from fedrec.federation import masking
+from fedrec.federation.aggregate import flatten_state
 from fedrec.federation.filters import LocalUpdate, encrypt_update, load_global
-from fedrec.wire.exchange import (ADMISSION_KEY, STOP_KEY, check_silo_id, fit_report_key, hello_key, instruction_key,
-                                  left_key, run_exchange, update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, Stop
+from fedrec.trust import Identity, Roster, SignatureError, seal_envelope
+from fedrec.wire.exchange import (ADMISSION_KEY, STOP_KEY, ExchangeConflictError, check_silo_id, fit_report_key,
+                                  global_key, hello_key, instruction_key, left_key, remask_key, run_exchange,
+                                  update_key)
+from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, Remask, Stop
+from fedrec.wire.payload import EncryptedUpdate, TensorSpec, layout_size
 
 
 @pytest.fixture()
@@ -27,104 +35,286 @@ def cfg(tmp_path):
                       "model": {"name": "gmf", "embedding_dim": 4}})
 
 
-def _hello(silo: str, valid: bool = True) -> bytes:
-    return Hello(silo_id=silo, valid=valid, n_rows=10, n_users=2, n_train=8,
-                 failures=[] if valid else ["expect_column_values_to_be_between(rating): 1 unexpected value(s)"]).to_json()
+N_TRAIN = 8
 
 
-def _opened(coord: Coordinator, silos: str) -> Coordinator:
-    """Every silo in ``silos`` said a valid hello; admitted, plaintext context open, global(0) published."""
-    for silo in silos:
-        coord.exchange.put(hello_key(silo), _hello(silo))
-    coord.admit(list(silos))
+class Silo:
+    """A silo as the coordinator sees it: an identity that signs what it writes to the exchange."""
+
+    def __init__(self, name: str):
+        self.name, self.identity = name, Identity.generate(name)
+
+    def hello(self, coord: Coordinator, valid: bool = True, *, as_silo: str | None = None) -> None:
+        silo = as_silo or self.name
+        hello = Hello(silo_id=self.name, valid=valid, n_rows=10, n_users=2, n_train=N_TRAIN,
+                      failures=[] if valid else ["expect_column_values_to_be_between(rating): 1 unexpected value(s)"],
+                      identity=self.identity.public.to_dict())
+        coord.exchange.post(hello_key(silo), hello.to_json(), self.identity)
+
+    def delta(self, coord: Coordinator, value: float) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(sum(map(ord, self.name)))
+        return {k: value * torch.rand(v.shape, generator=gen) for k, v in coord.global_state.items()}
+
+    def payload(self, coord: Coordinator, server_round: int, participants: list[str], *, attempt: int = 0,
+                value: float = 0.5, claimed_round: int | None = None, masked: bool = True) -> EncryptedUpdate:
+        update = LocalUpdate(self.name, claimed_round or server_round, N_TRAIN, self.delta(coord, value))
+        mask = None
+        if masked:
+            peers = [coord.roster.get(s) for s in participants]
+            mask = masking.silo_mask(self.identity, peers, masking.mask_info(coord.run_id, server_round, attempt),
+                                     sum(t.numel() for t in update.delta.values()), coord.cfg.crypto.mask_bits)
+        return encrypt_update(update, PlainCodec(), coord.cfg.crypto, len(participants), mask)
+
+    def send(self, coord: Coordinator, server_round: int, participants: list[str], *, attempt: int = 0,
+             **kwargs) -> None:
+        key = update_key(server_round, self.name, attempt)
+        coord.exchange.post(key, self.payload(coord, server_round, participants, attempt=attempt, **kwargs).to_bytes(),
+                            self.identity)
+        if attempt == 0:
+            coord.exchange.post(fit_report_key(server_round, self.name), FitReport(
+                silo_id=self.name, round=server_round, n_samples=N_TRAIN, loss=0.5, seconds_train=0.1,
+                seconds_encrypt=0.0, bytes_sent=1, plaintext_bytes=1).to_json(), self.identity)
+
+
+def _opened(coord: Coordinator, names: str) -> dict[str, Silo]:
+    """Every silo in ``names`` said a valid hello; admitted, plaintext context open, global(0) published."""
+    silos = {n: Silo(n) for n in names}
+    for silo in silos.values():
+        silo.hello(coord)
+    coord.admit(list(names))
     coord.open_context()
     coord.init_global()
-    return coord
+    return silos
 
 
-def _publish_update(coord: Coordinator, silo: str, server_round: int, *, claimed_round: int | None = None,
-                    n_samples: int = 8) -> np.ndarray:
-    delta = {k: torch.full_like(v, 0.5) for k, v in coord.global_state.items()}
-    update = LocalUpdate(silo, claimed_round or server_round, n_samples, delta)
-    coord.exchange.put(update_key(server_round, silo), encrypt_update(update, PlainCodec(), 20).to_bytes())
-    coord.exchange.put(fit_report_key(server_round, silo), FitReport(
-        silo_id=silo, round=server_round, n_samples=n_samples, loss=0.5, seconds_train=0.1, seconds_encrypt=0.0,
-        bytes_sent=1, plaintext_bytes=1).to_json())
-    return delta
+def _unmasked_mean(coord: Coordinator, silos: list[Silo]) -> np.ndarray:
+    """What the round's mean must be: the silos' weighted deltas on the integer grid, summed without masks."""
+    bits = coord.cfg.crypto.quantization_bits
+    total = sum(masking.quantize_int(flatten_state(s.delta(coord, 0.5)) * N_TRAIN, bits) for s in silos)
+    return (total / 2.0 ** bits / (N_TRAIN * len(silos))).astype(np.float32)  # the model's dtype
 
 
 def test_admission_keeps_valid_silos_and_says_why_the_others_are_out(cfg):
-    # Prepare: a valid, an invalid and a silent silo
+    # Prepare: three valid silos, an invalid and a silent one
     coord = Coordinator(cfg, "run-a", n_items=6)
-    coord.exchange.put(hello_key("a"), _hello("a"))
-    coord.exchange.put(hello_key("b"), _hello("b", valid=False))
+    for name in "acd":
+        Silo(name).hello(coord)
+    Silo("b").hello(coord, valid=False)
 
     # Execute
-    admission = coord.admit(["a", "b", "c"])
+    admission = coord.admit(["a", "b", "c", "d", "e"])
 
-    # Assert
-    assert admission.silos == ["a"] and admission.key_holder == "a"
+    # Assert: the admission is signed by the coordinator and lists every admitted party's public keys
+    assert admission.silos == ["a", "c", "d"] and admission.key_holder == "a"
     assert admission.excluded["b"].startswith("data validation failed: expect_column_values_to_be_between(rating)")
-    assert admission.excluded["c"] == "did not join within 0s"
-    assert Admission.from_json(coord.exchange.get(ADMISSION_KEY)) == admission
+    assert admission.excluded["e"] == "did not join within 0s"
+    assert Admission.from_json(coord.exchange.read(ADMISSION_KEY, coord.identity.public)) == admission
+    assert set(admission.roster) == {"coordinator", "a", "c", "d"}
 
 
 def test_too_few_silos_stops_the_run_with_a_named_error(cfg):
-    coord = Coordinator(cfg.replace(**{"federation.min_silos": 2}), "run-b", n_items=6)
-    coord.exchange.put(hello_key("a"), _hello("a"))
+    coord = Coordinator(cfg, "run-b", n_items=6)
+    for name in "ab":
+        Silo(name).hello(coord)
 
-    with pytest.raises(FederationError, match="federation.min_silos=2"):
-        coord.admit(["a", "b"])
-    assert Stop.from_json(coord.exchange.get(STOP_KEY)).last_round == 0  # the agents are told to leave
+    with pytest.raises(FederationError, match="federation.min_silos=3"):
+        coord.admit(["a", "b", "c"])
+    stop = Stop.from_json(coord.exchange.read(STOP_KEY, coord.identity.public))
+    assert stop.last_round == 0  # the agents are told to leave
 
 
-def test_a_stale_update_and_a_missing_one_are_failures_of_the_round_not_of_the_run(cfg):
-    # Prepare: three admitted silos; a sends a good update, b one that claims round 7, c nothing
-    coord = _opened(Coordinator(cfg, "run-c", n_items=6), "abc")
-    before = {k: v.clone() for k, v in coord.global_state.items()}
-    silos = coord.start_round(1, evaluate=False)
-    delta = _publish_update(coord, "a", 1)
-    _publish_update(coord, "b", 1, claimed_round=7)
+def test_a_dropout_after_the_participant_set_is_fixed_is_remasked_and_the_sum_is_exact(cfg):
+    # Prepare: a, b, c, d are the round's participants; d drops out after masking was fixed on all four
+    coord = Coordinator(cfg, "run-c", n_items=6)
+    silos = _opened(coord, "abcd")
+    participants = coord.start_round(1, evaluate=False)
+    for name in "abc":
+        silos[name].send(coord, 1, participants)  # masked with d too: these no longer cancel without d's
+        silos[name].send(coord, 1, ["a", "b", "c"], attempt=1)  # what each sends once asked to remask
 
     # Execute
-    collected = coord.collect_updates(1, silos)
-    aggregate = coord.aggregate(1, collected.updates)
-    moved = coord.step(1, coord.mean(1, aggregate), collected.failures)
+    collected = coord.collect_updates(1, participants)
+    result = coord.mean(1, coord.aggregate(1, collected.updates))
 
-    # Assert: a's update is the round's mean; b and c are recorded with their reasons
-    assert FitInstructions.from_json(coord.exchange.get(instruction_key(1, "c"))).silos == ["a", "b", "c"]
-    assert [u.silo_id for u in collected.updates] == ["a"] and set(collected.reports) == {"a"}
-    assert "round 7 (expected 1)" in collected.failures["b"]
-    assert collected.failures["c"] == "no update within 0s"
-    assert moved
-    after = load_global(coord.exchange, 1)
-    for name in before:
-        assert torch.allclose(after[name], before[name] + delta[name])
+    # Assert: the survivors were asked to remask among themselves; the mean is exactly the unmasked one
+    remask = Remask.from_json(coord.exchange.read(remask_key(1, 1), coord.identity.public))
+    assert (remask.silos, collected.attempts) == (["a", "b", "c"], 2)
+    assert collected.failures == {"d": "no update within 0s"}
+    assert result.contributors == ("a", "b", "c")
+    assert np.array_equal(flatten_state(result.mean_delta), _unmasked_mean(coord, [silos[n] for n in "abc"]))
 
 
-def test_a_round_without_updates_keeps_the_global_model(cfg):
-    coord = _opened(Coordinator(cfg, "run-d", n_items=6), "a")
+def test_masks_hide_each_update_from_the_coordinator(cfg):
+    # Prepare: a plaintext run (he: false) with masks: the coordinator reads each silo's payload
+    coord = Coordinator(cfg, "run-m", n_items=6)
+    silos = _opened(coord, "abc")
+    participants = coord.start_round(1, evaluate=False)
 
-    collected = coord.collect_updates(1, coord.start_round(1, evaluate=False))
+    # Execute
+    masked = silos["a"].payload(coord, 1, participants)
+    unmasked = silos["a"].payload(coord, 1, participants, masked=False)
+
+    # Assert: masked, a's values look uniform and are uncorrelated with its update; unmasked, they are the update
+    values = PlainCodec().decrypt(list(masked.chunks), layout_size(masked.layout))
+    truth = PlainCodec().decrypt(list(unmasked.chunks), layout_size(unmasked.layout))
+    assert abs(np.corrcoef(values, truth)[0, 1]) < 0.2 and np.std(values) > 0.5
+    assert np.corrcoef(masking.decode_sum(truth, 1, 32), flatten_state(silos["a"].delta(coord, 0.5)))[0, 1] > 0.999
+
+
+def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: list[str]) -> None:
+    """Silo d's round-1 update, forged or replayed as ``kind``."""
+    d, key = silos["d"], update_key(1, "d")
+    post = lambda payload: coord.exchange.put(key, seal_envelope(payload.to_bytes(), run_id=coord.run_id, key=key,  # noqa: E731
+                                                                 author=d.identity))
+    honest = d.payload(coord, 1, participants)
+    if kind == "unknown silo":  # a newcomer's key, not the one d was admitted with
+        coord.exchange.put(key, seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=key,
+                                              author=Identity.generate("d")))
+    elif kind == "altered after signing":
+        signed = bytearray(seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=key, author=d.identity))
+        signed[-5] ^= 1
+        coord.exchange.put(key, bytes(signed))
+    elif kind == "another silo's payload":
+        coord.exchange.put(key, coord.exchange.get(update_key(1, "a")))
+    elif kind == "replayed from another key":
+        coord.exchange.put(key, seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=update_key(1, "d", 5),
+                                              author=d.identity))
+    elif kind == "replayed from another run":
+        coord.exchange.put(key, seal_envelope(honest.to_bytes(), run_id="run-old", key=key, author=d.identity))
+    elif kind == "unsigned":
+        coord.exchange.put(key, honest.to_bytes())
+    elif kind == "wrong round":
+        post(d.payload(coord, 1, participants, claimed_round=7))
+    elif kind == "foreign context":
+        post(dataclasses.replace(honest, context_id="0123456789abcdef", scheme="ckks"))
+    elif kind == "layout mismatch":
+        post(dataclasses.replace(honest, layout=(TensorSpec("items.weight", (3, 3)),)))
+    elif kind == "implausible n_samples":
+        post(dataclasses.replace(honest, n_samples=10**9))
+    elif kind == "NaN":
+        post(dataclasses.replace(honest, chunks=(np.full(layout_size(honest.layout), np.nan).tobytes(),)))
+    elif kind == "corrupt bytes":
+        coord.exchange.put(key, seal_envelope(b"FEDREC1\n\x00\x00garbage", run_id=coord.run_id, key=key,
+                                              author=d.identity))
+    coord.exchange.post(fit_report_key(1, "d"), FitReport(silo_id="d", round=1, n_samples=N_TRAIN, loss=0.5,
+                                                          seconds_train=0.1, seconds_encrypt=0.0, bytes_sent=1,
+                                                          plaintext_bytes=1).to_json(), d.identity)
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("unknown silo", "bad signature from 'd'"),
+    ("altered after signing", "bad signature from 'd'"),
+    ("another silo's payload", "signed by 'a', expected 'd'"),
+    ("replayed from another key", "bad signature from 'd'"),
+    ("replayed from another run", "bad signature from 'd'"),
+    ("unsigned", "unsigned"),
+    ("wrong round", "round 7 (expected 1)"),
+    ("foreign context", "foreign context 0123456789abcdef"),
+    ("layout mismatch", "tensor layout differs"),
+    ("implausible n_samples", "n_samples 1000000000 (declared 8"),
+    ("NaN", "not finite"),
+    ("corrupt bytes", "corrupt header"),
+])
+def test_a_forged_or_replayed_update_is_that_silos_dropout_and_the_others_sum_is_unchanged(cfg, kind, reason):
+    # Prepare: a, b, c send honest masked updates; d's is forged; the survivors' remask is ready
+    coord = Coordinator(cfg, "run-f", n_items=6)
+    silos = _opened(coord, "abcd")
+    participants = coord.start_round(1, evaluate=False)
+    for name in "abc":
+        silos[name].send(coord, 1, participants)
+        silos[name].send(coord, 1, ["a", "b", "c"], attempt=1)
+    _forge(kind, coord, silos, participants)
+
+    # Execute
+    collected = coord.collect_updates(1, participants)
+    result = coord.mean(1, coord.aggregate(1, collected.updates))
+
+    # Assert: d is the round's failure with the named reason; the others' mean is exactly theirs
+    assert set(collected.failures) == {"d"} and reason in collected.failures["d"], collected.failures
+    assert result.contributors == ("a", "b", "c")
+    assert np.array_equal(flatten_state(result.mean_delta), _unmasked_mean(coord, [silos[n] for n in "abc"]))
+
+
+def test_a_round_below_the_minimum_contributors_is_skipped_and_keeps_the_global_model(cfg):
+    coord = Coordinator(cfg, "run-d", n_items=6)
+    silos = _opened(coord, "abc")
+    participants = coord.start_round(1, evaluate=False)
+    silos["a"].send(coord, 1, participants)
+    silos["b"].send(coord, 1, participants)
+
+    collected = coord.collect_updates(1, participants)
     moved = coord.step(1, coord.mean(1, coord.aggregate(1, collected.updates)), collected.failures)
 
-    assert not moved and collected.failures == {"a": "no update within 0s"}
-    assert coord.exchange.exists("round-0001/no-aggregate.json")  # the key holder stops waiting
+    # Assert: two updates would reveal each other through the mean: the round is skipped, nobody is remasked
+    assert not moved and collected.updates == [] and not coord.exchange.exists(remask_key(1, 1))
+    assert collected.failures["c"] == "no update within 0s"
+    assert "fewer than federation.min_silos=3" in collected.failures["a"]
+    assert coord.exchange.exists("round-0001/no-aggregate.json")  # the decryptor stops waiting
     assert all(torch.equal(load_global(coord.exchange, 1)[k], load_global(coord.exchange, 0)[k])
                for k in coord.global_state)
 
 
-def test_an_update_published_under_another_silos_name_is_refused(cfg):
-    coord = _opened(Coordinator(cfg, "run-e", n_items=6), "ab")
-    silos = coord.start_round(1, evaluate=False)
-    _publish_update(coord, "a", 1)
-    coord.exchange.put(update_key(1, "b"), coord.exchange.get(update_key(1, "a")))  # a's payload copied to b
+def test_exchange_keys_are_write_once(cfg):
+    coord = Coordinator(cfg, "run-w", n_items=6)
+    _opened(coord, "abc")
+    before = coord.exchange.get(global_key(0))
 
-    collected = coord.collect_updates(1, silos)
+    with pytest.raises(ExchangeConflictError, match="write-once"):
+        coord.exchange.put(global_key(0), b"a replaced global model")
+    with pytest.raises(ExchangeConflictError):
+        coord.exchange.put(ADMISSION_KEY, b"{}")
+    assert coord.exchange.get(global_key(0)) == before
 
-    assert "claims to be from silo 'a'" in collected.failures["b"]
-    assert [u.silo_id for u in collected.updates] == ["a"]
 
+def test_a_global_model_or_instruction_not_signed_by_the_coordinator_is_refused(cfg):
+    from fedrec.federation.filters import encode_global
+
+    coord = Coordinator(cfg, "run-k", n_items=6)
+    silos = _opened(coord, "abc")
+    key = global_key(1)
+    coord.exchange.post(key, encode_global(coord.global_state, 1).to_bytes(), silos["a"].identity)  # a silo's forgery
+
+    with pytest.raises(SignatureError, match="signed by 'a', expected 'coordinator'"):
+        load_global(coord.exchange, 1, coord.identity.public)
+
+
+def test_a_hello_under_another_silos_name_or_with_other_keys_than_pinned_is_not_admitted(cfg):
+    # Prepare: a first run pins a, b, c, d
+    first = Coordinator(cfg, "run-j1", n_items=6)
+    first_silos = _opened(first, "abcd")
+    coord = Coordinator(cfg, "run-j2", n_items=6)
+    c = Silo("c")
+    c.identity = first_silos["c"].identity
+    # a and b come back with new keys (a stolen name, or a reinstalled silo); c signs a hello in d's place
+    for silo in (Silo("a"), Silo("b")):
+        silo.hello(coord)
+    c.hello(coord, as_silo="d")
+    c.hello(coord)
+    for name in "efg":
+        Silo(name).hello(coord)
+
+    admission = coord.admit(["a", "b", "c", "d", "e", "f", "g"])
+
+    assert admission.silos == ["c", "e", "f", "g"]
+    assert "presents other keys than the pinned ones" in admission.excluded["a"]
+    assert "presents other keys than the pinned ones" in admission.excluded["b"]
+    assert admission.excluded["d"] == f"{hello_key('d')}: signed by 'c', not by silo 'd'"
+
+
+def test_with_a_pinned_roster_an_unknown_silo_is_not_admitted(cfg, tmp_path):
+    silos = {n: Silo(n) for n in "abcx"}
+    roster = Roster({n: silos[n].identity.public for n in "abc"})
+    path = tmp_path / "roster.json"
+    path.write_bytes(roster.to_json())
+    coord = Coordinator(cfg.replace(**{"federation.roster": str(path)}), "run-p", n_items=6)
+    for silo in silos.values():
+        silo.hello(coord)
+
+    admission = coord.admit(list("abcx"))
+
+    assert admission.silos == ["a", "b", "c"]
+    assert "not in the pinned roster" in admission.excluded["x"]
+    assert not (tmp_path / "state" / "coordinator" / "known_silos.json").exists()  # nothing learnt on first use
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", ".hidden", "x" * 65, "a..b"])
 def test_path_like_silo_ids_are_refused(bad):
@@ -162,34 +352,43 @@ def test_hosts_are_balanced_by_silo_size():
     assert balanced_groups(["a", "b", "c"], 8) == [["a"], ["b"], ["c"]]  # never more hosts than silos
 
 
-def test_a_silo_that_left_is_not_waited_for(cfg):
-    # Prepare: a long deadline; b's agent failed and said so
-    coord = _opened(Coordinator(cfg.replace(**{"federation.round_timeout_s": 60.0}), "run-f", n_items=6), "ab")
-    silos = coord.start_round(1, evaluate=False)
-    _publish_update(coord, "a", 1)
-    coord.exchange.put(left_key("b"), Left(silo_id="b", after_round=0, reason="PayloadError: NaN in update").to_json())
+def test_a_silo_that_left_is_not_waited_for_and_a_forged_left_is_ignored(cfg):
+    # Prepare: a long deadline; d's agent failed and said so; someone else claims c left
+    coord = Coordinator(cfg.replace(**{"federation.round_timeout_s": 60.0, "federation.masking": False}), "run-f",
+                        n_items=6)
+    silos = _opened(coord, "abcd")
+    participants = coord.start_round(1, evaluate=False)
+    for name in "abc":
+        silos[name].send(coord, 1, participants, masked=False)
+    coord.exchange.post(left_key("d"), Left(silo_id="d", after_round=0, reason="PayloadError: NaN in update").to_json(),
+                        silos["d"].identity)
+    coord.exchange.post(left_key("c"), Left(silo_id="c", after_round=0, reason="forged").to_json(), silos["a"].identity)
 
     # Execute
     start = time.monotonic()
-    collected = coord.collect_updates(1, silos)
+    collected = coord.collect_updates(1, participants)
 
-    # Assert: b is a failure with its reason, found long before the 60 s deadline
+    # Assert: d is a failure with its reason, found long before the 60 s deadline; c's forged "left" changes nothing
     assert time.monotonic() - start < 30
-    assert collected.failures == {"b": "its agent left the run (PayloadError: NaN in update)"}
-    assert coord.start_round(2, evaluate=False) == ["a"]  # and it gets no more instructions
+    assert collected.failures == {"d": "its agent left the run (PayloadError: NaN in update)"}
+    assert [u.silo_id for u in collected.updates] == ["a", "b", "c"]
+    assert "d" not in coord.start_round(2, evaluate=False)  # and it gets no more instructions
 
 
 def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
     from fedrec.coordinator.report import round_record
 
-    coord = _opened(Coordinator(cfg, "run-g", n_items=6, gone=lambda: {"b"}), "ab")
-    _publish_update(coord, "a", 1)
+    coord = Coordinator(cfg, "run-g", n_items=6, gone=lambda: {"d"})
+    silos = _opened(coord, "abcd")
+    for name in "abc":
+        silos[name].send(coord, 1, ["a", "b", "c"])
 
     record = round_record(coord, 1, evaluate=False)
 
-    assert FitInstructions.from_json(coord.exchange.get(instruction_key(1, "a"))).silos == ["a"]
-    assert not coord.exchange.exists(instruction_key(1, "b"))
-    assert record.contributors == ["a"] and record.failures == {"b": "its agent ended"}
+    ins = FitInstructions.from_json(coord.exchange.read(instruction_key(1, "a"), coord.identity.public))
+    assert ins.silos == ["a", "b", "c"]
+    assert not coord.exchange.exists(instruction_key(1, "d"))
+    assert record.contributors == ["a", "b", "c"] and record.failures == {"d": "its agent ended"}
 
 
 def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
@@ -199,55 +398,63 @@ def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
 
     he = cfg.replace(**{"federation.he": True})
     coord = Coordinator(he, "run-h", n_items=6)
-    coord.exchange.put(hello_key("a"), _hello("a"))
-    coord.admit(["a"])
-    coord.exchange.put(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).secret_context)
+    silos = {n: Silo(n) for n in "abc"}
+    for silo in silos.values():
+        silo.hello(coord)
+    coord.admit(list(silos))
+    coord.exchange.post(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).secret_context, silos["a"].identity)
 
     # Execute / Assert
     with pytest.raises(PayloadError, match="contains a secret key"):
         coord.open_context()
 
 
-def test_a_mean_that_is_not_of_the_rounds_aggregate_is_refused(cfg):
-    # Prepare: an HE run whose key holder answers with a mean over other contributors than the aggregate's
+def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_refused(cfg):
+    # Prepare: an HE run whose decryptor (a) answers with a mean over other contributors than the aggregate's
     from fedrec.crypto import create_keys
     from fedrec.federation.filters import AggregateResult, encode_mean
     from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY, mean_key
-    from fedrec.wire.payload import EncryptedUpdate
 
     he = cfg.replace(**{"federation.he": True})
     coord = Coordinator(he, "run-i", n_items=6)
-    coord.exchange.put(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).public_context)
-    _opened(coord, "ab")
-    aggregate = EncryptedUpdate(kind="aggregate", round=1, silo_id="aggregate", n_samples=16, scheme="ckks",
-                                context_id=coord.codec.context_id, layout=(), chunks=(), contributors=("a", "b"))
-    forged = AggregateResult({k: torch.zeros_like(v) for k, v in coord.global_state.items()}, 8, ("a",))
-    coord.exchange.put(mean_key(1), encode_mean(forged, 1).to_bytes())
+    silos = {n: Silo(n) for n in "abc"}
+    for silo in silos.values():
+        silo.hello(coord)
+    coord.admit(list(silos))
+    coord.exchange.post(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).public_context, silos["a"].identity)
+    coord.open_context()
+    coord.init_global()
+    coord.start_round(1, evaluate=False)
+    aggregate = EncryptedUpdate(kind="aggregate", round=1, silo_id="aggregate", n_samples=24, scheme="ckks",
+                                context_id=coord.codec.context_id, layout=(), chunks=(), contributors=("a", "b", "c"))
+    forged = AggregateResult({k: torch.zeros_like(v) for k, v in coord.global_state.items()}, 16, ("a", "b"))
 
-    # Execute / Assert
-    with pytest.raises(PayloadError, match="not of this round's aggregate"):
+    # Execute / Assert: b is not the round's decryptor; a's mean is of another sum
+    coord.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["b"].identity)
+    with pytest.raises(SignatureError, match="signed by 'b', expected 'a'"):
         coord.mean(1, aggregate)
-
-
-def test_a_hello_under_another_silos_name_is_not_admitted(cfg):
-    coord = Coordinator(cfg, "run-j", n_items=6)
-    coord.exchange.put(hello_key("a"), _hello("a"))
-    coord.exchange.put(hello_key("b"), _hello("a"))  # b's slot holds a's hello
-
-    admission = coord.admit(["a", "b"])
-
-    assert admission.silos == ["a"] and admission.excluded["b"] == "hello claims to be silo 'a'"
+    coord2 = Coordinator(he, "run-i2", n_items=6)
+    for silo in silos.values():
+        silo.hello(coord2)
+    coord2.admit(list(silos))
+    coord2.exchange.post(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).public_context, silos["a"].identity)
+    coord2.open_context()
+    coord2.init_global()
+    coord2.start_round(1, evaluate=False)
+    coord2.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["a"].identity)
+    with pytest.raises(PayloadError, match="not of this round's aggregate"):
+        coord2.mean(1, dataclasses.replace(aggregate, context_id=coord2.codec.context_id))
 
 
 def test_a_global_model_of_another_round_is_refused(cfg):
     from fedrec.federation.filters import encode_global
-    from fedrec.wire.exchange import global_key
 
-    coord = _opened(Coordinator(cfg, "run-k", n_items=6), "a")
-    coord.exchange.put(global_key(3), encode_global(coord.global_state, 2).to_bytes())  # round 2's model at 3
+    coord = Coordinator(cfg, "run-k", n_items=6)
+    _opened(coord, "abc")
+    coord.exchange.post(global_key(3), encode_global(coord.global_state, 2).to_bytes(), coord.identity)
 
     with pytest.raises(PayloadError, match="holds the model of round 2"):
-        load_global(coord.exchange, 3)
+        load_global(coord.exchange, 3, coord.identity.public)
 
 
 def test_a_mean_holding_nan_is_refused():

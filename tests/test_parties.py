@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from conftest import make_tiny_params
-from fedrec import pipeline
+from fedrec import leakscan, pipeline
 from fedrec.config import from_dict
+from fedrec.trust import peek_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 SILOS = ("0", "1", "2")
@@ -103,14 +104,31 @@ def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_
     # (fedrec.audit) records the opens made through Python only
     tracer = ["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace)] if shutil.which("strace") else []
 
-    # Execute: the coordinator as its own process, starting the silos' agents through their deployments
-    result = subprocess.run([*tracer, fedrec, "coordinate", "--silos", ",".join(SILOS), "--params", str(params_path),
-                             "--json", "-S", "federation.launcher=deployments"], cwd=ROOT, capture_output=True,
-                            text=True, env=env | {"FEDREC_AUDIT_OPENS": str(audit)}, timeout=600)
+    hold = tmp_path / "coordinator-hold"
+
+    # Execute: the coordinator as its own process, starting the silos' agents through their deployments; when
+    # done it waits for its memory to be searched
+    proc = subprocess.Popen([*tracer, fedrec, "coordinate", "--silos", ",".join(SILOS), "--params", str(params_path),
+                             "--json", "-S", "federation.launcher=deployments"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=env | {"FEDREC_AUDIT_OPENS": str(audit), "FEDREC_AUDIT_HOLD": str(hold)})
+    ready = Path(f"{hold}.ready")
+    deadline = time.monotonic() + 600
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    memory_findings = None
+    if ready.exists():
+        key_holder_store = sorted((Path(cfg.federation.state_dir) / "silos").glob("*/*/keys/secret.ctx"))
+        public = next((Path(cfg.federation.exchange_url)).glob("*/context/public.ctx")).read_bytes()
+        needles = (leakscan.secret_key_needles(key_holder_store[0].read_bytes())
+                   + leakscan.public_key_needles(peek_envelope(public)[1]))
+        memory_findings = leakscan.scan_process(int(ready.read_text()), needles)
+        Path(f"{hold}.done").write_text("")
+    stdout, stderr = proc.communicate(timeout=120)
 
     # Assert: two encrypted rounds with every silo contributing
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
     assert summary["he"] is True and [h["round"] for h in summary["history"]] == [1, 2]
     assert summary["silos"] == list(SILOS) and summary["failures"] == {} and summary["excluded"] == {}
     assert summary["coordinator_can_decrypt"] is False
@@ -126,9 +144,12 @@ def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_
     assert any(p.startswith(exchange_root) for p in opened)  # control: the audit does see its reads
     if tracer:
         assert any(p.startswith(str(paths.catalogue.resolve())) for p in opened)  # a pyarrow read, seen by strace
-    # Assert: the key material stayed with the key holder
+    # Assert: the key material stayed with the key holder, and the coordinator's memory at the end of the run holds
+    # the public key (control: the scan sees SEAL's key objects) but not the secret key in any form
     key_dir = Path(cfg.federation.state_dir) / "silos" / summary["key_holder"] / summary["run_id"] / "keys"
     assert (key_dir / "secret.ctx").exists()
+    assert memory_findings is not None, "the coordinator never waited for its memory to be searched"
+    assert {f.kind for f in memory_findings} == {"public-key"}, [str(f) for f in memory_findings][:5]
     # Assert: each silo ran as its own flow run, visible through the Prefect API, with its per-round tasks
     runs = _silo_runs(summary["run_id"])
     assert sorted(run.parameters["silo_id"] for run, _ in runs) == list(SILOS)

@@ -10,13 +10,16 @@ import torch
 
 from fedrec import pipeline
 from fedrec.coordinator.coordinator import Coordinator
-from fedrec.errors import DecryptionKeyError
+from fedrec.errors import PayloadError
+from fedrec.federation import masking
 from fedrec.federation.aggregate import flatten_state
 from fedrec.federation.filters import load_global
 from fedrec.metrics import MetricSums
 from fedrec.silo.agent import SiloAgent
-from fedrec.wire.exchange import hello_key
+from fedrec.trust import peek_envelope
+from fedrec.wire.exchange import hello_key, update_key
 from fedrec.wire.messages import Hello
+from fedrec.wire.payload import EncryptedUpdate, layout_size
 
 
 @pytest.fixture()
@@ -125,7 +128,6 @@ def test_unreadable_data_is_a_failed_verdict_and_the_silo_is_left_out(cfg):
 
 def test_a_silo_never_sends_an_update_holding_nan(cfg):
     # Prepare: the silo's own user embeddings went NaN (e.g. a diverged local step)
-    from fedrec.errors import PayloadError
     from fedrec.wire.exchange import update_key
 
     coord, agents = _opened(cfg, "run-5")
@@ -139,3 +141,58 @@ def test_a_silo_never_sends_an_update_holding_nan(cfg):
     with pytest.raises(PayloadError, match="NaN/Inf"):
         agent.fit(agent.next_instructions(0))
     assert not agent.exchange.exists(update_key(1, "0"))
+
+
+def test_a_silo_holding_the_secret_key_cannot_read_another_silos_update(cfg):
+    # Prepare: one round; silo 1 holds the run's secret (sealed to it) and the coordinator hands it silo 2's
+    # ciphertext from the exchange
+    coord, agents = _opened(cfg, "run-6")
+    coord.start_round(1, evaluate=False)
+    for agent in agents.values():
+        agent.fit(agent.next_instructions(0))
+    stolen = EncryptedUpdate.from_bytes(peek_envelope(coord.exchange.get(update_key(1, "2")))[1])
+    pending = agents["2"]._pending
+    truth = masking.quantize_int(flatten_state(pending.delta) * pending.n_samples, cfg.crypto.quantization_bits)
+
+    # Execute: decrypt and decode it as a sum of one
+    curious = agents["1"].codec
+    seen = masking.decode_sum(curious.decrypt(list(stolen.chunks), layout_size(stolen.layout)), 1,
+                              cfg.crypto.mask_bits)
+
+    # Assert: what it sees is uncorrelated with silo 2's update (it is masked with 2's secrets shared with 0 and 1;
+    # 1 can remove its own pair's mask, not 0's)
+    assert len(truth) > 500 and np.any(truth != 0)
+    assert abs(np.corrcoef(seen, truth)[0, 1]) < 0.2
+    assert not np.array_equal(seen, truth)
+
+
+def test_the_decryptor_refuses_to_decrypt_a_sum_of_too_few_silos(cfg):
+    # Prepare: a curious coordinator passes one silo's update off as the round's sum
+    from fedrec.federation.filters import aggregate_updates
+    from fedrec.wire.exchange import aggregate_key
+
+    coord, agents = _opened(cfg, "run-7")
+    silos = coord.start_round(1, evaluate=False)
+    for agent in agents.values():
+        agent.fit(agent.next_instructions(0))
+    single = EncryptedUpdate.from_bytes(peek_envelope(coord.exchange.get(update_key(1, "2")))[1])
+    coord.exchange.post(aggregate_key(1), aggregate_updates([single], coord.codec, 1, cfg.crypto).to_bytes(),
+                        coord.identity)
+
+    # Execute / Assert
+    with pytest.raises(PayloadError, match="refusing to decrypt a sum of \\['2'\\]"):
+        agents["0"].decrypt(1, silos)
+
+
+def test_a_silo_sits_out_a_round_whose_participant_set_is_too_small(cfg):
+    # Prepare: a coordinator that names only two participants (each would learn the other's update)
+    from fedrec.wire.messages import FitInstructions
+
+    coord, agents = _opened(cfg, "run-8")
+    ins = FitInstructions(round=1, local_epochs=1, silos=["0", "1"], decryptor="0")
+
+    # Execute
+    report = agents["1"].fit(ins)
+
+    # Assert: nothing sent
+    assert report is None and not agents["1"].exchange.exists(update_key(1, "1"))

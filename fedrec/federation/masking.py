@@ -74,6 +74,8 @@ def decode_sum(total: np.ndarray, n_contributors: int, mask_bits: int) -> np.nda
     """The exact integer sum behind ``n_contributors`` encoded (masked) vectors' decrypted sum."""
     half = 2 ** (mask_bits - 1)
     steps = np.asarray(total, dtype=np.float64) * half
+    if not np.all(np.isfinite(steps)):
+        raise PayloadError("decrypted sum holds NaN or Inf (a contributor's ciphertext was not a valid encoding)")
     rounded = np.round(steps)
     deviation = float(np.max(np.abs(steps - rounded), initial=0.0))
     if deviation > MAX_STEP_DEVIATION:
