@@ -243,6 +243,79 @@ def silo_serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
     serve(deployment, print_starting_message=False)
 
 
+@silo_app.command("identity")
+def silo_identity(silo: str = typer.Option(..., "--silo", help="this silo's id"), params: Path = ParamsOpt,
+                  set_: Optional[list[str]] = SetOpt) -> None:
+    """Print this silo's public identity (JSON), making its key pair on first use; the private keys stay in
+    state/silos/<id>/identity. Send the output to the coordinator's operator for the roster."""
+    from fedrec.silo.store import SiloStore
+    from fedrec.trust import Identity
+    from fedrec.wire.exchange import check_silo_id
+
+    with _user_errors():
+        cfg = _config(params, set_)
+        ident = Identity.load_or_create(SiloStore.of(cfg, check_silo_id(silo), "_").identity_dir, silo)
+    sys.stdout.write(json.dumps(ident.public.to_dict()) + "\n")
+    err.print(f"silo {silo}: fingerprint {ident.public.fingerprint} (compare it over another channel)")
+
+
+@silo_app.command("forget-keys")
+def silo_forget_keys(silo: str = typer.Option(..., "--silo", help="this silo's id"),
+                     run_id: Optional[str] = typer.Option(None, "--run-id", help="one finished run"),
+                     all_runs: bool = typer.Option(False, "--all", help="every run of this silo"),
+                     params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Delete the HE key material this silo keeps of finished federation runs (keys rotate per run)."""
+    from fedrec.silo.store import SiloStore
+    from fedrec.wire.exchange import check_silo_id
+
+    with _user_errors():
+        cfg = _config(params, set_)
+        base = Path(cfg.federation.state_dir) / "silos" / check_silo_id(silo)
+        if not (run_id or all_runs):
+            raise typer.BadParameter("name a run (--run-id) or --all")
+        runs = [run_id] if run_id else sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "identity") \
+            if base.exists() else []
+        deleted = [r for r in runs if SiloStore.of(cfg, silo, r).forget_keys()]
+    err.print(f"silo {silo}: deleted the HE keys of {len(deleted)} run(s)" + (f": {', '.join(deleted)}" if deleted else ""))
+
+
+@app.command()
+def identity(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Print the coordinator's public identity (JSON), making its key pair on first use."""
+    from fedrec.trust import COORDINATOR, Identity
+
+    with _user_errors():
+        cfg = _config(params, set_)
+        ident = Identity.load_or_create(Path(cfg.federation.state_dir) / "coordinator" / "identity", COORDINATOR)
+    sys.stdout.write(json.dumps(ident.public.to_dict()) + "\n")
+    err.print(f"coordinator: fingerprint {ident.public.fingerprint}")
+
+
+@app.command()
+def roster(identities: list[Path] = typer.Argument(..., help="public identity files (fedrec identity / fedrec silo identity)"),
+           output: Path = typer.Option(..., "--out", "-o", help="the roster to write (set federation.roster to it)")) -> None:
+    """Pin the federation's parties: one roster JSON of the coordinator's and every silo's public keys, given
+    to every party (federation.roster). Without one, keys are learnt on first use."""
+    from fedrec.trust import COORDINATOR, PublicIdentity, Roster, RosterError
+
+    with _user_errors():
+        pinned = Roster()
+        for path in identities:
+            try:
+                raw = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise RosterError(f"{path}: not a public identity file ({exc})") from exc
+            ident = PublicIdentity.from_dict(raw, str(path))
+            if ident.name in pinned:
+                raise RosterError(f"{path}: {ident.name!r} is listed twice")
+            pinned = pinned.with_party(ident)
+        if COORDINATOR not in pinned:
+            raise RosterError("the roster needs the coordinator's identity (fedrec identity)")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(pinned.to_json())
+    err.print(f"wrote {output}: " + ", ".join(f"{n} {p.fingerprint}" for n, p in sorted(pinned.parties.items())))
+
+
 @app.command()
 def recommend(
     silo: str = typer.Option(..., "--silo", help="the silo that holds the user"),

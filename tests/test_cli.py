@@ -79,3 +79,37 @@ def test_malformed_override_exits_2_with_a_message(params_file):
 
     assert result.exit_code == 2
     assert "not key=value" in result.output
+
+
+def test_identities_become_a_pinned_roster_and_keys_of_finished_runs_can_be_forgotten(params_file, tmp_path):
+    from fedrec.trust import Roster
+
+    runner = CliRunner()
+    files = []
+    for party in ("coordinator", "0", "1", "2"):
+        args = ["identity"] if party == "coordinator" else ["silo", "identity", "--silo", party]
+        result = runner.invoke(app, [*args, "--params", str(params_file)])
+        assert result.exit_code == 0, result.output
+        files.append(tmp_path / f"{party}.pub.json")
+        files[-1].write_text(result.stdout)
+    again = runner.invoke(app, ["silo", "identity", "--silo", "0", "--params", str(params_file)])
+
+    made = runner.invoke(app, ["roster", *map(str, files), "--out", str(tmp_path / "roster.json")])
+    missing = runner.invoke(app, ["roster", *map(str, files[1:]), "--out", str(tmp_path / "bad.json")])
+
+    # Assert: one key pair per party, made once; the roster holds their public keys only
+    assert made.exit_code == 0, made.output
+    roster = Roster.load(tmp_path / "roster.json")
+    assert set(roster.parties) == {"coordinator", "0", "1", "2"}
+    assert again.stdout == files[1].read_text()
+    assert missing.exit_code == 2 and "needs the coordinator's identity" in missing.output
+    private = (tmp_path / "state" / "silos" / "0" / "identity" / "identity.key").read_bytes()
+    assert private.hex() not in (tmp_path / "roster.json").read_text()
+
+    # Execute: a finished run's HE keys at silo 0 are deleted on request
+    keys = tmp_path / "state" / "silos" / "0" / "run-x" / "keys"
+    keys.mkdir(parents=True)
+    (keys / "secret.ctx").write_bytes(b"key material")
+    forgot = runner.invoke(app, ["silo", "forget-keys", "--silo", "0", "--all", "--params", str(params_file)])
+    assert forgot.exit_code == 0, forgot.output
+    assert not keys.exists() and (tmp_path / "state" / "silos" / "0" / "identity" / "identity.key").exists()

@@ -57,6 +57,16 @@ def test_out_of_range_raises_config_error():
         from_dict({"federation": {"rounds": 0}})
 
 
+@pytest.mark.parametrize("raw, message", [
+    ({"federation": {"min_silos": 1}}, "federation.min_silos must be >= 2"),
+    ({"crypto": {"mask_bits": 16}}, "crypto.mask_bits must be in quantization_bits\\+8..48"),
+    ({"crypto": {"global_scale_bits": 40}}, "crypto.global_scale_bits must be >= crypto.mask_bits \\+ 18"),
+])
+def test_privacy_and_precision_bounds_are_checked(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(raw)
+
+
 def test_dotted_override_parses_yaml_scalars():
     # Prepare
     cfg = Config()

@@ -138,8 +138,8 @@ def test_filters_encrypt_aggregate_decrypt(keys, vectors, he, capfd):
     flats = [flatten_state(u.delta) for u in updates]  # float32-rounded, as the silos really send
 
     # Execute
-    encrypted = [encrypt_update(u, silo) for u in updates]
-    aggregate = aggregate_updates(list(reversed(encrypted)), coordinator, server_round=3)
+    encrypted = [encrypt_update(u, silo, CRYPTO, len(updates)) for u in updates]
+    aggregate = aggregate_updates(list(reversed(encrypted)), coordinator, 3, CRYPTO)
     result = decrypt_aggregate(aggregate, silo)
 
     # Assert
@@ -157,80 +157,84 @@ def test_filters_encrypt_aggregate_decrypt(keys, vectors, he, capfd):
 
 def test_aggregate_refuses_mismatched_round(keys, vectors):
     silo = silo_codec(keys)
-    encrypted = [encrypt_update(u, silo) for u in _updates(vectors[:1], round_=2)]
+    encrypted = [encrypt_update(u, silo, CRYPTO, 3) for u in _updates(vectors[:1], round_=2)]
 
     with pytest.raises(PayloadError, match=r"silo 's0' refused: round 2 \(expected 3\)"):
-        aggregate_updates(encrypted, coordinator_codec(keys), server_round=3)
+        aggregate_updates(encrypted, coordinator_codec(keys), 3, CRYPTO)
 
 
 def test_aggregate_refuses_plaintext_under_ckks(keys, vectors):
-    plain = [encrypt_update(u, PlainCodec()) for u in _updates(vectors[:1])]
+    plain = [encrypt_update(u, PlainCodec(), CRYPTO, 3) for u in _updates(vectors[:1])]
 
     with pytest.raises(PayloadError, match="scheme 'plain'"):
-        aggregate_updates(plain, coordinator_codec(keys), server_round=3)
+        aggregate_updates(plain, coordinator_codec(keys), 3, CRYPTO)
 
 
 def test_aggregate_refuses_empty_round(keys):
     with pytest.raises(PayloadError, match="no updates"):
-        aggregate_updates([], coordinator_codec(keys), server_round=1)
+        aggregate_updates([], coordinator_codec(keys), 1, CRYPTO)
 
 
 def test_quantized_he_and_plain_aggregates_are_bit_identical(keys, vectors):
-    # Prepare: the same updates through the CKKS path and the plaintext path, on the 2^-20 grid
+    # Prepare: the same updates through the CKKS path and the plaintext path, on the 2^-12 grid as integers
     updates = _updates(vectors)
-    bits = 20
+    bits = CRYPTO.quantization_bits
 
     # Execute
-    he_agg = aggregate_updates([encrypt_update(u, silo_codec(keys), bits) for u in updates],
-                               coordinator_codec(keys), server_round=3)
+    he_agg = aggregate_updates([encrypt_update(u, silo_codec(keys), CRYPTO, 3) for u in updates],
+                               coordinator_codec(keys), 3, CRYPTO)
     he = flatten_state(decrypt_aggregate(he_agg, silo_codec(keys)).mean_delta)
-    plain_agg = aggregate_updates([encrypt_update(u, PlainCodec(), bits) for u in updates], PlainCodec(), 3)
+    plain_agg = aggregate_updates([encrypt_update(u, PlainCodec(), CRYPTO, 3) for u in updates], PlainCodec(), 3,
+                                  CRYPTO)
     plain = flatten_state(decrypt_aggregate(plain_agg, PlainCodec()).mean_delta)
 
     # Assert: CKKS noise is rounded away; both are within a grid step of the exact weighted average
-    assert he_agg.quantization_bits == bits
+    assert (he_agg.quantization_bits, he_agg.mask_bits) == (bits, CRYPTO.mask_bits)
     np.testing.assert_array_equal(he, plain)
     np.testing.assert_allclose(he, weighted_average([flatten_state(u.delta) for u in updates], N_SAMPLES),
                                atol=2.0 ** -bits)
 
 
-def test_grid_deviation_beyond_margin_is_a_named_error(keys, vectors):
-    # Prepare: a grid finer than CKKS noise (2^-30 ~ 1e-9 vs ~1e-8 noise on values of this size)
-    updates = _updates([v * 1000 for v in vectors])
-    agg = aggregate_updates([encrypt_update(u, silo_codec(keys), 30) for u in updates],
-                            coordinator_codec(keys), server_round=3)
+def test_noise_beyond_the_integer_margin_is_a_named_error(keys, vectors):
+    # Prepare: 2^48 residues carried at scale 2^50: an integer step (2^-47) far below CKKS noise (~2^-35)
+    fine = CryptoConfig(mask_bits=48)
+    updates = _updates(vectors)
+    agg = aggregate_updates([encrypt_update(u, silo_codec(keys), fine, 3) for u in updates],
+                            coordinator_codec(keys), 3, fine)
 
     # Execute / Assert
-    with pytest.raises(PayloadError, match="grid"):
+    with pytest.raises(PayloadError, match="integer steps off"):
         decrypt_aggregate(agg, silo_codec(keys))
 
 
-def test_mixed_quantization_is_refused(keys, vectors):
+def test_mixed_encodings_are_refused(keys, vectors):
     updates = _updates(vectors)
-    mixed = [encrypt_update(updates[0], silo_codec(keys), 20), encrypt_update(updates[1], silo_codec(keys), 0)]
+    mixed = [encrypt_update(updates[0], silo_codec(keys), CRYPTO, 3),
+             encrypt_update(updates[1], silo_codec(keys), CryptoConfig(quantization_bits=8), 3)]
 
-    with pytest.raises(PayloadError, match="quantization_bits"):
-        aggregate_updates(mixed, coordinator_codec(keys), server_round=3)
+    with pytest.raises(PayloadError, match="encoding 2\\^-8"):
+        aggregate_updates(mixed, coordinator_codec(keys), 3, CRYPTO)
 
 
-def test_a_sum_past_the_value_limit_wraps_silently_which_is_why_silos_check_first(keys):
-    # Prepare: the default parameters (one 60-bit data prime, scale 2^40) wrap sums at 2^19; the limit keeps 2^18
+def test_a_sum_past_the_value_limit_wraps_silently_which_is_why_contributors_are_capped(keys):
+    # Prepare: the default parameters (one 60-bit data prime, scale 2^50) wrap sums at 2^9; the limit keeps 2^8,
+    # i.e. at most 256 contributors of values in [-1, 1)
     limit = value_limit(CRYPTO)
-    assert limit == 2.0 ** 18
+    assert limit == 2.0 ** 8
     inside, outside = np.full(8, limit / 3), np.full(8, limit * 0.9)
 
     # Execute: sums of three ciphertexts each (each value alone is fine)
     sums = [silo_codec(keys).decrypt(coordinator_codec(keys).add([silo_codec(keys).encrypt(v) for _ in range(3)]), 8)
             for v in (inside, outside)]
 
-    # Assert: inside the range the sum is exact to the grid; past 2^19 it decrypts to something else, no error
+    # Assert: inside the range the sum is exact to the grid; past 2^9 it decrypts to something else, no error
     np.testing.assert_allclose(sums[0], 3 * inside, atol=1e-6)
     assert np.all(np.abs(sums[1] - 3 * outside) > 1.0)
 
 
 def test_a_silo_refuses_to_encrypt_an_update_that_could_overflow_the_sum(keys):
-    update = LocalUpdate("s", 1, 1000, {"w": torch.full((4,), 200.0)})  # weighted: 200,000 > 2^18 / 2
+    update = LocalUpdate("s", 1, 1000, {"w": torch.full((4,), 200.0)})  # weighted 200,000: 8.2e8 grid steps
 
-    with pytest.raises(PayloadError, match="could overflow the CKKS sum"):
-        encrypt_update(update, silo_codec(keys), 20, max_abs=value_limit(CRYPTO) / 2)
-    assert encrypt_update(update, silo_codec(keys), 20, max_abs=value_limit(CRYPTO)).n_samples == 1000
+    with pytest.raises(PayloadError, match="exceeds this silo's share"):
+        encrypt_update(update, silo_codec(keys), CRYPTO, 4)  # a quarter of 2^31 each
+    assert encrypt_update(update, silo_codec(keys), CRYPTO, 2).n_samples == 1000

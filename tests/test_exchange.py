@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from fedrec.errors import PayloadError
-from fedrec.wire.exchange import Exchange, aggregate_key, global_key, update_key
+from fedrec.wire.exchange import Exchange, ExchangeConflictError, aggregate_key, global_key, update_key
 
 
 def _urls(tmp_path):
@@ -25,16 +25,17 @@ def test_put_get_keys(tmp_path, kind):
     ex.put(update_key(1, "b"), b"beta-beta")
     ex.put(aggregate_key(1), b"sum")
     ex.put(global_key(0), b"g0")
-    ex.put(update_key(1, "a"), b"alpha-2")  # overwrite
+    with pytest.raises(ExchangeConflictError, match="write-once"):
+        ex.put(update_key(1, "a"), b"alpha-2")  # keys are written once
 
     # Assert
     assert sent == 5
-    assert ex.get(update_key(1, "a")) == b"alpha-2"
-    assert ex.get("round-0001/updates/b.bin") == b"beta-beta"
+    assert ex.get(update_key(1, "a")) == b"alpha"
+    assert ex.get("round-0001/updates/a0/b.bin") == b"beta-beta"
     assert ex.exists(aggregate_key(1)) and not ex.exists(aggregate_key(2))
     assert ex.keys() == ["global/round-0000.bin", "round-0001/aggregate.bin",
-                         "round-0001/updates/a.bin", "round-0001/updates/b.bin"]
-    assert ex.keys("round-0001/updates") == ["round-0001/updates/a.bin", "round-0001/updates/b.bin"]
+                         "round-0001/updates/a0/a.bin", "round-0001/updates/a0/b.bin"]
+    assert ex.keys("round-0001/updates") == ["round-0001/updates/a0/a.bin", "round-0001/updates/a0/b.bin"]
     assert ex.keys("round-0009") == []
     # a second client on the same URL sees the same payloads (no temp files left behind)
     assert Exchange(url).get(global_key(0)) == b"g0"
@@ -54,5 +55,5 @@ def test_local_exchange_writes_files(tmp_path):
 
     ex.put(update_key(12, "other"), b"\x00\x01")
 
-    assert (tmp_path / "ex" / "round-0012" / "updates" / "other.bin").read_bytes() == b"\x00\x01"
-    assert [p.name for p in (tmp_path / "ex" / "round-0012" / "updates").iterdir()] == ["other.bin"]
+    assert (tmp_path / "ex" / "round-0012" / "updates" / "a0" / "other.bin").read_bytes() == b"\x00\x01"
+    assert [p.name for p in (tmp_path / "ex" / "round-0012" / "updates" / "a0").iterdir()] == ["other.bin"]

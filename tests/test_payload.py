@@ -36,7 +36,8 @@ def _update(silo: str = "a", round_: int = 1, n: int = 10) -> LocalUpdate:
 
 
 def _payload(keys, **kw) -> EncryptedUpdate:
-    return encrypt_update(_update(**kw), CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context))
+    return encrypt_update(_update(**kw), CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context),
+                          CRYPTO, 3)
 
 
 def test_round_trip(keys):
@@ -104,7 +105,7 @@ def test_foreign_context_refused_by_aggregator(keys, foreign_keys):
 
     # Execute / Assert
     with pytest.raises(PayloadError, match=r"silo 'b' refused: encrypted under foreign context") as info:
-        aggregate_updates([ours, foreign], coordinator, server_round=1)
+        aggregate_updates([ours, foreign], coordinator, 1, CRYPTO)
     assert foreign.context_id in str(info.value) and coordinator.context_id in str(info.value)
 
 
@@ -113,7 +114,7 @@ def test_mismatched_round_refused(keys):
     late = EncryptedUpdate.from_bytes(_payload(keys, silo="c", round_=1).to_bytes())
 
     with pytest.raises(PayloadError, match=r"silo 'c' refused: round 1 \(expected 2\)"):
-        aggregate_updates([_payload(keys, silo="a", round_=2), late], coordinator, server_round=2)
+        aggregate_updates([_payload(keys, silo="a", round_=2), late], coordinator, 2, CRYPTO)
 
 
 def test_global_payload_round_trip():
