@@ -32,6 +32,7 @@ def _repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     params = make_tiny_params(tmp_path)
     params["data"]["work_dir"] = "data"  # DVC outputs live inside the repo
     params["partition"]["n_silos"] = 2
+    params["federation"]["min_silos"] = 2  # the floor: two silos (each learns the other's update; fine for a test)
     params["training"]["epochs"] = 1
     params["federation"]["rounds"] = 1
     params["tracking"]["experiment"] = "fedrec-dvc-test"

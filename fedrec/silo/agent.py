@@ -39,7 +39,7 @@ from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT
                                   aggregate_key, check_silo_id, fit_report_key, global_key, hello_key,
                                   instruction_key, left_key, mean_key, metrics_key, no_aggregate_key, remask_key,
                                   run_exchange, sealed_context_key, update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport, Remask
+from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport, Remask, Stop
 from fedrec.wire.payload import EncryptedUpdate
 from models import RecModel, build_model
 
@@ -115,6 +115,11 @@ class SiloAgent:
     def _read_coordinator(self, key: str) -> bytes:
         return self.exchange.read(key, self.coordinator)
 
+    def _stopped(self) -> bool:
+        """True: the coordinator stopped the run (its stop.json verified; a forged one is a named error)."""
+        Stop.from_json(self._read_coordinator(STOP_KEY), STOP_KEY)
+        return True
+
     # --- joining ---------------------------------------------------------------------------------------
     def validate(self) -> Hello:
         """Great Expectations on the silo's own data; on success, split it and keep it in memory."""
@@ -151,9 +156,9 @@ class SiloAgent:
         if key is None:
             raise FederationError(f"silo {self.silo_id}: no admission from the coordinator within "
                                   f"{self.cfg.federation.join_timeout_s:.0f}s (is the coordinator running?)")
-        self.roster = Roster({COORDINATOR: self._trusted_coordinator()})
-        if key == STOP_KEY:
+        if key == STOP_KEY:  # stopped before admitting anyone (too few silos): nothing to verify against yet
             return None
+        self.roster = Roster({COORDINATOR: self._trusted_coordinator()})
         admission = Admission.from_json(self._read_coordinator(ADMISSION_KEY), ADMISSION_KEY)
         if self.silo_id not in admission.silos or self.data is None:
             return None
@@ -219,7 +224,7 @@ class SiloAgent:
         if key is None:
             raise FederationError(f"silo {self.silo_id}: no instructions after round {last_round} within "
                                   f"{4 * self.cfg.federation.round_timeout_s:.0f}s; the coordinator seems gone")
-        if key == STOP_KEY:
+        if key == STOP_KEY and self._stopped():
             return None
         return FitInstructions.from_json(self._read_coordinator(key), key)
 
@@ -297,7 +302,7 @@ class SiloAgent:
             if key is None:
                 raise FederationError(f"silo {self.silo_id}: round {r} did not finish within "
                                       f"{3 * fed.round_timeout_s:.0f}s; the coordinator seems gone")
-            if key in (global_key(r), STOP_KEY):
+            if key == global_key(r) or (key == STOP_KEY and self._stopped()):
                 break
             if key == remask_key(r, attempt + 1):
                 attempt += 1
