@@ -186,13 +186,15 @@ def _needles(cfg, summary) -> list:
 
 
 def _written_by_the_run(cfg, summary) -> list[Path]:
-    """Everything a run writes outside the silos' own stores: exchange, MLflow, Prefect, host logs."""
+    """Everything a run writes outside the silos' own stores: exchange, the coordinator's state, MLflow, Prefect,
+    host logs."""
     from prefect.settings import get_current_settings
 
     db_url = get_current_settings().server.database.connection_url.get_secret_value()
     prefect_db = Path(db_url.split(":///", 1)[1])
     mlflow_db = Path(cfg.tracking.uri.removeprefix("sqlite:///"))
     return [Path(cfg.federation.exchange_url) / summary["run_id"], mlflow_db, mlflow_db.parent / "mlartifacts",
+            Path(cfg.federation.state_dir) / "coordinator",
             *prefect_db.parent.glob(prefect_db.name + "*"), Path(cfg.federation.state_dir) / "logs",
             Path(get_current_settings().home) / "storage"]
 
@@ -213,6 +215,7 @@ def test_leak_scan_finds_no_secret_key_user_data_or_interaction_after_a_real_run
     assert any(p.suffix == ".db" and "mlflow" in p.name for p in scanned)
     assert any("prefect" in p.name and p.suffix == ".db" for p in scanned)
     assert any(p.name.endswith(".png") for p in scanned) and any("round-0002" in str(p) for p in scanned)
+    assert any(p.name == "server_state.pt" for p in scanned)  # the coordinator's own checkpoint
     assert findings == [], "\n".join(map(str, findings))
 
 

@@ -246,8 +246,9 @@ class SiloAgent:
             return f"not admitted: {unknown}"
         return None
 
-    def _send_update(self, r: int, attempt: int, silos: list[str]) -> bytes:
-        """Mask this round's update against ``silos`` (fresh masks per attempt), encrypt, sign, publish."""
+    def _send_update(self, r: int, attempt: int, silos: list[str]) -> int:
+        """Mask this round's update against ``silos`` (fresh masks per attempt), encrypt, sign, publish; returns
+        the bytes written (signed envelope included)."""
         crypto = self.cfg.crypto
         mask = None
         if self.admission.masking:
@@ -255,8 +256,7 @@ class SiloAgent:
             mask = masking.silo_mask(self.identity, [self.roster.get(s) for s in silos],
                                      masking.mask_info(self.run_id, r, attempt), length, crypto.mask_bits)
         payload = encrypt_update(self._pending, self.codec, crypto, len(silos), mask).to_bytes()
-        self._post(update_key(r, self.silo_id, attempt), payload)
-        return payload
+        return self._post(update_key(r, self.silo_id, attempt), payload)
 
     def fit(self, ins: FitInstructions) -> FitReport | None:
         """E local epochs from the previous global model; the update is weighted, quantised, masked and
@@ -281,10 +281,10 @@ class SiloAgent:
                 raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
             self._pending = LocalUpdate(self.silo_id, r, self.data.n_train, delta)
             start = time.perf_counter()
-            payload = self._send_update(r, 0, ins.silos)
+            bytes_sent = self._send_update(r, 0, ins.silos)
             seconds_encrypt = time.perf_counter() - start
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=self.data.n_train, loss=float(np.mean(losses)),
-                           seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=len(payload),
+                           seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
                            plaintext_bytes=4 * sum(t.numel() for t in delta.values()))
         self._post(fit_report_key(r, self.silo_id), report.to_json())
         return report
