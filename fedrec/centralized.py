@@ -13,7 +13,12 @@ from fedrec.training import EpochRecord, SiloData, evaluate_targets, resolve_dev
 from fedrec.tracking import mlflow_run
 from models.popularity import PopularityModel
 
-METRIC_KEYS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
+def metric_keys(k: int) -> tuple[str, ...]:
+    """The reported test metrics at cut-off ``k`` (evaluation.k)."""
+    return (f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}")
+
+
+METRIC_KEYS = metric_keys(10)  # the default cut-off
 
 
 @dataclass

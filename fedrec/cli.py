@@ -123,7 +123,7 @@ def centralized(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Train the centralized baseline on the pooled silos; test metrics of the validation-selected epoch."""
-    from fedrec.centralized import METRIC_KEYS, run_baseline
+    from fedrec.centralized import metric_keys, run_baseline
 
     if model not in ("pop", "gmf", "neumf"):
         _fail(ValueError(f"--model must be pop, gmf or neumf, not {model!r}"))
@@ -141,15 +141,16 @@ def centralized(
             progress.update(task, completed=progress.tasks[0].total)
     if _emit(report.to_json(), output, as_json):
         return
+    keys = metric_keys(cfg.evaluation.k)
     table = Table(title=f"centralized {model} (selected on {report.selection_metric}, test item)")
     table.add_column("seed")
     table.add_column("best epoch")
-    for key in METRIC_KEYS:
+    for key in keys:
         table.add_column(key)
     for s in report.seeds:
-        table.add_row(str(s.seed), str(s.best_epoch), *(f"{s.test[k]:.4f}" for k in METRIC_KEYS))
+        table.add_row(str(s.seed), str(s.best_epoch), *(f"{s.test[k]:.4f}" for k in keys))
     mean = report.mean()
-    table.add_row("mean", "", *(f"{mean[k]:.4f}" for k in METRIC_KEYS))
+    table.add_row("mean", "", *(f"{mean[k]:.4f}" for k in keys))
     out.print(table)
 
 

@@ -140,6 +140,8 @@ class FederationConfig:
     round_timeout_s: float = 600.0
     #: how often parties look for each other's payloads on the exchange
     poll_interval_s: float = 0.02
+    #: the largest object any party reads from the exchange (an update of ML-100K's NeuMF is 3.7 MB)
+    max_payload_bytes: int = 268_435_456
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.federation.join_timeout_s > 0, "federation.join_timeout_s must be > 0"),
         (cfg.federation.round_timeout_s > 0, "federation.round_timeout_s must be > 0"),
         (0 < cfg.federation.poll_interval_s <= 60, "federation.poll_interval_s must be in (0, 60]"),
+        (cfg.federation.max_payload_bytes >= 4096, "federation.max_payload_bytes must be >= 4096"),
         (len(set(cfg.federation.silos)) == len(cfg.federation.silos), "federation.silos has duplicates"),
         (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
         (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),

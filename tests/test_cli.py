@@ -113,3 +113,16 @@ def test_identities_become_a_pinned_roster_and_keys_of_finished_runs_can_be_forg
     forgot = runner.invoke(app, ["silo", "forget-keys", "--silo", "0", "--all", "--params", str(params_file)])
     assert forgot.exit_code == 0, forgot.output
     assert not keys.exists() and (tmp_path / "state" / "silos" / "0" / "identity" / "identity.key").exists()
+
+
+def test_a_cut_off_other_than_10_is_reported_as_such(params_file):
+    result = CliRunner().invoke(app, ["centralized", "--model", "pop", "--json", "--params", str(params_file),
+                                      "-S", "evaluation.k=5"])
+
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.splitlines()[-1])
+    assert {"hr@5", "ndcg@5", "full_hr@5", "full_ndcg@5"} <= set(payload) and "hr@10" not in payload
+    assert payload["selection_metric"] == "val_hr@5"
+    table = CliRunner().invoke(app, ["centralized", "--model", "pop", "--params", str(params_file),
+                                     "-S", "evaluation.k=5"])
+    assert table.exit_code == 0 and "hr@5" in table.stdout and "hr@10" not in table.stdout

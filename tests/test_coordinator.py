@@ -193,6 +193,15 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
         post(dataclasses.replace(honest, n_samples=10**9))
     elif kind == "NaN":
         post(dataclasses.replace(honest, chunks=(np.full(layout_size(honest.layout), np.nan).tobytes(),)))
+    elif kind == "truncated":
+        signed = seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=key, author=d.identity)
+        coord.exchange.put(key, signed[:-100])
+    elif kind == "oversized":  # over federation.max_payload_bytes (4096 in this test): never read
+        post(dataclasses.replace(honest, chunks=(honest.chunks[0] + b"\0" * 8 * 1024,)))
+    elif kind == "wrong kind":
+        post(dataclasses.replace(honest, kind="global"))
+    elif kind == "future round":
+        post(d.payload(coord, 1, participants, claimed_round=2))
     elif kind == "corrupt bytes":
         coord.exchange.put(key, seal_envelope(b"FEDREC1\n\x00\x00garbage", run_id=coord.run_id, key=key,
                                               author=d.identity))
@@ -214,10 +223,14 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
     ("implausible n_samples", "n_samples 1000000000 (declared 8"),
     ("NaN", "not finite"),
     ("corrupt bytes", "corrupt header"),
+    ("truncated", "bad signature from 'd'"),
+    ("oversized", "larger than federation.max_payload_bytes=4096"),
+    ("wrong kind", "expected a 'update' payload, got 'global'"),
+    ("future round", "round 2 (expected 1)"),
 ])
 def test_a_forged_or_replayed_update_is_that_silos_dropout_and_the_others_sum_is_unchanged(cfg, kind, reason):
     # Prepare: a, b, c send honest masked updates; d's is forged; the survivors' remask is ready
-    coord = Coordinator(cfg, "run-f", n_items=6)
+    coord = Coordinator(cfg.replace(**{"federation.max_payload_bytes": 4096}), "run-f", n_items=6)
     silos = _opened(coord, "abcd")
     participants = coord.start_round(1, evaluate=False)
     for name in "abc":

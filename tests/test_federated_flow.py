@@ -144,7 +144,8 @@ def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     frame.to_parquet(bad, index=False)
 
     # Execute
-    summary = run_demo(params_path=str(params_file), overrides={"federation.rounds": 1, "federation.min_silos": 2})
+    summary = run_demo(params_path=str(params_file), overrides={"federation.rounds": 1, "federation.min_silos": 2,
+                                                                "evaluation.k": 5})
 
     # Assert: silo 1 left out with the failed expectation as the reason; 0 and 2 trained
     assert set(summary["excluded"]) == {"1"}
@@ -153,6 +154,7 @@ def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     assert "1 unexpected value(s)" in summary["excluded"]["1"] and "[9]" not in summary["excluded"]["1"]
     assert "[9]" not in (pipeline.Paths.of(tiny_cfg).validation / "1.json").read_text()
     assert summary["silos"] == ["0", "2"]
+    assert {"hr@5", "ndcg@5", "full_hr@5", "full_ndcg@5"} <= set(summary) and "hr@10" not in summary  # evaluation.k
     assert set(summary["bytes_per_round"]) == {"0", "2"}
     assert set(summary["per_silo_test"]) == {"0", "2"}
     assert [h["round"] for h in summary["history"]] == [1]

@@ -107,10 +107,12 @@ def test_the_agent_keeps_its_model_in_memory_between_rounds(cfg):
     assert agent.store.model_path.exists()
 
 
-def test_unreadable_data_is_a_failed_verdict_and_the_silo_is_left_out(cfg):
-    # Prepare: silo 2's Parquet file is truncated
+@pytest.mark.parametrize("damage", ["truncated", "empty file"])
+def test_unreadable_data_is_a_failed_verdict_and_the_silo_is_left_out(cfg, damage):
+    # Prepare: silo 2's Parquet file is truncated, or empty (0 bytes)
     path = pipeline.Paths.of(cfg).silos / "2" / "interactions.parquet"
-    path.write_bytes(path.read_bytes()[:100])
+    path.write_bytes(path.read_bytes()[:100] if damage == "truncated" else b"")
+    size = path.stat().st_size
     agents = {s: SiloAgent(cfg, s, "run-4") for s in ("0", "1", "2")}
     coord = Coordinator(cfg.replace(**{"federation.min_silos": 2}), "run-4", n_items=len(pipeline.catalogue_ids(cfg)))
 
@@ -123,7 +125,7 @@ def test_unreadable_data_is_a_failed_verdict_and_the_silo_is_left_out(cfg):
     assert hellos["2"].failures[0].startswith("data could not be read (")
     assert admission.silos == ["0", "1"]
     assert admission.excluded["2"].startswith("data validation failed: data could not be read")
-    assert path.stat().st_size == 100  # nothing of the silo's data was touched
+    assert path.stat().st_size == size  # nothing of the silo's data was touched
 
 
 def test_a_silo_never_sends_an_update_holding_nan(cfg):

@@ -57,6 +57,13 @@ def _corrupt(kind: str) -> pd.DataFrame:
         df.loc[4, "rating"] = 9
     elif kind == "ts_1970":
         df.loc[0, "timestamp"] = 0
+    elif kind == "ts_negative":
+        df.loc[0, "timestamp"] = -86_400
+    elif kind == "null_user":
+        df["user_id"] = df["user_id"].astype("float64")
+        df.loc[5, "user_id"] = np.nan
+    elif kind == "string_rating":
+        df["rating"] = df["rating"].astype(str)
     elif kind == "ts_future":
         df.loc[0, "timestamp"] = NOW + 86_400
     elif kind == "duplicate":
@@ -80,6 +87,9 @@ CASES = {
     "rating_9": ("expect_column_values_to_be_between", "rating"),
     "ts_1970": ("expect_column_values_to_be_between", "timestamp"),
     "ts_future": ("expect_column_values_to_be_between", "timestamp"),
+    "ts_negative": ("expect_column_values_to_be_between", "timestamp"),
+    "null_user": ("expect_column_values_to_not_be_null", "user_id"),
+    "string_rating": ("expect_column_values_to_be_in_type_list", "rating"),
     "duplicate": ("expect_compound_columns_to_be_unique", None),
     "empty": ("expect_table_row_count_to_be_between", None),
     "too_few": ("expect_column_min_to_be_between", "user_interaction_count"),

@@ -39,9 +39,13 @@ def check_silo_id(silo_id: str) -> str:
     return silo_id
 
 
+class PayloadTooLargeError(PayloadError):
+    """An object on the exchange is larger than federation.max_payload_bytes: not read."""
+
+
 class Exchange:
-    def __init__(self, url: str, run_id: str = ""):
-        self.url, self.run_id = url, run_id
+    def __init__(self, url: str, run_id: str = "", max_bytes: int = 2 ** 30):
+        self.url, self.run_id, self.max_bytes = url, run_id, max_bytes
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.fs.makedirs(self.root, exist_ok=True)
 
@@ -82,11 +86,16 @@ class Exchange:
         return open_envelope(self.get(key), run_id=self.run_id, key=key, author=author)
 
     def get(self, key: str) -> bytes:
+        """The bytes under ``key``; never more than ``max_bytes`` are read (a larger object is refused)."""
         try:
             with self.fs.open(self._path(key), "rb") as fh:
-                return fh.read()
+                data = fh.read(self.max_bytes + 1)
         except FileNotFoundError as exc:
             raise PayloadError(f"{self.url}/{key} does not exist (was the producing task run?)") from exc
+        if len(data) > self.max_bytes:
+            raise PayloadTooLargeError(f"{self.url}/{key} is larger than federation.max_payload_bytes="
+                                       f"{self.max_bytes}: not read")
+        return data
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
@@ -200,4 +209,4 @@ def run_exchange(cfg, run_id: str) -> Exchange:
     """The exchange of one federation run: ``federation.exchange_url``/<run_id>."""
     if not re.match(r"^[A-Za-z0-9_.-]+$", run_id) or ".." in run_id:
         raise ConfigError(f"run id {run_id!r} is not allowed as a path segment")
-    return Exchange(f"{cfg.federation.exchange_url.rstrip('/')}/{run_id}", run_id)
+    return Exchange(f"{cfg.federation.exchange_url.rstrip('/')}/{run_id}", run_id, cfg.federation.max_payload_bytes)
