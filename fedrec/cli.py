@@ -179,19 +179,21 @@ ModelOpt = typer.Option(None, "--model", "-m", help="gmf | neumf")
 NoHeOpt = typer.Option(False, "--no-he", help="aggregate the same payloads in plaintext (to measure HE cost)")
 JsonOpt = typer.Option(False, "--json", help="emit one JSON object on stdout")
 OutOpt = typer.Option(None, "--out", help="also write the JSON summary to this file")
+RunIdOpt = typer.Option(None, "--run-id", help="name the federation run; a run with a checkpoint (it crashed) "
+                                               "resumes after its last completed round")
 
 
 @app.command()
 def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsOpt, model: Optional[str] = ModelOpt,
         no_he: bool = NoHeOpt, as_json: bool = JsonOpt, output: Optional[Path] = OutOpt,
-        params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+        params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt, run_id: Optional[str] = RunIdOpt) -> None:
     """One machine: provision the demo silos, then federate them (silo agents in host processes, CKKS by default)."""
     with _user_errors():
         overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_config(params, overrides)  # fail fast on bad config, before Prefect starts
         from flows.federated import run_demo
 
-        summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True)
+        summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)
     _print_summary(summary, cfg.evaluation.k, output, as_json)
 
 
@@ -199,7 +201,8 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
 def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated roster, e.g. 0,1,2"),
                rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsOpt,
                model: Optional[str] = ModelOpt, no_he: bool = NoHeOpt, as_json: bool = JsonOpt,
-               output: Optional[Path] = OutOpt, params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+               output: Optional[Path] = OutOpt, params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+               run_id: Optional[str] = RunIdOpt) -> None:
     """The coordinator only: start the silos' agents (their deployments, or local hosts) and run the rounds.
 
     Opens no silo's data or keys; needs the public item catalogue (data/catalogue) and the exchange."""
@@ -209,7 +212,8 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
         from flows.federated import run_federation
 
         summary = run_federation(params_path=str(params), overrides=overrides,
-                                 silos=[s.strip() for s in silos.split(",") if s.strip()], show_progress=not as_json)
+                                 silos=[s.strip() for s in silos.split(",") if s.strip()], show_progress=not as_json,
+                                 run_id=run_id)
     _print_summary(summary, cfg.evaluation.k, output, as_json)
     from fedrec.audit import hold_for_inspection
 

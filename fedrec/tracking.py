@@ -73,10 +73,16 @@ class RunLogger:
 
 
 @contextmanager
-def mlflow_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> Iterator[RunLogger]:
+def mlflow_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None,
+               run_id: str | None = None) -> Iterator[RunLogger]:
+    """A new MLflow run, or (``run_id``) the continuation of an existing one, e.g. a resumed federation."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield RunLogger(mlflow, run)
+        return
     experiment_id = _experiment_id(mlflow, cfg.tracking.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags or {}) as run:
         yield RunLogger(mlflow, run)

@@ -11,6 +11,7 @@ silos run their own `silo_agent` flow runs (flows/silo_agent.py) in their own pr
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -18,9 +19,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from fedrec import pipeline
+from fedrec import faults, pipeline
 from fedrec.config import Config, load_config
-from fedrec.coordinator.coordinator import Coordinator
+from fedrec.coordinator.coordinator import Coordinator, checkpoint_extra
 from fedrec.coordinator.launch import DeploymentLauncher, LocalSiloHosts, local_server_yields_cpu, prefect_api
 from fedrec.coordinator.report import RoundRecord, rounds_figure
 from fedrec.coordinator.summary import better, evaluation_due, register_model, summarize
@@ -48,18 +49,28 @@ def _launcher(cfg: Config, run_id: str, silos: list[str], params_path: str, over
 
 
 def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params_path: str, overrides: dict | None,
-             sizes: dict[str, int] | None = None, refit: bool = False, on_round=None, launcher=None):
+             sizes: dict[str, int] | None = None, refit: bool = False, on_round=None, launcher=None,
+             checkpoint: dict | None = None):
     """Launch the silo agents (unless ``launcher`` already did), admit them, run ``rounds`` rounds, stop them.
-    Returns (coordinator, history)."""
+    After each round the coordinator's state is checkpointed (with ``checkpoint``, e.g. the MLflow run id); a run
+    that has a checkpoint resumes after its last checkpointed round instead. Returns (coordinator, history)."""
     launcher = launcher or _launcher(cfg, run_id, roster, params_path, overrides, sizes, refit)
     coord = Coordinator(cfg, run_id, len(pipeline.catalogue_ids(cfg)), gone=launcher.gone)
     history: list[RoundRecord] = []
     finished = False
     try:
-        admit(coord, roster)
-        open_federation(coord)
+        restored = coord.restore()
+        if restored is None:
+            admit(coord, roster)
+            open_federation(coord)
+            first = 1
+        else:
+            last, extra = restored
+            history = [RoundRecord(**record) for record in extra.get("history", [])]
+            first = last + 1
+            get_run_logger().info("run %s resumes after round %d (its checkpoint)", run_id, last)
         local_server_yields_cpu()
-        for r in range(1, rounds + 1):
+        for r in range(first, rounds + 1):
             evaluate = evaluation_due(cfg, r, rounds, refit)
             record = federated_round(coord, r, evaluate)
             if evaluate:
@@ -67,6 +78,8 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
             history.append(record)
             if on_round is not None:
                 on_round(record)
+            coord.save_checkpoint(r, {"history": [dataclasses.asdict(h) for h in history], **(checkpoint or {})})
+            faults.crash_point("coordinator-after-round", r)
         finished = True
     finally:
         coord.stop("finished" if finished else "the coordinator stopped early", len(history))
@@ -79,10 +92,11 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
 @flow(name="federated_training")
 def federated_training(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                        silos: list[str] | None = None, silo_sizes: dict[str, int] | None = None,
-                       show_progress: bool = False) -> dict[str, Any]:
-    """Train one recommender across the silos with encrypted aggregation; returns the run's summary."""
+                       show_progress: bool = False, run_id: str | None = None) -> dict[str, Any]:
+    """Train one recommender across the silos with encrypted aggregation; returns the run's summary. ``run_id``:
+    the federation run (default: this flow run's id); one that has a checkpoint resumes after its last round."""
     cfg = load_config(params_path, overrides)
-    run_id = str(flow_run.get_id() or uuid.uuid4())
+    run_id = run_id or str(flow_run.get_id() or uuid.uuid4())
     roster = list(silos or cfg.federation.silos)
     if not roster:
         raise ConfigError("no silos to federate: list them in federation.silos (or run `fedrec run`)")
@@ -99,24 +113,30 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
                      overrides: dict | None, silo_sizes: dict | None, show_progress: bool) -> dict[str, Any]:
     logger = get_run_logger()
     k = cfg.evaluation.k
-    best: RoundRecord | None = None
+    resumed = checkpoint_extra(cfg, run_id)  # a crashed run continues its own MLflow run
     with mlflow_run(cfg, f"federated-{cfg.model.name}-{'he' if cfg.federation.he else 'plain'}",
-                    {"kind": "federated", "model": cfg.model.name, "prefect_flow_run": run_id}) as run, \
+                    {"kind": "federated", "model": cfg.model.name, "prefect_flow_run": run_id},
+                    run_id=resumed.get("mlflow_run_id") if resumed else None) as run, \
             _round_progress(show_progress, cfg.federation.rounds) as progress:
-        run.log_config(cfg)
+        if resumed is None:
+            run.log_config(cfg)
+        elif progress:
+            progress.update(progress.task_ids[0], advance=len(resumed.get("history", [])))
 
         def on_round(record: RoundRecord) -> None:
-            nonlocal best
             run.log_metrics(record.mlflow_metrics(), step=record.round)
             create_markdown_artifact(record.markdown(k), key="fedrec-round", description=f"round {record.round}")
-            best = record if better(cfg, record, best) else best
             status = f"loss {record.loss:.4f}" + (f" hr@{k} {record.val[f'hr@{k}']:.4f} (val)" if record.val else "")
             logger.info("round %d: %s%s", record.round, status, f"; failed: {record.failures}" if record.failures else "")
             if progress:
                 progress.update(progress.task_ids[0], advance=1, status=status)
 
         coord, history = federate(cfg, run_id, roster, cfg.federation.rounds, params_path=params_path,
-                                  overrides=overrides, sizes=silo_sizes, on_round=on_round, launcher=launcher)
+                                  overrides=overrides, sizes=silo_sizes, on_round=on_round, launcher=launcher,
+                                  checkpoint={"mlflow_run_id": run.run_id})
+        best: RoundRecord | None = None
+        for record in history:  # restored rounds of a resumed run included
+            best = record if better(cfg, record, best) else best
         if best is None:
             raise FederationError("no round was evaluated: no silo returned metric sums")
         adm = coord.admission
@@ -158,18 +178,18 @@ def _round_progress(enabled: bool, total: int):
 
 def run_federation(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                    silos: list[str] | None = None, silo_sizes: dict[str, int] | None = None,
-                   show_progress: bool = False) -> dict[str, Any]:
+                   show_progress: bool = False, run_id: str | None = None) -> dict[str, Any]:
     """Run `federated_training` against a Prefect API that the silo agents can reach too."""
     with prefect_api():
         return federated_training(params_path=params_path, overrides=overrides, silos=silos, silo_sizes=silo_sizes,
-                                  show_progress=show_progress)
+                                  show_progress=show_progress, run_id=run_id)
 
 
 def run_demo(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
-             show_progress: bool = False) -> dict[str, Any]:
+             show_progress: bool = False, run_id: str | None = None) -> dict[str, Any]:
     """One machine, embedded defaults: provision the demo silos (the data owners' step), then federate them."""
     cfg = load_config(params_path, overrides)
     silos = pipeline.ensure_partitioned(cfg)
     if cfg.federation.silos:
         silos = [s for s in silos if s in cfg.federation.silos]
-    return run_federation(params_path, overrides, silos, pipeline.silo_sizes(cfg), show_progress)
+    return run_federation(params_path, overrides, silos, pipeline.silo_sizes(cfg), show_progress, run_id)

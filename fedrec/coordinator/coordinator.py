@@ -35,9 +35,15 @@ from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT
                                   ExchangeConflictError, aggregate_key, fit_report_key, global_key, hello_key,
                                   instruction_key, left_key, mean_key, metrics_key, no_aggregate_key, remask_key,
                                   run_exchange, update_key)
-from fedrec.wire.messages import Admission, FitReport, Hello, Left, MetricReport, Remask, Stop
+from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport, Remask, Stop
 from fedrec.wire.payload import EncryptedUpdate
 from models import build_model
+
+
+def checkpoint_extra(cfg: Config, run_id: str) -> dict | None:
+    """What the last checkpoint of run ``run_id`` carries besides the model (history, MLflow run), or None."""
+    path = Path(cfg.federation.state_dir) / "coordinator" / run_id / "checkpoint.pt"
+    return torch.load(path, weights_only=False)["extra"] if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,46 @@ class Coordinator:
 
     def __repr__(self) -> str:
         return f"Coordinator(run={self.run_id!r})"
+
+    def _post(self, key: str, body: bytes) -> bytes:
+        """Write ``body`` under ``key`` signed by this coordinator, or, when a previous life of this run's
+        coordinator wrote it already (a resumed run), use what is there: each key means the same thing once."""
+        if self.exchange.exists(key):
+            return self.exchange.read(key, self.identity.public)
+        try:
+            self.exchange.post(key, body, self.identity)
+        except ExchangeConflictError:
+            return self.exchange.read(key, self.identity.public)
+        return body
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.state_dir / self.run_id / "checkpoint.pt"
+
+    def save_checkpoint(self, server_round: int, extra: dict) -> None:
+        """Everything needed to resume after ``server_round``, written atomically (temporary file, rename): the
+        global model, the strategy's state, the silos' declared sizes and ``extra`` (history, MLflow run)."""
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"round": server_round, "global_state": self.global_state,
+                    "momentum": self.server_state.momentum, "n_train": self.n_train, "extra": extra}, tmp)
+        tmp.replace(path)
+
+    def restore(self) -> tuple[int, dict] | None:
+        """Resume this run after a crash: its admission, public context, global model and strategy state as of
+        the last checkpointed round. Returns (round, extra), or None when the run has no checkpoint."""
+        if not self.checkpoint_path.exists():
+            return None
+        saved = torch.load(self.checkpoint_path, weights_only=False)
+        self.admission = Admission.from_json(self.exchange.read(ADMISSION_KEY, self.identity.public), ADMISSION_KEY)
+        self._roster = list(self.admission.silos)
+        self.roster = Roster.from_json(json.dumps(self.admission.roster).encode(), ADMISSION_KEY)
+        self.n_train = dict(saved["n_train"])
+        self.open_context()
+        self.global_state = saved["global_state"]
+        self.server_state = ServerState(momentum=saved["momentum"])
+        return int(saved["round"]), saved["extra"]
 
     def gone(self) -> set[str]:
         """Silos known to have stopped: their process or flow run ended, or they left a ``left.json``
@@ -213,12 +259,19 @@ class Coordinator:
 
     def start_round(self, server_round: int, evaluate: bool) -> list[str]:
         """Instructions for every admitted silo that is still around (they fix the round's participant set,
-        which the masks are made for); returns them."""
+        which the masks are made for); returns them. A resumed run reuses the round's instructions if it had
+        sent them before its crash."""
+        for silo in self.admission.silos:
+            if self.exchange.exists(instruction_key(server_round, silo)):
+                key = instruction_key(server_round, silo)
+                sent = FitInstructions.from_json(self.exchange.read(key, self.identity.public), key)
+                self.decryptors[server_round] = sent.decryptor
+                return list(sent.silos)
         silos = [s for s in self.admission.silos if s not in self.gone()]
         self.decryptors[server_round] = self.decryptor()
         for silo, ins in self.strategy.configure_fit(server_round, silos).items():
             ins = dataclasses.replace(ins, silos=silos, evaluate=evaluate, decryptor=self.decryptors[server_round])
-            self.exchange.post(instruction_key(server_round, silo), ins.to_json(), self.identity)
+            self._post(instruction_key(server_round, silo), ins.to_json())
         return silos
 
     def _verified_update(self, server_round: int, silo: str, attempt: int, layout) -> EncryptedUpdate:
@@ -266,8 +319,9 @@ class Coordinator:
                 break
             attempt += 1
             participants = sorted(updates)
-            self.exchange.post(remask_key(server_round, attempt),
-                               Remask(round=server_round, attempt=attempt, silos=participants).to_json(), self.identity)
+            posted = self._post(remask_key(server_round, attempt),
+                                Remask(round=server_round, attempt=attempt, silos=participants).to_json())
+            participants = Remask.from_json(posted, remask_key(server_round, attempt)).silos  # a resumed run's
         if len(updates) < fed.min_silos:
             for silo in updates:
                 failures[silo] = (f"round skipped: {len(updates)} valid update(s), fewer than "
@@ -279,11 +333,11 @@ class Coordinator:
     def aggregate(self, server_round: int, updates: list[EncryptedUpdate]) -> EncryptedUpdate | None:
         """Add the ciphertexts (no decryption here) and publish the sum for the key holder."""
         if not updates:
-            self.exchange.post(no_aggregate_key(server_round), b"{}", self.identity)
+            self._post(no_aggregate_key(server_round), b"{}")
             return None
         aggregate = aggregate_updates(updates, self.codec, server_round, self.cfg.crypto)
-        self.exchange.post(aggregate_key(server_round), aggregate.to_bytes(), self.identity)
-        return aggregate
+        posted = self._post(aggregate_key(server_round), aggregate.to_bytes())
+        return EncryptedUpdate.from_bytes(posted, expect_kind="aggregate", source=aggregate_key(server_round))
 
     def mean(self, server_round: int, aggregate: EncryptedUpdate | None) -> AggregateResult | None:
         """The round's mean update: decrypted by the round's decryptor (HE), or computed here (plaintext)."""
@@ -310,18 +364,11 @@ class Coordinator:
             server_round, self.global_state, result, sorted(failures.items()), self.server_state)
         if new_state is not None:
             self.global_state = new_state
-        self.exchange.post(global_key(server_round), encode_global(self.global_state, server_round).to_bytes(),
-                           self.identity)
-        self._checkpoint(server_round)
+        posted = self._post(global_key(server_round), encode_global(self.global_state, server_round).to_bytes())
+        if posted != encode_global(self.global_state, server_round).to_bytes():  # a resumed round must agree
+            raise FederationError(f"round {server_round}: the global model on the exchange differs from the one "
+                                  "recomputed on resume; the run's exchange or checkpoint was changed")
         return new_state is not None
-
-    def _checkpoint(self, server_round: int) -> None:
-        """Strategy state with the coordinator, not in any silo's store."""
-        path = self.state_dir / self.run_id / "server_state.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"round": server_round, "momentum": self.server_state.momentum}, tmp)
-        tmp.replace(path)
 
     def collect_metrics(self, server_round: int, silos: list[str]) -> tuple[list[MetricReport], dict[str, str]]:
         arrived = self.exchange.wait_all({s: metrics_key(server_round, s) for s in silos},

@@ -54,7 +54,10 @@ class LocalSiloHosts:
                  overrides: dict | None, api_url: str | None, validation_in_train: bool = False,
                  sizes: dict[str, int] | None = None):
         self.groups = balanced_groups(silos, host_count(cfg), sizes)
+        self.run_id = run_id
         self.log_dir = Path(cfg.federation.state_dir) / "logs" / run_id
+        self.pid_file = Path(cfg.federation.state_dir) / "coordinator" / run_id / "hosts.json"
+        self.attached: list[tuple[list[str], int]] = []  # hosts of this run that outlived a crashed coordinator
         self._cmd = [sys.executable, "-m", "fedrec.silo.host", "--params", str(params_path), "--run-id", run_id,
                      "--overrides", json.dumps(overrides or {})] + (["--validation-in-train"] if validation_in_train
                                                                      else [])
@@ -64,18 +67,35 @@ class LocalSiloHosts:
             {"PREFECT_API_URL": api_url} if api_url else {})
         self.procs: list[tuple[list[str], subprocess.Popen]] = []
 
+    def _host_alive(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"fedrec.silo.host" in cmdline and self.run_id.encode() in cmdline
+
     def start(self) -> "LocalSiloHosts":
+        """Start the hosts; or, when this run's hosts outlived its crashed coordinator, attach to them (their
+        silo agents kept their state in memory and wait for the next round's instructions)."""
+        if self.pid_file.exists():
+            previous = [(entry["silos"], int(entry["pid"])) for entry in json.loads(self.pid_file.read_text())]
+            if previous and all(self._host_alive(pid) for _, pid in previous):
+                self.attached = previous
+                return self
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for i, group in enumerate(self.groups):
             with open(self.log_dir / f"host-{i}.log", "wb") as log:  # the host keeps its own descriptor
                 proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group)], stdout=log,
                                         stderr=subprocess.STDOUT, env=self._env)
             self.procs.append((group, proc))
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(json.dumps([{"silos": g, "pid": p.pid} for g, p in self.procs]))
         return self
 
     def gone(self) -> set[str]:
         """Silos whose host process has exited."""
-        return {s for group, proc in self.procs if proc.poll() is not None for s in group}
+        return ({s for group, proc in self.procs if proc.poll() is not None for s in group}
+                | {s for group, pid in self.attached if not self._host_alive(pid) for s in group})
 
     def failed_hosts(self) -> list[str]:
         return [f"host {i} ({','.join(g)}) exit {p.returncode}; log {self.log_dir / f'host-{i}.log'}"
@@ -90,6 +110,12 @@ class LocalSiloHosts:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for group, pid in self.attached:  # not our children: wait by looking
+            while self._host_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if self._host_alive(pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
         return self.failed_hosts()
 
 
@@ -103,10 +129,24 @@ class DeploymentLauncher:
         self._gone: set[str] = set()
         self._checked = 0.0
 
+    def _running(self) -> dict[str, object]:
+        """Agent flow runs of this run that are still going (they outlived a crashed coordinator)."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=self.run_id)))
+        names = {f"silo-{s}-{self.run_id}": s for s in self.silos}
+        return {names[r.name]: r for r in runs if r.name in names and r.state is not None and not r.state.is_final()}
+
     def start(self) -> "DeploymentLauncher":
+        """Start a flow run of each silo's deployment, or reuse the one still running for this run (resume)."""
         from prefect.deployments import run_deployment
 
+        self.flow_runs.update(self._running())
         for silo in self.silos:
+            if silo in self.flow_runs:
+                continue
             self.flow_runs[silo] = run_deployment(
                 deployment_name(silo), timeout=0,
                 parameters={"run_id": self.run_id, "validation_in_train": self.validation_in_train},
