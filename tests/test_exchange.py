@@ -57,3 +57,28 @@ def test_local_exchange_writes_files(tmp_path):
 
     assert (tmp_path / "ex" / "round-0012" / "updates" / "a0" / "other.bin").read_bytes() == b"\x00\x01"
     assert [p.name for p in (tmp_path / "ex" / "round-0012" / "updates" / "a0").iterdir()] == ["other.bin"]
+
+
+def test_a_writer_killed_mid_write_leaves_no_readable_payload(tmp_path):
+    # Prepare: a process writes a 400 MB payload to the exchange and is killed while it writes
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "ex"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "from fedrec.wire.exchange import Exchange, update_key\n"
+        f"Exchange({str(root)!r}).put(update_key(1, 'a'), b'x' * (400 * 2**20))\n")])
+    deadline = time.monotonic() + 60
+    while not list(root.rglob(".*.tmp")) and time.monotonic() < deadline and writer.poll() is None:
+        time.sleep(0.005)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+
+    # Assert: the half-written temporary file is never the key; a reader sees no payload at all
+    ex = Exchange(str(root))
+    assert writer.returncode == -signal.SIGKILL
+    assert not ex.exists(update_key(1, "a"))
+    with pytest.raises(PayloadError, match="does not exist"):
+        ex.get(update_key(1, "a"))

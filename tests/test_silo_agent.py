@@ -198,3 +198,29 @@ def test_a_silo_sits_out_a_round_whose_participant_set_is_too_small(cfg):
 
     # Assert: nothing sent
     assert report is None and not agents["1"].exchange.exists(update_key(1, "1"))
+
+
+def test_a_silo_that_missed_a_round_rejoins_from_the_current_global_model(cfg):
+    # Prepare: no masks (the others' sum needs no remask), two contributors suffice; silo 2 is too slow for round 1
+    plain = cfg.replace(**{"federation.masking": False, "federation.he": False, "federation.round_timeout_s": 0.5,
+                           "federation.min_silos": 2})
+    coord, agents = _opened(plain, "run-9")
+    silos = coord.start_round(1, evaluate=False)
+    for silo in ("0", "1"):
+        agents[silo].fit(agents[silo].next_instructions(0))
+    collected = coord.collect_updates(1, silos)
+    coord.step(1, coord.mean(1, coord.aggregate(1, collected.updates)), collected.failures)
+
+    # Execute: round 2; silo 3 takes part again
+    silos_2 = coord.start_round(2, evaluate=False)
+    ins = agents["2"].next_instructions(1)
+    report = agents["2"].fit(ins)
+    for silo in ("0", "1"):
+        agents[silo].fit(agents[silo].next_instructions(1))
+    collected_2 = coord.collect_updates(2, silos_2)
+
+    # Assert: round 1 went on without it (a recorded failure); in round 2 it trained from global(1), not global(0)
+    assert collected.failures == {"2": "no update within 0s"} and coord.exchange.exists("global/round-0001.bin")
+    assert "2" in silos_2 and ins.round == 2 and report is not None
+    assert agents["2"]._global[0] == 1
+    assert collected_2.failures == {} and [u.silo_id for u in collected_2.updates] == ["0", "1", "2"]
