@@ -82,3 +82,24 @@ def test_a_writer_killed_mid_write_leaves_no_readable_payload(tmp_path):
     assert not ex.exists(update_key(1, "a"))
     with pytest.raises(PayloadError, match="does not exist"):
         ex.get(update_key(1, "a"))
+
+
+def test_transient_io_errors_are_retried_and_named_errors_are_not(tmp_path, monkeypatch):
+    from fedrec.wire import exchange as exchange_module
+
+    monkeypatch.setattr(exchange_module, "IO_RETRY_DELAYS", (0.0, 0.0))
+    ex = Exchange(str(tmp_path / "ex"))
+    real_open, failures = ex.fs.open, []
+
+    def flaky_open(path, mode="rb", **kw):
+        if len(failures) < 2:  # the object store blips twice
+            failures.append(path)
+            raise OSError(5, "Input/output error")
+        return real_open(path, mode, **kw)
+
+    monkeypatch.setattr(ex.fs, "open", flaky_open)
+    ex.put(update_key(1, "a"), b"alpha")
+
+    assert len(failures) == 2 and ex.get(update_key(1, "a")) == b"alpha"
+    with pytest.raises(ExchangeConflictError):  # named: not retried into success
+        ex.put(update_key(1, "a"), b"again")

@@ -39,6 +39,25 @@ def check_silo_id(silo_id: str) -> str:
     return silo_id
 
 
+#: transient I/O on the exchange (a network blip on object storage, EIO) is retried after these pauses; a
+#: missing or existing key and named fedrec errors are not transient and are never retried
+IO_RETRY_DELAYS = (0.2, 1.0, 3.0)
+
+
+def _with_io_retries(fn):
+    def wrapper(*args, **kwargs):
+        for delay in (*IO_RETRY_DELAYS, None):
+            try:
+                return fn(*args, **kwargs)
+            except (FileNotFoundError, FileExistsError, PayloadError):
+                raise
+            except OSError:
+                if delay is None:
+                    raise
+                time.sleep(delay)
+    return wrapper
+
+
 class PayloadTooLargeError(PayloadError):
     """An object on the exchange is larger than federation.max_payload_bytes: not read."""
 
@@ -52,6 +71,7 @@ class Exchange:
     def _path(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key}"
 
+    @_with_io_retries
     def put(self, key: str, data: bytes) -> int:
         path = self._path(key)
         parent = path.rsplit("/", 1)[0]
@@ -85,6 +105,7 @@ class Exchange:
 
         return open_envelope(self.get(key), run_id=self.run_id, key=key, author=author)
 
+    @_with_io_retries
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; never more than ``max_bytes`` are read (a larger object is refused)."""
         try:
@@ -97,6 +118,7 @@ class Exchange:
                                        f"{self.max_bytes}: not read")
         return data
 
+    @_with_io_retries
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
 
