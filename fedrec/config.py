@@ -145,6 +145,27 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """User-level differential privacy inside each silo (fedrec.privacy); off by default."""
+
+    enabled: bool = False
+    #: L2 bound on one user's change of the shared parameters in a round
+    clip_norm: float = 0.1
+    #: sigma (noise std / clip_norm of the summed update); ignored when target_epsilon > 0
+    noise_multiplier: float = 1.0
+    #: > 0: choose sigma so that epsilon after federation.rounds reaches this (Opacus RDP accountant)
+    target_epsilon: float = 0.0
+    delta: float = 1e-5
+    #: each round each silo samples each of its users with this probability
+    user_sample_rate: float = 1.0
+    #: local SGD steps on one user's interactions, and their learning rate
+    user_steps: int = 5
+    user_lr: float = 0.5
+    #: a user's rows per round are capped at this (a random subset for very active users)
+    max_rows_per_user: int = 512
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     #: None -> env MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
     uri: str | None = None
@@ -161,6 +182,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def replace(self, **overrides: Any) -> "Config":
@@ -288,6 +310,14 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.federation.round_timeout_s > 0, "federation.round_timeout_s must be > 0"),
         (0 < cfg.federation.poll_interval_s <= 60, "federation.poll_interval_s must be in (0, 60]"),
         (cfg.federation.max_payload_bytes >= 4096, "federation.max_payload_bytes must be >= 4096"),
+        (cfg.privacy.clip_norm > 0, "privacy.clip_norm must be > 0"),
+        (cfg.privacy.noise_multiplier >= 0, "privacy.noise_multiplier must be >= 0"),
+        (cfg.privacy.target_epsilon >= 0, "privacy.target_epsilon must be >= 0 (0: use privacy.noise_multiplier)"),
+        (0 < cfg.privacy.delta < 1, "privacy.delta must be in (0, 1)"),
+        (0 < cfg.privacy.user_sample_rate <= 1, "privacy.user_sample_rate must be in (0, 1]"),
+        (cfg.privacy.user_steps >= 1, "privacy.user_steps must be >= 1"),
+        (cfg.privacy.user_lr > 0, "privacy.user_lr must be > 0"),
+        (cfg.privacy.max_rows_per_user >= 1, "privacy.max_rows_per_user must be >= 1"),
         (len(set(cfg.federation.silos)) == len(cfg.federation.silos), "federation.silos has duplicates"),
         (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
         (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from fedrec import faults, pipeline
+from fedrec import faults, pipeline, privacy
 from fedrec.config import Config, load_config
 from fedrec.coordinator.coordinator import Coordinator, checkpoint_extra
 from fedrec.coordinator.launch import DeploymentLauncher, LocalSiloHosts, local_server_yields_cpu, prefect_api
@@ -123,8 +123,12 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         elif progress:
             progress.update(progress.task_ids[0], advance=len(resumed.get("history", [])))
 
+        sigma = privacy.noise_multiplier(cfg.privacy, cfg.federation.rounds) if cfg.privacy.enabled else 0.0
+
         def on_round(record: RoundRecord) -> None:
-            run.log_metrics(record.mlflow_metrics(), step=record.round)
+            dp = ({"dp_epsilon": privacy.epsilon(sigma, cfg.privacy.user_sample_rate, record.round, cfg.privacy.delta)}
+                  if cfg.privacy.enabled else {})
+            run.log_metrics(record.mlflow_metrics() | dp, step=record.round)
             create_markdown_artifact(record.markdown(k), key="fedrec-round", description=f"round {record.round}")
             status = f"loss {record.loss:.4f}" + (f" hr@{k} {record.val[f'hr@{k}']:.4f} (val)" if record.val else "")
             logger.info("round %d: %s%s", record.round, status, f"; failed: {record.failures}" if record.failures else "")
@@ -154,6 +158,13 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
             run.log_metrics({f"refit_test_{m}": v for m, v in final_test.items()})
             summary |= final_test
         summary["refit"] = cfg.training.refit
+        if cfg.privacy.enabled:  # user-level DP inside each silo (fedrec.privacy), Opacus' RDP accountant
+            summary["privacy"] = {
+                "unit": "user within a silo", "noise_multiplier": sigma, "clip_norm": cfg.privacy.clip_norm,
+                "user_sample_rate": cfg.privacy.user_sample_rate, "delta": cfg.privacy.delta,
+                "rounds": len(history), "epsilon": privacy.epsilon(sigma, cfg.privacy.user_sample_rate, len(history),
+                                                                   cfg.privacy.delta)}
+            run.log_params({"dp_noise_multiplier": sigma})
         summary["coordinator_can_decrypt"] = bool(getattr(coord.codec, "can_decrypt", False)) and cfg.federation.he
         run.log_metrics({f"selected_test_{m}": v for m, v in final_test.items()} | {"selected_round": best.round})
         run.log_dict(summary, "summary.json")

@@ -208,7 +208,8 @@ class Coordinator:
                 excluded[silo] = "no training interactions"
             else:
                 admitted.append(silo)
-                self.n_train[silo] = hello.n_train
+                # the weight each update must carry: training rows, or (user-level DP) the silo's users
+                self.n_train[silo] = hello.n_users if self.cfg.privacy.enabled else hello.n_train
         self._pin([idents[s] for s in admitted])
         capacity = int(value_limit(self.cfg.crypto)) if fed.he else 2 ** 20
         if len(admitted) < fed.min_silos or len(admitted) > capacity:

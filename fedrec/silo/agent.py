@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from fedrec import pipeline
+from fedrec import pipeline, privacy
 from fedrec.config import Config
 from fedrec.crypto import CKKSCodec, Codec, PlainCodec, context_fingerprint, create_keys
 from fedrec.errors import FederationError, FedrecError, PayloadError
@@ -267,6 +267,8 @@ class SiloAgent:
             log.warning("silo %s sits out round %d: %s", self.silo_id, r, problem)
             return None
         start_global = self.global_state(r - 1)
+        if cfg.privacy.enabled:
+            return self._fit_private(ins, start_global)
         with COMPUTE:
             self.model.load_shared_state(start_global)
             reference = {k: v.to(self.device) for k, v in start_global.items()}
@@ -286,6 +288,30 @@ class SiloAgent:
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=self.data.n_train, loss=float(np.mean(losses)),
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
                            plaintext_bytes=4 * sum(t.numel() for t in delta.values()))
+        self._post(fit_report_key(r, self.silo_id), report.to_json())
+        return report
+
+    def _fit_private(self, ins: FitInstructions, start_global: dict[str, torch.Tensor]) -> FitReport:
+        """The user-level DP variant of :meth:`fit` (fedrec.privacy): per-user local steps, clipped, summed,
+        noised with this silo's share of sigma, weighted by the silo's number of users."""
+        cfg, r = self.cfg, ins.round
+        with COMPUTE:
+            start = time.perf_counter()
+            sigma = privacy.noise_multiplier(cfg.privacy, cfg.federation.rounds)
+            update = privacy.private_update(self.model, self.data, start_global, cfg.privacy, sigma, len(ins.silos),
+                                            cfg.training.n_negatives,
+                                            np.random.default_rng(silo_seed(cfg.federation.seed, self.silo_id, r)),
+                                            self.device)
+            seconds_train = time.perf_counter() - start
+            if not all(bool(torch.isfinite(t).all()) for t in update.delta.values()):
+                raise PayloadError(f"silo {self.silo_id}, round {r}: the private update holds NaN/Inf; not sent")
+            self._pending = LocalUpdate(self.silo_id, r, update.n_users, update.delta)
+            start = time.perf_counter()
+            bytes_sent = self._send_update(r, 0, ins.silos)
+            seconds_encrypt = time.perf_counter() - start
+        report = FitReport(silo_id=self.silo_id, round=r, n_samples=update.n_users, loss=update.loss,
+                           seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
+                           plaintext_bytes=4 * sum(t.numel() for t in update.delta.values()))
         self._post(fit_report_key(r, self.silo_id), report.to_json())
         return report
 
