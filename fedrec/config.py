@@ -158,9 +158,9 @@ class PrivacyConfig:
     delta: float = 1e-5
     #: each round each silo samples each of its users with this probability
     user_sample_rate: float = 1.0
-    #: local SGD steps on one user's interactions, and their learning rate
+    #: local Adam steps on one user's interactions, and their learning rate
     user_steps: int = 5
-    user_lr: float = 0.5
+    user_lr: float = 0.01
     #: a user's rows per round are capped at this (a random subset for very active users)
     max_rows_per_user: int = 512
 

@@ -8,7 +8,7 @@ organisations from each other but needs many silos to be useful, and cross-silo 
 Per round, each silo:
 
 1. samples each of its users with probability ``q`` (``privacy.user_sample_rate``), from a CSPRNG;
-2. trains, for every sampled user on its own interactions only, ``privacy.user_steps`` SGD steps of the shared
+2. trains, for every sampled user on its own interactions only, ``privacy.user_steps`` Adam steps of the shared
    item tower (and that user's own embedding, which never leaves the silo) from the global model — vectorised
    over users with ``torch.func.vmap``;
 3. clips each user's change of the shared parameters to L2 norm ``C`` and sums them;
@@ -108,13 +108,22 @@ def private_update(model, data, global_state: dict[str, torch.Tensor], cfg: Priv
 
     step = grad_and_value(loss, argnums=(0, 1))
 
+    def adam(value, g, m, v, t):  # per-user Adam: scale-free steps move NeuMF off its small initialisation
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        update = (m / (1 - 0.9 ** t)) / (torch.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        return value - cfg.user_lr * update, m, v
+
     def one_user(user_vecs, items, labels, mask):
         params, first = dict(shared), None
-        for _ in range(cfg.user_steps):
+        state = {k: (torch.zeros_like(p), torch.zeros_like(p)) for k, p in (*params.items(), *user_vecs.items())}
+        for t in range(1, cfg.user_steps + 1):
             (g_params, g_user), value = step(params, user_vecs, items, labels, mask)
             first = value if first is None else first
-            params = {k: params[k] - cfg.user_lr * g_params[k] for k in names}
-            user_vecs = {k: user_vecs[k] - cfg.user_lr * g_user[k] for k in user_vecs}
+            for group, grads in ((params, g_params), (user_vecs, g_user)):
+                for k in list(group):
+                    group[k], m, v = adam(group[k], grads[k], *state[k], t)
+                    state[k] = (m, v)
         return {k: params[k] - shared[k] for k in names}, user_vecs, first
 
     batched = vmap(one_user)
