@@ -44,7 +44,7 @@ def test_without_noise_each_users_change_is_clipped_to_the_bound(silo):
     total = torch.linalg.vector_norm(torch.from_numpy(flatten_state(update.delta))) * update.n_users
     assert update.sampled == update.n_users == silo[1].n_users and update.clipped == update.n_users
     assert float(total) <= update.n_users * 1e-3 * (1 + 1e-4)
-    assert float(total) > 0.5 * update.n_users * 1e-3  # the clipped changes mostly agree in direction
+    assert float(total) > 0.1 * update.n_users * 1e-3  # not cancelled out: the users' changes share a direction
     assert 0.0 < update.loss < 1.0
 
 
@@ -56,7 +56,7 @@ def test_noise_has_the_configured_share_of_sigma(silo):
     # Execute: the noise this silo added, back in units of the summed update
     noise = (flatten_state(noisy.delta) - flatten_state(quiet.delta)) * noisy.n_users
 
-    # Assert: its standard deviation is sigma * C / sqrt(participants) (114 parameters... thousands here)
+    # Assert: its standard deviation is sigma * C / sqrt(participants), over the tower's thousands of parameters
     assert len(noise) > 1000
     assert np.std(noise) == pytest.approx(2.0 * 0.01 / math.sqrt(4), rel=0.1)
 
