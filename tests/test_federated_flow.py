@@ -217,7 +217,7 @@ def test_leak_scan_finds_no_secret_key_user_data_or_interaction_after_a_real_run
     assert any(p.suffix == ".db" and "mlflow" in p.name for p in scanned)
     assert any("prefect" in p.name and p.suffix == ".db" for p in scanned)
     assert any(p.name.endswith(".png") for p in scanned) and any("round-0002" in str(p) for p in scanned)
-    assert any(p.name == "server_state.pt" for p in scanned)  # the coordinator's own checkpoint
+    assert any(p.name == "checkpoint.pt" for p in scanned)  # the coordinator's own checkpoint
     assert findings == [], "\n".join(map(str, findings))
 
 
