@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedrec.errors import ConfigError, PayloadError
+from fedrec.wire.messages import json_object
 
 COORDINATOR = "coordinator"
 ENVELOPE_MAGIC = b"FEDSIG1\n"
@@ -111,15 +112,9 @@ class Identity:
                 raise ConfigError(f"{path} is not a fedrec identity key file (64 bytes); move it away to make a new one")
             return cls(name, Ed25519PrivateKey.from_private_bytes(raw[:32]), X25519PrivateKey.from_private_bytes(raw[32:]))
         ident = cls.generate(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
         private = dict(encoding=serialization.Encoding.Raw, format=serialization.PrivateFormat.Raw,
                        encryption_algorithm=serialization.NoEncryption())
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(ident._sign.private_bytes(**private) + ident._kx.private_bytes(**private))
-        tmp.replace(path)
+        write_private(path, ident._sign.private_bytes(**private) + ident._kx.private_bytes(**private))
         return ident
 
     def sign(self, message: bytes) -> bytes:
@@ -145,6 +140,18 @@ class Identity:
         except InvalidTag as exc:
             raise PayloadError("sealed blob does not open with this party's key (altered, or sealed to another "
                                "party or run)") from exc
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write key material readable by this user only (0600 in a 0700 directory), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    tmp.replace(path)
 
 
 def _seal_key(shared: bytes, ephemeral: bytes, recipient: bytes, context: bytes) -> bytes:
@@ -182,20 +189,16 @@ class Roster:
     def with_party(self, ident: PublicIdentity) -> "Roster":
         return Roster({**self.parties, ident.name: ident})
 
-    def only(self, names: list[str]) -> "Roster":
-        return Roster({n: self.get(n) for n in names})
-
     def to_json(self) -> bytes:
         return json.dumps({n: p.to_dict() for n, p in sorted(self.parties.items())}, indent=1).encode()
 
     @classmethod
     def from_json(cls, data: bytes, source: str = "roster") -> "Roster":
-        try:
-            raw = json.loads(data)
-        except ValueError as exc:
-            raise RosterError(f"{source}: not JSON ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise RosterError(f"{source}: expected a JSON object of party -> public identity")
+        return cls.from_dict(json_object(data, source, RosterError), source)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "roster") -> "Roster":
+        """From ``{party: {name, sign, kx}}`` (a roster file, or an admission's roster)."""
         parties = {}
         for name, entry in raw.items():
             ident = PublicIdentity.from_dict(entry, f"{source}[{name}]")
@@ -261,10 +264,7 @@ def self_signed_identity(exchange, key: str, name: str) -> PublicIdentity:
     """A party's public identity as it published it on the exchange, checked to be signed by its own key
     (trust on first use: proves possession, not who runs it; pin a roster for that)."""
     data = exchange.get(key)
-    try:
-        ident = PublicIdentity.from_dict(json.loads(peek_envelope(data, key)[1]), key)
-    except ValueError as exc:
-        raise RosterError(f"{key}: not a public identity ({exc})") from exc
+    ident = PublicIdentity.from_dict(json_object(peek_envelope(data, key)[1], key, RosterError), key)
     if ident.name != name:
         raise RosterError(f"{key}: names party {ident.name!r}, expected {name!r}")
     open_envelope(data, run_id=exchange.run_id, key=key, author=ident)

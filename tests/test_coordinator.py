@@ -404,18 +404,33 @@ def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
     assert record.contributors == ["a", "b", "c"] and record.failures == {"d": "its agent ended"}
 
 
-def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
-    # Prepare: a (careless or malicious) key holder publishes its secret context as the public one
+def _he_admitted(cfg, run_id: str, silos: dict[str, Silo], *, publish_secret: bool = False) -> Coordinator:
+    """An HE run with a, b, c admitted; key holder a published its context (or, carelessly, its secret one)."""
     from fedrec.crypto import create_keys
     from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY
 
     he = cfg.replace(**{"federation.he": True})
-    coord = Coordinator(he, "run-h", n_items=6)
-    silos = {n: Silo(n) for n in "abc"}
+    coord = Coordinator(he, run_id, n_items=6)
     for silo in silos.values():
         silo.hello(coord)
     coord.admit(list(silos))
-    coord.exchange.post(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).secret_context, silos["a"].identity)
+    keys = create_keys(he.crypto)
+    coord.exchange.post(PUBLIC_CONTEXT_KEY, keys.secret_context if publish_secret else keys.public_context,
+                        silos["a"].identity)
+    return coord
+
+
+def _he_round_one(cfg, run_id: str, silos: dict[str, Silo]) -> Coordinator:
+    coord = _he_admitted(cfg, run_id, silos)
+    coord.open_context()
+    coord.init_global()
+    coord.start_round(1, evaluate=False)
+    return coord
+
+
+def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
+    # Prepare: a (careless or malicious) key holder publishes its secret context as the public one
+    coord = _he_admitted(cfg, "run-h", {n: Silo(n) for n in "abc"}, publish_secret=True)
 
     # Execute / Assert
     with pytest.raises(PayloadError, match="contains a secret key"):
@@ -424,20 +439,11 @@ def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
 
 def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_refused(cfg):
     # Prepare: an HE run whose decryptor (a) answers with a mean over other contributors than the aggregate's
-    from fedrec.crypto import create_keys
     from fedrec.federation.filters import AggregateResult, encode_mean
-    from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY, mean_key
+    from fedrec.wire.exchange import mean_key
 
-    he = cfg.replace(**{"federation.he": True})
-    coord = Coordinator(he, "run-i", n_items=6)
     silos = {n: Silo(n) for n in "abc"}
-    for silo in silos.values():
-        silo.hello(coord)
-    coord.admit(list(silos))
-    coord.exchange.post(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).public_context, silos["a"].identity)
-    coord.open_context()
-    coord.init_global()
-    coord.start_round(1, evaluate=False)
+    coord = _he_round_one(cfg, "run-i", silos)
     aggregate = EncryptedUpdate(kind="aggregate", round=1, silo_id="aggregate", n_samples=24, scheme="ckks",
                                 context_id=coord.codec.context_id, layout=(), chunks=(), contributors=("a", "b", "c"))
     forged = AggregateResult({k: torch.zeros_like(v) for k, v in coord.global_state.items()}, 16, ("a", "b"))
@@ -446,14 +452,7 @@ def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_r
     coord.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["b"].identity)
     with pytest.raises(SignatureError, match="signed by 'b', expected 'a'"):
         coord.mean(1, aggregate)
-    coord2 = Coordinator(he, "run-i2", n_items=6)
-    for silo in silos.values():
-        silo.hello(coord2)
-    coord2.admit(list(silos))
-    coord2.exchange.post(PUBLIC_CONTEXT_KEY, create_keys(he.crypto).public_context, silos["a"].identity)
-    coord2.open_context()
-    coord2.init_global()
-    coord2.start_round(1, evaluate=False)
+    coord2 = _he_round_one(cfg, "run-i2", silos)
     coord2.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["a"].identity)
     with pytest.raises(PayloadError, match="not of this round's aggregate"):
         coord2.mean(1, dataclasses.replace(aggregate, context_id=coord2.codec.context_id))
@@ -477,3 +476,10 @@ def test_a_mean_holding_nan_is_refused():
 
     with pytest.raises(PayloadError, match="NaN or Inf"):
         decode_mean(encode_mean(poisoned, 1), 1)
+
+
+def test_a_hello_with_implausible_sizes_is_malformed():
+    hello = Hello(silo_id="a", valid=True, n_rows=10, n_users=2, n_train=11)  # more training rows than rows
+
+    with pytest.raises(PayloadError, match="implausible sizes"):
+        Hello.from_json(hello.to_json(), "hello")

@@ -40,9 +40,14 @@ from fedrec.wire.payload import EncryptedUpdate
 from models import build_model
 
 
+def checkpoint_file(cfg: Config, run_id: str) -> Path:
+    """Where the coordinator checkpoints run ``run_id`` after each round."""
+    return Path(cfg.federation.state_dir) / "coordinator" / run_id / "checkpoint.pt"
+
+
 def checkpoint_extra(cfg: Config, run_id: str) -> dict | None:
     """What the last checkpoint of run ``run_id`` carries besides the model (history, MLflow run), or None."""
-    path = Path(cfg.federation.state_dir) / "coordinator" / run_id / "checkpoint.pt"
+    path = checkpoint_file(cfg, run_id)
     return torch.load(path, weights_only=False)["extra"] if path.exists() else None
 
 
@@ -72,7 +77,7 @@ class Coordinator:
         self.server_state = ServerState()
         self._launcher_gone = gone or (lambda: set())  # silos whose agent's process or flow run ended
         self._left: dict[str, str] = {}
-        self._roster: list[str] = []
+        self._invited: list[str] = []  # the silos asked to join, until the admission names who did
         self._left_checked = 0.0
         self.codec: Codec | None = None
         self.admission: Admission | None = None
@@ -94,7 +99,7 @@ class Coordinator:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.state_dir / self.run_id / "checkpoint.pt"
+        return checkpoint_file(self.cfg, self.run_id)
 
     def save_checkpoint(self, server_round: int, extra: dict) -> None:
         """Everything needed to resume after ``server_round``, written atomically (temporary file, rename): the
@@ -113,8 +118,7 @@ class Coordinator:
             return None
         saved = torch.load(self.checkpoint_path, weights_only=False)
         self.admission = Admission.from_json(self.exchange.read(ADMISSION_KEY, self.identity.public), ADMISSION_KEY)
-        self._roster = list(self.admission.silos)
-        self.roster = Roster.from_json(json.dumps(self.admission.roster).encode(), ADMISSION_KEY)
+        self.roster = Roster.from_dict(self.admission.roster, ADMISSION_KEY)
         self.n_train = dict(saved["n_train"])
         self.open_context()
         self.global_state = saved["global_state"]
@@ -126,7 +130,7 @@ class Coordinator:
         (looked up at most twice a second)."""
         if time.monotonic() - self._left_checked > 0.5:
             self._left_checked = time.monotonic()
-            for silo in (self.admission.silos if self.admission is not None else self._roster):
+            for silo in (self.admission.silos if self.admission is not None else self._invited):
                 if silo not in self._left and silo in self.roster and self.exchange.exists(left_key(silo)):
                     try:
                         self._left[silo] = Left.from_json(self.exchange.read(left_key(silo), self.roster.get(silo)),
@@ -184,7 +188,7 @@ class Coordinator:
         """Silos whose signed hello arrived in time with a passing validation and the pinned keys; the first
         of them makes the run's HE keys."""
         fed = self.cfg.federation
-        self._roster = list(roster)
+        self._invited = list(roster)
         with contextlib.suppress(ExchangeConflictError):  # a resumed coordinator announced itself already
             self.exchange.post(COORDINATOR_KEY, json.dumps(self.identity.public.to_dict()).encode(),
                                self.identity)
@@ -365,8 +369,8 @@ class Coordinator:
             server_round, self.global_state, result, sorted(failures.items()), self.server_state)
         if new_state is not None:
             self.global_state = new_state
-        posted = self._post(global_key(server_round), encode_global(self.global_state, server_round).to_bytes())
-        if posted != encode_global(self.global_state, server_round).to_bytes():  # a resumed round must agree
+        payload = encode_global(self.global_state, server_round).to_bytes()
+        if self._post(global_key(server_round), payload) != payload:  # a resumed round must agree
             raise FederationError(f"round {server_round}: the global model on the exchange differs from the one "
                                   "recomputed on resume; the run's exchange or checkpoint was changed")
         return new_state is not None

@@ -77,9 +77,13 @@ def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int, crypto:
     if u.n_samples <= 0 or (n_samples is not None and u.n_samples != n_samples):
         problems.append(f"n_samples {u.n_samples} (declared {n_samples} when it joined)")
     if u.scheme == "plain" and not problems:  # readable here (he: false): encoded values lie in [-1, 1)
-        values = np.concatenate([np.frombuffer(c, dtype="<f8") for c in u.chunks]) if u.chunks else np.zeros(0)
-        if not np.all(np.isfinite(values)) or np.any(np.abs(values) > 1.0):
-            problems.append("values that are not finite or outside the encoding's [-1, 1)")
+        try:
+            values = PlainCodec().decrypt(list(u.chunks), layout_size(u.layout))
+        except PayloadError as exc:
+            problems.append(str(exc))
+        else:
+            if not np.all(np.isfinite(values)) or np.any(np.abs(values) > 1.0):
+                problems.append("values that are not finite or outside the encoding's [-1, 1)")
     return problems
 
 

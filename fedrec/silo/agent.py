@@ -97,6 +97,7 @@ class SiloAgent:
         self.roster = Roster()
         self._global: tuple[int, dict[str, torch.Tensor]] | None = None
         self._pending: LocalUpdate | None = None  # this round's update, kept until global(r) for a remask
+        self._sigma = 0.0  # the DP noise multiplier (privacy.enabled), set in setup()
 
     def __repr__(self) -> str:  # Prefect may print task inputs: never the state
         return f"SiloAgent(silo={self.silo_id!r}, run={self.run_id!r})"
@@ -142,10 +143,10 @@ class SiloAgent:
         self._post(hello_key(self.silo_id), hello.to_json())
         return hello
 
-    def _trusted_coordinator(self) -> PublicIdentity:
+    def _trusted_coordinator(self, pinned: Roster | None) -> PublicIdentity:
         """The coordinator's public identity: from the pinned roster, else as published on the run's exchange."""
-        if self.cfg.federation.roster:
-            return Roster.load(self.cfg.federation.roster).get(COORDINATOR)
+        if pinned is not None:
+            return pinned.get(COORDINATOR)
         if self._wait([COORDINATOR_KEY], self.cfg.federation.join_timeout_s) is None:
             raise FederationError(f"silo {self.silo_id}: the coordinator published no identity")
         return self_signed_identity(self.exchange, COORDINATOR_KEY, COORDINATOR)
@@ -158,17 +159,17 @@ class SiloAgent:
                                   f"{self.cfg.federation.join_timeout_s:.0f}s (is the coordinator running?)")
         if key == STOP_KEY:  # stopped before admitting anyone (too few silos): nothing to verify against yet
             return None
-        self.roster = Roster({COORDINATOR: self._trusted_coordinator()})
+        pinned = Roster.load(self.cfg.federation.roster) if self.cfg.federation.roster else None
+        self.roster = Roster({COORDINATOR: self._trusted_coordinator(pinned)})
         admission = Admission.from_json(self._read_coordinator(ADMISSION_KEY), ADMISSION_KEY)
         if self.silo_id not in admission.silos or self.data is None:
             return None
-        roster = Roster.from_json(json.dumps(admission.roster).encode(), ADMISSION_KEY)
+        roster = Roster.from_dict(admission.roster, ADMISSION_KEY)
         if roster.get(self.silo_id) != self.identity.public:
             raise RosterError(f"{ADMISSION_KEY}: lists other keys for this silo ({self.silo_id}) than its own")
         if roster.get(COORDINATOR) != self.coordinator:
             raise RosterError(f"{ADMISSION_KEY}: names another coordinator key than the trusted one")
-        if self.cfg.federation.roster:  # a pinned roster: every peer's keys must be the pinned ones
-            pinned = Roster.load(self.cfg.federation.roster)
+        if pinned is not None:  # a pinned roster: every peer's keys must be the pinned ones
             for silo in admission.silos:
                 if roster.get(silo) != pinned.get(silo):
                     raise RosterError(f"{ADMISSION_KEY}: silo {silo}'s keys differ from the pinned roster's")
@@ -211,6 +212,8 @@ class SiloAgent:
         self.model = build_model(model_config(cfg.model, self.data.n_users, self.data.n_items),
                                  torch.Generator().manual_seed(seed)).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.training)
+        # sigma for the planned rounds (Opacus searches it when privacy.target_epsilon is set): once per run
+        self._sigma = privacy.noise_multiplier(cfg.privacy, cfg.federation.rounds) if cfg.privacy.enabled else 0.0
         return self.codec.context_id
 
     def _seal_binding(self, silo: str, context_id: str) -> bytes:
@@ -259,61 +262,54 @@ class SiloAgent:
         return self._post(update_key(r, self.silo_id, attempt), payload)
 
     def fit(self, ins: FitInstructions) -> FitReport | None:
-        """E local epochs from the previous global model; the update is weighted, quantised, masked and
-        encrypted in memory, then published with a small report (loss, counts, seconds, bytes). None: this
-        silo refused the round's participant set."""
+        """E local epochs from the previous global model (or, with privacy on, the user-level DP update of
+        fedrec.privacy); the update is weighted, quantised, masked and encrypted in memory, then published with a
+        small report (loss, counts, seconds, bytes). None: this silo refused the round's participant set."""
         cfg, r = self.cfg, ins.round
         if problem := self._participants_problem(ins.silos):
             log.warning("silo %s sits out round %d: %s", self.silo_id, r, problem)
             return None
         start_global = self.global_state(r - 1)
-        if cfg.privacy.enabled:
-            return self._fit_private(ins, start_global)
-        with COMPUTE:
-            self.model.load_shared_state(start_global)
-            reference = {k: v.to(self.device) for k, v in start_global.items()}
-            rng = np.random.default_rng(silo_seed(cfg.federation.seed, self.silo_id, r))
-            start = time.perf_counter()
-            losses = [train_epoch(self.model, self.optimizer, self.data, cfg.training, rng, self.device,
-                                  proximal=(ins.proximal_mu, reference) if ins.proximal_mu > 0 else None)
-                      for _ in range(ins.local_epochs)]
-            seconds_train = time.perf_counter() - start
-            delta = state_delta(self.model.shared_state(), start_global)
-            if not all(bool(torch.isfinite(t).all()) for t in delta.values()):
-                raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
-            self._pending = LocalUpdate(self.silo_id, r, self.data.n_train, delta)
-            start = time.perf_counter()
-            bytes_sent = self._send_update(r, 0, ins.silos)
-            seconds_encrypt = time.perf_counter() - start
-        report = FitReport(silo_id=self.silo_id, round=r, n_samples=self.data.n_train, loss=float(np.mean(losses)),
-                           seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
-                           plaintext_bytes=4 * sum(t.numel() for t in delta.values()))
-        self._post(fit_report_key(r, self.silo_id), report.to_json())
-        return report
-
-    def _fit_private(self, ins: FitInstructions, start_global: dict[str, torch.Tensor]) -> FitReport:
-        """The user-level DP variant of :meth:`fit` (fedrec.privacy): per-user local steps, clipped, summed,
-        noised with this silo's share of sigma, weighted by the silo's number of users."""
-        cfg, r = self.cfg, ins.round
         with COMPUTE:
             start = time.perf_counter()
-            sigma = privacy.noise_multiplier(cfg.privacy, cfg.federation.rounds)
-            update = privacy.private_update(self.model, self.data, start_global, cfg.privacy, sigma, len(ins.silos),
-                                            cfg.training.n_negatives,
-                                            np.random.default_rng(silo_seed(cfg.federation.seed, self.silo_id, r)),
-                                            self.device)
+            update, loss = (self._train_private(ins, start_global) if cfg.privacy.enabled
+                            else self._train(ins, start_global))
             seconds_train = time.perf_counter() - start
             if not all(bool(torch.isfinite(t).all()) for t in update.delta.values()):
-                raise PayloadError(f"silo {self.silo_id}, round {r}: the private update holds NaN/Inf; not sent")
-            self._pending = LocalUpdate(self.silo_id, r, update.n_users, update.delta)
+                raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
+            self._pending = update
             start = time.perf_counter()
             bytes_sent = self._send_update(r, 0, ins.silos)
             seconds_encrypt = time.perf_counter() - start
-        report = FitReport(silo_id=self.silo_id, round=r, n_samples=update.n_users, loss=update.loss,
+        report = FitReport(silo_id=self.silo_id, round=r, n_samples=update.n_samples, loss=loss,
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
                            plaintext_bytes=4 * sum(t.numel() for t in update.delta.values()))
         self._post(fit_report_key(r, self.silo_id), report.to_json())
         return report
+
+    def _rng(self, server_round: int) -> np.random.Generator:
+        return np.random.default_rng(silo_seed(self.cfg.federation.seed, self.silo_id, server_round))
+
+    def _train(self, ins: FitInstructions, start_global: dict[str, torch.Tensor]) -> tuple[LocalUpdate, float]:
+        """E local epochs of the whole silo's data; the update weighs by its training rows."""
+        cfg = self.cfg
+        self.model.load_shared_state(start_global)
+        reference = {k: v.to(self.device) for k, v in start_global.items()}
+        rng = self._rng(ins.round)
+        losses = [train_epoch(self.model, self.optimizer, self.data, cfg.training, rng, self.device,
+                              proximal=(ins.proximal_mu, reference) if ins.proximal_mu > 0 else None)
+                  for _ in range(ins.local_epochs)]
+        delta = state_delta(self.model.shared_state(), start_global)
+        return LocalUpdate(self.silo_id, ins.round, self.data.n_train, delta), float(np.mean(losses))
+
+    def _train_private(self, ins: FitInstructions,
+                       start_global: dict[str, torch.Tensor]) -> tuple[LocalUpdate, float]:
+        """User-level DP (fedrec.privacy): per-user local steps, clipped, summed, noised with this silo's share of
+        sigma; the update weighs by the silo's number of users."""
+        cfg = self.cfg
+        update = privacy.private_update(self.model, self.data, start_global, cfg.privacy, self._sigma, len(ins.silos),
+                                        cfg.training.n_negatives, self._rng(ins.round), self.device)
+        return LocalUpdate(self.silo_id, ins.round, update.n_users, update.delta), update.loss
 
     def settle(self, ins: FitInstructions) -> dict[str, int | bool]:
         """Until the round's global model appears: mask again among the survivors when asked (a dropout after

@@ -9,11 +9,11 @@ tower + optimizer, for recommendations after the run).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedrec.config import Config
+from fedrec.trust import write_private
 from fedrec.wire.exchange import check_silo_id
 
 
@@ -59,9 +59,4 @@ class SiloStore:
         return True
 
     def save_secret_context(self, data: bytes) -> None:
-        path = self.secret_context_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write_private(self.secret_context_path, data)

@@ -17,6 +17,17 @@ from fedrec.errors import PayloadError
 M = TypeVar("M", bound="Message")
 
 
+def json_object(data: bytes, source: str, error: type[PayloadError] = PayloadError) -> dict:
+    """``data`` parsed as one JSON object, else ``error`` naming ``source``."""
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise error(f"{source}: not JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{source}: expected a JSON object")
+    return raw
+
+
 class Message:
     """Base: JSON serialisation with field checking on receipt."""
 
@@ -25,12 +36,7 @@ class Message:
 
     @classmethod
     def from_json(cls: type[M], data: bytes, source: str = "message") -> M:
-        try:
-            raw = json.loads(data)
-        except ValueError as exc:
-            raise PayloadError(f"{source}: not JSON ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise PayloadError(f"{source}: expected a JSON object")
+        raw = json_object(data, source)
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
