@@ -238,3 +238,10 @@ def test_a_silo_refuses_to_encrypt_an_update_that_could_overflow_the_sum(keys):
     with pytest.raises(PayloadError, match="exceeds this silo's share"):
         encrypt_update(update, silo_codec(keys), CRYPTO, 4)  # a quarter of 2^31 each
     assert encrypt_update(update, silo_codec(keys), CRYPTO, 2).n_samples == 1000
+
+
+def test_a_secret_context_matches_only_its_own_public_context(keys):
+    other = create_keys(CRYPTO)
+
+    assert silo_codec(keys).matches(keys.public_context)
+    assert not CKKSCodec(other.secret_context, SLOTS).matches(keys.public_context)

@@ -186,6 +186,23 @@ def test_the_decryptor_refuses_to_decrypt_a_sum_of_too_few_silos(cfg):
         agents["0"].decrypt(1, silos)
 
 
+def test_the_decryptor_refuses_a_sum_holding_a_silo_that_was_not_a_participant(cfg):
+    from fedrec.federation.filters import aggregate_updates
+    from fedrec.wire.exchange import aggregate_key
+
+    coord, agents = _opened(cfg, "run-7b")
+    silos = coord.start_round(1, evaluate=False)
+    for agent in agents.values():
+        agent.fit(agent.next_instructions(0))
+    updates = [EncryptedUpdate.from_bytes(peek_envelope(coord.exchange.get(update_key(1, s)))[1]) for s in silos]
+    coord.exchange.post(aggregate_key(1), aggregate_updates(updates, coord.codec, 1, cfg.crypto).to_bytes(),
+                        coord.identity)
+
+    # Execute / Assert: the decryptor was told the round had 0 and 1 only; a sum that also holds 2 is refused
+    with pytest.raises(PayloadError, match="refusing to decrypt a sum of \\['0', '1', '2'\\] \\(participants"):
+        agents["0"].decrypt(1, ["0", "1"])
+
+
 def test_a_silo_sits_out_a_round_whose_participant_set_is_too_small(cfg):
     # Prepare: a coordinator that names only two participants (each would learn the other's update)
     from fedrec.wire.messages import FitInstructions
@@ -224,3 +241,36 @@ def test_a_silo_that_missed_a_round_rejoins_from_the_current_global_model(cfg):
     assert "2" in silos_2 and ins.round == 2 and report is not None
     assert agents["2"]._global[0] == 1
     assert collected_2.failures == {} and [u.silo_id for u in collected_2.updates] == ["0", "1", "2"]
+
+
+def test_a_silo_refuses_an_admission_that_swaps_keys_and_a_stop_not_signed_by_the_coordinator(cfg, tmp_path):
+    # Prepare: a coordinator that substitutes silo 1's keys in the roster it hands out (to read its masks), and
+    # silo 0 whose operator pinned the real roster
+    import json
+
+    from fedrec.trust import COORDINATOR, Identity, Roster, RosterError, SignatureError
+    from fedrec.wire.exchange import ADMISSION_KEY, COORDINATOR_KEY, STOP_KEY
+    from fedrec.wire.messages import Admission, Stop
+
+    coord = Coordinator(cfg, "run-10", n_items=len(pipeline.catalogue_ids(cfg)))
+    agents = {s: SiloAgent(cfg, s, "run-10") for s in ("0", "1", "2")}
+    pinned = Roster({COORDINATOR: coord.identity.public, **{s: a.identity.public for s, a in agents.items()}})
+    (tmp_path / "roster.json").write_bytes(pinned.to_json())
+    agents["0"] = SiloAgent(cfg.replace(**{"federation.roster": str(tmp_path / "roster.json")}), "0", "run-10")
+    for agent in agents.values():
+        agent.validate()
+    roster = {n: p.to_dict() for n, p in pinned.parties.items()} | {"1": Identity.generate("1").public.to_dict()}
+    coord.exchange.post(COORDINATOR_KEY, json.dumps(coord.identity.public.to_dict()).encode(), coord.identity)
+    coord.exchange.post(ADMISSION_KEY, Admission(silos=["0", "1", "2"], excluded={}, key_holder="0", he=True,
+                                                 roster=roster).to_json(), coord.identity)
+
+    # Execute / Assert: silo 1 sees its own keys replaced; silo 0 sees a peer's keys differ from its pinned roster
+    with pytest.raises(RosterError, match="lists other keys for this silo"):
+        agents["1"].await_admission()
+    with pytest.raises(RosterError, match="silo 1's keys differ from the pinned roster's"):
+        agents["0"].await_admission()
+    # Assert: silo 2 (no pin) is admitted, but a stop.json written by a silo does not end its run
+    assert agents["2"].await_admission() is not None
+    coord.exchange.post(STOP_KEY, Stop(reason="forged", last_round=0).to_json(), agents["1"].identity)
+    with pytest.raises(SignatureError, match="expected 'coordinator'"):
+        agents["2"].next_instructions(0)
