@@ -347,6 +347,12 @@ def recommend(
     out.print(table)
 
 
+from fedrec import cli_ops, cli_sources  # noqa: E402
+
+cli_ops.register(app)
+cli_sources.register(app)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -166,6 +166,39 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class SiloConfig:
+    """Where a silo reads its interactions (each silo's own params.yaml on its machine)."""
+    #: "" = the silo's Parquet files (data/silos/<silo>/interactions.parquet, the demo partition); else a
+    #: SQLAlchemy URL, "{silo}" replaced by the silo's id: sqlite:///data/db/{silo}.sqlite, postgresql://u@h/db.
+    #: Each run snapshots the rows into the silo's Parquet data (its hash goes to MLflow).
+    source: str = ""
+    table: str = "interactions"
+    #: a SELECT to run instead of reading ``table`` ("{silo}" replaced); its columns are mapped like the table's
+    query: str = ""
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    rating_column: str = "rating"
+    timestamp_column: str = "timestamp"
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    """Scheduled retraining and the local UIs (fedrec deploy, fedrec ui, fedrec cleanup)."""
+    #: cron of the federated_training deployment (fedrec deploy)
+    schedule: str = "0 3 * * *"
+    timezone: str = "UTC"
+    work_pool: str = "fedrec"
+    deployment: str = "scheduled-retraining"
+    #: flow runs (with their task runs, logs and artifacts) older than this are deleted by `fedrec cleanup`,
+    #: which the deployment runs after each federation
+    retention_days: int = 30
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    #: PNG plots and screenshots of each run
+    reports_dir: str = "reports"
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     #: None -> env MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
     uri: str | None = None
@@ -183,6 +216,8 @@ class Config:
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    silo: SiloConfig = field(default_factory=SiloConfig)
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def replace(self, **overrides: Any) -> "Config":
@@ -319,6 +354,10 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.privacy.user_lr > 0, "privacy.user_lr must be > 0"),
         (cfg.privacy.max_rows_per_user >= 1, "privacy.max_rows_per_user must be >= 1"),
         (len(set(cfg.federation.silos)) == len(cfg.federation.silos), "federation.silos has duplicates"),
+        (cfg.operations.retention_days >= 1, "operations.retention_days must be >= 1"),
+        (all(1 <= p <= 65535 for p in (cfg.operations.prefect_port, cfg.operations.mlflow_port)),
+         "operations.prefect_port and operations.mlflow_port must be ports (1..65535)"),
+        (bool(cfg.silo.table or cfg.silo.query), "silo.table or silo.query must be set"),
         (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
         (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),
         (0 <= cfg.crypto.quantization_bits <= 30, "crypto.quantization_bits must be in 0..30"),

@@ -3,7 +3,8 @@
 prepare -> partition -> validate -> split; outputs live under ``data.work_dir``:
 
     prepared/{interactions,users}.parquet  catalogue/items.parquet
-    silos/<silo>/interactions.parquet + manifest.json
+    silos/<silo>/interactions.parquet + manifest.json   (a DB silo's snapshot, silo.source)
+    feedback/<silo>/batch-*.parquet    new interactions (fedrec feedback), part of the silo's data
     validation/<silo>.json + summary.json
     split/<silo>/{train,holdout}.parquet   (only silos that passed validation)
 """
@@ -48,6 +49,10 @@ class Paths:
         return self.root / "silos"
 
     @property
+    def feedback(self) -> Path:
+        return self.root / "feedback"
+
+    @property
     def validation(self) -> Path:
         return self.root / "validation"
 
@@ -86,10 +91,41 @@ def partition(cfg: Config) -> dict[str, dict[str, int]]:
     return write_silos(dataset, assign_silos(dataset, cfg.partition), Paths.of(cfg).silos)
 
 
-def validate_silo(cfg: Config, silo_id: str) -> ValidationReport:
+INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
+def silo_interactions(cfg: Config, silo_id: str, *, refresh: bool = False) -> pd.DataFrame:
+    """One silo's interactions as it trains on them: its base data (the Parquet of the demo partition, or, with
+    ``silo.source`` a database URL, the snapshot of its rows, taken anew when ``refresh``) plus every batch of
+    feedback appended since (``fedrec feedback``)."""
+    paths = Paths.of(cfg)
+    if refresh and cfg.silo.source:
+        from fedrec.silo.source import snapshot
+
+        snapshot(cfg, silo_id)
+    frames = [pd.read_parquet(paths.silos / silo_id / "interactions.parquet")]
+    frames += [pd.read_parquet(p) for p in feedback_batches(cfg, silo_id)]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def feedback_batches(cfg: Config, silo_id: str) -> list[Path]:
+    return sorted((Paths.of(cfg).feedback / silo_id).glob("batch-*.parquet"))
+
+
+def data_version(frame: pd.DataFrame) -> str:
+    """A content hash of interactions, independent of row order and file layout (16 hex digits): which data a
+    run trained on, for MLflow tags. A hash of a whole table reveals no row."""
+    import hashlib
+
+    cols = [c for c in INTERACTION_COLUMNS if c in frame.columns]
+    rows = frame[cols].sort_values(cols, kind="stable").to_numpy(dtype=np.float64)
+    return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
+
+
+def validate_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> ValidationReport:
     """Validate one silo's interactions against the GE suite and save its report."""
     paths = Paths.of(cfg)
-    frame = pd.read_parquet(paths.silos / silo_id / "interactions.parquet")
+    frame = silo_interactions(cfg, silo_id, refresh=True) if frame is None else frame
     catalogue = read_catalogue(paths.catalogue)["item_id"].tolist()
     report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions)
     report.save(paths.validation / f"{silo_id}.json")
@@ -115,9 +151,9 @@ def passing_silos(cfg: Config) -> list[str]:
     return sorted(s for s, r in summary.items() if r["success"])
 
 
-def split_silo(cfg: Config, silo_id: str) -> Split:
+def split_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> Split:
     paths = Paths.of(cfg)
-    frame = pd.read_parquet(paths.silos / silo_id / "interactions.parquet")
+    frame = silo_interactions(cfg, silo_id) if frame is None else frame
     catalogue = read_catalogue(paths.catalogue)["item_id"].to_numpy()
     split = split_interactions(frame, catalogue, cfg.evaluation.n_negatives, cfg.evaluation.seed)
     split.save(paths.split / silo_id)

@@ -47,6 +47,9 @@ class RunLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._mlflow.set_tags(tags)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k.replace("@", "_at_"): float(v) for k, v in metrics.items()}
         self._mlflow.log_metrics(clean, step=step)

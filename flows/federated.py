@@ -148,8 +148,11 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
                         "he_context_id": coord.codec.context_id, "key_holder": adm.key_holder,
                         "shared_parameters": sum(t.numel() for t in coord.global_state.values())})
         run.log_dict({"excluded": adm.excluded}, "validation.json")
+        if coord.data_versions:  # which data each silo trained on (a resumed run logged them at its start)
+            run.set_tags({f"data_version.{s}": v for s, v in coord.data_versions.items()})
         run.log_figure(rounds_figure(history, k), "hr_ndcg_per_round.png")
         summary = summarize(cfg, run_id, adm, history, best)
+        summary["data_versions"] = dict(coord.data_versions)
         final_test = best.test
         if cfg.training.refit:
             _, refit_history = federate(cfg, f"{run_id}-refit", adm.silos, best.round, params_path=params_path,

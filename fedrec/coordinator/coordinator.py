@@ -72,6 +72,7 @@ class Coordinator:
         self.identity = Identity.load_or_create(self.state_dir / "identity", COORDINATOR)
         self.roster = Roster({COORDINATOR: self.identity.public})
         self.n_train: dict[str, int] = {}  # as each admitted silo declared it in its signed hello
+        self.data_versions: dict[str, str] = {}  # each admitted silo's data version (content hash) this run
         self.decryptors: dict[int, str] = {}
         self.strategy = build_strategy(cfg.federation)
         self.server_state = ServerState()
@@ -212,6 +213,7 @@ class Coordinator:
                 excluded[silo] = "no training interactions"
             else:
                 admitted.append(silo)
+                self.data_versions[silo] = hello.data_version
                 # the weight each update must carry: training rows, or (user-level DP) the silo's users
                 self.n_train[silo] = hello.n_users if self.cfg.privacy.enabled else hello.n_train
         self._pin([idents[s] for s in admitted])

@@ -125,21 +125,24 @@ class SiloAgent:
     def validate(self) -> Hello:
         """Great Expectations on the silo's own data; on success, split it and keep it in memory."""
         try:
-            with COMPUTE:
-                report = pipeline.validate_silo(self.cfg, self.silo_id)
+            with COMPUTE:  # a database silo snapshots its rows first (silo.source)
+                frame = pipeline.silo_interactions(self.cfg, self.silo_id, refresh=True)
+                report = pipeline.validate_silo(self.cfg, self.silo_id, frame)
                 if report.success:
-                    pipeline.split_silo(self.cfg, self.silo_id)
+                    pipeline.split_silo(self.cfg, self.silo_id, frame)
                     data = pipeline.load_silo_data(self.cfg, self.silo_id)
                     self.data = data.with_validation_in_train() if self.validation_in_train else data
-        except Exception as exc:  # unreadable data (missing, truncated, not Parquet): a verdict, not a crash
+        except Exception as exc:  # unreadable data (missing, truncated, not Parquet, DB down): a verdict, not a crash
             log.exception("silo %s: its data could not be read", self.silo_id)
-            hello = Hello(silo_id=self.silo_id, valid=False, n_rows=0, n_users=0, n_train=0,
-                          failures=[f"data could not be read ({type(exc).__name__}; see the silo's own log)"],
+            why = (f"{type(exc).__name__}: {exc}" if isinstance(exc, FedrecError)  # named errors carry no row values
+                   else f"data could not be read ({type(exc).__name__}; see the silo's own log)")
+            hello = Hello(silo_id=self.silo_id, valid=False, n_rows=0, n_users=0, n_train=0, failures=[why],
                           identity=self.identity.public.to_dict())
         else:  # the report keeps counts and expectation names only (no row values)
             hello = Hello(silo_id=self.silo_id, valid=report.success, n_rows=report.n_rows, n_users=report.n_users,
                           n_train=self.data.n_train if self.data is not None else 0,
-                          failures=report.summary(), identity=self.identity.public.to_dict())
+                          failures=report.summary(), identity=self.identity.public.to_dict(),
+                          data_version=pipeline.data_version(frame))
         self._post(hello_key(self.silo_id), hello.to_json())
         return hello
 

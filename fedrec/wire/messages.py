@@ -63,6 +63,8 @@ class Hello(Message):
     failures: list[str] = field(default_factory=list)
     #: the silo's public identity (name, Ed25519 and X25519 public keys); the hello is signed with it
     identity: dict[str, str] = field(default_factory=dict)
+    #: content hash of the interactions this run trains on (fedrec.pipeline.data_version): which data version
+    data_version: str = ""
 
     def _checked(self, source: str) -> "Hello":
         if min(self.n_rows, self.n_users, self.n_train) < 0 or self.n_train > self.n_rows:
