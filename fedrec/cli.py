@@ -325,26 +325,62 @@ def roster(identities: list[Path] = typer.Argument(..., help="public identity fi
 def recommend(
     silo: str = typer.Option(..., "--silo", help="the silo that holds the user"),
     user: int = typer.Option(..., "--user", help="user id (as in the silo's data)"),
-    k: int = typer.Option(10, "--k"),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="how many items"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="federated run (default: the silo's latest)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help='{"silo", "user", "items": [{"item_id", "title", "score"}]}'),
     params: Path = ParamsOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Top-K unseen items for one user, computed inside the user's silo."""
+    """Top-K unseen items for one user, computed inside the user's silo (a new user: the silo's popular items)."""
     from fedrec.recommend import recommend as top_k
 
     with _user_errors():
         recs = top_k(_config(params, set_), silo, user, k, run_id)
     if as_json:
-        sys.stdout.write(json.dumps([vars(r) for r in recs]) + "\n")
+        sys.stdout.write(json.dumps(recs.to_dict()) + "\n")
         return
-    table = Table(title=f"top-{k} for user {user} (silo {silo})")
+    title = f"top-{k} for user {user} (silo {silo}, run {recs.run_id})"
+    table = Table(title=title + (f"\n{recs.note}" if recs.note else ""))
     for col in ("rank", "item_id", "title", "score"):
         table.add_column(col)
-    for r in recs:
-        table.add_row(str(r.rank), str(r.item_id), r.title, f"{r.score:.3f}")
+    for rank, r in enumerate(recs.items, 1):
+        table.add_row(str(rank), str(r.item_id), r.title, f"{r.score:.4g}")
     out.print(table)
+
+
+@app.command()
+def serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
+          host: str = typer.Option("127.0.0.1", "--host", help="listen address (loopback by default)"),
+          port: int = typer.Option(8000, "--port"),
+          run_id: Optional[str] = typer.Option(None, "--run-id", help="pin a federated run (default: the latest)"),
+          params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Serve this silo's recommendations over HTTP: GET /recommend/{user}?k=10 (JSON). Ctrl-C stops it."""
+    from fedrec.silo.http import make_app
+
+    with _user_errors():
+        app_ = make_app(_config(params, set_), silo, run_id)
+    import uvicorn
+
+    err.print(f"silo {silo}: http://{host}:{port}/recommend/<user>?k=10 (Ctrl-C to stop)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def feedback(csv: Path = typer.Argument(..., help="CSV of user_id,item_id,rating[,timestamp] (timestamp: now)"),
+             silo: str = typer.Option(..., "--silo", help="this silo's id"),
+             as_json: bool = typer.Option(False, "--json"),
+             params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Append new interactions to this silo's data: validated with the silo's Great Expectations suite (invalid
+    feedback is refused whole, nothing appended), recorded as a new DVC data version; the next run trains on it."""
+    from fedrec.silo.feedback import append_feedback, read_feedback
+
+    with _user_errors():
+        result = append_feedback(_config(params, set_), silo, read_feedback(csv))
+    if as_json:
+        sys.stdout.write(json.dumps({"silo": result.silo, "rows": result.rows, "batch": str(result.batch),
+                                     "data_version": result.data_version, "dvc": result.dvc}) + "\n")
+    err.print(f"silo {silo}: appended {result.rows} interaction(s) as {result.batch}; data version "
+              f"{result.data_version}; {result.dvc}")
 
 
 from fedrec import cli_ops, cli_sources  # noqa: E402

@@ -87,8 +87,12 @@ def read_prepared(cfg: Config) -> Dataset:
 
 
 def partition(cfg: Config) -> dict[str, dict[str, int]]:
+    """The demo's data owners' step: each silo's interactions (and registered users) under data/silos; feedback
+    appended later lives beside it (data/feedback, kept when the partition is rerun)."""
     dataset = read_prepared(cfg)
-    return write_silos(dataset, assign_silos(dataset, cfg.partition), Paths.of(cfg).silos)
+    paths = Paths.of(cfg)
+    paths.feedback.mkdir(parents=True, exist_ok=True)
+    return write_silos(dataset, assign_silos(dataset, cfg.partition), paths.silos)
 
 
 INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]

@@ -74,6 +74,9 @@ def write_silos(dataset: Dataset, assignment: pd.Series, out_dir: str | Path) ->
         silo_dir = out / silo_id
         silo_dir.mkdir(exist_ok=True)
         part.to_parquet(silo_dir / "interactions.parquet", index=False)
+        # the silo's registered users (a user with no interactions yet is a new user, not an unknown one)
+        pd.DataFrame({"user_id": np.sort(assignment.index[assignment == silo_id].to_numpy(np.int64))}) \
+            .to_parquet(silo_dir / "users.parquet", index=False)
         manifest[silo_id] = {"users": int(part["user_id"].nunique()), "interactions": int(len(part))}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

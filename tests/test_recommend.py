@@ -1,0 +1,211 @@
+"""Recommendations inside a silo (`fedrec recommend`, `fedrec serve`) and the feedback loop (`fedrec feedback` →
+the next federated run trains on it → the user's recommendations change), after real federated runs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import make_tiny_params
+from fedrec import pipeline
+from fedrec.cli import app
+from fedrec.config import load_config
+from fedrec.errors import SiloValidationError
+from fedrec.recommend import NoTrainedModelError, UnknownSiloError, UnknownUserError, recommend
+from fedrec.silo.feedback import FeedbackError, append_feedback, read_feedback
+
+SILO = "1"
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_harness, tmp_path_factory):
+    """A tiny federation (3 silos, 2 rounds, CKKS) and its params file."""
+    from flows.federated import run_demo
+
+    base = tmp_path_factory.mktemp("rec")
+    path = base / "params.yaml"
+    path.write_text(yaml.safe_dump(make_tiny_params(base)))
+    summary = run_demo(params_path=str(path))
+    return summary, path
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _a_user(cfg) -> int:
+    return int(pipeline.silo_interactions(cfg, SILO)["user_id"].iloc[0])
+
+
+def test_recommend_json_lists_k_unseen_items_with_titles(trained):
+    summary, path = trained
+    cfg = load_config(path)
+    user = _a_user(cfg)
+    seen = set(pipeline.silo_interactions(cfg, SILO).query("user_id == @user")["item_id"])
+
+    result = _cli("recommend", "--silo", SILO, "--user", str(user), "-k", "5", "--json", "-p", str(path))
+
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["silo"] == SILO and body["user"] == user and body["source"] == "model"
+    assert body["run_id"] == summary["run_id"]
+    assert len(body["items"]) == 5 and set(body["items"][0]) == {"item_id", "title", "score"}
+    assert not seen & {i["item_id"] for i in body["items"]}
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    titles = pipeline.read_catalogue(pipeline.Paths.of(cfg).catalogue).set_index("item_id")["title"]
+    assert all(titles[i["item_id"]] == i["title"] for i in body["items"])
+    assert _cli("recommend", "--silo", SILO, "--user", str(user), "--k", "3", "-p", str(path)).exit_code == 0
+
+
+def test_unknown_silo_or_user_is_a_named_error_not_a_traceback(trained):
+    _, path = trained
+    cfg = load_config(path)
+
+    for args, name in ((("--silo", "9", "--user", "1"), "has no data"),
+                       (("--silo", SILO, "--user", "987654"), "is not a user of silo"),
+                       (("--silo", "../x", "--user", "1"), "silo id")):
+        result = _cli("recommend", *args, "-p", str(path))
+        assert result.exit_code == 2 and name in result.output, result.output
+        assert "Traceback" not in result.output
+    with pytest.raises(UnknownUserError):
+        recommend(cfg, SILO, 987654)
+    with pytest.raises(UnknownSiloError):
+        recommend(cfg, "9", 1)
+
+
+def test_a_silo_without_a_trained_model_says_so(trained, tmp_path):
+    _, path = trained
+    cfg = load_config(path, {"federation.state_dir": str(tmp_path / "empty-state")})
+
+    with pytest.raises(NoTrainedModelError, match="fedrec run"):
+        recommend(cfg, SILO, _a_user(cfg))
+
+
+def test_a_new_user_of_the_silo_gets_its_popular_items(trained):
+    _, path = trained
+    cfg = load_config(path)
+    registry = pipeline.Paths.of(cfg).silos / SILO / "users.parquet"
+    users = pd.read_parquet(registry)
+    new_user = int(users["user_id"].max()) + 1000
+    pd.concat([users, pd.DataFrame({"user_id": [new_user]})]).to_parquet(registry, index=False)
+    counts = pipeline.silo_interactions(cfg, SILO)["item_id"].value_counts()
+
+    result = _cli("recommend", "--silo", SILO, "--user", str(new_user), "-k", "3", "--json", "-p", str(path))
+
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["source"] == "popularity" and "new user" in body["note"]
+    assert [int(counts[i["item_id"]]) for i in body["items"]] == counts.iloc[:3].tolist()  # ties in any order
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_over_http_on_loopback(trained):
+    import uvicorn
+
+    from fedrec.silo.http import make_app
+
+    _, path = trained
+    cfg = load_config(path)
+    user = _a_user(cfg)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(cfg, SILO), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            ok = client.get(f"/recommend/{user}", params={"k": 4})
+            unknown = client.get("/recommend/987654")
+            bad_k = client.get(f"/recommend/{user}", params={"k": 0})
+            health = client.get("/health")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    assert ok.status_code == 200
+    assert ok.json() == recommend(cfg, SILO, user, 4).to_dict()
+    assert unknown.status_code == 404 and unknown.json()["error"] == "UnknownUserError"
+    assert bad_k.status_code == 422
+    assert health.json()["silo"] == SILO
+
+
+def test_invalid_feedback_is_refused_and_nothing_is_appended(trained, tmp_path):
+    _, path = trained
+    cfg = load_config(path)
+    user = _a_user(cfg)
+    before = pipeline.silo_interactions(cfg, SILO)
+    bad_rating = tmp_path / "bad.csv"
+    bad_rating.write_text(f"user_id,item_id,rating\n{user},1,9\n")
+    unknown_item = tmp_path / "unknown.csv"
+    unknown_item.write_text(f"user_id,item_id,rating\n{user},99999,4\n")
+    not_numbers = tmp_path / "text.csv"
+    not_numbers.write_text("user_id,item_id,rating\nalice,1,4\n")
+    missing = tmp_path / "cols.csv"
+    missing.write_text("user,item\n1,2\n")
+
+    for file in (bad_rating, unknown_item):
+        with pytest.raises(SiloValidationError, match="nothing appended"):
+            append_feedback(cfg, SILO, read_feedback(file))
+    for file in (not_numbers, missing, tmp_path / "absent.csv"):
+        with pytest.raises(FeedbackError):
+            read_feedback(file)
+    result = _cli("feedback", str(bad_rating), "--silo", SILO, "-p", str(path))
+
+    assert result.exit_code == 2 and "rating" in result.output
+    assert pipeline.feedback_batches(cfg, SILO) == []
+    pd.testing.assert_frame_equal(pipeline.silo_interactions(cfg, SILO), before)
+
+
+def test_feedback_feeds_the_next_run_and_changes_the_users_recommendations(trained, tmp_path):
+    from flows.federated import run_demo
+
+    first, path = trained
+    cfg = load_config(path)
+    user = _a_user(cfg)
+    before = recommend(cfg, SILO, user, 5)
+    # the user now interacts with what was recommended (newer than anything in the data)
+    newest = int(pipeline.silo_interactions(cfg, SILO)["timestamp"].max())
+    file = tmp_path / "feedback.csv"
+    pd.DataFrame({"user_id": user, "item_id": [r.item_id for r in before.items[:3]], "rating": 5,
+                  "timestamp": [newest + 10, newest + 20, newest + 30]}).to_csv(file, index=False)
+
+    appended = _cli("feedback", str(file), "--silo", SILO, "--json", "-p", str(path))
+    assert appended.exit_code == 0, appended.output
+    version = json.loads(appended.stdout)["data_version"]
+    assert len(pipeline.feedback_batches(cfg, SILO)) == 1
+    assert version == pipeline.data_version(pipeline.silo_interactions(cfg, SILO))
+    # until the next run, the user's new interactions are already excluded from the answer
+    assert not {r.item_id for r in before.items[:3]} & {r.item_id for r in recommend(cfg, SILO, user, 5).items}
+
+    second = run_demo(params_path=str(path))
+    after = recommend(cfg, SILO, user, 5)
+
+    assert after.run_id == second["run_id"] != first["run_id"]
+    assert second["data_versions"][SILO] == version != first["data_versions"][SILO]
+    assert second["data_versions"]["0"] == first["data_versions"]["0"]
+    assert [r.item_id for r in after.items] != [r.item_id for r in before.items]
+    # the run's MLflow tags name the data version each silo trained on
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    tags = mlflow.get_run(second["mlflow_run_id"]).data.tags
+    assert tags[f"data_version.{SILO}"] == version
+    # the retrained split holds the feedback: its newest interaction is the test item
+    holdout = pd.read_parquet(Path(cfg.data.work_dir) / "split" / SILO / "holdout.parquet")
+    assert int(holdout.query("user_id == @user")["test_item"].iloc[0]) == before.items[2].item_id
