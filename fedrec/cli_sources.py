@@ -2,8 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the data-source commands to ``app``."""
+    from fedrec.cli import ParamsOpt, SetOpt  # fedrec.cli defines these before it registers us
+
+    @app.command("demo-db")
+    def demo_db(out_dir: Path = typer.Option(Path("data/db"), "--out-dir",
+                                             help="one SQLite file per silo: <out-dir>/<silo>.sqlite"),
+                params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+        """Write each demo silo's interactions into <out-dir>/<silo>.sqlite and print the silo.source to use.
+
+        Table silo.table, columns named by the silo.*_column mapping. A relative --out-dir stays relative in the
+        printed source: run `fedrec run` from the same directory."""
+        from fedrec.cli import _config, _user_errors, err
+        from fedrec.silo.source import demo_source, write_demo_databases
+
+        with _user_errors():
+            cfg = _config(params, set_)
+            rows = write_demo_databases(cfg, out_dir)
+        source = demo_source(out_dir)
+        plain = dict(soft_wrap=True, markup=False, highlight=False)  # paths verbatim, never wrapped
+        err.print(f"wrote {len(rows)} silos into {out_dir}/<silo>.sqlite (table {cfg.silo.table}): "
+                  + ", ".join(f"{s} ({n} rows)" for s, n in rows.items()), **plain)
+        err.print("to train with each silo reading its own database (or set silo.source in params.yaml):", **plain)
+        err.print(f"  fedrec run -S silo.source={source}", **plain)
+        err.print(f"each run snapshots the rows into {Path(cfg.data.work_dir) / 'silos'}/<silo>/interactions.parquet",
+                  **plain)
+        typer.echo(source)

@@ -1,14 +1,347 @@
 """A silo's interactions from its own SQL database (silo.source), snapshotted into its Parquet data.
 
-(Interface fixed; implementation in progress.)
+``silo.source`` is a SQLAlchemy URL with ``{silo}`` replaced by the silo's id (``sqlite:///data/db/{silo}.sqlite``,
+``postgresql://user:password@host:5432/db``; a relative SQLite path is resolved against the working directory;
+``postgresql://`` uses psycopg 3). The silo reads ``silo.table`` (``schema.table`` accepted, ``{silo}`` replaced)
+or, when set, runs ``silo.query`` (a SELECT, ``{silo}`` replaced), maps ``silo.*_column`` onto user_id, item_id,
+rating, timestamp, coerces them to the Parquet schema of the demo partition (int64; a fractional rating stays
+float64, a column holding NULLs stays float64 so the validation suite reports it; a date-time timestamp becomes
+Unix seconds) and writes them atomically to ``data/silos/<silo>/interactions.parquet``: the file the validation,
+split and training read, the ``partition`` stage's DVC output and the source of the run's ``data_version`` tag.
+Rows are written in a canonical order, so an unchanged table gives a byte-identical snapshot.
+
+Nothing is written on an error; the previous snapshot stays as it was. Errors are named (:class:`SourceError`
+and its subclasses) and say which silo and which URL (password hidden). They travel to the coordinator in the
+silo's hello, so they never carry row values: a database message is quoted only when it can name schema objects
+alone (a missing table or column, a syntax error); otherwise the silo's own log has it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
 from fedrec.config import Config
+from fedrec.errors import FedrecError
+
+log = logging.getLogger(__name__)
+
+#: the interactions' columns and dtypes, as fedrec.data.partition.write_silos writes them
+COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+#: seconds before a PostgreSQL connection attempt gives up (a URL's own ?connect_timeout= wins)
+CONNECT_TIMEOUT_S = 10
 
 
-def snapshot(cfg: Config, silo_id: str) -> None:
+class SourceError(FedrecError):
+    """A silo's database (silo.source) could not be snapshotted; the silo is left out of the round."""
+
+    def __init__(self, silo_id: str, where: str, problem: str):
+        self.silo_id, self.where, self.problem = silo_id, where, problem
+        super().__init__(f"silo {silo_id!r}: {where}: {problem}")
+
+
+class SourceUnavailableError(SourceError):
+    """The database cannot be reached: server down, wrong host or credentials, SQLite file missing."""
+
+
+class SourceTableError(SourceError):
+    """The table does not exist, or the query failed or returned no rows set."""
+
+
+class SourceColumnError(SourceError):
+    """A mapped column (silo.*_column) is missing from the table or query, or holds values that are not numbers."""
+
+
+def source_url(cfg: Config, silo_id: str):
+    """``cfg.silo.source`` with ``{silo}`` replaced, as a SQLAlchemy URL (a named error when it is not one)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(cfg.silo.source.replace("{silo}", silo_id))
+    except (ArgumentError, ValueError):  # the text itself may hold a password: not quoted
+        raise SourceError(silo_id, "silo.source", "not a database URL (dialect[+driver]://user:password@host/db, "
+                                                  "sqlite:///path/{silo}.sqlite)") from None
+
+
+def snapshot(cfg: Config, silo_id: str) -> Path:
     """Read the silo's rows from ``cfg.silo.source`` and write them atomically to
-    data/silos/<silo>/interactions.parquet (the silo's Parquet data)."""
-    raise NotImplementedError
+    data/silos/<silo>/interactions.parquet (the silo's Parquet data). Returns that path."""
+    from fedrec.pipeline import Paths
+
+    url = source_url(cfg, silo_id)
+    frame = read_interactions(cfg, silo_id, url)
+    target = Paths.of(cfg).silos / silo_id / "interactions.parquet"
+    write_atomically(frame, target)
+    log.info("silo %s: snapshot of %d rows from %s -> %s", silo_id, len(frame),
+             url.render_as_string(hide_password=True), target)
+    return target
+
+
+def write_atomically(frame: pd.DataFrame, target: Path) -> None:
+    """Parquet into a temp file beside ``target``, then renamed over it: readers see the old or the new file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_interactions(cfg: Config, silo_id: str, url=None) -> pd.DataFrame:
+    """The silo's rows from its database: mapped, coerced to the Parquet schema, in canonical order."""
+    import sqlalchemy as sa
+
+    url = source_url(cfg, silo_id) if url is None else url
+    shown = url.render_as_string(hide_password=True)
+    engine = _engine(silo_id, url, shown)
+    try:
+        try:
+            conn = engine.connect()
+        except sa.exc.DBAPIError as exc:
+            raise SourceUnavailableError(silo_id, shown, "cannot connect: " + _db_message(exc, url, always=True)) \
+                from None
+        with conn:  # closed without a commit: whatever a query did is rolled back
+            if cfg.silo.query:
+                raw = _run_query(conn, cfg, silo_id, shown, url)
+            else:
+                raw = _read_table(conn, cfg, silo_id, shown, url)
+    finally:
+        engine.dispose()
+    return coerce(raw, silo_id, shown)
+
+
+def _engine(silo_id: str, url, shown: str):
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    backend = url.get_backend_name()
+    connect_args: dict = {}
+    options: dict = {}
+    if backend == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # sqlite3 would create a missing file (an empty database): that is a wrong path, not an empty silo
+            path = Path(database).resolve()
+            if not path.is_file():
+                raise SourceUnavailableError(silo_id, shown, f"the SQLite file {path} does not exist")
+            # opened read-only: a snapshot never writes to the silo's database (sqlite3 would commit DDL at once)
+            url = url.set(database=path.as_uri(), query={**url.query, "mode": "ro", "uri": "true"})
+    elif backend == "postgresql":
+        if url.drivername == "postgresql":  # the driver this project installs (psycopg 3), not psycopg2
+            url = url.set(drivername="postgresql+psycopg")
+        if "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        options["postgresql_readonly"] = True  # a read-only transaction: a snapshot never writes
+    try:
+        return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args, execution_options=options)
+    except ImportError as exc:
+        raise SourceUnavailableError(silo_id, shown, f"the database driver is not installed ({exc.name or exc})") \
+            from None
+    except sa.exc.NoSuchModuleError:
+        raise SourceUnavailableError(silo_id, shown, f"no SQLAlchemy dialect {url.drivername!r} "
+                                                     "(supported: sqlite, postgresql)") from None
+
+
+def _table_name(cfg: Config, silo_id: str) -> tuple[str | None, str]:
+    name = cfg.silo.table.replace("{silo}", silo_id)
+    schema, _, table = name.rpartition(".")
+    return schema or None, table
+
+
+def _read_table(conn, cfg: Config, silo_id: str, shown: str, url) -> pd.DataFrame:
+    import sqlalchemy as sa
+
+    schema, name = _table_name(cfg, silo_id)
+    qualified = f"{schema}.{name}" if schema else name
+    try:
+        table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+    except sa.exc.NoSuchTableError:
+        present = _tables(conn, schema)
+        raise SourceTableError(silo_id, shown, f"table {qualified!r} (silo.table) does not exist; tables present: "
+                                               f"{', '.join(present) or 'none'}") from None
+    except sa.exc.DBAPIError as exc:
+        raise SourceTableError(silo_id, shown, f"table {qualified!r} cannot be read: {_db_message(exc, url)}") \
+            from None
+    mapping = _mapping(cfg)
+    present = [c.name for c in table.columns]
+    _check_columns(silo_id, shown, f"table {qualified!r}", mapping, present)
+    stmt = sa.select(*[table.c[source].label(target) for target, source in mapping.items()])
+    try:
+        result = conn.execute(stmt)
+        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except sa.exc.DBAPIError as exc:
+        raise SourceTableError(silo_id, shown, f"table {qualified!r} cannot be read: {_db_message(exc, url)}") \
+            from None
+
+
+def _run_query(conn, cfg: Config, silo_id: str, shown: str, url) -> pd.DataFrame:
+    import sqlalchemy as sa
+
+    query = cfg.silo.query.replace("{silo}", silo_id)
+    try:
+        result = conn.execute(sa.text(query))
+        if not result.returns_rows:
+            raise SourceTableError(silo_id, shown, "silo.query returned no rows set (it must be a SELECT)")
+        keys = list(result.keys())
+        rows = result.fetchall()
+    except sa.exc.DBAPIError as exc:
+        message = _db_message(exc, url)
+        error = SourceColumnError if _undefined_column(exc) else SourceTableError
+        raise error(silo_id, shown, f"silo.query failed: {message}") from None
+    except sa.exc.StatementError as exc:  # e.g. a ":name" in the text taken for a bind parameter
+        raise SourceTableError(silo_id, shown, f"silo.query cannot be run ({type(exc.orig or exc).__name__}; "
+                                               "write a literal colon as \\:)") from None
+    mapping = _mapping(cfg)
+    _check_columns(silo_id, shown, "silo.query", mapping, keys)
+    frame = pd.DataFrame(rows, columns=keys) if rows else pd.DataFrame(columns=keys)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    return pd.DataFrame({target: frame[source] for target, source in mapping.items()})
+
+
+def _mapping(cfg: Config) -> dict[str, str]:
+    s = cfg.silo
+    return {"user_id": s.user_column, "item_id": s.item_column, "rating": s.rating_column,
+            "timestamp": s.timestamp_column}
+
+
+def _check_columns(silo_id: str, shown: str, what: str, mapping: dict[str, str], present: list[str]) -> None:
+    missing = [f"{source!r} (silo.{_option(target)})" for target, source in mapping.items() if source not in present]
+    if missing:
+        raise SourceColumnError(silo_id, shown, f"{what} has no column {', '.join(missing)}; columns present: "
+                                                f"{', '.join(present) or 'none'}")
+
+
+def _option(target: str) -> str:
+    return {"user_id": "user_column", "item_id": "item_column", "rating": "rating_column",
+            "timestamp": "timestamp_column"}[target]
+
+
+def _tables(conn, schema: str | None) -> list[str]:
+    import sqlalchemy as sa
+
+    try:
+        return sorted(sa.inspect(conn).get_table_names(schema=schema))
+    except sa.exc.SQLAlchemyError:
+        return []
+
+
+def coerce(raw: pd.DataFrame, silo_id: str, shown: str = "") -> pd.DataFrame:
+    """The mapped columns with the demo partition's dtypes (int64), rows in canonical order.
+
+    Faithful rather than clean: a fractional rating stays float64 (the suite allows it), a column with NULLs stays
+    float64 with NaN (the suite then reports the nulls by count), a date-time timestamp becomes Unix seconds; text
+    that is not a number is a :class:`SourceColumnError` naming the column (never the value)."""
+    out = {}
+    for name in COLUMNS:
+        out[name] = _numeric(raw[name], name, silo_id, shown)
+    frame = pd.DataFrame(out, columns=list(COLUMNS))
+    return frame.sort_values(["user_id", "timestamp", "item_id", "rating"], kind="stable",
+                             na_position="last").reset_index(drop=True)
+
+
+def _numeric(col: pd.Series, name: str, silo_id: str, shown: str) -> np.ndarray:
+    if name == "timestamp" and (pd.api.types.is_datetime64_any_dtype(col) or _holds_datetimes(col)):
+        col = (pd.to_datetime(col, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    try:
+        values = pd.to_numeric(col, errors="raise")
+    except (ValueError, TypeError):
+        values = None
+    if values is None or pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        raise SourceColumnError(silo_id, shown, f"column {name} (silo.{_option(name)}) holds values that are not "
+                                                "numbers")
+    if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_extension_array_dtype(values):
+        return values.to_numpy(dtype="int64")
+    array = values.to_numpy(dtype="float64", na_value=np.nan)
+    if np.isnan(array).any() or not np.all(array == np.round(array)) or np.any(np.abs(array) >= 2.0**63):
+        return array  # NULLs (NaN, for the validation suite to count) or fractional (a half-star rating)
+    return array.astype("int64")
+
+
+def _holds_datetimes(col: pd.Series) -> bool:
+    import datetime as dt
+
+    first = col.dropna()
+    return len(first) > 0 and isinstance(first.iloc[0], (dt.datetime, dt.date))
+
+
+def _undefined_column(exc) -> bool:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == "42703" or str(orig).startswith("no such column")
+
+
+#: database messages that can only name schema objects and SQL text (the configured query), never row values:
+#: PostgreSQL's syntax/undefined-object class (42), read-only transaction (25006), authorization (28), unknown
+#: database or schema (3D, 3F); SQLite's by their text
+_SCHEMA_ONLY_SQLSTATES = ("42", "25006", "28", "3D", "3F")
+_SCHEMA_ONLY_SQLITE = re.compile(
+    r"^(no such (table|column): \S+|.*: syntax error|incomplete input|file is not a database"
+    r"|attempt to write a readonly database)$")
+
+
+def _db_message(exc, url, always: bool = False) -> str:
+    """What the database said, safe to send to the coordinator: quoted only where it cannot carry row values
+    (connection failures, :data:`_SCHEMA_ONLY_SQLSTATES`, :data:`_SCHEMA_ONLY_SQLITE`), password removed; otherwise
+    the error's kind and a pointer to the silo's log."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    sqlstate = getattr(orig, "sqlstate", None)
+    kind = type(orig).__name__ + (f", SQLSTATE {sqlstate}" if sqlstate else "")
+    log.warning("database error (%s): %s", kind, _scrub(str(orig), url))
+    safe = always or (sqlstate or "").startswith(_SCHEMA_ONLY_SQLSTATES) or bool(_SCHEMA_ONLY_SQLITE.match(text))
+    if safe and text:
+        return f"{_scrub(text, url)} ({kind})"
+    return f"{kind}; the database's message is in the silo's log"
+
+
+def _scrub(text: str, url) -> str:
+    return text.replace(url.password, "***") if url.password else text
+
+
+def write_demo_databases(cfg: Config, out_dir: str | Path) -> dict[str, int]:
+    """The demo silos (provisioned when missing) each written into ``<out_dir>/<silo>.sqlite``: table
+    ``silo.table`` with the column names of the ``silo.*_column`` mapping, replacing a previous file atomically.
+    Returns the rows per silo. A silo then reads it with ``silo.source = sqlite:///<out_dir>/{silo}.sqlite``."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    from fedrec import pipeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mapping = _mapping(cfg)
+    rows: dict[str, int] = {}
+    for silo_id in pipeline.ensure_partitioned(cfg):
+        frame = pd.read_parquet(pipeline.Paths.of(cfg).silos / silo_id / "interactions.parquet")
+        frame = frame[list(COLUMNS)].rename(columns=mapping)
+        schema, table = _table_name(cfg, silo_id)
+        fd, tmp = tempfile.mkstemp(prefix=f".{silo_id}.", suffix=".sqlite.tmp", dir=out)
+        os.close(fd)
+        try:
+            engine = sa.create_engine(f"sqlite:///{tmp}", poolclass=NullPool)
+            try:
+                frame.to_sql(table, engine, schema=schema, index=False, chunksize=10_000,
+                             dtype={c: sa.Integer() for c in frame.columns if frame[c].dtype.kind in "iu"})
+            finally:
+                engine.dispose()
+            os.replace(tmp, out / f"{silo_id}.sqlite")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        rows[silo_id] = len(frame)
+    return rows
+
+
+def demo_source(out_dir: str | Path) -> str:
+    """The silo.source value for :func:`write_demo_databases`' files (a relative directory stays relative: it is
+    resolved against the working directory of the process that reads it)."""
+    return f"sqlite:///{Path(out_dir).as_posix()}/{{silo}}.sqlite"
