@@ -1,4 +1,6 @@
-"""dvc.yaml: the whole pipeline reproduced by a real DVC repo, then an experiment with a param override."""
+"""This repository is a DVC repository: in a clean clone of it, as a new user gets it, `dvc status`, `dvc exp run`
+(with the README's -S spelling), feedback recorded as a new data version, a retraining on it, and the
+reproduction of the earlier experiment (`dvc exp apply` + `dvc repro`) with the same metrics."""
 
 from __future__ import annotations
 
@@ -9,105 +11,108 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
-from conftest import make_tiny_params
-from fedrec.config import from_dict, to_dict
-
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("fedrec", "models", "flows", "tasks", "expectations")
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
+#: the README's `dvc exp run -S ...` on tiny synthetic data (3 IID silos, 2 rounds): the stages run in seconds
+TINY = ["data.source=synthetic", "data.synthetic.n_users=90", "data.synthetic.n_items=60",
+        "data.synthetic.interactions_per_user=16", "partition.scheme=iid", "partition.n_silos=3",
+        "evaluation.n_negatives=20", "model.embedding_dim=8", "model.mlp_layers=[16,8]", "training.epochs=1",
+        "training.seeds=[0]", "training.batch_size=128", "federation.rounds=2", "tracking.experiment=fedrec-dvc-test"]
 
 
-def _sh(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+def _sh(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in COPIED:
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    params = make_tiny_params(tmp_path)
-    params["data"]["work_dir"] = "data"  # DVC outputs live inside the repo
-    params["partition"]["n_silos"] = 2
-    params["federation"]["min_silos"] = 2  # the floor: two silos (each learns the other's update; fine for a test)
-    params["training"]["epochs"] = 1
-    params["federation"]["rounds"] = 1
-    params["tracking"]["experiment"] = "fedrec-dvc-test"
-    # DVC needs every key dvc.yaml names: write the full config, defaults filled in, as the repo's own file has
-    (repo / "params.yaml").write_text(yaml.safe_dump(to_dict(from_dict(params)), sort_keys=False))
-    (repo / ".gitignore").write_text("__pycache__/\n.prefect/\n")
+def _ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert done.returncode == 0, (done.args, done.stdout[-3000:], done.stderr[-3000:])
+    return done
+
+
+def _git_files(*args: str) -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "-z", *args], cwd=ROOT, capture_output=True, check=True)
+    return [p for p in listed.stdout.decode().split("\0") if p]
+
+
+def _clean_clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """``git clone`` of this repository, with the working tree's tracked and unignored files laid over it (so the
+    code under test is what runs, committed or not); nothing ignored (data, state, caches) comes along."""
+    repo = tmp_path / "clone"
     prefect_home = tmp_path / "prefect"
     prefect_home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "FEDREC_", "GIT_DIR", "GIT_WORK_TREE"))}
     env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "DVC_NO_ANALYTICS": "1", "PREFECT_HOME": str(prefect_home),
         "GIT_AUTHOR_NAME": "fedrec tests", "GIT_AUTHOR_EMAIL": "tests@example.invalid",
         "GIT_COMMITTER_NAME": "fedrec tests", "GIT_COMMITTER_EMAIL": "tests@example.invalid",
     })
-    for args in (["git", "init", "-q"], ["git", "config", "user.name", "fedrec tests"],
-                 ["git", "config", "user.email", "tests@example.invalid"], ["dvc", "init", "-q"],
-                 ["git", "add", "-A"], ["git", "commit", "-q", "-m", "pipeline"]):
-        done = _sh(args, repo, env)
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    _ok(_sh(["git", "clone", "-q", str(ROOT), str(repo)], tmp_path, env))
+    for rel in _git_files() + _git_files("--others", "--exclude-standard"):
+        src, dst = ROOT / rel, repo / rel
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        elif dst.exists():
+            dst.unlink()
+    _ok(_sh(["git", "add", "-A"], repo, env))
+    _ok(_sh(["git", "commit", "-q", "--allow-empty", "-m", "the working tree under test"], repo, env))
     return repo, env
 
 
-def test_dvc_repro_and_experiment(tmp_path):
-    # Prepare
-    repo, env = _repo(tmp_path)
+def _metrics(repo: Path) -> dict:
+    return json.loads((repo / "results" / "federated.json").read_text())
 
-    # Execute: the whole pipeline
-    repro = _sh(["dvc", "repro"], repo, env)
 
-    # Assert
-    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+def test_a_clean_clone_is_a_dvc_repo_whose_experiments_track_data_versions_and_reproduce(tmp_path):
+    repo, env = _clean_clone(tmp_path)
+
+    # a new user's first look: a DVC repository whose stages have not run yet
+    status = _ok(_sh(["dvc", "status"], repo, env))
+    assert "not inside of a DVC repository" not in status.stdout + status.stderr
+    assert "prepare" in status.stdout and "federate" in status.stdout
+
+    # an experiment, as the README spells it
+    base = _ok(_sh(["dvc", "exp", "run", "-n", "base", *sum((["-S", s] for s in TINY), [])], repo, env))
     for stage in ("prepare", "partition", "validate", "split", "centralized", "federate"):
-        assert f"Running stage '{stage}'" in repro.stdout
-    centralized = json.loads((repo / "results" / "centralized.json").read_text())
-    federated = json.loads((repo / "results" / "federated.json").read_text())
-    for key in METRICS:
-        assert 0.0 <= centralized[key] <= 1.0 and 0.0 <= federated[key] <= 1.0
-    assert centralized["model"] == "neumf"
-    assert federated["rounds"] == 1 and len(federated["history"]) == 1
-    assert federated["silos"] == ["0", "1"] and federated["he"] is True
+        assert f"Running stage '{stage}'" in base.stdout
+    first = _metrics(repo)
+    assert first["rounds"] == 2 and first["silos"] == ["0", "1", "2"] and first["he"] is True
+    assert all(0.0 <= first[m] <= 1.0 for m in METRICS)
+
+    # feedback at silo 0: validated, appended, recorded as a new data version (dvc.lock)
+    user = int(pd.read_parquet(repo / "data/silos/0/interactions.parquet")["user_id"].iloc[0])
+    seen = set(pd.read_parquet(repo / "data/silos/0/interactions.parquet").query("user_id == @user")["item_id"])
+    fresh = [i for i in range(1, 61) if i not in seen][:3]
+    (tmp_path / "fb.csv").write_text("user_id,item_id,rating\n" + "".join(f"{user},{i},5\n" for i in fresh))
+    fed = _ok(_sh(["fedrec", "feedback", str(tmp_path / "fb.csv"), "--silo", "0", "--json"], repo, env))
+    assert "committed" in json.loads(fed.stdout)["dvc"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "partition", "validate", "split", "centralized", "federate"}
-    assert lock["stages"]["federate"]["params"]["params.yaml"]["federation"]["rounds"] == 1
-    assert json.loads((repo / "data" / "silos" / "manifest.json").read_text()).keys() == {"0", "1"}
+    feedback_out = {o["path"]: o for o in lock["stages"]["partition"]["outs"]}["data/feedback"]
+    assert feedback_out["nfiles"] == 1
+    assert "split" in _ok(_sh(["dvc", "status"], repo, env)).stdout  # the next retraining is due
 
-    # nothing changed: a second repro runs nothing
-    again = _sh(["dvc", "repro"], repo, env)
-    assert again.returncode == 0 and "Running stage" not in again.stdout
+    # the retraining trains on the new version; only the stages downstream of the data rerun
+    again = _ok(_sh(["dvc", "exp", "run", "-n", "with-feedback"], repo, env))
+    assert "Running stage 'federate'" in again.stdout and "Running stage 'prepare'" not in again.stdout
+    second = _metrics(repo)
+    assert second["data_versions"]["0"] != first["data_versions"]["0"]
+    assert second["data_versions"]["1"] == first["data_versions"]["1"]
+    shown = _ok(_sh(["dvc", "exp", "show", "--json"], repo, env)).stdout
+    assert "base" in shown and "with-feedback" in shown and feedback_out["md5"] in shown
 
-    # Execute: an experiment that only touches the federation params
-    exp = _sh(["dvc", "exp", "run", "-S", "federation.rounds=2"], repo, env)
+    # reproduce the past experiment: its params, lock and data come back, and its metrics are recomputed
+    _ok(_sh(["dvc", "exp", "apply", "base"], repo, env))
+    assert not list((repo / "data/feedback").glob("*/batch-*.parquet"))  # the data version it trained on
+    (repo / "results" / "federated.json").unlink()
+    _ok(_sh(["dvc", "repro", "--force", "--single-item", "federate"], repo, env))
+    reproduced = _metrics(repo)
 
-    # Assert: only the federate stage reran, with 2 rounds
-    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
-    assert "Running stage 'federate'" in exp.stdout
-    assert "Running stage 'centralized'" not in exp.stdout
-    federated = json.loads((repo / "results" / "federated.json").read_text())
-    assert federated["rounds"] == 2 and [h["round"] for h in federated["history"]] == [1, 2]
-    assert json.loads((repo / "results" / "centralized.json").read_text()) == centralized
-    shown = _sh(["dvc", "exp", "show", "--json"], repo, env)
-    assert shown.returncode == 0, shown.stderr
-    assert {1, 2} <= set(_federation_rounds(json.loads(shown.stdout)))  # the baseline commit and the experiment
-
-
-def _federation_rounds(node) -> list[int]:
-    """Every params.yaml federation.rounds value in `dvc exp show --json` output."""
-    found = []
-    if isinstance(node, dict):
-        params = node.get("params.yaml")
-        if isinstance(params, dict) and isinstance(params.get("data"), dict):
-            found.append(params["data"].get("federation", {}).get("rounds"))
-        for value in node.values():
-            found += _federation_rounds(value)
-    elif isinstance(node, list):
-        for value in node:
-            found += _federation_rounds(value)
-    return found
+    assert reproduced["run_id"] != first["run_id"]
+    assert reproduced["data_versions"] == first["data_versions"]
+    assert {m: reproduced[m] for m in METRICS} == {m: first[m] for m in METRICS}
+    assert [h["val_hr@10"] for h in reproduced["history"]] == [h["val_hr@10"] for h in first["history"]]
