@@ -306,6 +306,9 @@ class Coordinator:
         while True:
             arrived = self.exchange.wait_all({s: update_key(server_round, s, attempt) for s in participants},
                                              timeout=fed.round_timeout_s, **self._timing)
+            # a silo posts its report right after its update: wait for it too (reading it at once would race)
+            self.exchange.wait_all({s: fit_report_key(server_round, s) for s in arrived if s not in reports},
+                                   timeout=min(30.0, fed.round_timeout_s), **self._timing)
             updates = {}
             for silo in participants:
                 if silo not in arrived:
