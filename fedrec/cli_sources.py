@@ -1,4 +1,5 @@
-"""`fedrec demo-db`: the demo silos written into per-silo SQL databases (registered on fedrec.cli's app)."""
+"""`fedrec demo-db` (the demo silos written into per-silo SQL databases) and `fedrec snapshot` (every database silo's
+rows into its Parquet data: the DVC stage); registered on fedrec.cli's app."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ def register(app: typer.Typer) -> None:
                   + ", ".join(f"{s} ({n} rows)" for s, n in rows.items()), **plain)
         err.print("to train with each silo reading its own database (or set silo.source in params.yaml):", **plain)
         err.print(f"  fedrec run -S silo.source={source}", **plain)
-        err.print(f"each run snapshots the rows into {Path(cfg.data.work_dir) / 'silos'}/<silo>/interactions.parquet",
+        err.print(f"each run snapshots the rows into {Path(cfg.data.work_dir) / 'snapshots'}/<silo>/interactions.parquet",
                   **plain)
         typer.echo(source)
+
+    @app.command("snapshot")
+    def snapshot_cmd(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+        """Snapshot each database silo's rows (silo.source) into data/snapshots/<silo>/interactions.parquet, which
+        DVC versions (the `snapshot` stage); nothing to do without silo.source. Every run also snapshots anew."""
+        from fedrec import pipeline
+        from fedrec.cli import _config, _user_errors, err
+
+        with _user_errors():
+            silos = pipeline.snapshot_all(_config(params, set_))
+        err.print(f"snapshots of {len(silos)} database silo(s)" + (f": {', '.join(silos)}" if silos else
+                                                                    " (silo.source is not set)"))

@@ -3,7 +3,8 @@
 prepare -> partition -> validate -> split; outputs live under ``data.work_dir``:
 
     prepared/{interactions,users}.parquet  catalogue/items.parquet
-    silos/<silo>/interactions.parquet + manifest.json   (a DB silo's snapshot, silo.source)
+    silos/<silo>/{interactions,users}.parquet + manifest.json   (the demo partition)
+    snapshots/<silo>/interactions.parquet   a database silo's rows (silo.source), taken at each run
     feedback/<silo>/batch-*.parquet    new interactions (fedrec feedback), part of the silo's data
     validation/<silo>.json + summary.json
     split/<silo>/{train,holdout}.parquet   (only silos that passed validation)
@@ -47,6 +48,10 @@ class Paths:
     @property
     def silos(self) -> Path:
         return self.root / "silos"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
 
     @property
     def feedback(self) -> Path:
@@ -102,14 +107,32 @@ def silo_interactions(cfg: Config, silo_id: str, *, refresh: bool = False) -> pd
     """One silo's interactions as it trains on them: its base data (the Parquet of the demo partition, or, with
     ``silo.source`` a database URL, the snapshot of its rows, taken anew when ``refresh``) plus every batch of
     feedback appended since (``fedrec feedback``)."""
-    paths = Paths.of(cfg)
     if refresh and cfg.silo.source:
         from fedrec.silo.source import snapshot
 
         snapshot(cfg, silo_id)
-    frames = [pd.read_parquet(paths.silos / silo_id / "interactions.parquet")]
+    frames = [pd.read_parquet(silo_base_file(cfg, silo_id))]
     frames += [pd.read_parquet(p) for p in feedback_batches(cfg, silo_id)]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def silo_base_file(cfg: Config, silo_id: str) -> Path:
+    """The silo's base interactions: its database snapshot (``silo.source`` set) or its demo partition file."""
+    paths = Paths.of(cfg)
+    return (paths.snapshots if cfg.silo.source else paths.silos) / silo_id / "interactions.parquet"
+
+
+def snapshot_all(cfg: Config) -> list[str]:
+    """`fedrec snapshot` (the DVC stage): every silo's database rows into data/snapshots; none without silo.source."""
+    Paths.of(cfg).snapshots.mkdir(parents=True, exist_ok=True)
+    if not cfg.silo.source:
+        return []
+    from fedrec.silo.source import snapshot
+
+    silos = list(cfg.federation.silos) or ensure_partitioned(cfg)
+    for silo_id in silos:
+        snapshot(cfg, silo_id)
+    return silos
 
 
 def feedback_batches(cfg: Config, silo_id: str) -> list[Path]:

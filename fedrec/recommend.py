@@ -83,8 +83,8 @@ class SiloRecommender:
             raise UnknownSiloError(str(exc)) from exc
         self.cfg, self.pinned_run = cfg, run_id
         self.paths = pipeline.Paths.of(cfg)
-        if not (self.paths.silos / silo_id / "interactions.parquet").exists():
-            known = sorted(p.parent.name for p in self.paths.silos.glob("*/interactions.parquet"))
+        if not pipeline.silo_base_file(cfg, silo_id).exists():
+            known = sorted(p.parent.name for p in pipeline.silo_base_file(cfg, "*").parent.parent.glob("*/interactions.parquet"))
             raise UnknownSiloError(f"silo {silo_id!r} has no data under {self.paths.silos} (silos here: "
                                    f"{', '.join(known) or 'none'}; run `fedrec partition` or `fedrec run` first)")
         self.catalogue: pd.DataFrame = pipeline.read_catalogue(self.paths.catalogue)
@@ -94,7 +94,7 @@ class SiloRecommender:
 
     def _stamp(self) -> tuple:
         run = self.pinned_run or latest_run_id(self.cfg, self.silo_id)
-        files = [self.paths.silos / self.silo_id / "interactions.parquet",
+        files = [pipeline.silo_base_file(self.cfg, self.silo_id),
                  *pipeline.feedback_batches(self.cfg, self.silo_id)]
         model = Path(self.cfg.federation.state_dir) / "silos" / self.silo_id / (run or "_") / "model.pt"
         return run, tuple((str(f), f.stat().st_mtime_ns) for f in files + ([model] if model.exists() else []))

@@ -34,7 +34,8 @@ def _cfg(params: dict, **silo):
 
 
 def _parquet(cfg, silo_id: str) -> Path:
-    return pipeline.Paths.of(cfg).silos / silo_id / "interactions.parquet"
+    """The silo's base data: its snapshot (silo.source set) or its partition file."""
+    return pipeline.silo_base_file(cfg, silo_id)
 
 
 def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
@@ -177,8 +178,9 @@ def _bad_sources(db: Path) -> dict[str, tuple[dict, type, list[str]]]:
 def test_a_bad_source_is_a_named_error_and_keeps_the_previous_snapshot(demo, case):
     # Prepare: a good snapshot first
     params, db, _ = demo
-    snapshot(_cfg(params, source=demo_source(db)), "0")
-    before = _parquet(from_dict(params), "0").read_bytes()
+    good = _cfg(params, source=demo_source(db))
+    snapshot(good, "0")
+    before = _parquet(good, "0").read_bytes()
     silo, error, phrases = _bad_sources(db)[case]
 
     # Execute
@@ -192,8 +194,8 @@ def test_a_bad_source_is_a_named_error_and_keeps_the_previous_snapshot(demo, cas
     for phrase in phrases:
         assert phrase in message
     assert "five" not in message  # never a value from a row
-    assert _parquet(from_dict(params), "0").read_bytes() == before
-    assert not [p for p in _parquet(from_dict(params), "0").parent.iterdir() if p.name.endswith(".tmp")]
+    assert _parquet(good, "0").read_bytes() == before
+    assert not [p for p in _parquet(good, "0").parent.iterdir() if p.name.endswith(".tmp")]
     assert not any(db.glob("nowhere*"))  # SQLite did not create the missing file
     if case == "a query that writes":  # the database is opened read-only
         with sa.create_engine(f"sqlite:///{db}/0.sqlite").connect() as conn:
@@ -224,7 +226,7 @@ def test_demo_db_command(tmp_path, params_file, tiny_params, monkeypatch):
     columns = sa.inspect(sa.create_engine(f"sqlite:///{tmp_path / 'db' / '1.sqlite'}")).get_columns("ratings")
     assert [c["name"] for c in columns] == ["customer", "item_id", "rating", "timestamp"]
     cfg = _cfg(tiny_params, source=result.stdout.strip(), table="ratings", user_column="customer")
-    original = pd.read_parquet(_parquet(cfg, "1"))
+    original = pd.read_parquet(_parquet(from_dict(tiny_params), "1"))  # the partition it was written from
     pd.testing.assert_frame_equal(pd.read_parquet(snapshot(cfg, "1")), _canonical(original))
 
 
@@ -343,7 +345,7 @@ def test_postgres_source(postgres, tiny_params, tmp_path):
     assert "cannot connect" in str(raised.value) and "s3cret-pw" not in str(raised.value)
     assert str(raised.value).startswith(f"silo '0': {_shown(url.replace(str(postgres), str(down)))}: ")
     # every failure left the last good snapshot as it was
-    assert pd.read_parquet(_parquet(_cfg(tiny_params), "0")).values.tolist() == by_table.values.tolist()
+    assert pd.read_parquet(_parquet(_cfg(tiny_params, **silo), "0")).values.tolist() == by_table.values.tolist()
 
 
 # --- a federated run ------------------------------------------------------------------------------------------
@@ -360,6 +362,7 @@ def test_federated_run_leaves_out_a_silo_whose_database_is_broken(prefect_harnes
     path.write_text(yaml.safe_dump(params))
     cfg = from_dict(params)
     write_demo_databases(cfg, tmp_path / "db")
+    snapshot(cfg, "1")  # an earlier run's snapshot of silo 1
     old_1 = _parquet(cfg, "1").read_bytes()
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'db' / '1.sqlite'}")
     with engine.begin() as conn:

@@ -6,7 +6,7 @@
 or, when set, runs ``silo.query`` (a SELECT, ``{silo}`` replaced), maps ``silo.*_column`` onto user_id, item_id,
 rating, timestamp, coerces them to the Parquet schema of the demo partition (int64; a fractional rating stays
 float64, a column holding NULLs stays float64 so the validation suite reports it; a date-time timestamp becomes
-Unix seconds) and writes them atomically to ``data/silos/<silo>/interactions.parquet``: the file the validation,
+Unix seconds) and writes them atomically to ``data/snapshots/<silo>/interactions.parquet``: the file the validation,
 split and training read, the ``partition`` stage's DVC output and the source of the run's ``data_version`` tag.
 Rows are written in a canonical order, so an unchanged table gives a byte-identical snapshot.
 
@@ -72,12 +72,12 @@ def source_url(cfg: Config, silo_id: str):
 
 def snapshot(cfg: Config, silo_id: str) -> Path:
     """Read the silo's rows from ``cfg.silo.source`` and write them atomically to
-    data/silos/<silo>/interactions.parquet (the silo's Parquet data). Returns that path."""
-    from fedrec.pipeline import Paths
+    data/snapshots/<silo>/interactions.parquet (the silo's Parquet data). Returns that path."""
+    from fedrec.pipeline import silo_base_file
 
     url = source_url(cfg, silo_id)
     frame = read_interactions(cfg, silo_id, url)
-    target = Paths.of(cfg).silos / silo_id / "interactions.parquet"
+    target = silo_base_file(cfg, silo_id)
     write_atomically(frame, target)
     log.info("silo %s: snapshot of %d rows from %s -> %s", silo_id, len(frame),
              url.render_as_string(hide_password=True), target)
