@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export FEDREC_DATA_DIR ?= $(wildcard $(abspath $(CURDIR)/../shared/datasets/ml-100k))
 
-.PHONY: install run centralized test bench repro clean
+.PHONY: install run centralized test bench repro clean ui
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+ui: $(STAMP)  ## Prefect UI + MLflow UI on 127.0.0.1 over this project's stores (Ctrl-C stops both)
+	$(VENV)/bin/fedrec ui
 
 bench: $(STAMP)  ## acceptance figures on ML-100K (~16 min on 2 cores; FLOWER_VENV adds Flower's rows): results/
 	bench/acceptance.sh

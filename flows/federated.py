@@ -2,8 +2,9 @@
 
     launch silo agents ─► admit (their GE verdicts) ─► public context + global(0) ─►
       round r: instructions ─► encrypted updates ─► ciphertext sum ─► key holder's mean ─► strategy ─► global(r)
-               [─► silos' metric sums] ─► MLflow + Prefect artifact
-    ─► stop ─► select the best round on validation ─► register the global item tower
+               [─► silos' metric sums] ─► MLflow metrics + the round's Prefect table artifact (`fedrec-round`)
+    ─► stop ─► select the best round on validation ─► plots (MLflow + <reports_dir>/<run id>/) ─► register the
+       global item tower ─► summary artifact (`fedrec-summary`)
 
 The coordinator's process holds the public HE context, the global model and the strategy's state only; the
 silos run their own `silo_agent` flow runs (flows/silo_agent.py) in their own processes or machines.
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from fedrec import faults, pipeline, privacy
@@ -27,6 +29,7 @@ from fedrec.coordinator.report import RoundRecord, rounds_figure
 from fedrec.coordinator.summary import better, evaluation_due, register_model, summarize
 from fedrec.errors import ConfigError, FederationError
 from fedrec.federation.filters import load_global
+from fedrec.ops import plots
 from fedrec.tracking import mlflow_run
 from tasks.coordinator import admit, collect_evaluation, federated_round, open_federation
 
@@ -129,7 +132,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
             dp = ({"dp_epsilon": privacy.epsilon(sigma, cfg.privacy.user_sample_rate, record.round, cfg.privacy.delta)}
                   if cfg.privacy.enabled else {})
             run.log_metrics(record.mlflow_metrics() | dp, step=record.round)
-            create_markdown_artifact(record.markdown(k), key="fedrec-round", description=f"round {record.round}")
+            create_table_artifact(record.table(k), key="fedrec-round", description=record.headline())
             status = f"loss {record.loss:.4f}" + (f" hr@{k} {record.val[f'hr@{k}']:.4f} (val)" if record.val else "")
             logger.info("round %d: %s%s", record.round, status, f"; failed: {record.failures}" if record.failures else "")
             if progress:
@@ -151,7 +154,12 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         if coord.data_versions:  # which data each silo trained on (a resumed run logged them at its start)
             run.set_tags({f"data_version.{s}": v for s, v in coord.data_versions.items()})
         run.log_figure(rounds_figure(history, k), "hr_ndcg_per_round.png")
+        report_dir = Path(cfg.operations.reports_dir) / run_id
+        for name, figure in plots.figures(history, k, best.round).items():
+            plots.save(figure, report_dir / name)
+            run.log_figure(figure, name)
         summary = summarize(cfg, run_id, adm, history, best)
+        summary["reports"] = str(report_dir)
         summary["data_versions"] = dict(coord.data_versions)
         final_test = best.test
         if cfg.training.refit:
@@ -173,7 +181,24 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         run.log_dict(summary, "summary.json")
         summary["model_uri"] = register_model(cfg, coord.n_items, load_global(coord.exchange, best.round, coord.identity.public), run)
         summary["mlflow_run_id"] = run.run_id
+    create_markdown_artifact(_summary_markdown(summary, k), key="fedrec-summary",
+                             description=f"federation {run_id}: the selected round and where its records are")
     return summary
+
+
+def _summary_markdown(summary: dict[str, Any], k: int) -> str:
+    keys = [f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}"]
+    lines = [f"## Federation {summary['run_id']}", "",
+             f"round {summary['selected_round']} of {summary['rounds']} selected on {summary['selection_metric']}; "
+             f"silos {', '.join(summary['silos'])}" + (f"; left out: {', '.join(summary['excluded'])}"
+                                                      if summary["excluded"] else ""), "",
+             "| " + " | ".join(f"test {m}" for m in keys) + " |", "|" + "---|" * len(keys),
+             "| " + " | ".join(f"{summary[m]:.4f}" for m in keys) + " |", "",
+             f"- MLflow run `{summary['mlflow_run_id']}`, model `{summary['model_uri']}`",
+             f"- plots: `{summary['reports']}/`",
+             f"- per-silo runs: the `silo_agent` flow runs named `silo-<silo>-{summary['run_id']}`"]
+    lines += [f"- data version of silo {s}: `{v}`" for s, v in sorted(summary.get("data_versions", {}).items())]
+    return "\n".join(lines)
 
 
 def _round_progress(enabled: bool, total: int):

@@ -1,4 +1,5 @@
-"""Per-round bookkeeping: turn silos' metric sums and task summaries into metrics and a markdown table."""
+"""Per-round bookkeeping: turn silos' metric sums and task summaries into metrics and a per-silo table (the
+Prefect artifact of each round)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class RoundRecord:
     per_silo_test: dict[str, dict[str, float]] = field(default_factory=dict)
     #: 1, or more when silos dropped out after the participant set was fixed and the survivors remasked
     attempts: int = 1
+    #: each contributor's own seconds: train / encrypt (records of older checkpoints have none)
+    seconds_per_silo: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add_evaluation(self, reports: list[MetricReport], k: int) -> None:
         val, test = MetricSums(), MetricSums()
@@ -44,6 +47,9 @@ class RoundRecord:
         m |= {f"bytes_sent_silo_{s}": b for s, b in self.bytes_per_silo.items()}
         if self.bytes_per_silo:
             m["bytes_sent_mean"] = statistics.fmean(self.bytes_per_silo.values())
+        m |= self.he_cost()
+        for silo, secs in self.seconds_per_silo.items():
+            m |= {f"silo_{silo}_seconds_{phase}": s for phase, s in secs.items()}
         m |= {f"val_{k}": v for k, v in self.val.items()} | {f"test_{k}": v for k, v in self.test.items()}
         for silo, metrics in self.per_silo_test.items():
             m |= {f"silo_{silo}_test_{k}": v for k, v in metrics.items()}
@@ -51,22 +57,44 @@ class RoundRecord:
             m |= {f"silo_{silo}_val_{k}": v for k, v in metrics.items()}
         return m
 
-    def markdown(self, k: int) -> str:
-        lines = [f"## Round {self.round}", "",
-                 f"loss {self.loss:.4f}; {len(self.contributors)} silos contributed"
-                 + (f"; failed: {self.failures}" if self.failures else ""), "",
-                 f"| silo | bytes sent | val hr@{k} | test hr@{k} | test ndcg@{k} | test full_hr@{k} |",
-                 "|---|---|---|---|---|---|"]
-        for silo in sorted(set(self.bytes_per_silo) | set(self.per_silo_test)):
+    def he_cost(self) -> dict[str, float]:
+        """What the encrypted aggregation costs this round: seconds spent encrypting (all silos), summing
+        ciphertexts and decrypting the sum; bytes on the wire per silo over the fp32 update's."""
+        cost = {"he_seconds": sum(self.seconds.get(p, 0.0) for p in ("encrypt", "aggregate", "decrypt"))}
+        if self.bytes_per_silo and self.plaintext_bytes:
+            cost["he_bytes_expansion"] = statistics.fmean(self.bytes_per_silo.values()) / self.plaintext_bytes
+        return cost
+
+    def table(self, k: int) -> list[dict[str, object]]:
+        """One row per silo (contributors, failures, evaluated silos) and one for the whole federation: bytes sent,
+        seconds, validation and test HR@k / NDCG@k; JSON-safe (None where a silo has no value)."""
+        def num(value, digits=4):
+            return None if value is None else round(float(value), digits)
+
+        rows: list[dict[str, object]] = []
+        silos = sorted(set(self.bytes_per_silo) | set(self.per_silo_test) | set(self.failures))
+        for silo in silos:
             v, t = self.per_silo_val.get(silo, {}), self.per_silo_test.get(silo, {})
-            lines.append(f"| {silo} | {self.bytes_per_silo.get(silo, 0):,} | {v.get(f'hr@{k}', float('nan')):.4f} | "
-                         f"{t.get(f'hr@{k}', float('nan')):.4f} | {t.get(f'ndcg@{k}', float('nan')):.4f} | "
-                         f"{t.get(f'full_hr@{k}', float('nan')):.4f} |")
-        if self.test:
-            lines.append(f"| **all** | | {self.val[f'hr@{k}']:.4f} | {self.test[f'hr@{k}']:.4f} | "
-                         f"{self.test[f'ndcg@{k}']:.4f} | {self.test[f'full_hr@{k}']:.4f} |")
-        lines += ["", "seconds: " + ", ".join(f"{p} {s:.2f}" for p, s in self.seconds.items())]
-        return "\n".join(lines)
+            secs = self.seconds_per_silo.get(silo, {})
+            rows.append({"silo": silo, "status": f"failed: {self.failures[silo]}" if silo in self.failures else "ok",
+                         "bytes_sent": self.bytes_per_silo.get(silo), "train_s": num(secs.get("train"), 3),
+                         "encrypt_s": num(secs.get("encrypt"), 3),
+                         f"val_hr@{k}": num(v.get(f"hr@{k}")), f"val_ndcg@{k}": num(v.get(f"ndcg@{k}")),
+                         f"test_hr@{k}": num(t.get(f"hr@{k}")), f"test_ndcg@{k}": num(t.get(f"ndcg@{k}")),
+                         f"test_full_hr@{k}": num(t.get(f"full_hr@{k}"))})
+        rows.append({"silo": "all", "status": f"{len(self.contributors)} contributed",
+                     "bytes_sent": sum(self.bytes_per_silo.values()), "train_s": num(self.seconds.get("train"), 3),
+                     "encrypt_s": num(self.seconds.get("encrypt"), 3),
+                     f"val_hr@{k}": num(self.val.get(f"hr@{k}")), f"val_ndcg@{k}": num(self.val.get(f"ndcg@{k}")),
+                     f"test_hr@{k}": num(self.test.get(f"hr@{k}")), f"test_ndcg@{k}": num(self.test.get(f"ndcg@{k}")),
+                     f"test_full_hr@{k}": num(self.test.get(f"full_hr@{k}"))})
+        return rows
+
+    def headline(self) -> str:
+        """One markdown line: loss, contributors, failures, the coordinator's seconds."""
+        return (f"**Round {self.round}**: loss {self.loss:.4f}; {len(self.contributors)} silos contributed"
+                + (f"; failed: {', '.join(sorted(self.failures))}" if self.failures else "")
+                + "; seconds: " + ", ".join(f"{p} {s:.2f}" for p, s in self.seconds.items() if p != "train"))
 
 
 def rounds_figure(history: list[RoundRecord], k: int):
@@ -110,6 +138,7 @@ def round_record(coord, server_round: int, evaluate: bool) -> RoundRecord:
         loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
         contributors=sorted(reports), failures=collected.failures, attempts=collected.attempts,
         bytes_per_silo={s: r.bytes_sent for s, r in reports.items()},
+        seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt} for s, r in reports.items()},
         plaintext_bytes=next(iter(reports.values())).plaintext_bytes if reports else 0,
         seconds={"train": sum(r.seconds_train for r in reports.values()),
                  "encrypt": sum(r.seconds_encrypt for r in reports.values()),
