@@ -39,6 +39,7 @@ def make_tiny_params(tmp_path: Path) -> dict:
         "federation": {"rounds": 2, "exchange_url": str(tmp_path / "state" / "exchange"),
                        "state_dir": str(tmp_path / "state")},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "fedrec-test"},
+        "operations": {"reports_dir": str(tmp_path / "reports")},
     }
 
 
