@@ -45,4 +45,4 @@ bench: $(STAMP)  ## acceptance figures on ML-100K (~16 min on 2 cores; FLOWER_VE
 	bench/acceptance.sh
 
 clean:
-	rm -rf data state mlflow.db mlartifacts .prefect
+	rm -rf data state mlflow.db mlartifacts .prefect reports
