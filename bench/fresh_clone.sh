@@ -69,10 +69,10 @@ if browser():
     first = flow_runs[0]
     out = Path("docs/screenshots")
     screenshot(f"http://127.0.0.1:4311/runs/flow-run/{first.id}", out / "prefect-flow-run.png", budget_ms=20000)
-    screenshot(f"http://127.0.0.1:5311/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics",
+    screenshot(f"http://127.0.0.1:5311/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
                out / "mlflow-run.png", budget_ms=20000)
     print("screenshots:", sorted(str(p) for p in out.iterdir()))
 PY
-kill -INT $UI; wait $UI || true
+kill -TERM $UI; wait $UI || true  # (a background job ignores SIGINT in a script; Ctrl-C works interactively)
 if [ -d docs/screenshots ]; then mkdir -p "$ROOT/docs" && cp -r docs/screenshots "$ROOT/docs/"; fi
 echo "done in $(( $(date +%s) - START )) s"

@@ -162,7 +162,7 @@ def test_invalid_feedback_is_refused_and_nothing_is_appended(trained, tmp_path):
     missing.write_text("user,item\n1,2\n")
 
     for file in (bad_rating, unknown_item):
-        with pytest.raises(SiloValidationError, match="nothing appended"):
+        with pytest.raises(SiloValidationError, match="refused, nothing appended"):
             append_feedback(cfg, SILO, read_feedback(file))
     for file in (not_numbers, missing, tmp_path / "absent.csv"):
         with pytest.raises(FeedbackError):

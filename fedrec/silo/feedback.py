@@ -30,6 +30,15 @@ class FeedbackError(FedrecError):
     """A feedback file that cannot be read as interactions (missing file, columns or numbers)."""
 
 
+class InvalidFeedbackError(SiloValidationError):
+    """Feedback whose rows would make the silo's data fail its Great Expectations suite: refused whole."""
+
+    def __init__(self, silo_id: str, failures: list[str]):
+        self.silo_id, self.failures = silo_id, list(failures)
+        FedrecError.__init__(self, f"feedback for silo {silo_id!r} refused, nothing appended: "
+                             + "; ".join(self.failures) + ". Fix the feedback file and run `fedrec feedback` again.")
+
+
 @dataclass(frozen=True)
 class FeedbackResult:
     silo: str
@@ -86,7 +95,7 @@ def _as_dtypes(feedback: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
 
 def append_feedback(cfg: Config, silo_id: str, feedback: pd.DataFrame, *, record_dvc: bool = True) -> FeedbackResult:
     """Validate the silo's data with ``feedback`` added; if it passes, write it as a new batch and record the new
-    data version with DVC. Raises :class:`SiloValidationError` (nothing written) if it does not."""
+    data version with DVC. Raises :class:`InvalidFeedbackError` (nothing written) if it does not."""
     silo_id = check_silo_id(silo_id)
     current = pipeline.silo_interactions(cfg, silo_id)
     feedback = _as_dtypes(feedback, current)
@@ -94,7 +103,7 @@ def append_feedback(cfg: Config, silo_id: str, feedback: pd.DataFrame, *, record
     catalogue = pipeline.read_catalogue(pipeline.Paths.of(cfg).catalogue)["item_id"].tolist()
     report = validate_interactions(union, silo_id, catalogue, cfg.data.min_user_interactions)
     if not report.success:
-        raise SiloValidationError(silo_id, ["feedback refused, nothing appended"] + report.summary())
+        raise InvalidFeedbackError(silo_id, report.summary())
     folder = pipeline.Paths.of(cfg).feedback / silo_id
     folder.mkdir(parents=True, exist_ok=True)
     batch = folder / f"batch-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}.parquet"
