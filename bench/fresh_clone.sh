@@ -11,7 +11,7 @@ LOG="$ROOT/results/fresh_clone.log"
 : "${FEDREC_DATA_DIR:?point FEDREC_DATA_DIR at ML-100K}"
 unset PREFECT_API_URL MLFLOW_TRACKING_URI PREFECT_HOME
 git clone -q "$ROOT" "$WORK/fedrec" && cd "$WORK/fedrec"
-exec > >(tee "$LOG") 2>&1
+exec > >(grep --line-buffered -v "WARNING: Location .file:" | tee "$LOG") 2>&1
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 echo "fresh clone of $(git rev-parse --short HEAD) in $WORK/fedrec, $(date -u +%FT%TZ)"
 START=$(date +%s)
