@@ -9,12 +9,19 @@ from typing import Callable
 
 from fedrec import pipeline
 from fedrec.config import Config
+from fedrec import rating  # task: rating
+from fedrec.errors import ConfigError
+from fedrec.metrics import selection_label
 from fedrec.training import EpochRecord, SiloData, evaluate_targets, resolve_device, train_centralized
 from fedrec.tracking import mlflow_run
+from fedrec import coldstart  # cold-start items
+from fedrec.coldstart import cold_metrics
 from models.popularity import PopularityModel
 
-def metric_keys(k: int) -> tuple[str, ...]:
-    """The reported test metrics at cut-off ``k`` (evaluation.k)."""
+def metric_keys(k: int, task: str = "ranking") -> tuple[str, ...]:
+    """The reported test metrics at cut-off ``k`` (evaluation.k); task rating: RMSE and MAE."""
+    if task == "rating":
+        return ("rmse", "mae")
     return (f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}")
 
 
@@ -37,6 +44,8 @@ class BaselineReport:
     selection_metric: str
     silos: list[str]
     seeds: list[SeedOutcome] = field(default_factory=list)
+    #: task rating: {global_mean: {...}, bias: {...}} on the same split (fedrec.rating.rating_baselines)
+    baselines: dict | None = None
 
     def mean(self) -> dict[str, float]:
         keys = self.seeds[0].test.keys()
@@ -47,6 +56,8 @@ class BaselineReport:
                **{k: round(v, 5) for k, v in self.mean().items()},
                "seconds_per_epoch": round(statistics.fmean(s.seconds_per_epoch for s in self.seeds), 3),
                "per_seed": [vars(s) for s in self.seeds]}
+        if self.baselines is not None:  # task: rating
+            out = {"task": "rating", **out, "baselines": self.baselines}
         return out
 
 
@@ -57,6 +68,7 @@ def run_popularity(cfg: Config, data: SiloData) -> SeedOutcome:
     with mlflow_run(cfg, "centralized-pop", {"kind": "centralized", "model": "pop"}) as run:
         sums = evaluate_targets(model, data, k, ("val", "test"), True, device)
         val, test = sums["val"].means(k), sums["test"].means(k)
+        test |= cold_metrics(model, data, k, True, device)  # cold-start items ({} when none are held out)
         run.log_metrics({f"val_{m}": v for m, v in val.items()} | {f"test_{m}": v for m, v in test.items()})
     return SeedOutcome(seed=0, best_epoch=0, val=val, test=test, seconds_per_epoch=0.0, run_id=run.run_id)
 
@@ -67,11 +79,21 @@ def run_baseline(
     on_epoch: Callable[[int, EpochRecord], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> BaselineReport:
-    """Train ``model`` (pop | gmf | neumf) once per configured seed; test metrics of the val-selected epoch."""
+    """Train ``model`` (pop | gmf | neumf | hybrid) once per configured seed; test metrics of the val-selected
+    epoch (and, with evaluation.cold_item_fraction > 0, cold_* metrics of the held-out cold items)."""
     silos = pipeline.ensure_data(cfg)
+    coldstart.ensure_cold_split(cfg, silos)  # cold start: the configured held-out items (split again if changed)
     data = pipeline.load_union(cfg, silos)
     ev = cfg.evaluation
-    report = BaselineReport(model=model, selection_metric=f"val_{ev.selection_metric}@{ev.k}", silos=silos)
+    report = BaselineReport(model=model, selection_metric=selection_label(cfg.task, ev.selection_metric, ev.k),
+                            silos=silos)
+    if cfg.task == "rating":  # the held-out ratings, and the global-mean and bias baselines on the same split
+        if model == "pop":
+            raise ConfigError("--model pop ranks by popularity; task: rating reports its global-mean and bias "
+                              "baselines with every gmf/neumf run")
+        data = rating.ensure_ratings(cfg, silos, data)
+        report.baselines = rating.rating_baselines(data)
+        report.baselines["run_id"] = rating.log_baselines(cfg, report.baselines)
     if model == "pop":
         report.seeds.append(run_popularity(cfg, data))
         return report

@@ -114,7 +114,7 @@ def split(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
 
 @app.command()
 def centralized(
-    model: str = typer.Option("neumf", "--model", "-m", help="pop | gmf | neumf"),
+    model: str = typer.Option("neumf", "--model", "-m", help="pop | gmf | neumf | hybrid"),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated, e.g. 0,1"),
     as_json: bool = typer.Option(False, "--json", help="emit one JSON object on stdout"),
@@ -125,23 +125,25 @@ def centralized(
     """Train the centralized baseline on the pooled silos; test metrics of the validation-selected epoch."""
     from fedrec.centralized import metric_keys, run_baseline
 
-    if model not in ("pop", "gmf", "neumf"):
-        _fail(ValueError(f"--model must be pop, gmf or neumf, not {model!r}"))
+    if model not in ("pop", "gmf", "neumf", "hybrid"):
+        _fail(ValueError(f"--model must be pop, gmf, neumf or hybrid, not {model!r}"))
     with _user_errors():
         cfg = _config(params, set_, {"training.epochs": epochs,
                                      "training.seeds": f"[{seeds}]" if seeds else None})
         with _progress() as progress:
             task = progress.add_task(f"{model}", total=cfg.training.epochs * len(cfg.training.seeds), status="")
 
+            shown = "rmse" if cfg.task == "rating" else f"hr@{cfg.evaluation.k}"  # task: rating
+
             def on_epoch(seed, rec):
                 progress.update(task, advance=1, status=f"seed {seed} epoch {rec.epoch} loss {rec.loss:.4f} "
-                                f"val hr@{cfg.evaluation.k} {rec.val[f'hr@{cfg.evaluation.k}']:.4f}")
+                                f"val {shown} {rec.val[shown]:.4f}")
 
             report = run_baseline(cfg, model, on_epoch=on_epoch)
             progress.update(task, completed=progress.tasks[0].total)
     if _emit(report.to_json(), output, as_json):
         return
-    keys = metric_keys(cfg.evaluation.k)
+    keys = metric_keys(cfg.evaluation.k, cfg.task)
     table = Table(title=f"centralized {model} (selected on {report.selection_metric}, test item)")
     table.add_column("seed")
     table.add_column("best epoch")
@@ -151,6 +153,9 @@ def centralized(
         table.add_row(str(s.seed), str(s.best_epoch), *(f"{s.test[k]:.4f}" for k in keys))
     mean = report.mean()
     table.add_row("mean", "", *(f"{mean[k]:.4f}" for k in keys))
+    for name, values in (report.baselines or {}).items():  # task: rating
+        if isinstance(values, dict):
+            table.add_row(f"baseline {name}", "", *(f"{values[k]:.4f}" for k in keys))
     out.print(table)
 
 
@@ -163,11 +168,14 @@ def _print_summary(summary: dict, k: int, output: Path | None, as_json: bool) ->
     if _emit(summary, output, as_json):
         return
     keys = (f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}", "seconds_per_round_median", "bytes_per_round_mean")
+    if summary.get("task") == "rating":  # task: rating
+        keys = ("rmse", "mae", "seconds_per_round_median", "bytes_per_round_mean")
     table = Table(title=f"federated {summary['model']} ({'CKKS' if summary['he'] else 'plaintext'} aggregation), "
                         f"round {summary['selected_round']} selected on {summary['selection_metric']}")
     for key in keys:
         table.add_column(key)
-    table.add_row(*(f"{summary[key]:.4f}" if key.endswith(f"@{k}") else f"{summary[key]:,.2f}" for key in keys))
+    table.add_row(*(f"{summary[key]:.4f}" if key.endswith(f"@{k}") or key in ("rmse", "mae")
+                    else f"{summary[key]:,.2f}" for key in keys))
     out.print(table)
     if summary["excluded"]:
         err.print(f"[yellow]silos left out:[/] {summary['excluded']}")
@@ -175,7 +183,7 @@ def _print_summary(summary: dict, k: int, output: Path | None, as_json: bool) ->
 
 RoundsOpt = typer.Option(None, "--rounds", "-r")
 EpochsOpt = typer.Option(None, "--local-epochs", "-E")
-ModelOpt = typer.Option(None, "--model", "-m", help="gmf | neumf")
+ModelOpt = typer.Option(None, "--model", "-m", help="gmf | neumf | hybrid")
 NoHeOpt = typer.Option(False, "--no-he", help="aggregate the same payloads in plaintext (to measure HE cost)")
 JsonOpt = typer.Option(False, "--json", help="emit one JSON object on stdout")
 OutOpt = typer.Option(None, "--out", help="also write the JSON summary to this file")
@@ -387,6 +395,9 @@ from fedrec import cli_ops, cli_sources  # noqa: E402
 
 cli_ops.register(app)
 cli_sources.register(app)
+from fedrec import cli_items  # noqa: E402  (fedrec embed-items)
+
+cli_items.register(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

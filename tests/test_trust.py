@@ -90,7 +90,6 @@ def test_the_memory_scan_finds_a_secret_key_in_a_process_that_holds_one(tmp_path
     finds SEAL's in-memory key (64-byte windows of its uint64 coefficients) there."""
     import subprocess
     import sys
-    import time
 
     keys = create_keys(CryptoConfig())
     (tmp_path / "secret.ctx").write_bytes(keys.secret_context)

@@ -38,6 +38,7 @@ from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT
 from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport, Remask, Stop
 from fedrec.wire.payload import EncryptedUpdate
 from models import build_model
+from fedrec.item_text import model_features  # the hybrid model's (public) item text embeddings
 
 
 def checkpoint_file(cfg: Config, run_id: str) -> Path:
@@ -249,7 +250,8 @@ class Coordinator:
 
     def init_global(self) -> int:
         """Round-0 global item tower from the federation seed; returns its parameter count."""
-        model = build_model(model_config(self.cfg.model, 1, self.n_items),
+        model = build_model(model_config(self.cfg.model, 1, self.n_items, task=self.cfg.task,
+                                         item_features=model_features(self.cfg)),  # hybrid: public item text
                             torch.Generator().manual_seed(self.cfg.federation.seed))
         self.global_state = model.shared_state()
         self.exchange.post(global_key(0), encode_global(self.global_state, 0).to_bytes(), self.identity)

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from fedrec.metrics import MetricSums
+from fedrec.metrics import RatingSums, sums_from_dict  # task: rating
 from fedrec.wire.messages import MetricReport
 
 
@@ -30,15 +31,21 @@ class RoundRecord:
     attempts: int = 1
     #: each contributor's own seconds: train / encrypt (records of older checkpoints have none)
     seconds_per_silo: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: cold-start items (fedrec.coldstart): HR/NDCG@k of each user's held-out cold item, summed over silos
+    cold: dict[str, float] = field(default_factory=dict)
 
     def add_evaluation(self, reports: list[MetricReport], k: int) -> None:
-        val, test = MetricSums(), MetricSums()
+        rating = any("sse" in o.val for o in reports)  # task: rating: squared/absolute error sums and counts
+        val, test = (RatingSums(), RatingSums()) if rating else (MetricSums(), MetricSums())
         for o in reports:
-            o_val, o_test = MetricSums(**o.val), MetricSums(**o.test)
+            o_val, o_test = sums_from_dict(o.val), sums_from_dict(o.test)
             val, test = val + o_val, test + o_test
             self.per_silo_val[o.silo_id] = o_val.means(k)
             self.per_silo_test[o.silo_id] = o_test.means(k)
         self.val, self.test = val.means(k), test.means(k)
+        cold = [MetricSums(**o.cold) for o in reports if getattr(o, "cold", None)]  # cold start: sums only
+        if cold:
+            self.cold = sum(cold, MetricSums()).means(k)
 
     def mlflow_metrics(self) -> dict[str, float]:
         m: dict[str, float] = {"train_loss": self.loss, "silos_contributing": len(self.contributors),
@@ -51,6 +58,7 @@ class RoundRecord:
         for silo, secs in self.seconds_per_silo.items():
             m |= {f"silo_{silo}_seconds_{phase}": s for phase, s in secs.items()}
         m |= {f"val_{k}": v for k, v in self.val.items()} | {f"test_{k}": v for k, v in self.test.items()}
+        m |= {f"cold_{k}": v for k, v in self.cold.items()}  # cold-start items
         for silo, metrics in self.per_silo_test.items():
             m |= {f"silo_{silo}_test_{k}": v for k, v in metrics.items()}
         for silo, metrics in self.per_silo_val.items():
@@ -71,6 +79,8 @@ class RoundRecord:
         def num(value, digits=4):
             return None if value is None else round(float(value), digits)
 
+        if "rmse" in self.val:  # task: rating
+            return self._rating_table()
         rows: list[dict[str, object]] = []
         silos = sorted(set(self.bytes_per_silo) | set(self.per_silo_test) | set(self.failures))
         for silo in silos:
@@ -90,6 +100,24 @@ class RoundRecord:
                      f"test_full_hr@{k}": num(self.test.get(f"full_hr@{k}"))})
         return rows
 
+    def _rating_table(self) -> list[dict[str, object]]:
+        """task: rating: :meth:`table` with validation and test RMSE / MAE."""
+        def num(value, digits=4):
+            return None if value is None else round(float(value), digits)
+
+        def row(silo, status, bytes_sent, secs, v, t):
+            return {"silo": silo, "status": status, "bytes_sent": bytes_sent, "train_s": num(secs.get("train"), 3),
+                    "encrypt_s": num(secs.get("encrypt"), 3), "val_rmse": num(v.get("rmse")),
+                    "val_mae": num(v.get("mae")), "test_rmse": num(t.get("rmse")), "test_mae": num(t.get("mae"))}
+
+        silos = sorted(set(self.bytes_per_silo) | set(self.per_silo_test) | set(self.failures))
+        rows = [row(s, f"failed: {self.failures[s]}" if s in self.failures else "ok", self.bytes_per_silo.get(s),
+                    self.seconds_per_silo.get(s, {}), self.per_silo_val.get(s, {}), self.per_silo_test.get(s, {}))
+                for s in silos]
+        rows.append(row("all", f"{len(self.contributors)} contributed", sum(self.bytes_per_silo.values()),
+                        self.seconds, self.val, self.test))
+        return rows
+
     def headline(self) -> str:
         """One markdown line: loss, contributors, failures, the coordinator's seconds."""
         return (f"**Round {self.round}**: loss {self.loss:.4f}; {len(self.contributors)} silos contributed"
@@ -107,11 +135,12 @@ def rounds_figure(history: list[RoundRecord], k: int):
     evaluated = [h for h in history if h.val]
     rounds = [h.round for h in evaluated]
     fig, (hr_ax, ndcg_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in ((hr_ax, f"hr@{k}"), (ndcg_ax, f"ndcg@{k}")):
+    rating = any("rmse" in h.val for h in evaluated)  # task: rating: RMSE and MAE instead
+    for ax, metric in ((hr_ax, "rmse"), (ndcg_ax, "mae")) if rating else ((hr_ax, f"hr@{k}"), (ndcg_ax, f"ndcg@{k}")):
         ax.plot(rounds, [h.val[metric] for h in evaluated], label="validation item")
         ax.plot(rounds, [h.test[metric] for h in evaluated], "--", label="test item")
         ax.set_xlabel("round")
-        ax.set_ylabel(f"{metric} (sampled)")
+        ax.set_ylabel(metric if rating else f"{metric} (sampled)")
         ax.grid(alpha=0.3)
     hr_ax.legend()
     fig.tight_layout()

@@ -10,7 +10,7 @@ import torch
 
 from fedrec.config import Config
 from fedrec.coordinator.report import RoundRecord
-from fedrec.metrics import selection_value
+from fedrec.metrics import effective_selection_metric, selection_label, selection_score
 
 PHASES = ("train", "encrypt", "wait_updates", "aggregate", "decrypt", "evaluate")
 
@@ -23,8 +23,9 @@ def evaluation_due(cfg: Config, server_round: int, last_round: int, refit: bool 
 def better(cfg: Config, record: RoundRecord, best: RoundRecord | None) -> bool:
     """Is ``record`` better than ``best`` on the validation item (never the test item)?"""
     ev = cfg.evaluation
-    return bool(record.val) and (best is None or selection_value(record.val, ev.selection_metric, ev.k)
-                                 > selection_value(best.val, ev.selection_metric, ev.k))
+    metric = effective_selection_metric(cfg.task, ev.selection_metric)  # task: rating -> rmse, lower is better
+    return bool(record.val) and (best is None or selection_score(record.val, metric, ev.k)
+                                 > selection_score(best.val, metric, ev.k))
 
 
 def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], best: RoundRecord) -> dict[str, Any]:
@@ -37,8 +38,10 @@ def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], b
         "strategy": cfg.federation.strategy, "rounds": cfg.federation.rounds,
         "local_epochs": cfg.federation.local_epochs, "silos": silos, "excluded": admission.excluded,
         "key_holder": admission.key_holder,
-        "selection_metric": f"val_{cfg.evaluation.selection_metric}@{k}", "selected_round": best.round,
+        "selection_metric": selection_label(cfg.task, cfg.evaluation.selection_metric, k), "selected_round": best.round,
+        **({"task": "rating"} if cfg.task == "rating" else {}),
         **best.test, "val": best.val, "per_silo_test": best.per_silo_test,
+        **{f"cold_{m}": v for m, v in best.cold.items()},  # cold-start items, at the round selected on warm val
         "seconds_per_round": statistics.fmean(round_seconds),
         "seconds_per_round_median": statistics.median(round_seconds),
         "seconds_per_phase": {p: statistics.fmean(h.seconds.get(p, 0.0) for h in history) for p in PHASES},
@@ -47,7 +50,8 @@ def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], b
         "plaintext_fp32_bytes": history[-1].plaintext_bytes,
         "failures": {h.round: h.failures for h in history if h.failures},
         "history": [{"round": h.round, "loss": h.loss, **{f"val_{m}": v for m, v in h.val.items()},
-                     **{f"test_{m}": v for m, v in h.test.items()}} for h in history],
+                     **{f"test_{m}": v for m, v in h.test.items()},
+                     **{f"cold_{m}": v for m, v in h.cold.items()}} for h in history],
     }
 
 
@@ -56,6 +60,8 @@ def register_model(cfg: Config, n_items: int, state: dict[str, torch.Tensor], ru
     from fedrec.training import model_config
     from models import build_model
 
-    model = build_model(model_config(cfg.model, 1, n_items))
+    from fedrec.item_text import model_features  # hybrid: the tower scores with the public item text
+
+    model = build_model(model_config(cfg.model, 1, n_items, task=cfg.task, item_features=model_features(cfg)))
     model.load_shared_state(state)
     return run.log_torch_model(model.items, "global_item_tower", registered_model_name=cfg.tracking.registered_model)

@@ -19,21 +19,45 @@ from fedrec.errors import ConfigError
 
 @dataclass(frozen=True)
 class Split:
-    """train: interaction rows; holdout: user_id, val_item, test_item, negatives (list of n_neg item ids)."""
+    """train: interaction rows; holdout: user_id, val_item, test_item, negatives (list of n_neg item ids), and
+    val_rating, test_rating (the held-out items' ratings, for task: rating; splits made before they existed lack
+    them and are made again by a rating run)."""
 
     train: pd.DataFrame
     holdout: pd.DataFrame
+    #: cold-start items (fedrec.coldstart): the catalogue's held-out item ids, none of their interactions in train;
+    #: holdout then has a cold_items column (each user's cold items, oldest first). Saved as cold_items.json.
+    cold_items: tuple[int, ...] = ()
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.train.to_parquet(d / "train.parquet", index=False)
         self.holdout.to_parquet(d / "holdout.parquet", index=False)
+        _save_cold_items(d, self.cold_items)  # cold start
 
     @classmethod
     def load(cls, directory: str | Path) -> "Split":
         d = Path(directory)
-        return cls(pd.read_parquet(d / "train.parquet"), pd.read_parquet(d / "holdout.parquet"))
+        return cls(pd.read_parquet(d / "train.parquet"), pd.read_parquet(d / "holdout.parquet"),
+                   cold_items=_load_cold_items(d))  # cold start
+
+
+def _save_cold_items(d: Path, cold_items: tuple[int, ...]) -> None:
+    """cold start: the split's held-out items, or no file when it holds none."""
+    import json
+
+    if cold_items:
+        (d / "cold_items.json").write_text(json.dumps([int(i) for i in cold_items]))
+    else:
+        (d / "cold_items.json").unlink(missing_ok=True)
+
+
+def _load_cold_items(d: Path) -> tuple[int, ...]:
+    import json
+
+    path = d / "cold_items.json"
+    return tuple(int(i) for i in json.loads(path.read_text())) if path.exists() else ()
 
 
 def tiebreak_key(user_id: np.ndarray, item_id: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -85,12 +109,35 @@ def sample_user_negatives(seen: np.ndarray, catalogue: np.ndarray, n_neg: int, s
     return np.asarray(chosen, dtype=np.int64)
 
 
-def split_interactions(interactions: pd.DataFrame, catalogue: np.ndarray, n_neg: int, seed: int) -> Split:
+def split_interactions(interactions: pd.DataFrame, catalogue: np.ndarray, n_neg: int, seed: int,
+                       cold_items: np.ndarray | None = None) -> Split:
+    """Leave-one-out plus fixed negatives; ``cold_items`` (fedrec.coldstart): item ids whose interactions all leave
+    training (the split runs on the rest) and become each user's cold-start targets."""
+    from fedrec import coldstart
+
+    everything = interactions  # negatives avoid every item the user touched, cold ones included
+    interactions, cold_rows = coldstart.separate(interactions, cold_items)
     train, holdout = leave_one_out(interactions, seed)
-    seen = interactions.groupby("user_id")["item_id"].apply(np.asarray)
+    seen = everything.groupby("user_id")["item_id"].apply(np.asarray)
     catalogue = np.asarray(catalogue, dtype=np.int64)
     holdout["negatives"] = [
         sample_user_negatives(seen[u], catalogue, n_neg, seed, u).tolist() for u in holdout["user_id"]
     ]
     train = train[train["user_id"].isin(holdout["user_id"])].reset_index(drop=True)
+    holdout = holdout.join(holdout_ratings(interactions, seed), on="user_id")
+    if cold_items is not None and len(cold_items):  # cold start
+        return Split(train=train, holdout=coldstart.add_cold_targets(holdout, cold_rows, cold_items, n_neg, seed),
+                     cold_items=tuple(int(i) for i in np.sort(np.asarray(cold_items))))
     return Split(train=train, holdout=holdout)
+
+
+def holdout_ratings(interactions: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per user (index), the ratings of the validation and test items :func:`leave_one_out` holds out (same order,
+    same tie-breaking): columns val_rating, test_rating (float64)."""
+    keyed = interactions.assign(_tie=tiebreak_key(interactions["user_id"].to_numpy(),
+                                                  interactions["item_id"].to_numpy(), seed))
+    ordered = keyed.sort_values(["user_id", "timestamp", "_tie"], kind="mergesort")
+    pos_from_end = ordered.groupby("user_id").cumcount(ascending=False)
+    test = ordered[pos_from_end == 0].set_index("user_id")["rating"]
+    val = ordered[pos_from_end == 1].set_index("user_id")["rating"]
+    return pd.DataFrame({"val_rating": val, "test_rating": test}).dropna().astype("float64")

@@ -32,11 +32,12 @@ def training_curves(history: list[RoundRecord], k: int):
     fig, (loss_ax, hr_ax, ndcg_ax) = plt.subplots(1, 3, figsize=(13, 3.8))
     loss_ax.plot([h.round for h in history], [h.loss for h in history], marker=".", color="tab:red")
     loss_ax.set_title("training loss (sample-weighted)")
-    for ax, metric in ((hr_ax, f"hr@{k}"), (ndcg_ax, f"ndcg@{k}")):
+    rating = _rating(evaluated)  # task: rating: RMSE and MAE of the held-out ratings
+    for ax, metric in ((hr_ax, "rmse"), (ndcg_ax, "mae")) if rating else ((hr_ax, f"hr@{k}"), (ndcg_ax, f"ndcg@{k}")):
         rounds = [h.round for h in evaluated]
         ax.plot(rounds, [h.val[metric] for h in evaluated], marker=".", label="validation item")
         ax.plot(rounds, [h.test[metric] for h in evaluated], "--", marker=".", label="test item")
-        ax.set_title(f"{metric} (sampled negatives)")
+        ax.set_title(f"{metric} (held-out ratings)" if rating else f"{metric} (sampled negatives)")
     for ax in (loss_ax, hr_ax, ndcg_ax):
         _rounds_axis(ax)
     hr_ax.legend()
@@ -49,12 +50,13 @@ def per_silo_hr(history: list[RoundRecord], k: int, selected_round: int | None =
     next to the federation's (right)."""
     plt = _pyplot()
     evaluated = [h for h in history if h.per_silo_test]
-    metric = f"hr@{k}"
+    metric = "rmse" if _rating(evaluated) else f"hr@{k}"  # task: rating: each silo's RMSE
     silos = sorted({s for h in evaluated for s in h.per_silo_test})
     fig, (line_ax, bar_ax) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
-    for silo in silos:
+    colours = plt.get_cmap("tab10" if len(silos) <= 10 else "tab20").colors  # one colour per silo
+    for i, silo in enumerate(silos):
         points = [(h.round, h.per_silo_test[silo][metric]) for h in evaluated if silo in h.per_silo_test]
-        line_ax.plot(*zip(*points), marker=".", label=f"silo {silo}")
+        line_ax.plot(*zip(*points), marker=".", label=f"silo {silo}", color=colours[i % len(colours)])
     _rounds_axis(line_ax)
     line_ax.set_title(f"test {metric} per silo")
     if silos:
@@ -74,6 +76,11 @@ def per_silo_hr(history: list[RoundRecord], k: int, selected_round: int | None =
         bar_ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+def _rating(evaluated: list[RoundRecord]) -> bool:
+    """task: rating (the rounds' metrics are RMSE/MAE)."""
+    return any("rmse" in h.val for h in evaluated)
 
 
 def figures(history: list[RoundRecord], k: int, selected_round: int | None = None) -> dict[str, object]:

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 
 from fedrec import pipeline, privacy
+from fedrec.coldstart import evaluate_cold  # cold-start items: their metric sums only
 from fedrec.config import Config
 from fedrec.crypto import CKKSCodec, Codec, PlainCodec, context_fingerprint, create_keys
 from fedrec.errors import FederationError, FedrecError, PayloadError
 from fedrec.federation import masking
 from fedrec.federation.aggregate import state_delta
 from fedrec.federation.filters import LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global
+from fedrec.item_text import model_features  # the hybrid model's (public) item text embeddings
 from fedrec.silo.store import SiloStore, silo_seed
 from fedrec.training import SiloData, evaluate_targets, make_optimizer, model_config, resolve_device, train_epoch
 from fedrec.trust import COORDINATOR, Identity, PublicIdentity, Roster, RosterError, seal, self_signed_identity
@@ -212,7 +214,8 @@ class SiloAgent:
                 raise PayloadError(f"silo {self.silo_id}: the sealed secret context does not belong to the "
                                    "published public context")
         seed = int(np.random.SeedSequence(silo_seed(cfg.federation.seed, self.silo_id)).generate_state(1)[0])
-        self.model = build_model(model_config(cfg.model, self.data.n_users, self.data.n_items),
+        self.model = build_model(model_config(cfg.model, self.data.n_users, self.data.n_items, task=cfg.task,
+                                              item_features=model_features(cfg)),  # hybrid: public item text
                                  torch.Generator().manual_seed(seed)).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.training)
         # sigma for the planned rounds (Opacus searches it when privacy.target_epsilon is set): once per run
@@ -371,9 +374,11 @@ class SiloAgent:
             start = time.perf_counter()
             self.model.load_shared_state(state)
             sums = evaluate_targets(self.model, self.data, ev.k, ("val", "test"), ev.full_ranking, self.device)
+            cold = evaluate_cold(self.model, self.data, ev.k, ev.full_ranking, self.device)  # cold-start items
             seconds = time.perf_counter() - start
         report = MetricReport(silo_id=self.silo_id, round=server_round, val=dataclasses.asdict(sums["val"]),
-                              test=dataclasses.asdict(sums["test"]), seconds=seconds)
+                              test=dataclasses.asdict(sums["test"]), seconds=seconds,
+                              cold=dataclasses.asdict(cold) if cold is not None else None)
         self._post(metrics_key(server_round, self.silo_id), report.to_json())
         return report
 

@@ -136,6 +136,8 @@ class MetricReport(Message):
     val: dict[str, Any]
     test: dict[str, Any]
     seconds: float = 0.0
+    #: cold-start items (fedrec.coldstart): the same sums for each user's held-out cold item; None: none held out
+    cold: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
