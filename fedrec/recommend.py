@@ -83,9 +83,10 @@ class SiloRecommender:
             raise UnknownSiloError(str(exc)) from exc
         self.cfg, self.pinned_run = cfg, run_id
         self.paths = pipeline.Paths.of(cfg)
-        if not pipeline.silo_base_file(cfg, silo_id).exists():
-            known = sorted(p.parent.name for p in pipeline.silo_base_file(cfg, "*").parent.parent.glob("*/interactions.parquet"))
-            raise UnknownSiloError(f"silo {silo_id!r} has no data under {self.paths.silos} (silos here: "
+        base = pipeline.silo_base_file(cfg, silo_id)
+        if not base.exists():
+            known = sorted(p.parent.name for p in base.parent.parent.glob("*/interactions.parquet"))
+            raise UnknownSiloError(f"silo {silo_id!r} has no data under {base.parent.parent} (silos here: "
                                    f"{', '.join(known) or 'none'}; run `fedrec partition` or `fedrec run` first)")
         self.catalogue: pd.DataFrame = pipeline.read_catalogue(self.paths.catalogue)
         self.device = resolve_device(cfg.training.device)

@@ -96,15 +96,18 @@ class RecModel(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.items(self.users(users), items)
 
+    #: the pointwise loss of (score, label): BCE on logits for implicit feedback; models.rating uses MSE
+    loss_fn = staticmethod(F.binary_cross_entropy_with_logits)
+
     def calculate_loss(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy on logits. users, items: LongTensor [batch]; labels: FloatTensor [batch]."""
-        return F.binary_cross_entropy_with_logits(self(users, items), labels)
+        """``loss_fn`` of the scores. users, items: LongTensor [batch]; labels: FloatTensor [batch]."""
+        return self.loss_fn(self(users, items), labels)
 
     def loss_and_l2(self, users: torch.Tensor, items: torch.Tensor,
                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(BCE on logits, per-batch embedding L2) from one lookup of the batch's embedding rows."""
+        """(``loss_fn``, per-batch embedding L2) from one lookup of the batch's embedding rows."""
         user_vecs, item_vecs = self.users(users), self.items.item_vectors(items)
-        loss = F.binary_cross_entropy_with_logits(self.items.score(user_vecs, item_vecs), labels)
+        loss = self.loss_fn(self.items.score(user_vecs, item_vecs), labels)
         l2 = sum(v.pow(2).sum() for v in (*user_vecs.values(), *item_vecs.values())) / len(users)
         return loss, l2
 

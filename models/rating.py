@@ -55,17 +55,9 @@ class RatingModel(RecModel):
 
     task = "rating"
 
-    def calculate_loss(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        """MSE = mean((r_hat - r)^2). users, items: LongTensor [batch]; ratings: FloatTensor [batch]."""
-        return F.mse_loss(self(users, items), ratings)
-
-    def loss_and_l2(self, users: torch.Tensor, items: torch.Tensor,
-                    ratings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MSE, per-batch L2 of the embedding and bias rows the batch touches) from one lookup."""
-        user_vecs, item_vecs = self.users(users), self.items.item_vectors(items)
-        loss = F.mse_loss(self.items.score(user_vecs, item_vecs), ratings)
-        l2 = sum(v.pow(2).sum() for v in (*user_vecs.values(), *item_vecs.values())) / len(users)
-        return loss, l2
+    #: MSE = mean((r_hat - r)^2) on observed ratings: calculate_loss and loss_and_l2 (with the L2 of the embedding
+    #: and bias rows a batch touches) are RecModel's, with this loss
+    loss_fn = staticmethod(F.mse_loss)
 
     @torch.no_grad()
     def predict_rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ the next federated run trains on it → the user's recommendations change), afte
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from fedrec import pipeline
 from fedrec.cli import app
 from fedrec.config import load_config
 from fedrec.errors import SiloValidationError
+from fedrec.ops.procs import free_port
 from fedrec.recommend import NoTrainedModelError, UnknownSiloError, UnknownUserError, recommend
 from fedrec.silo.feedback import FeedbackError, append_feedback, read_feedback
 
@@ -109,12 +109,6 @@ def test_a_new_user_of_the_silo_gets_its_popular_items(trained):
     assert [int(counts[i["item_id"]]) for i in body["items"]] == counts.iloc[:3].tolist()  # ties in any order
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_answers_over_http_on_loopback(trained):
     import uvicorn
 
@@ -123,7 +117,7 @@ def test_serve_answers_over_http_on_loopback(trained):
     _, path = trained
     cfg = load_config(path)
     user = _a_user(cfg)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_app(cfg, SILO), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
