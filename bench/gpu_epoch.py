@@ -60,6 +60,7 @@ def main() -> None:
             continue
         cfg = from_dict({"model": {"name": args.model},
                          "training": {"device": device, "batch_size": int(batch), "lr": float(lr),
+                                      "cuda_batch_size": 0,  # this batch and lr, also on CUDA
                                       "epochs": args.epochs, "seeds": [args.seed], "patience": 5}})
         start = time.perf_counter()
         result = train_centralized(data, cfg, args.seed)

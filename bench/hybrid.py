@@ -165,7 +165,7 @@ def _he_micro(cost: dict, n_silos: int = 11, repeats: int = 3) -> dict:
         rounds = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            updates = [encrypt_update(LocalUpdate(f"s{i}", 1, 1000, delta), silo, crypto, n_silos)
+            updates = [encrypt_update(LocalUpdate(f"s{i}", 1, 1000, delta), silo, crypto, 1000 * n_silos)
                        for i in range(n_silos)]
             t1 = time.perf_counter()
             aggregate = aggregate_updates(updates, coordinator, 1, crypto)

@@ -1,10 +1,11 @@
 """CKKS (TenSEAL) and plaintext codecs for summing weighted updates.
 
-Key holders (the silos) hold a secret context; the coordinator gets a context serialized
-without the secret key, galois or relinearisation keys: ciphertext addition needs none of
-them, and without the secret key it cannot decrypt (:class:`DecryptionKeyError`).
-Flat vectors are packed into ``poly_modulus_degree / 2`` slots per ciphertext ourselves,
-so TenSEAL never chunks (and warns) on its own.
+Key holders (the silos) hold a secret context and encrypt symmetrically (with the secret key: half the noise and
+twice the speed of public-key encryption, measured); the coordinator gets the bare parameters, serialized without
+secret, public, galois or relinearisation keys (86 bytes): ciphertext addition needs none of them, and it can
+neither decrypt (:class:`DecryptionKeyError`) nor encrypt (so it cannot forge a silo's ciphertext).
+Flat vectors are packed into ``poly_modulus_degree / 2`` slots per ciphertext ourselves, so TenSEAL never chunks
+(and warns) on its own.
 
 The plaintext codec exposes the same interface so HE can be switched off (``he: false``)
 to measure its cost; both produce :class:`~fedrec.wire.payload.EncryptedUpdate` chunks.
@@ -13,6 +14,7 @@ to measure its cost; both produce :class:`~fedrec.wire.payload.EncryptedUpdate` 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +26,25 @@ from fedrec.errors import DecryptionKeyError, PayloadError
 
 def context_fingerprint(public_context: bytes) -> str:
     return hashlib.sha256(public_context).hexdigest()[:16]
+
+
+#: a public context: this tag, the key id, then TenSEAL's parameters-only context. Without a public key the
+#: parameters are the same for every key, so the key id (a hash of the secret context, which a 4096-coefficient
+#: ternary secret key makes infeasible to invert) names the key: runs' contexts differ, and a silo checks that
+#: the secret context sealed to it is the one the published context names
+PUBLIC_TAG = b"FEDREC-CKKS-PUBLIC1\n"
+
+
+def key_id(secret_context: bytes) -> bytes:
+    return hashlib.sha256(b"fedrec-ckks-key-id|" + secret_context).digest()
+
+
+def _split_public(public_context: bytes) -> tuple[bytes, bytes]:
+    """(key id, TenSEAL parameters) of a public context."""
+    if not public_context.startswith(PUBLIC_TAG) or len(public_context) <= len(PUBLIC_TAG) + 32:
+        raise PayloadError("not a fedrec public CKKS context (tag and key id missing)")
+    rest = public_context[len(PUBLIC_TAG):]
+    return rest[:32], rest[32:]
 
 
 @dataclass(frozen=True)
@@ -49,11 +70,11 @@ def create_keys(cfg: CryptoConfig) -> KeyMaterial:
     import tenseal as ts
 
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=cfg.poly_modulus_degree,
-                     coeff_mod_bit_sizes=list(cfg.coeff_mod_bit_sizes))
+                     coeff_mod_bit_sizes=list(cfg.coeff_mod_bit_sizes), encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)
     ctx.global_scale = 2 ** cfg.global_scale_bits
-    secret = ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
-    public = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-    return KeyMaterial(secret_context=secret, public_context=public)
+    secret = ctx.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+    params = ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    return KeyMaterial(secret_context=secret, public_context=PUBLIC_TAG + key_id(secret) + params)
 
 
 class Codec(Protocol):
@@ -70,15 +91,22 @@ class CKKSCodec:
 
     scheme = "ckks"
 
-    def __init__(self, context_bytes: bytes, slots: int, public_context: bytes | None = None):
+    def __init__(self, context_bytes: bytes, slots: int, public_context: bytes | None = None, threads: int = 1):
+        """``context_bytes``: a silo's secret context (TenSEAL) or the coordinator's public context (tagged);
+        ``threads``: ciphertexts processed in parallel (TenSEAL releases the GIL)."""
         import tenseal as ts
 
         self._ts = ts
+        if context_bytes.startswith(PUBLIC_TAG):
+            self.key_id, raw = _split_public(context_bytes)
+        else:
+            self.key_id, raw = key_id(context_bytes), context_bytes
         try:
-            self._ctx = ts.context_from(context_bytes)
+            self._ctx = ts.context_from(raw)
         except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on garbage
             raise PayloadError(f"not a TenSEAL context ({exc})") from exc
         self.slots = slots  # poly_modulus_degree / 2: we pack ourselves so TenSEAL never chunks
+        self.threads = max(1, threads)
         self.context_id = context_fingerprint(public_context if public_context is not None else context_bytes)
 
     @property
@@ -86,19 +114,33 @@ class CKKSCodec:
         return self._ctx.is_private()
 
     def matches(self, public_context: bytes) -> bool:
-        """Whether this (secret) context decrypts what ``public_context`` encrypts."""
+        """Whether ``public_context`` (the coordinator's) names this secret context's key, and sums made under its
+        parameters decrypt here."""
         probe = np.linspace(-1.0, 1.0, 8)
-        public = CKKSCodec(public_context, self.slots)
         try:
-            back = self.decrypt(public.encrypt(probe), len(probe))
+            public = CKKSCodec(public_context, self.slots)
+            if public.can_decrypt or not public_context.startswith(PUBLIC_TAG) or public.key_id != self.key_id:
+                return False
+            chunk = self.encrypt(probe)
+            back = self.decrypt(public.add([chunk, chunk]), len(probe))
         except (DecryptionKeyError, PayloadError, ValueError):
             return False
-        return bool(np.allclose(back, probe, atol=1e-6))
+        return bool(np.allclose(back, 2 * probe, atol=1e-6))
 
     def encrypt(self, flat: np.ndarray) -> list[bytes]:
+        if not self.can_decrypt:
+            raise DecryptionKeyError("this context holds no secret key: silos encrypt symmetrically with theirs, "
+                                     "the coordinator's context can only add")
         flat = np.asarray(flat, dtype=np.float64)
-        return [self._ts.ckks_vector(self._ctx, flat[i:i + self.slots].tolist()).serialize()
-                for i in range(0, len(flat), self.slots)]
+        return self._map(lambda i: self._ts.ckks_vector(self._ctx, flat[i:i + self.slots].tolist()).serialize(),
+                         range(0, len(flat), self.slots))
+
+    def _map(self, fn, items) -> list:
+        items = list(items)
+        if self.threads == 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(self.threads, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     def _load(self, chunk: bytes):
         try:
@@ -110,19 +152,19 @@ class CKKSCodec:
         n_chunks = {len(p) for p in payloads}
         if len(n_chunks) != 1:
             raise PayloadError(f"updates have different numbers of ciphertexts: {sorted(n_chunks)}")
-        out = []
-        for j in range(n_chunks.pop()):
+        def add_chunk(j: int) -> bytes:
             total = self._load(payloads[0][j])
             for p in payloads[1:]:
-                total = total + self._load(p[j])
-            out.append(total.serialize())
-        return out
+                total += self._load(p[j])
+            return total.serialize()
+
+        return self._map(add_chunk, range(n_chunks.pop()))
 
     def decrypt(self, chunks: list[bytes], length: int) -> np.ndarray:
         if not self.can_decrypt:
             raise DecryptionKeyError("this context holds no secret key (the coordinator's public context "
                                      "cannot decrypt); decrypt with a silo's key store")
-        flat = np.concatenate([np.asarray(self._load(c).decrypt(), dtype=np.float64) for c in chunks])
+        flat = np.concatenate(self._map(lambda c: np.asarray(self._load(c).decrypt(), dtype=np.float64), chunks))
         if len(flat) < length:
             raise PayloadError(f"decrypted {len(flat)} values, layout needs {length}")
         return flat[:length]

@@ -38,4 +38,4 @@ class PayloadError(FedrecError):
 
 
 class DecryptionKeyError(FedrecError):
-    """A context without the secret key was asked to decrypt."""
+    """A context without the secret key was asked to decrypt (or, symmetric CKKS, to encrypt)."""

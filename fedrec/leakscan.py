@@ -73,13 +73,14 @@ def secret_key_needles(secret_context: bytes, window: int = 48, count: int = 16)
     return needles
 
 
-def public_key_needles(public_context: bytes) -> list[Needle]:
-    """The first coefficient of each public-key polynomial as SEAL keeps it in memory: a control showing a
-    memory scan does see SEAL's key objects of a process that loaded the context."""
-    import tenseal as ts
+def public_context_needles(public_context: bytes) -> list[Needle]:
+    """The key id a public context names (fedrec.crypto.PUBLIC_TAG): a control showing a memory scan does see
+    what a process holds that loaded the run's public context (symmetric CKKS: there is no public key)."""
+    from fedrec.crypto import PUBLIC_TAG
 
-    key = ts.context_from(public_context).public_key().data.data()
-    return [Needle("public-key", np.array([key.data(i)], dtype="<u8").tobytes()) for i in range(key.size())]
+    if not public_context.startswith(PUBLIC_TAG):
+        raise ValueError("not a fedrec public CKKS context")
+    return [Needle("public-context", public_context[len(PUBLIC_TAG):len(PUBLIC_TAG) + 32])]
 
 
 def scan_process(pid: int, needles: list[Needle]) -> list[Finding]:

@@ -37,6 +37,15 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
+def for_device(cfg: Config, device: torch.device) -> Config:
+    """``cfg`` with the GPU's batch size and learning rate (training.cuda_batch_size / cuda_lr) on a CUDA device;
+    unchanged on the CPU."""
+    t = cfg.training
+    if device.type != "cuda" or t.cuda_batch_size <= 0:
+        return cfg
+    return cfg.replace(**{"training.batch_size": t.cuda_batch_size, "training.lr": t.cuda_lr or t.lr})
+
+
 @dataclass
 class SiloData:
     """One silo's training and evaluation arrays, users re-indexed locally (row = local index).
@@ -309,6 +318,7 @@ def train_centralized(
 ) -> CentralizedResult:
     """Train with early stopping on the validation item; test metrics come from the selected epoch only."""
     device = resolve_device(cfg.training.device)
+    cfg = for_device(cfg, device)
     ev = cfg.evaluation
     selection = effective_selection_metric(cfg.task, ev.selection_metric)  # task: rating -> rmse (lower is better)
     rng, model, optimizer, scheduler = _fresh_run(data, cfg, seed, device)

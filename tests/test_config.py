@@ -26,7 +26,7 @@ def test_defaults_load_when_file_missing(tmp_path):
     assert cfg.model.mlp_layers == (64, 32, 16)
     assert cfg.training.seeds == (0, 1)
     assert cfg.evaluation.n_negatives == 99
-    assert cfg.crypto.poly_modulus_degree == 8192
+    assert cfg.crypto.poly_modulus_degree == 4096 and cfg.crypto.mask_bits == 38
 
 
 def test_unknown_key_raises_config_error_naming_key():
@@ -59,8 +59,10 @@ def test_out_of_range_raises_config_error():
 
 @pytest.mark.parametrize("raw, message", [
     ({"federation": {"min_silos": 1}}, "federation.min_silos must be >= 2"),
-    ({"crypto": {"mask_bits": 16}}, "crypto.mask_bits must be in quantization_bits\\+8..48"),
-    ({"crypto": {"global_scale_bits": 40}}, "crypto.global_scale_bits must be >= crypto.mask_bits \\+ 18"),
+        ({"crypto": {"lane_bits": 16}}, r"crypto.lane_bits must be >= quantization_bits \+ 1"),
+        ({"crypto": {"pack": 3}}, r"crypto.pack \* crypto.lane_bits must be in 1..48"),
+        ({"crypto": {"coeff_mod_bit_sizes": [60, 60]}}, "must sum to at most 109 bits for 128-bit security"),
+        ({"crypto": {"global_scale_bits": 40}}, r"crypto.global_scale_bits must be >= crypto.pack \* crypto.lane_bits \+ 14"),
 ])
 def test_privacy_and_precision_bounds_are_checked(raw, message):
     with pytest.raises(ConfigError, match=message):

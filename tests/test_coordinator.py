@@ -62,8 +62,9 @@ class Silo:
         if masked:
             peers = [coord.roster.get(s) for s in participants]
             mask = masking.silo_mask(self.identity, peers, masking.mask_info(coord.run_id, server_round, attempt),
-                                     sum(t.numel() for t in update.delta.values()), coord.cfg.crypto.mask_bits)
-        return encrypt_update(update, PlainCodec(), coord.cfg.crypto, len(participants), mask)
+                                     masking.n_slots(sum(t.numel() for t in update.delta.values()),
+                                                     coord.cfg.crypto.pack), coord.cfg.crypto.mask_bits)
+        return encrypt_update(update, PlainCodec(), coord.cfg.crypto, N_TRAIN * len(participants), mask)
 
     def send(self, coord: Coordinator, server_round: int, participants: list[str], *, attempt: int = 0,
              **kwargs) -> None:
@@ -90,8 +91,9 @@ def _opened(coord: Coordinator, names: str) -> dict[str, Silo]:
 def _unmasked_mean(coord: Coordinator, silos: list[Silo]) -> np.ndarray:
     """What the round's mean must be: the silos' weighted deltas on the integer grid, summed without masks."""
     bits = coord.cfg.crypto.quantization_bits
-    total = sum(masking.quantize_int(flatten_state(s.delta(coord, 0.5)) * N_TRAIN, bits) for s in silos)
-    return (total / 2.0 ** bits / (N_TRAIN * len(silos))).astype(np.float32)  # the model's dtype
+    total = sum(masking.quantize_share(flatten_state(s.delta(coord, 0.5)), N_TRAIN, N_TRAIN * len(silos), bits)
+                for s in silos)
+    return (total / 2.0 ** bits).astype(np.float32)  # the model's dtype
 
 
 def test_admission_keeps_valid_silos_and_says_why_the_others_are_out(cfg):
@@ -155,10 +157,12 @@ def test_masks_hide_each_update_from_the_coordinator(cfg):
     unmasked = silos["a"].payload(coord, 1, participants, masked=False)
 
     # Assert: masked, a's values look uniform and are uncorrelated with its update; unmasked, they are the update
-    values = PlainCodec().decrypt(list(masked.chunks), layout_size(masked.layout))
-    truth = PlainCodec().decrypt(list(unmasked.chunks), layout_size(unmasked.layout))
-    assert abs(np.corrcoef(values, truth)[0, 1]) < 0.06 and np.std(values) > 0.5  # 5 sigma of chance
-    assert np.corrcoef(masking.decode_sum(truth, 1, 32), flatten_state(silos["a"].delta(coord, 0.5)))[0, 1] > 0.999
+    crypto, size = coord.cfg.crypto, layout_size(masked.layout)
+    values = PlainCodec().decrypt(list(masked.chunks), masking.n_slots(size, crypto.pack))
+    truth = PlainCodec().decrypt(list(unmasked.chunks), masking.n_slots(size, crypto.pack))
+    assert abs(np.corrcoef(values, truth)[0, 1]) < 0.09 and np.std(values) > 0.5  # 5 sigma of chance (4,003 slots)
+    lanes = masking.unpack_lanes(masking.decode_sum(truth, 1, crypto.mask_bits), crypto.pack, crypto.lane_bits, size)
+    assert np.corrcoef(lanes, flatten_state(silos["a"].delta(coord, 0.5)))[0, 1] > 0.999
 
 
 def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: list[str]) -> None:
@@ -192,7 +196,7 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
     elif kind == "implausible n_samples":
         post(dataclasses.replace(honest, n_samples=10**9))
     elif kind == "NaN":
-        post(dataclasses.replace(honest, chunks=(np.full(layout_size(honest.layout), np.nan).tobytes(),)))
+        post(dataclasses.replace(honest, chunks=(np.full(len(honest.chunks[0]) // 8, np.nan).tobytes(),)))
     elif kind == "truncated":
         signed = seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=key, author=d.identity)
         coord.exchange.put(key, signed[:-100])

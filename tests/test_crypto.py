@@ -12,7 +12,7 @@ from fedrec.errors import DecryptionKeyError, PayloadError
 from fedrec.federation.aggregate import flatten_state, weighted_average
 from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
 
-CRYPTO = CryptoConfig()  # 8192 -> 4096 slots per ciphertext
+CRYPTO = CryptoConfig()  # 4096 -> 2048 slots per ciphertext
 SLOTS = CRYPTO.poly_modulus_degree // 2
 LENGTH = 2 * SLOTS + 123  # three ciphertexts per vector
 N_SAMPLES = [120, 45, 300]
@@ -71,7 +71,7 @@ def test_chunk_warning_detector_works(keys, capfd):
     """Control for the test above: TenSEAL's own chunking prints the warning we look for."""
     import tenseal as ts
 
-    ctx = ts.context_from(keys.public_context)
+    ctx = ts.context_from(keys.secret_context)
     ts.ckks_vector(ctx, [0.5] * (SLOTS + 1))
 
     out, err = capfd.readouterr()
@@ -84,6 +84,9 @@ def test_coordinator_cannot_decrypt(keys, vectors):
 
     with pytest.raises(DecryptionKeyError, match="no secret key"):
         coordinator.decrypt(total, LENGTH)
+    with pytest.raises(DecryptionKeyError, match="can only add"):  # nor encrypt: it cannot forge a silo's update
+        coordinator.encrypt(vectors[0])
+    assert len(keys.public_context) < 200  # parameters only: no public, galois or relinearisation keys
 
 
 def test_add_refuses_different_chunk_counts(keys):
@@ -138,7 +141,7 @@ def test_filters_encrypt_aggregate_decrypt(keys, vectors, he, capfd):
     flats = [flatten_state(u.delta) for u in updates]  # float32-rounded, as the silos really send
 
     # Execute
-    encrypted = [encrypt_update(u, silo, CRYPTO, len(updates)) for u in updates]
+    encrypted = [encrypt_update(u, silo, CRYPTO, sum(N_SAMPLES)) for u in updates]
     aggregate = aggregate_updates(list(reversed(encrypted)), coordinator, 3, CRYPTO)
     result = decrypt_aggregate(aggregate, silo)
 
@@ -149,22 +152,24 @@ def test_filters_encrypt_aggregate_decrypt(keys, vectors, he, capfd):
     assert result.total_samples == sum(N_SAMPLES)
     expected = weighted_average(flats, N_SAMPLES)
     got = flatten_state(result.mean_delta)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got, expected, atol=2.0 ** -CRYPTO.quantization_bits * len(updates))
     assert result.mean_delta["item_gmf.weight"].shape == (2 * SLOTS // 8, 8)
+    # two values per slot: LENGTH values in ceil(LENGTH / 2 / SLOTS) = 2 ciphertexts
+    assert all(len(e.chunks) == (2 if he else 1) for e in encrypted)
     out, err = capfd.readouterr()
     assert CHUNK_WARNING not in out + err
 
 
 def test_aggregate_refuses_mismatched_round(keys, vectors):
     silo = silo_codec(keys)
-    encrypted = [encrypt_update(u, silo, CRYPTO, 3) for u in _updates(vectors[:1], round_=2)]
+    encrypted = [encrypt_update(u, silo, CRYPTO, N_SAMPLES[0]) for u in _updates(vectors[:1], round_=2)]
 
     with pytest.raises(PayloadError, match=r"silo 's0' refused: round 2 \(expected 3\)"):
         aggregate_updates(encrypted, coordinator_codec(keys), 3, CRYPTO)
 
 
 def test_aggregate_refuses_plaintext_under_ckks(keys, vectors):
-    plain = [encrypt_update(u, PlainCodec(), CRYPTO, 3) for u in _updates(vectors[:1])]
+    plain = [encrypt_update(u, PlainCodec(), CRYPTO, N_SAMPLES[0]) for u in _updates(vectors[:1])]
 
     with pytest.raises(PayloadError, match="scheme 'plain'"):
         aggregate_updates(plain, coordinator_codec(keys), 3, CRYPTO)
@@ -176,30 +181,32 @@ def test_aggregate_refuses_empty_round(keys):
 
 
 def test_quantized_he_and_plain_aggregates_are_bit_identical(keys, vectors):
-    # Prepare: the same updates through the CKKS path and the plaintext path, on the 2^-12 grid as integers
+    # Prepare: the same updates through the CKKS path and the plaintext path, on the 2^-17 grid as integers
     updates = _updates(vectors)
     bits = CRYPTO.quantization_bits
 
     # Execute
-    he_agg = aggregate_updates([encrypt_update(u, silo_codec(keys), CRYPTO, 3) for u in updates],
+    total = sum(N_SAMPLES)
+    he_agg = aggregate_updates([encrypt_update(u, silo_codec(keys), CRYPTO, total) for u in updates],
                                coordinator_codec(keys), 3, CRYPTO)
     he = flatten_state(decrypt_aggregate(he_agg, silo_codec(keys)).mean_delta)
-    plain_agg = aggregate_updates([encrypt_update(u, PlainCodec(), CRYPTO, 3) for u in updates], PlainCodec(), 3,
-                                  CRYPTO)
+    plain_agg = aggregate_updates([encrypt_update(u, PlainCodec(), CRYPTO, total) for u in updates], PlainCodec(),
+                                  3, CRYPTO)
     plain = flatten_state(decrypt_aggregate(plain_agg, PlainCodec()).mean_delta)
 
     # Assert: CKKS noise is rounded away; both are within a grid step of the exact weighted average
     assert (he_agg.quantization_bits, he_agg.mask_bits) == (bits, CRYPTO.mask_bits)
     np.testing.assert_array_equal(he, plain)
     np.testing.assert_allclose(he, weighted_average([flatten_state(u.delta) for u in updates], N_SAMPLES),
-                               atol=2.0 ** -bits)
+                               atol=2.0 * 2.0 ** -bits)  # each silo's share is rounded by half a step
 
 
 def test_noise_beyond_the_integer_margin_is_a_named_error(keys, vectors):
-    # Prepare: 2^48 residues carried at scale 2^50: an integer step (2^-47) far below CKKS noise (~2^-35)
-    fine = CryptoConfig(mask_bits=48)
+    # Prepare: 2 x 24-bit lanes, 2^48 residues carried at scale 2^52: an integer step (2^-47) far below CKKS
+    # noise (~2^-43)
+    fine = CryptoConfig(lane_bits=24)
     updates = _updates(vectors)
-    agg = aggregate_updates([encrypt_update(u, silo_codec(keys), fine, 3) for u in updates],
+    agg = aggregate_updates([encrypt_update(u, silo_codec(keys), fine, sum(N_SAMPLES)) for u in updates],
                             coordinator_codec(keys), 3, fine)
 
     # Execute / Assert
@@ -209,35 +216,39 @@ def test_noise_beyond_the_integer_margin_is_a_named_error(keys, vectors):
 
 def test_mixed_encodings_are_refused(keys, vectors):
     updates = _updates(vectors)
-    mixed = [encrypt_update(updates[0], silo_codec(keys), CRYPTO, 3),
-             encrypt_update(updates[1], silo_codec(keys), CryptoConfig(quantization_bits=8), 3)]
+    mixed = [encrypt_update(updates[0], silo_codec(keys), CRYPTO, sum(N_SAMPLES)),
+             encrypt_update(updates[1], silo_codec(keys), CryptoConfig(quantization_bits=8), sum(N_SAMPLES))]
 
     with pytest.raises(PayloadError, match="encoding 2\\^-8"):
         aggregate_updates(mixed, coordinator_codec(keys), 3, CRYPTO)
 
 
 def test_a_sum_past_the_value_limit_wraps_silently_which_is_why_contributors_are_capped(keys):
-    # Prepare: the default parameters (one 60-bit data prime, scale 2^50) wrap sums at 2^9; the limit keeps 2^8,
-    # i.e. at most 256 contributors of values in [-1, 1)
+    # Prepare: the default parameters (one 60-bit data prime, scale 2^52) wrap sums at 2^7; the limit keeps 2^6,
+    # i.e. at most 64 contributors of values in [-1, 1)
     limit = value_limit(CRYPTO)
-    assert limit == 2.0 ** 8
+    assert limit == 2.0 ** 6
     inside, outside = np.full(8, limit / 3), np.full(8, limit * 0.9)
 
     # Execute: sums of three ciphertexts each (each value alone is fine)
     sums = [silo_codec(keys).decrypt(coordinator_codec(keys).add([silo_codec(keys).encrypt(v) for _ in range(3)]), 8)
             for v in (inside, outside)]
 
-    # Assert: inside the range the sum is exact to the grid; past 2^9 it decrypts to something else, no error
+    # Assert: inside the range the sum is exact to the grid; past 2^7 it decrypts to something else, no error
     np.testing.assert_allclose(sums[0], 3 * inside, atol=1e-6)
     assert np.all(np.abs(sums[1] - 3 * outside) > 1.0)
 
 
 def test_a_silo_refuses_to_encrypt_an_update_that_could_overflow_the_sum(keys):
-    update = LocalUpdate("s", 1, 1000, {"w": torch.full((4,), 200.0)})  # weighted 200,000: 8.2e8 grid steps
+    # the lanes hold the round's mean update within +-2^(19 - 1 - 17) = +-2; each silo may use its weight's share
+    update = LocalUpdate("s", 1, 1000, {"w": torch.tensor([0.1, -1.9, 0.0, 1.0])})
+    too_big = LocalUpdate("s", 1, 1000, {"w": torch.tensor([0.1, -2.1, 0.0, 1.0])})
 
-    with pytest.raises(PayloadError, match="exceeds this silo's share"):
-        encrypt_update(update, silo_codec(keys), CRYPTO, 4)  # a quarter of 2^31 each
-    assert encrypt_update(update, silo_codec(keys), CRYPTO, 2).n_samples == 1000
+    with pytest.raises(PayloadError, match=r"value of -?2.1 leaves the encoding's range \+-2 "):
+        encrypt_update(too_big, silo_codec(keys), CRYPTO, 4000)
+    assert encrypt_update(update, silo_codec(keys), CRYPTO, 4000).total_samples == 4000
+    with pytest.raises(PayloadError, match="not a share of the round's total_samples 999"):
+        encrypt_update(update, silo_codec(keys), CRYPTO, 999)
 
 
 def test_a_secret_context_matches_only_its_own_public_context(keys):
@@ -245,3 +256,36 @@ def test_a_secret_context_matches_only_its_own_public_context(keys):
 
     assert silo_codec(keys).matches(keys.public_context)
     assert not CKKSCodec(other.secret_context, SLOTS).matches(keys.public_context)
+
+
+@pytest.mark.parametrize("he", [True, False])
+def test_an_unmasked_round_missing_a_silo_averages_over_the_others(keys, vectors, he):
+    # Prepare: three silos were told the round's total; s2 never sent (no masks: no remask, no reweighting)
+    silo = silo_codec(keys) if he else PlainCodec()
+    updates = _updates(vectors)[:2]
+    sent = [encrypt_update(u, silo, CRYPTO, sum(N_SAMPLES)) for u in updates]
+
+    # Execute
+    aggregate = aggregate_updates(sent, coordinator_codec(keys) if he else PlainCodec(), 3, CRYPTO)
+    result = decrypt_aggregate(aggregate, silo)
+
+    # Assert: the weights are scaled back to one over the two that sent
+    assert (aggregate.n_samples, aggregate.total_samples) == (sum(N_SAMPLES[:2]), sum(N_SAMPLES))
+    np.testing.assert_allclose(flatten_state(result.mean_delta),
+                               weighted_average([flatten_state(u.delta) for u in updates], N_SAMPLES[:2]),
+                               atol=4 * 2.0 ** -CRYPTO.quantization_bits)
+
+
+def test_threaded_codec_gives_the_same_ciphertext_sums(keys, vectors):
+    # Prepare: four ciphertexts per vector; one codec per side with 1 and with 3 threads
+    silo1, silo3 = silo_codec(keys), CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context, threads=3)
+    coordinator3 = CKKSCodec(keys.public_context, SLOTS, threads=3)
+    x = np.concatenate([vectors[0], vectors[1]])[:4 * SLOTS]
+
+    # Execute
+    total = coordinator3.add([silo3.encrypt(x), silo1.encrypt(x)])
+
+    # Assert: chunks stay in order
+    assert len(total) == 4
+    np.testing.assert_allclose(silo3.decrypt(total, len(x)), 2 * x, atol=1e-9)
+    np.testing.assert_allclose(silo1.decrypt(total, len(x)), silo3.decrypt(total, len(x)), atol=0)

@@ -106,15 +106,16 @@ def test_the_adapter_is_shared_and_goes_through_the_encrypted_aggregation():
     crypto = CryptoConfig()
     keys = create_keys(crypto)
     codec = CKKSCodec(keys.secret_context, crypto.poly_modulus_degree // 2, public_context=keys.public_context)
-    update = encrypt_update(LocalUpdate("a", 1, 5, delta), codec, crypto, 2)
-    mean = decrypt_aggregate(aggregate_updates([update, encrypt_update(LocalUpdate("b", 1, 5, delta), codec, crypto, 2)],
+    update = encrypt_update(LocalUpdate("a", 1, 5, delta), codec, crypto, 10)
+    mean = decrypt_aggregate(aggregate_updates([update, encrypt_update(LocalUpdate("b", 1, 5, delta), codec, crypto, 10)],
                                                CKKSCodec(keys.public_context, crypto.poly_modulus_degree // 2), 1, crypto),
                              codec).mean_delta
 
     # Assert: the adapter's tensors are in the encrypted layout and come back as the (mean) update
     assert {s.name for s in update.layout} == set(start)
     for k in adapter:
-        torch.testing.assert_close(mean[k].float(), delta[k].float(), atol=2.0 ** -crypto.quantization_bits, rtol=0)
+        torch.testing.assert_close(mean[k].float(), delta[k].float(), atol=2.0 * 2.0 ** -crypto.quantization_bits,
+                                   rtol=0)
 
 
 # --- cold-start items -------------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_
         key_holder_store = sorted((Path(cfg.federation.state_dir) / "silos").glob("*/*/keys/secret.ctx"))
         public = next((Path(cfg.federation.exchange_url)).glob("*/context/public.ctx")).read_bytes()
         needles = (leakscan.secret_key_needles(key_holder_store[0].read_bytes())
-                   + leakscan.public_key_needles(peek_envelope(public)[1]))
+                   + leakscan.public_context_needles(peek_envelope(public)[1]))
         memory_findings = leakscan.scan_process(int(ready.read_text()), needles)
         Path(f"{hold}.done").write_text("")
     stdout, stderr = proc.communicate(timeout=120)
@@ -145,11 +145,11 @@ def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_
     if tracer:
         assert any(p.startswith(str(paths.catalogue.resolve())) for p in opened)  # a pyarrow read, seen by strace
     # Assert: the key material stayed with the key holder, and the coordinator's memory at the end of the run holds
-    # the public key (control: the scan sees SEAL's key objects) but not the secret key in any form
+    # the public context's key id (control: the scan sees what it loaded) but not the secret key in any form
     key_dir = Path(cfg.federation.state_dir) / "silos" / summary["key_holder"] / summary["run_id"] / "keys"
     assert (key_dir / "secret.ctx").exists()
     assert memory_findings is not None, "the coordinator never waited for its memory to be searched"
-    assert {f.kind for f in memory_findings} == {"public-key"}, [str(f) for f in memory_findings][:5]
+    assert {f.kind for f in memory_findings} == {"public-context"}, [str(f) for f in memory_findings][:5]
     # Assert: each silo ran as its own flow run, visible through the Prefect API, with its per-round tasks
     runs = _silo_runs(summary["run_id"])
     assert sorted(run.parameters["silo_id"] for run, _ in runs) == list(SILOS)

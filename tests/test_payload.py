@@ -16,7 +16,7 @@ from fedrec.federation.filters import (LocalUpdate, aggregate_updates, decode_gl
                                        encrypt_update)
 from fedrec.wire.payload import MAGIC, EncryptedUpdate, TensorSpec, layout_size
 
-CRYPTO = CryptoConfig(poly_modulus_degree=4096, coeff_mod_bit_sizes=(40, 20, 40), global_scale_bits=20)
+CRYPTO = CryptoConfig()  # 4096: 2048 slots of two values each
 SLOTS = 2048
 
 
@@ -36,8 +36,9 @@ def _update(silo: str = "a", round_: int = 1, n: int = 10) -> LocalUpdate:
 
 
 def _payload(keys, **kw) -> EncryptedUpdate:
-    return encrypt_update(_update(**kw), CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context),
-                          CRYPTO, 3)
+    update = _update(**kw)
+    return encrypt_update(update, CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context),
+                          CRYPTO, update.n_samples)
 
 
 def test_round_trip(keys):
@@ -53,7 +54,8 @@ def test_round_trip(keys):
     assert data.startswith(MAGIC)
     assert back.layout == (TensorSpec("w", (1000, 3)), TensorSpec("b", (1,)))
     assert layout_size(back.layout) == 3001
-    assert len(back.chunks) == 2  # 3001 values in 2048-slot ciphertexts
+    assert len(back.chunks) == 1  # 3001 values, two per slot, in one 2048-slot ciphertext
+    assert (back.pack, back.total_samples) == (2, 77)
     assert back.nbytes == sum(len(c) for c in payload.chunks) < len(data)
     (hlen,) = struct.unpack(">Q", data[len(MAGIC):len(MAGIC) + 8])
     header = json.loads(data[len(MAGIC) + 8:len(MAGIC) + 8 + hlen])
@@ -76,7 +78,7 @@ def test_flipped_byte_in_chunk_refused(keys):
     data = bytearray(_payload(keys).to_bytes())
     data[-500] ^= 0x01  # inside the last chunk
 
-    with pytest.raises(PayloadError, match="chunk 1 fails its checksum"):
+    with pytest.raises(PayloadError, match="chunk 0 fails its checksum"):
         EncryptedUpdate.from_bytes(bytes(data), source="x.bin")
 
 

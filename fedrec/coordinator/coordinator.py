@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import json
 import time
 from dataclasses import dataclass
@@ -243,7 +244,8 @@ class Coordinator:
         if found is None:
             raise FederationError(f"key holder {self.admission.key_holder} published no public HE context")
         self.codec = CKKSCodec(self.exchange.read(PUBLIC_CONTEXT_KEY, self.roster.get(self.admission.key_holder)),
-                               self.cfg.crypto.poly_modulus_degree // 2)
+                               self.cfg.crypto.poly_modulus_degree // 2,
+                               threads=self.cfg.crypto.threads or os.cpu_count() or 1)
         if self.codec.can_decrypt:
             raise PayloadError("the published HE context contains a secret key: refusing to run with it")
         return self.codec.context_id
@@ -279,15 +281,22 @@ class Coordinator:
         silos = [s for s in self.admission.silos if s not in self.gone()]
         self.decryptors[server_round] = self.decryptor()
         for silo, ins in self.strategy.configure_fit(server_round, silos).items():
-            ins = dataclasses.replace(ins, silos=silos, evaluate=evaluate, decryptor=self.decryptors[server_round])
+            ins = dataclasses.replace(ins, silos=silos, evaluate=evaluate, decryptor=self.decryptors[server_round],
+                                      total_samples=self.total_samples(silos))
             self._post(instruction_key(server_round, silo), ins.to_json())
         return silos
 
-    def _verified_update(self, server_round: int, silo: str, attempt: int, layout) -> EncryptedUpdate:
+    def total_samples(self, silos: list[str]) -> int:
+        """The samples ``silos`` declared when they joined: the denominator of their updates' weights."""
+        return sum(self.n_train[s] for s in silos)
+
+    def _verified_update(self, server_round: int, silo: str, attempt: int, layout,
+                         participants: list[str]) -> EncryptedUpdate:
         key = update_key(server_round, silo, attempt)
         update = EncryptedUpdate.from_bytes(self.exchange.read(key, self.roster.get(silo)), expect_kind="update",
                                             source=key)
-        problems = update_problems(update, self.codec, server_round, self.cfg.crypto, layout, self.n_train.get(silo))
+        problems = update_problems(update, self.codec, server_round, self.cfg.crypto, layout, self.n_train.get(silo),
+                                   self.total_samples(participants))
         if update.silo_id != silo:
             problems.append(f"claims to be from silo {update.silo_id!r}")
         if problems:
@@ -319,7 +328,7 @@ class Coordinator:
                                       + (f" (remask attempt {attempt})" if attempt else ""))
                     continue
                 try:
-                    updates[silo] = self._verified_update(server_round, silo, attempt, layout)
+                    updates[silo] = self._verified_update(server_round, silo, attempt, layout, participants)
                     if silo not in reports:
                         report_key = fit_report_key(server_round, silo)
                         reports[silo] = FitReport.from_json(self.exchange.read(report_key, self.roster.get(silo)),
@@ -332,7 +341,8 @@ class Coordinator:
             attempt += 1
             participants = sorted(updates)
             posted = self._post(remask_key(server_round, attempt),
-                                Remask(round=server_round, attempt=attempt, silos=participants).to_json())
+                                Remask(round=server_round, attempt=attempt, silos=participants,
+                                       total_samples=self.total_samples(participants)).to_json())
             participants = Remask.from_json(posted, remask_key(server_round, attempt)).silos  # a resumed run's
         if len(updates) < fed.min_silos:
             for silo in updates:

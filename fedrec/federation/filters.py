@@ -1,10 +1,10 @@
 """Encryption as a filter between the trainer and the aggregator (NVIDIA FLARE style).
 
 The trainer produces a plaintext :class:`LocalUpdate` and never imports TenSEAL; the
-encrypt filter weights it by its sample count, rounds it to integers, adds the silo's pairwise
-masks (:mod:`fedrec.federation.masking`) and encrypts it; the aggregator only adds ciphertexts it
-has checked belong together; a decrypting silo recovers the exact integer sum (masks cancel) and
-divides by the total sample count.
+encrypt filter weights it by its share of the round's samples, rounds it to integers, packs two per
+slot, adds the silo's pairwise masks (:mod:`fedrec.federation.masking`) and encrypts it; the
+aggregator only adds ciphertexts it has checked belong together; a decrypting silo recovers the exact
+integer sum (masks cancel), unpacks it and reads the round's mean update off the grid.
 """
 
 from __future__ import annotations
@@ -43,23 +43,32 @@ class LocalUpdate:
     delta: dict[str, torch.Tensor]
 
 
-def encrypt_update(update: LocalUpdate, codec: Codec, crypto: CryptoConfig, n_participants: int,
+def encrypt_update(update: LocalUpdate, codec: Codec, crypto: CryptoConfig, total_samples: int,
                    mask: np.ndarray | None = None) -> EncryptedUpdate:
-    """Weight by n_samples, round to the grid as integers, add this silo's pairwise ``mask`` (mod 2^mask_bits),
-    then encrypt: the aggregator only has to add. Each of the ``n_participants`` may use 1/n of the sum's range."""
-    q = masking.quantize_int(flatten_state(update.delta) * float(update.n_samples), crypto.quantization_bits)
-    masking.check_bound(q, crypto.mask_bits, n_participants, f"silo {update.silo_id!r}, round {update.round}")
-    carried = masking.encode(q, mask, crypto.mask_bits)
+    """Weight by n_samples / total_samples (the round's participants' declared samples), round to the grid as
+    integers, pack ``crypto.pack`` per slot, add this silo's pairwise ``mask`` (mod 2^mask_bits), then encrypt:
+    the aggregator only has to add."""
+    q = masking.quantize_share(flatten_state(update.delta), update.n_samples, total_samples, crypto.quantization_bits)
+    masking.check_bound(q, crypto.lane_bits, crypto.quantization_bits, update.n_samples, total_samples,
+                        f"silo {update.silo_id!r}, round {update.round}")
+    carried = masking.encode(masking.pack_lanes(q, crypto.pack, crypto.lane_bits), mask, crypto.mask_bits)
     return EncryptedUpdate(kind="update", round=update.round, silo_id=update.silo_id, n_samples=update.n_samples,
                            scheme=codec.scheme, context_id=codec.context_id, layout=layout_of(update.delta),
                            chunks=tuple(codec.encrypt(carried)), quantization_bits=crypto.quantization_bits,
-                           mask_bits=crypto.mask_bits)
+                           mask_bits=crypto.mask_bits, pack=crypto.pack, total_samples=total_samples)
+
+
+def update_slots(layout: tuple[TensorSpec, ...], pack: int) -> int:
+    """How many slot values carry a payload of this layout."""
+    return masking.n_slots(layout_size(layout), pack)
 
 
 def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int, crypto: CryptoConfig,
-                    layout: tuple[TensorSpec, ...] | None = None, n_samples: int | None = None) -> list[str]:
+                    layout: tuple[TensorSpec, ...] | None = None, n_samples: int | None = None,
+                    total_samples: int | None = None) -> list[str]:
     """Why ``u`` cannot be added to this round's sum (empty: it can). ``layout``: the global model's;
-    ``n_samples``: what the silo declared when it joined (a silo cannot inflate its weight later)."""
+    ``n_samples``: what the silo declared when it joined (a silo cannot inflate its weight later);
+    ``total_samples``: the participants' declared total the round's weights divide by."""
     problems = []
     if u.kind != "update":
         problems.append(f"kind {u.kind!r}")
@@ -71,14 +80,16 @@ def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int, crypto:
         problems.append(f"encrypted under foreign context {u.context_id} (expected {codec.context_id})")
     if layout is not None and u.layout != layout:
         problems.append("tensor layout differs from the global model's")
-    if (u.quantization_bits, u.mask_bits) != (crypto.quantization_bits, crypto.mask_bits):
-        problems.append(f"encoding 2^-{u.quantization_bits} mod 2^{u.mask_bits} (expected "
-                        f"2^-{crypto.quantization_bits} mod 2^{crypto.mask_bits})")
+    if (u.quantization_bits, u.mask_bits, u.pack) != (crypto.quantization_bits, crypto.mask_bits, crypto.pack):
+        problems.append(f"encoding 2^-{u.quantization_bits} x{u.pack} mod 2^{u.mask_bits} (expected "
+                        f"2^-{crypto.quantization_bits} x{crypto.pack} mod 2^{crypto.mask_bits})")
     if u.n_samples <= 0 or (n_samples is not None and u.n_samples != n_samples):
         problems.append(f"n_samples {u.n_samples} (declared {n_samples} when it joined)")
+    if total_samples is not None and u.total_samples != total_samples:
+        problems.append(f"weighted by a total of {u.total_samples} samples (the round's is {total_samples})")
     if u.scheme == "plain" and not problems:  # readable here (he: false): encoded values lie in [-1, 1)
         try:
-            values = PlainCodec().decrypt(list(u.chunks), layout_size(u.layout))
+            values = PlainCodec().decrypt(list(u.chunks), update_slots(u.layout, u.pack))
         except PayloadError as exc:
             problems.append(str(exc))
         else:
@@ -94,28 +105,37 @@ def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round
         raise PayloadError(f"round {server_round}: no updates to aggregate")
     ref = updates[0]
     for u in updates:
-        if problems := update_problems(u, codec, server_round, crypto, ref.layout):
+        if problems := update_problems(u, codec, server_round, crypto, ref.layout, total_samples=ref.total_samples):
             raise PayloadError(f"update from silo {u.silo_id!r} refused: " + ", ".join(problems))
+    n_samples = sum(u.n_samples for u in updates)
+    if n_samples > ref.total_samples:
+        raise PayloadError(f"round {server_round}: the updates weigh by a total of {ref.total_samples} samples but "
+                           f"carry {n_samples}: their weights sum past one")
     ordered = sorted(updates, key=lambda u: u.silo_id)  # fixed order: HE and plain runs add alike
-    return EncryptedUpdate(kind="aggregate", round=server_round, silo_id="aggregate",
-                           n_samples=sum(u.n_samples for u in ordered), scheme=codec.scheme,
-                           context_id=codec.context_id, layout=ref.layout,
+    return EncryptedUpdate(kind="aggregate", round=server_round, silo_id="aggregate", n_samples=n_samples,
+                           scheme=codec.scheme, context_id=codec.context_id, layout=ref.layout,
                            chunks=tuple(codec.add([list(u.chunks) for u in ordered])),
                            contributors=tuple(u.silo_id for u in ordered), quantization_bits=ref.quantization_bits,
-                           mask_bits=ref.mask_bits)
+                           mask_bits=ref.mask_bits, pack=ref.pack, total_samples=ref.total_samples)
 
 
 def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResult:
-    """Decryptor side: decrypt the sum, recover its integers (masks cancel), divide by the total samples."""
+    """Decryptor side: decrypt the sum, recover its integers (masks cancel), unpack the lanes: the mean update."""
     if aggregate.kind != "aggregate":
         raise PayloadError(f"expected an aggregate payload, got {aggregate.kind!r}")
     if aggregate.context_id != codec.context_id:
         raise PayloadError(f"aggregate was made under context {aggregate.context_id}, ours is {codec.context_id}")
-    if aggregate.mask_bits <= 0 or aggregate.n_samples <= 0:
-        raise PayloadError(f"aggregate has mask_bits {aggregate.mask_bits}, n_samples {aggregate.n_samples}")
-    total = codec.decrypt(list(aggregate.chunks), layout_size(aggregate.layout))
-    integers = masking.decode_sum(total, len(aggregate.contributors), aggregate.mask_bits)
-    flat = integers.astype(np.float64) / 2.0 ** aggregate.quantization_bits / float(aggregate.n_samples)
+    if (aggregate.mask_bits <= 0 or aggregate.pack < 1 or aggregate.mask_bits % aggregate.pack
+            or not 0 < aggregate.n_samples <= aggregate.total_samples):
+        raise PayloadError(f"aggregate has mask_bits {aggregate.mask_bits}, pack {aggregate.pack}, n_samples "
+                           f"{aggregate.n_samples} of a weighting total {aggregate.total_samples}")
+    total = codec.decrypt(list(aggregate.chunks), update_slots(aggregate.layout, aggregate.pack))
+    packed = masking.decode_sum(total, len(aggregate.contributors), aggregate.mask_bits)
+    integers = masking.unpack_lanes(packed, aggregate.pack, aggregate.mask_bits // aggregate.pack,
+                                    layout_size(aggregate.layout))
+    # a silo missing from an unmasked round (masked rounds reweight when they remask): scale the weights back to one
+    flat = (integers.astype(np.float64) / 2.0 ** aggregate.quantization_bits
+            * (aggregate.total_samples / aggregate.n_samples))
     return AggregateResult(mean_delta=unflatten_state(flat, aggregate.layout),
                            total_samples=aggregate.n_samples, contributors=aggregate.contributors)
 

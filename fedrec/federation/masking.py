@@ -1,14 +1,18 @@
-"""Pairwise cancelling masks on integer-encoded updates (the SecAgg idea, under CKKS).
+"""Integer packing and pairwise cancelling masks on updates (BatchCrypt's packing, the SecAgg idea, under CKKS).
 
-A silo's weighted update is rounded to the grid 2^-quantization_bits and read as integers ``q``. For
-every other participant ``j`` of the round it adds ``±PRG(k_ij)`` modulo 2^mask_bits, where ``k_ij`` is
+A silo's share of the round's mean update, ``n_samples / total_samples * delta``, is rounded to the grid
+2^-quantization_bits and read as integers ``q``; ``pack`` of them share one slot as signed lanes of
+``lane_bits`` (``V = q_0 + q_1 * 2^lane_bits``): each silo keeps its lanes within its weight's share of a lane's
+range, so the lanes' sums never carry into each other and one CKKS slot carries ``pack`` values. For
+every other participant ``j`` of the round it adds ``±PRG(k_ij)`` to ``V`` modulo 2^mask_bits
+(mask_bits = pack * lane_bits), where ``k_ij`` is
 an X25519 + HKDF secret only the two silos can derive (bound to run, round and attempt) and the PRG is
 ChaCha20: the smaller name adds, the larger subtracts, so the masks cancel exactly in the sum. The masked
 residues ``z`` are uniform on [0, 2^mask_bits): whoever decrypts one silo's ciphertext alone (a curious
 key holder handed it by the coordinator) sees noise. The residues are centred and scaled to [-1, 1) and
 carried in CKKS, whose noise (~2^(15 - scale bits)) stays far below one integer step; the decrypted sum is
-rounded back to integers and reduced modulo 2^mask_bits, which recovers ``sum(q)`` exactly as long as it
-lies in [-2^(mask_bits-1), 2^(mask_bits-1)) (each silo checks its share of that bound before sending).
+rounded back to integers and reduced modulo 2^mask_bits, which recovers ``sum(V)`` exactly, and its lanes the
+exact ``sum(q)``, as long as each lane's sum stays in its signed range (each silo checks its share before sending).
 
 Dropout after the participant set is fixed: the coordinator names the survivors and they mask again among
 themselves (a new attempt, fresh masks); see :class:`fedrec.coordinator.Coordinator`.
@@ -26,14 +30,57 @@ from fedrec.trust import Identity, PublicIdentity
 MAX_STEP_DEVIATION = 0.25
 
 
-def quantize_int(weighted: np.ndarray, bits: int) -> np.ndarray:
-    """``weighted`` on the grid 2^-bits, as int64 grid steps."""
-    return np.round(np.asarray(weighted, dtype=np.float64) * 2.0 ** bits).astype(np.int64)
+def quantize_share(delta: np.ndarray, n_samples: int, total_samples: int, bits: int) -> np.ndarray:
+    """This silo's share of the round's mean update, ``n_samples / total_samples * delta``, as int64 steps of
+    the grid 2^-bits."""
+    if not 0 < n_samples <= total_samples:
+        raise PayloadError(f"n_samples {n_samples} is not a share of the round's total_samples {total_samples}")
+    weight = n_samples / total_samples
+    return np.round(np.asarray(delta, dtype=np.float64) * weight * 2.0 ** bits).astype(np.int64)
 
 
-def per_silo_bound(mask_bits: int, n_participants: int) -> int:
-    """The largest |q| one of ``n_participants`` silos may send so that the sum cannot wrap modulo 2^mask_bits."""
-    return (2 ** (mask_bits - 1) - 1) // max(n_participants, 1)
+def share_bound(lane_bits: int, n_samples: int, total_samples: int) -> int:
+    """The largest |q| a silo with this weight may send: the shares of all silos sum to at most 2^(lane_bits-1) - 1,
+    so no lane's sum can leave its signed range."""
+    return int((2 ** (lane_bits - 1) - 1) * n_samples // total_samples)
+
+
+def check_bound(q: np.ndarray, lane_bits: int, quantization_bits: int, n_samples: int, total_samples: int,
+                where: str) -> None:
+    bound = share_bound(lane_bits, n_samples, total_samples)
+    largest = int(np.max(np.abs(q), initial=0))
+    if largest > bound:
+        limit = 2.0 ** (lane_bits - 1 - quantization_bits)
+        raise PayloadError(f"{where}: a local update value of {largest * total_samples / n_samples / 2.0 ** quantization_bits:.3g} "
+                           f"leaves the encoding's range +-{limit:g} (crypto.lane_bits={lane_bits}, "
+                           f"quantization_bits={quantization_bits}); raise crypto.lane_bits or lower "
+                           "crypto.quantization_bits")
+
+
+def n_slots(length: int, pack: int) -> int:
+    return -(-length // pack)
+
+
+def pack_lanes(q: np.ndarray, pack: int, lane_bits: int) -> np.ndarray:
+    """``pack`` signed lanes per slot: slot j holds q[j] + q[S + j] * 2^lane_bits + ... (S slots), exact in int64."""
+    slots = n_slots(len(q), pack)
+    lanes = np.zeros(slots * pack, dtype=np.int64)
+    lanes[:len(q)] = q
+    lanes = lanes.reshape(pack, slots)
+    return sum(lanes[i] * (1 << (i * lane_bits)) for i in range(pack))
+
+
+def unpack_lanes(packed: np.ndarray, pack: int, lane_bits: int, length: int) -> np.ndarray:
+    """The signed lanes behind :func:`pack_lanes` (also of a sum of packed vectors whose lanes stayed in range)."""
+    rest, half, width = np.asarray(packed, dtype=np.int64), 1 << (lane_bits - 1), 1 << lane_bits
+    lanes = []
+    for _ in range(pack):
+        lane = (rest + half) % width - half
+        lanes.append(lane)
+        rest = (rest - lane) // width
+    if np.any(rest != 0):
+        raise PayloadError(f"packed sums overflow their {pack} x {lane_bits}-bit lanes")
+    return np.concatenate(lanes)[:length]
 
 
 def _keystream(key: bytes, length: int, mask_bits: int) -> np.ndarray:
@@ -61,7 +108,8 @@ def silo_mask(me: Identity, peers: list[PublicIdentity], info: bytes, length: in
 
 
 def encode(q: np.ndarray, mask: np.ndarray | None, mask_bits: int) -> np.ndarray:
-    """Integers ``q`` (+ mask) modulo 2^mask_bits, centred and scaled to [-1, 1): what gets encrypted."""
+    """Integers ``q`` (packed slots; + mask) modulo 2^mask_bits, centred and scaled to [-1, 1): what gets
+    encrypted."""
     z = q.astype(np.uint64)  # two's complement: congruent to q modulo 2^64, hence modulo 2^mask_bits
     if mask is not None:
         z = z + mask
@@ -80,15 +128,6 @@ def decode_sum(total: np.ndarray, n_contributors: int, mask_bits: int) -> np.nda
     deviation = float(np.max(np.abs(steps - rounded), initial=0.0))
     if deviation > MAX_STEP_DEVIATION:
         raise PayloadError(f"decrypted sum is {deviation:.2f} integer steps off: CKKS noise exceeds the margin; "
-                           "lower crypto.mask_bits or raise crypto.global_scale_bits")
+                           "lower crypto.lane_bits or raise crypto.global_scale_bits")
     residue = (rounded.astype(np.int64) + n_contributors * half) % (2 * half)
     return np.where(residue >= half, residue - 2 * half, residue)
-
-
-def check_bound(q: np.ndarray, mask_bits: int, n_participants: int, where: str) -> None:
-    bound = per_silo_bound(mask_bits, n_participants)
-    largest = int(np.max(np.abs(q), initial=0))
-    if largest > bound:
-        raise PayloadError(f"{where}: a weighted update value of {largest} grid steps exceeds this silo's share "
-                           f"{bound} of the 2^{mask_bits - 1} sum range; raise crypto.mask_bits or lower "
-                           "crypto.quantization_bits")

@@ -35,7 +35,8 @@ from fedrec.federation.aggregate import state_delta
 from fedrec.federation.filters import LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global
 from fedrec.item_text import model_features  # the hybrid model's (public) item text embeddings
 from fedrec.silo.store import SiloStore, silo_seed
-from fedrec.training import SiloData, evaluate_targets, make_optimizer, model_config, resolve_device, train_epoch
+from fedrec.training import (SiloData, evaluate_targets, for_device, make_optimizer, model_config, resolve_device,
+                             train_epoch)
 from fedrec.trust import COORDINATOR, Identity, PublicIdentity, Roster, RosterError, seal, self_signed_identity
 from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, Exchange,
                                   aggregate_key, check_silo_id, fit_report_key, global_key, hello_key,
@@ -85,12 +86,12 @@ class SiloAgent:
     """One silo's side of one federation run (see the module docstring)."""
 
     def __init__(self, cfg: Config, silo_id: str, run_id: str, *, validation_in_train: bool = False):
-        self.cfg, self.silo_id, self.run_id = cfg, check_silo_id(silo_id), run_id
+        self.device = resolve_device(cfg.training.device)
+        self.cfg, self.silo_id, self.run_id = for_device(cfg, self.device), check_silo_id(silo_id), run_id
         self.exchange: Exchange = run_exchange(cfg, run_id)
         self.store = SiloStore.of(cfg, silo_id, run_id)
         self.identity = Identity.load_or_create(self.store.identity_dir, silo_id)
         self.validation_in_train = validation_in_train
-        self.device = resolve_device(cfg.training.device)
         self.data: SiloData | None = None
         self.model: RecModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -196,7 +197,8 @@ class SiloAgent:
             with COMPUTE:
                 keys = create_keys(cfg.crypto)
             self.store.save_secret_context(keys.secret_context)
-            self.codec = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context)
+            self.codec = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context,
+                                   threads=cfg.crypto.threads or torch.get_num_threads())
             self._post(PUBLIC_CONTEXT_KEY, keys.public_context)
             for silo in self.admission.silos:
                 if silo != self.silo_id:
@@ -209,7 +211,8 @@ class SiloAgent:
             public = self.exchange.read(PUBLIC_CONTEXT_KEY, holder)
             secret = self.identity.unseal(self.exchange.read(sealed_context_key(self.silo_id), holder),
                                           self._seal_binding(self.silo_id, context_fingerprint(public)))
-            self.codec = CKKSCodec(secret, slots, public_context=public)
+            self.codec = CKKSCodec(secret, slots, public_context=public,
+                                   threads=cfg.crypto.threads or torch.get_num_threads())
             if not self.codec.matches(public):
                 raise PayloadError(f"silo {self.silo_id}: the sealed secret context does not belong to the "
                                    "published public context")
@@ -255,16 +258,16 @@ class SiloAgent:
             return f"not admitted: {unknown}"
         return None
 
-    def _send_update(self, r: int, attempt: int, silos: list[str]) -> int:
-        """Mask this round's update against ``silos`` (fresh masks per attempt), encrypt, sign, publish; returns
-        the bytes written (signed envelope included)."""
+    def _send_update(self, r: int, attempt: int, silos: list[str], total_samples: int) -> int:
+        """Mask this round's update against ``silos`` (fresh masks per attempt), weight it by its share of their
+        ``total_samples``, encrypt, sign, publish; returns the bytes written (signed envelope included)."""
         crypto = self.cfg.crypto
         mask = None
         if self.admission.masking:
-            length = sum(t.numel() for t in self._pending.delta.values())
+            length = masking.n_slots(sum(t.numel() for t in self._pending.delta.values()), crypto.pack)
             mask = masking.silo_mask(self.identity, [self.roster.get(s) for s in silos],
                                      masking.mask_info(self.run_id, r, attempt), length, crypto.mask_bits)
-        payload = encrypt_update(self._pending, self.codec, crypto, len(silos), mask).to_bytes()
+        payload = encrypt_update(self._pending, self.codec, crypto, total_samples, mask).to_bytes()
         return self._post(update_key(r, self.silo_id, attempt), payload)
 
     def fit(self, ins: FitInstructions) -> FitReport | None:
@@ -285,7 +288,7 @@ class SiloAgent:
                 raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
             self._pending = update
             start = time.perf_counter()
-            bytes_sent = self._send_update(r, 0, ins.silos)
+            bytes_sent = self._send_update(r, 0, ins.silos, ins.total_samples)
             seconds_encrypt = time.perf_counter() - start
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=update.n_samples, loss=loss,
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
@@ -339,7 +342,7 @@ class SiloAgent:
                            if (remask.round, remask.attempt) != (r, attempt) else self._participants_problem(remask.silos))
                 if problem is None and self._pending is not None and self._pending.round == r:
                     with COMPUTE:
-                        self._send_update(r, attempt, remask.silos)
+                        self._send_update(r, attempt, remask.silos, remask.total_samples)
                     remasks += 1
                 elif self.silo_id in remask.silos:
                     log.warning("silo %s does not remask round %d: %s", self.silo_id, r, problem)

@@ -97,6 +97,8 @@ class FitInstructions(Message):
     evaluate: bool = False
     #: the silo that decrypts this round's sum (the key holder while it is around)
     decryptor: str = ""
+    #: the participants' declared samples: each silo weights its update by n_samples / total_samples
+    total_samples: int = 0
 
     def _checked(self, source: str) -> "FitInstructions":
         if self.round < 1 or self.local_epochs < 1:
@@ -111,6 +113,8 @@ class Remask(Message):
     round: int
     attempt: int
     silos: list[str]
+    #: the survivors' declared samples (the weights' new denominator)
+    total_samples: int = 0
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ class EncryptedUpdate:
     """One silo's weighted update (kind=update), their sum (aggregate) or the global model (global).
 
     ``chunks`` hold CKKS ciphertexts (scheme=ckks) or little-endian float64 arrays (scheme=plain).
-    For an update the plaintext behind the chunks is ``n_samples * (local - global)`` on the grid
-    2^-quantization_bits, as integers modulo 2^mask_bits plus the silo's pairwise masks.
+    For an update the plaintext behind the chunks is ``n_samples / total_samples * (local - global)`` on the grid
+    2^-quantization_bits, as integers packed ``pack`` per slot, modulo 2^mask_bits plus the silo's pairwise masks.
     """
 
     kind: Kind
@@ -59,6 +59,10 @@ class EncryptedUpdate:
     quantization_bits: int = 0
     #: > 0: the chunks carry integers modulo 2^mask_bits (masked or not), centred and scaled to [-1, 1)
     mask_bits: int = 0
+    #: integers packed per slot, as signed lanes of mask_bits / pack bits
+    pack: int = 1
+    #: the round's total declared samples the update's weight divides by (its weight: n_samples / total_samples)
+    total_samples: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -71,7 +75,7 @@ class EncryptedUpdate:
             "layout": [[t.name, list(t.shape)] for t in self.layout],
             "chunks": [[len(c), hashlib.sha256(c).hexdigest()] for c in self.chunks],
             "contributors": list(self.contributors), "quantization_bits": self.quantization_bits,
-            "mask_bits": self.mask_bits,
+            "mask_bits": self.mask_bits, "pack": self.pack, "total_samples": self.total_samples,
         }
         raw = json.dumps(header, sort_keys=True).encode()
         return MAGIC + struct.pack(">Q", len(raw)) + raw + b"".join(self.chunks)
@@ -104,7 +108,8 @@ class EncryptedUpdate:
                       context_id=str(header["context_id"]), layout=layout, chunks=tuple(chunks),
                       contributors=tuple(header.get("contributors", [])),
                       quantization_bits=int(header.get("quantization_bits", 0)),
-                      mask_bits=int(header.get("mask_bits", 0)))
+                      mask_bits=int(header.get("mask_bits", 0)), pack=int(header.get("pack", 1)),
+                      total_samples=int(header.get("total_samples", 0)))
         if expect_kind is not None and payload.kind != expect_kind:
             raise PayloadError(f"{source}: expected a {expect_kind!r} payload, got {payload.kind!r}")
         if payload.scheme not in ("ckks", "plain"):
