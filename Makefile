@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export FEDREC_DATA_DIR ?= $(wildcard $(abspath $(CURDIR)/../shared/datasets/ml-100k))
 
-.PHONY: install run centralized test bench repro clean ui
+.PHONY: install run centralized test bench acceptance repro clean ui
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,10 @@ test: $(STAMP)
 ui: $(STAMP)  ## Prefect UI + MLflow UI on 127.0.0.1 over this project's stores (Ctrl-C stops both)
 	$(VENV)/bin/fedrec ui
 
-bench: $(STAMP)  ## acceptance figures on ML-100K (~16 min on 2 cores; FLOWER_VENV adds Flower's rows): results/
+bench: $(STAMP)  ## fedrec HE / plaintext / Flower (FLOWER_VENV) / centralized + scaling curves -> BENCHMARKS.md, results/
+	$(PY) bench/harness.py --scaling
+
+acceptance: $(STAMP)  ## quality figures of README "Results" on ML-100K (~16 min on 2 cores): results/
 	bench/acceptance.sh
 
 clean:

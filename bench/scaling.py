@@ -143,6 +143,11 @@ def fits_of(ok: list[Point]) -> dict[str, dict | None]:
     return {curve: fit_power_law([p.x for p in ok], [getattr(p, curve) for p in ok]) for curve in CURVES}
 
 
+#: the exponent that says whether cost grows linearly is the one where the work dominates the fixed costs
+#: (start-up, the Prefect server, polling): the sweep's largest UPPER_POINTS points
+UPPER_POINTS = 3
+
+
 def fit_linear(xs: list[float], ys: list[float]) -> dict | None:
     """y = c + d * x by least squares; None with fewer than two distinct x."""
     pairs = [(x, y) for x, y in zip(xs, ys) if y is not None]
@@ -184,9 +189,10 @@ def analyse(points: list[Point]) -> dict:
         ok = [p for p in points if p.sweep == sweep and not p.error]
         fits = fits_of(ok)
         memory_line = fit_linear([p.x for p in ok], [p.peak_rss_mb for p in ok])
-        out[sweep] = {"fits": fits, "memory_linear_fit_mb": memory_line,
+        out[sweep] = {"fits": fits, "upper_fits": fits_of(sorted(ok, key=lambda p: p.x)[-UPPER_POINTS:]),
+                      "memory_linear_fit_mb": memory_line,
                       f"largest_within_{MEMORY_BUDGET_GB:g}GB_extrapolated":
-                      largest_within(fits["peak_rss_mb"], memory_line, MEMORY_BUDGET_GB * 1024)}
+                      largest_within(None, memory_line, MEMORY_BUDGET_GB * 1024)}
     out["he_max_contributors"] = he_max_contributors()
     return out
 
@@ -232,9 +238,9 @@ def plot(points: list[Point], analysis: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _exponents(analysis: dict, sweep: str) -> str:
-    fits = analysis[sweep]["fits"]
-    return ", ".join(f"{curve} b = {fits[curve]['b']:.2f}" for curve in CURVES if fits[curve]) or "no fit"
+def _exponents(analysis: dict, sweep: str, which: str = "fits") -> str:
+    fits = analysis[sweep].get(which) or {}
+    return ", ".join(f"{curve} b = {fits[curve]['b']:.2f}" for curve in CURVES if fits.get(curve)) or "no fit"
 
 
 def _largest(estimate: dict, unit: str) -> str:
@@ -259,8 +265,11 @@ def scaling_markdown(result: dict) -> str:
              f"Measured {m['date_utc']} on {m['cores']} cores, {m['ram_gb']} GB RAM, commit "
              f"`{(m['git_commit'] or '?')[:10]}`. Command: `{result['command']}`. Raw: `{result['outputs'][0]}`, "
              f"plot `{result['outputs'][1]}`.", "", markdown_table(header, lines), "",
-             f"- Power-law exponents (y ≈ a·x^b; b ≈ 1 is linear), silos sweep: {_exponents(a, 'silos')}.",
-             f"- Power-law exponents, parameter sweep: {_exponents(a, 'params')}.",
+             f"- Power-law exponents (y ≈ a·x^b; b ≈ 1 is linear) over the largest {UPPER_POINTS} points, where the "
+             f"work dominates the fixed start-up and polling costs: silos sweep: "
+             f"{_exponents(a, 'silos', 'upper_fits')}; parameter sweep: {_exponents(a, 'params', 'upper_fits')}.",
+             f"- Over all points (the fixed costs flatten them): silos sweep: {_exponents(a, 'silos')}; "
+             f"parameter sweep: {_exponents(a, 'params')}.",
              f"- Largest federation within {MEMORY_BUDGET_GB:g} GB at ~{FIXED_PARAMS:,.0f} shared parameters "
              f"(an extrapolation of the silo sweep's peak memory, not measured): {_largest(a['silos'][key], 'silos')}; "
              f"the CKKS sum admits at most {a['he_max_contributors'] or '?'} silos with params.yaml's `crypto` settings.",

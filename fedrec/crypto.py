@@ -14,7 +14,6 @@ to measure its cost; both produce :class:`~fedrec.wire.payload.EncryptedUpdate` 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,9 +90,8 @@ class CKKSCodec:
 
     scheme = "ckks"
 
-    def __init__(self, context_bytes: bytes, slots: int, public_context: bytes | None = None, threads: int = 1):
-        """``context_bytes``: a silo's secret context (TenSEAL) or the coordinator's public context (tagged);
-        ``threads``: ciphertexts processed in parallel (TenSEAL releases the GIL)."""
+    def __init__(self, context_bytes: bytes, slots: int, public_context: bytes | None = None):
+        """``context_bytes``: a silo's secret context (TenSEAL) or the coordinator's public context (tagged)."""
         import tenseal as ts
 
         self._ts = ts
@@ -106,7 +104,6 @@ class CKKSCodec:
         except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on garbage
             raise PayloadError(f"not a TenSEAL context ({exc})") from exc
         self.slots = slots  # poly_modulus_degree / 2: we pack ourselves so TenSEAL never chunks
-        self.threads = max(1, threads)
         self.context_id = context_fingerprint(public_context if public_context is not None else context_bytes)
 
     @property
@@ -132,15 +129,8 @@ class CKKSCodec:
             raise DecryptionKeyError("this context holds no secret key: silos encrypt symmetrically with theirs, "
                                      "the coordinator's context can only add")
         flat = np.asarray(flat, dtype=np.float64)
-        return self._map(lambda i: self._ts.ckks_vector(self._ctx, flat[i:i + self.slots].tolist()).serialize(),
-                         range(0, len(flat), self.slots))
-
-    def _map(self, fn, items) -> list:
-        items = list(items)
-        if self.threads == 1 or len(items) < 2:
-            return [fn(x) for x in items]
-        with ThreadPoolExecutor(min(self.threads, len(items))) as pool:
-            return list(pool.map(fn, items))
+        return [self._ts.ckks_vector(self._ctx, flat[i:i + self.slots].tolist()).serialize()
+                for i in range(0, len(flat), self.slots)]
 
     def _load(self, chunk: bytes):
         try:
@@ -152,19 +142,19 @@ class CKKSCodec:
         n_chunks = {len(p) for p in payloads}
         if len(n_chunks) != 1:
             raise PayloadError(f"updates have different numbers of ciphertexts: {sorted(n_chunks)}")
-        def add_chunk(j: int) -> bytes:
+        out = []
+        for j in range(n_chunks.pop()):
             total = self._load(payloads[0][j])
             for p in payloads[1:]:
-                total += self._load(p[j])
-            return total.serialize()
-
-        return self._map(add_chunk, range(n_chunks.pop()))
+                total = total + self._load(p[j])
+            out.append(total.serialize())
+        return out
 
     def decrypt(self, chunks: list[bytes], length: int) -> np.ndarray:
         if not self.can_decrypt:
             raise DecryptionKeyError("this context holds no secret key (the coordinator's public context "
                                      "cannot decrypt); decrypt with a silo's key store")
-        flat = np.concatenate(self._map(lambda c: np.asarray(self._load(c).decrypt(), dtype=np.float64), chunks))
+        flat = np.concatenate([np.asarray(self._load(c).decrypt(), dtype=np.float64) for c in chunks])
         if len(flat) < length:
             raise PayloadError(f"decrypted {len(flat)} values, layout needs {length}")
         return flat[:length]

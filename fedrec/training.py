@@ -37,11 +37,18 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
-def for_device(cfg: Config, device: torch.device) -> Config:
-    """``cfg`` with the GPU's batch size and learning rate (training.cuda_batch_size / cuda_lr) on a CUDA device;
-    unchanged on the CPU."""
+#: the GPU batch only pays when an epoch still has this many steps (ML-100K pooled: 60 at 8192); a smaller
+#: silo (a region silo: 5-12) keeps the CPU's batch and learning rate, as its quality needs the steps
+MIN_CUDA_STEPS = 32
+
+
+def for_device(cfg: Config, device: torch.device, n_train: int) -> Config:
+    """``cfg`` with the GPU's batch size and learning rate (training.cuda_batch_size / cuda_lr) on a CUDA device
+    when ``n_train`` rows (with their negatives) make at least MIN_CUDA_STEPS such batches per epoch; else
+    unchanged (always on the CPU)."""
     t = cfg.training
-    if device.type != "cuda" or t.cuda_batch_size <= 0:
+    per_epoch = n_train * (1 + (t.n_negatives if cfg.task == "ranking" else 0))
+    if device.type != "cuda" or t.cuda_batch_size <= 0 or per_epoch < MIN_CUDA_STEPS * t.cuda_batch_size:
         return cfg
     return cfg.replace(**{"training.batch_size": t.cuda_batch_size, "training.lr": t.cuda_lr or t.lr})
 
@@ -318,7 +325,7 @@ def train_centralized(
 ) -> CentralizedResult:
     """Train with early stopping on the validation item; test metrics come from the selected epoch only."""
     device = resolve_device(cfg.training.device)
-    cfg = for_device(cfg, device)
+    cfg = for_device(cfg, device, data.n_train)
     ev = cfg.evaluation
     selection = effective_selection_metric(cfg.task, ev.selection_metric)  # task: rating -> rmse (lower is better)
     rng, model, optimizer, scheduler = _fresh_run(data, cfg, seed, device)

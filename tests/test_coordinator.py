@@ -195,6 +195,8 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
         post(dataclasses.replace(honest, layout=(TensorSpec("items.weight", (3, 3)),)))
     elif kind == "implausible n_samples":
         post(dataclasses.replace(honest, n_samples=10**9))
+    elif kind == "inflated weight":  # weighted by a smaller total than the round's: a larger share of the mean
+        post(dataclasses.replace(honest, total_samples=N_TRAIN))
     elif kind == "NaN":
         post(dataclasses.replace(honest, chunks=(np.full(len(honest.chunks[0]) // 8, np.nan).tobytes(),)))
     elif kind == "truncated":
@@ -225,6 +227,7 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
     ("foreign context", "foreign context 0123456789abcdef"),
     ("layout mismatch", "tensor layout differs"),
     ("implausible n_samples", "n_samples 1000000000 (declared 8"),
+    ("inflated weight", f"weighted by a total of {N_TRAIN} samples (the round's is {4 * N_TRAIN})"),
     ("NaN", "not finite"),
     ("corrupt bytes", "corrupt header"),
     ("truncated", "bad signature from 'd'"),

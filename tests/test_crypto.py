@@ -275,17 +275,3 @@ def test_an_unmasked_round_missing_a_silo_averages_over_the_others(keys, vectors
                                weighted_average([flatten_state(u.delta) for u in updates], N_SAMPLES[:2]),
                                atol=4 * 2.0 ** -CRYPTO.quantization_bits)
 
-
-def test_threaded_codec_gives_the_same_ciphertext_sums(keys, vectors):
-    # Prepare: four ciphertexts per vector; one codec per side with 1 and with 3 threads
-    silo1, silo3 = silo_codec(keys), CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context, threads=3)
-    coordinator3 = CKKSCodec(keys.public_context, SLOTS, threads=3)
-    x = np.concatenate([vectors[0], vectors[1]])[:4 * SLOTS]
-
-    # Execute
-    total = coordinator3.add([silo3.encrypt(x), silo1.encrypt(x)])
-
-    # Assert: chunks stay in order
-    assert len(total) == 4
-    np.testing.assert_allclose(silo3.decrypt(total, len(x)), 2 * x, atol=1e-9)
-    np.testing.assert_allclose(silo1.decrypt(total, len(x)), silo3.decrypt(total, len(x)), atol=0)

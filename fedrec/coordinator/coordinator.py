@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import json
 import time
 from dataclasses import dataclass
@@ -244,8 +243,7 @@ class Coordinator:
         if found is None:
             raise FederationError(f"key holder {self.admission.key_holder} published no public HE context")
         self.codec = CKKSCodec(self.exchange.read(PUBLIC_CONTEXT_KEY, self.roster.get(self.admission.key_holder)),
-                               self.cfg.crypto.poly_modulus_degree // 2,
-                               threads=self.cfg.crypto.threads or os.cpu_count() or 1)
+                               self.cfg.crypto.poly_modulus_degree // 2)
         if self.codec.can_decrypt:
             raise PayloadError("the published HE context contains a secret key: refusing to run with it")
         return self.codec.context_id

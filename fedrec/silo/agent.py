@@ -87,7 +87,7 @@ class SiloAgent:
 
     def __init__(self, cfg: Config, silo_id: str, run_id: str, *, validation_in_train: bool = False):
         self.device = resolve_device(cfg.training.device)
-        self.cfg, self.silo_id, self.run_id = for_device(cfg, self.device), check_silo_id(silo_id), run_id
+        self.cfg, self.silo_id, self.run_id = cfg, check_silo_id(silo_id), run_id
         self.exchange: Exchange = run_exchange(cfg, run_id)
         self.store = SiloStore.of(cfg, silo_id, run_id)
         self.identity = Identity.load_or_create(self.store.identity_dir, silo_id)
@@ -197,8 +197,7 @@ class SiloAgent:
             with COMPUTE:
                 keys = create_keys(cfg.crypto)
             self.store.save_secret_context(keys.secret_context)
-            self.codec = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context,
-                                   threads=cfg.crypto.threads or torch.get_num_threads())
+            self.codec = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context)
             self._post(PUBLIC_CONTEXT_KEY, keys.public_context)
             for silo in self.admission.silos:
                 if silo != self.silo_id:
@@ -211,11 +210,11 @@ class SiloAgent:
             public = self.exchange.read(PUBLIC_CONTEXT_KEY, holder)
             secret = self.identity.unseal(self.exchange.read(sealed_context_key(self.silo_id), holder),
                                           self._seal_binding(self.silo_id, context_fingerprint(public)))
-            self.codec = CKKSCodec(secret, slots, public_context=public,
-                                   threads=cfg.crypto.threads or torch.get_num_threads())
+            self.codec = CKKSCodec(secret, slots, public_context=public)
             if not self.codec.matches(public):
                 raise PayloadError(f"silo {self.silo_id}: the sealed secret context does not belong to the "
                                    "published public context")
+        self.cfg = cfg = for_device(cfg, self.device, self.data.n_train)  # a large silo on a GPU: its batch and lr
         seed = int(np.random.SeedSequence(silo_seed(cfg.federation.seed, self.silo_id)).generate_state(1)[0])
         self.model = build_model(model_config(cfg.model, self.data.n_users, self.data.n_items, task=cfg.task,
                                               item_features=model_features(cfg)),  # hybrid: public item text
