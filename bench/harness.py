@@ -454,7 +454,7 @@ def bench_markdown(result: dict) -> str:
              f"Measured {m['date_utc']} on {m['cores']} cores, {m['ram_gb']} GB RAM ({m['platform']}), "
              f"commit `{(m['git_commit'] or '?')[:10]}`{' (dirty)' if m['git_dirty'] else ''}. "
              f"Command: `{result['command']}`. Raw: `{result['outputs'][0]}`, plot `{result['outputs'][1]}`.", "",
-             markdown_table(header, lines), ""]
+             markdown_table(header, lines), "", f"![one-command benchmark]({result['outputs'][1]})", ""]
     hb = result.get("he_bytes_ratio")
     if hb:
         parts.append(f"- CKKS bytes per silo per round / fp32 shared parameters: **{hb['ratio']:.2f}×** "

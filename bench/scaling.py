@@ -221,12 +221,19 @@ def plot(points: list[Point], analysis: dict, path: Path) -> None:
         for ax, (curve, label) in zip(axes[row], panels):
             xs, ys = [p.x for p in ok], [getattr(p, curve) for p in ok]
             ax.loglog(xs, ys, "o", color="tab:blue")
-            fit = analysis[sweep]["fits"][curve]
-            if fit and xs:
-                grid = [min(xs) * (max(xs) / min(xs)) ** (i / 20) for i in range(21)]
-                ax.loglog(grid, [fit["a"] * g ** fit["b"] for g in grid], "-", color="tab:orange",
-                          label=f"b = {fit['b']:.2f}")
-                ax.legend()
+            for which, style, color, name in (("fits", "-", "tab:orange", "all points"),
+                                              ("upper_fits", "--", "tab:green", f"largest {UPPER_POINTS}")):
+                fit = (analysis[sweep].get(which) or {}).get(curve)
+                span = sorted(xs)[-UPPER_POINTS:] if which == "upper_fits" else xs
+                if fit and span:
+                    grid = [min(span) * (max(span) / min(span)) ** (i / 20) for i in range(21)]
+                    ax.loglog(grid, [fit["a"] * g ** fit["b"] for g in grid], style, color=color,
+                              label=f"{name}: b = {fit['b']:.2f}")
+            if xs:
+                ax.legend(fontsize=8)
+                ax.set_xticks(xs)
+                ax.set_xticklabels([f"{x:,.0f}" if x < 1e4 else f"{x:.0e}" for x in xs], fontsize=8)
+                ax.xaxis.set_minor_formatter(NullFormatter())
             if ys:
                 ax.set_ylim(*_decade_around(ys))
             ax.yaxis.set_minor_formatter(NullFormatter())
@@ -265,6 +272,7 @@ def scaling_markdown(result: dict) -> str:
              f"Measured {m['date_utc']} on {m['cores']} cores, {m['ram_gb']} GB RAM, commit "
              f"`{(m['git_commit'] or '?')[:10]}`. Command: `{result['command']}`. Raw: `{result['outputs'][0]}`, "
              f"plot `{result['outputs'][1]}`.", "", markdown_table(header, lines), "",
+             f"![scaling curves]({result['outputs'][1]})", "",
              f"- Power-law exponents (y ≈ a·x^b; b ≈ 1 is linear) over the largest {UPPER_POINTS} points, where the "
              f"work dominates the fixed start-up and polling costs: silos sweep: "
              f"{_exponents(a, 'silos', 'upper_fits')}; parameter sweep: {_exponents(a, 'params', 'upper_fits')}.",

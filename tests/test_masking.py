@@ -88,9 +88,9 @@ def test_a_key_holder_decrypting_one_silos_update_sees_noise(silos, codec):
     seen = masking.decode_sum(codec.decrypt(list(update.chunks), SLOTS), 1, CRYPTO.mask_bits)
 
     # Assert: uncorrelated with a's update, spread over the whole 2^38 range; unmasked it would be the update
-    assert abs(np.corrcoef(seen, truth)[0, 1]) < 0.01
-    assert abs(np.corrcoef(masking.unpack_lanes(seen, CRYPTO.pack, CRYPTO.lane_bits, LENGTH),
-                           a.delta["w"].double().numpy())[0, 1]) < 0.01
+    assert abs(np.corrcoef(seen, truth)[0, 1]) < 0.025  # 6 sigma of chance over 57,233 slots
+    half = 2 ** (CRYPTO.lane_bits - 1)  # the first lane of each slot, read as a curious key holder would
+    assert abs(np.corrcoef((seen + half) % (2 * half) - half, a.delta["w"].double().numpy()[:SLOTS])[0, 1]) < 0.025
     assert np.std(seen) > 2 ** (CRYPTO.mask_bits - 2)
     unmasked = _masked(silos, "abcd", codec, masked=False)[0]
     assert np.array_equal(masking.decode_sum(codec.decrypt(list(unmasked.chunks), SLOTS), 1, CRYPTO.mask_bits), truth)
