@@ -4,8 +4,11 @@ For each CKKS configuration, from the former default to the current one, one opt
 the update's ciphertexts against fp32, seconds to encrypt it (one silo), to add 11 of them (the coordinator) and to
 decrypt the sum (the decryptor), and whether the decoded mean is exactly the plaintext path's (HE == plaintext).
 The encoding (share of the mean on the 2^-17 grid, lanes, masks) is fedrec's own, via fedrec.federation.filters.
+Then the worker processes (crypto.workers) on a large update (--large shared parameters, 4 silos): 1 against
+--workers processes.
 
-    .venv/bin/python bench/he_options.py [--silos 11] [--repeats 3] [--out results/he_options.json]
+    .venv/bin/python bench/he_options.py [--silos 11] [--repeats 3] [--large 4e6] [--workers 2]
+                                         [--out results/he_options.json]
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from fedrec.config import CryptoConfig
-from fedrec.crypto import CKKSCodec, KeyMaterial, PlainCodec, create_keys
+from fedrec.crypto import PARALLEL_MIN_CHUNKS, CKKSCodec, KeyMaterial, PlainCodec, create_keys
 from fedrec.federation.aggregate import flatten_state
 from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
 
@@ -57,11 +60,20 @@ def best_of(repeats: int, fn):
     return min(times), out
 
 
-def measure(cfg: CryptoConfig, symmetric: bool, updates: list[LocalUpdate], repeats: int) -> dict:
+def updates_of(n_silos: int, length: int, seed: int = 0) -> list[LocalUpdate]:
+    rng = np.random.default_rng(seed)
+    return [LocalUpdate(f"s{i}", 1, int(rng.integers(2_000, 20_000)),
+                        {"w": torch.from_numpy(rng.normal(0, 0.01, length).astype(np.float32))})
+            for i in range(n_silos)]
+
+
+def measure(cfg: CryptoConfig, symmetric: bool, updates: list[LocalUpdate], repeats: int, workers: int = 1) -> dict:
     keys = create_keys(cfg) if symmetric else public_key_keys(cfg)
     slots = cfg.poly_modulus_degree // 2
-    silo = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context)
-    coordinator = CKKSCodec(keys.public_context, slots)
+    silo = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context, workers=workers)
+    coordinator = CKKSCodec(keys.public_context, slots)  # additions stay in one process (cheaper than shipping)
+    if workers > 1:  # start the pool outside the timings (once per run in a federation)
+        silo.decrypt(coordinator.add([silo.encrypt(np.zeros(slots * PARALLEL_MIN_CHUNKS))]), 1)
     total = sum(u.n_samples for u in updates)
     encrypt_s, first = best_of(repeats, lambda: encrypt_update(updates[0], silo, cfg, total))
     sent = [first] + [encrypt_update(u, silo, cfg, total) for u in updates[1:]]
@@ -70,7 +82,9 @@ def measure(cfg: CryptoConfig, symmetric: bool, updates: list[LocalUpdate], repe
     plain = decrypt_aggregate(aggregate_updates([encrypt_update(u, PlainCodec(), cfg, total) for u in updates],
                                                 PlainCodec(), 1, cfg), PlainCodec())
     he_mean, plain_mean = flatten_state(result.mean_delta), flatten_state(plain.mean_delta)
-    return {"bytes_per_silo": first.nbytes, "x_fp32": first.nbytes / (4 * LENGTH), "ciphertexts": len(first.chunks),
+    silo.close()
+    length = sum(t.numel() for t in updates[0].delta.values())
+    return {"bytes_per_silo": first.nbytes, "x_fp32": first.nbytes / (4 * length), "ciphertexts": len(first.chunks),
             "public_context_bytes": len(keys.public_context), "secret_context_bytes": len(keys.secret_context),
             "encrypt_s_per_silo": encrypt_s, "add_s": add_s, "decrypt_s": decrypt_s,
             "he_equals_plaintext": bool(np.array_equal(he_mean, plain_mean))}
@@ -80,25 +94,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--silos", type=int, default=11)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--large", type=float, default=4e6, help="shared parameters of the worker-process comparison")
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("results/he_options.json"))
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    updates = [LocalUpdate(f"s{i}", 1, int(rng.integers(2_000, 20_000)),
-                           {"w": torch.from_numpy(rng.normal(0, 0.01, LENGTH).astype(np.float32))})
-               for i in range(args.silos)]
+    updates = updates_of(args.silos, LENGTH)
     rows = []
     for name, cfg, symmetric in OPTIONS:
         row = {"option": name, "symmetric": symmetric, **measure(cfg, symmetric, updates, args.repeats)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    large = updates_of(4, int(args.large))
+    parallel = []
+    for workers in (1, args.workers):
+        row = {"shared_params": int(args.large), "silos": 4, "workers": workers,
+               **measure(CryptoConfig(), True, large, 1, workers)}
+        parallel.append(row)
+        print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"silos": args.silos, "length": LENGTH, "measured": time.strftime(
-        "%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=2))
+        "%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows, "workers": parallel}, indent=2))
     print("| option | bytes / silo | × fp32 | encrypt (s, one silo) | add 11 (s) | decrypt (s) | HE == plaintext |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['option']} | {r['bytes_per_silo'] / 1e6:.2f} MB | {r['x_fp32']:.2f} | {r['encrypt_s_per_silo']:.3f}"
               f" | {r['add_s']:.3f} | {r['decrypt_s']:.3f} | {r['he_equals_plaintext']} |")
+    print(f"\n{int(args.large):,} shared parameters, 4 silos: | workers | encrypt (one silo) | add 4 | decrypt |")
+    for r in parallel:
+        print(f"| {r['workers']} | {r['encrypt_s_per_silo']:.2f} s | {r['add_s']:.2f} s | {r['decrypt_s']:.2f} s |")
 
 
 if __name__ == "__main__":

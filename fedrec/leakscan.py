@@ -74,13 +74,15 @@ def secret_key_needles(secret_context: bytes, window: int = 48, count: int = 16)
 
 
 def public_context_needles(public_context: bytes) -> list[Needle]:
-    """The key id a public context names (fedrec.crypto.PUBLIC_TAG): a control showing a memory scan does see
-    what a process holds that loaded the run's public context (symmetric CKKS: there is no public key)."""
-    from fedrec.crypto import PUBLIC_TAG
+    """The key id a public context names (fedrec.crypto.PUBLIC_TAG) and its fingerprint (the run's context id, also
+    in the run summary): a control showing a memory scan does see what a process holds that loaded the run's public
+    context (symmetric CKKS: there is no public key whose SEAL objects could serve)."""
+    from fedrec.crypto import PUBLIC_TAG, context_fingerprint
 
     if not public_context.startswith(PUBLIC_TAG):
         raise ValueError("not a fedrec public CKKS context")
-    return [Needle("public-context", public_context[len(PUBLIC_TAG):len(PUBLIC_TAG) + 32])]
+    return [Needle("public-context", public_context[len(PUBLIC_TAG):len(PUBLIC_TAG) + 32]),
+            Needle("public-context", context_fingerprint(public_context).encode())]
 
 
 def scan_process(pid: int, needles: list[Needle]) -> list[Finding]:

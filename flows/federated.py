@@ -179,6 +179,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
                                                                    cfg.privacy.delta)}
             run.log_params({"dp_noise_multiplier": sigma})
         summary["coordinator_can_decrypt"] = bool(getattr(coord.codec, "can_decrypt", False)) and cfg.federation.he
+        summary["he_context_id"] = coord.codec.context_id  # which key the run's ciphertexts were made under
         run.log_metrics({f"selected_test_{m}": v for m, v in final_test.items()} | {"selected_round": best.round})
         run.log_dict(summary, "summary.json")
         summary["model_uri"] = register_model(cfg, coord.n_items, load_global(coord.exchange, best.round, coord.identity.public), run)

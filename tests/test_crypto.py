@@ -275,3 +275,30 @@ def test_an_unmasked_round_missing_a_silo_averages_over_the_others(keys, vectors
                                weighted_average([flatten_state(u.delta) for u in updates], N_SAMPLES[:2]),
                                atol=4 * 2.0 ** -CRYPTO.quantization_bits)
 
+
+
+def test_large_vectors_are_split_across_worker_processes_with_the_same_result(keys):
+    # Prepare: 256 ciphertexts' worth of values (crypto.PARALLEL_MIN_CHUNKS), two worker processes per side
+    from fedrec.crypto import PARALLEL_MIN_CHUNKS
+
+    n = PARALLEL_MIN_CHUNKS * SLOTS
+    x = np.random.default_rng(3).uniform(-1, 1, n)
+    silo = CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context, workers=2)
+    coordinator = CKKSCodec(keys.public_context, SLOTS)
+    small = CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context, workers=2)
+    try:
+        # Execute
+        chunks = silo.encrypt(x)
+        total = coordinator.add([chunks, silo_codec(keys).encrypt(x)])
+        pooled, single = silo.decrypt(total, n), silo_codec(keys).decrypt(total, n)
+        small.encrypt(x[:SLOTS * (PARALLEL_MIN_CHUNKS - 1)])
+
+        # Assert: the parts come back in order; below the threshold no pool is started
+        assert len(chunks) == len(total) == PARALLEL_MIN_CHUNKS and silo._pool is not None
+        np.testing.assert_allclose(pooled, 2 * x, atol=1e-9)
+        np.testing.assert_array_equal(pooled, single)
+        assert small._pool is None
+        with pytest.raises(PayloadError, match="does not parse"):
+            silo.decrypt([b"\x00" * 64] * PARALLEL_MIN_CHUNKS, n)
+    finally:
+        silo.close()

@@ -5,6 +5,7 @@ Each child leads a new session, so a terminal's Ctrl-C reaches only the parent, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -130,6 +131,9 @@ def stop_all(services: list[Service], grace: float = 15.0) -> None:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
+        for service in reversed(services):  # all groups get SIGTERM at once: their grace periods overlap
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pgid, signal.SIGTERM)
         for service in reversed(services):
             stop(service, grace)
     finally:
