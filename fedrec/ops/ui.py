@@ -84,11 +84,12 @@ def start_mlflow_server(port: int, backend_uri: str, log_dir: Path) -> procs.Ser
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the process like Ctrl-C (KeyboardInterrupt), so its servers are stopped too."""
+    """SIGTERM and SIGHUP end the process like Ctrl-C (KeyboardInterrupt), so its servers are stopped too; so does
+    SIGINT even when this process was started with it ignored (a background job of a script inherits that)."""
     def interrupt(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
