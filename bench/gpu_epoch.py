@@ -3,7 +3,8 @@ splits, the same code as `fedrec centralized`), for the GPU-versus-CPU compariso
 
     python bench/gpu_epoch.py --data data --configs cpu:256:0.001 cuda:4096:0.004 --out results/gpu_epoch.json
 
-Each config is device:batch_size:lr; every run trains up to --epochs epochs with early stopping on the validation
+Each config is device:batch_size:lr, or a device alone (auto | cpu | cuda): the project's defaults, i.e. on a GPU
+the batch and learning rate `training.device: auto` picks by itself (fedrec.training.for_device); every run trains up to --epochs epochs with early stopping on the validation
 item (patience 5) and reports the mean training seconds per epoch (evaluation excluded), the selected epoch and
 the test metrics of that epoch. Needs only torch, numpy, pandas and pyyaml (no Prefect, MLflow or GE), so it runs
 on a bare GPU machine with the data directory (data/split, data/catalogue) carried along.
@@ -49,22 +50,23 @@ def main() -> None:
     import torch
 
     from fedrec.config import from_dict
-    from fedrec.training import train_centralized
+    from fedrec.training import for_device, resolve_device, train_centralized
 
     data, n_silos = pooled(args.data)
     rows = []
     for spec in args.configs:
-        device, batch, lr = spec.split(":")
+        device, *pinned = spec.split(":")
         if device.startswith("cuda") and not torch.cuda.is_available():
             print(f"{spec}: no CUDA device here, skipped", flush=True)
             continue
-        cfg = from_dict({"model": {"name": args.model},
-                         "training": {"device": device, "batch_size": int(batch), "lr": float(lr),
-                                      "cuda_batch_size": 0,  # this batch and lr, also on CUDA
-                                      "epochs": args.epochs, "seeds": [args.seed], "patience": 5}})
+        training = {"device": device, "epochs": args.epochs, "seeds": [args.seed], "patience": 5}
+        if pinned:  # this batch and lr, also on CUDA
+            training |= {"batch_size": int(pinned[0]), "lr": float(pinned[1]), "cuda_batch_size": 0}
+        cfg = from_dict({"model": {"name": args.model}, "training": training})
+        chosen = for_device(cfg, resolve_device(device), data.n_train).training  # what training will use
         start = time.perf_counter()
         result = train_centralized(data, cfg, args.seed)
-        row = {"config": spec, "device": device, "batch_size": int(batch), "lr": float(lr),
+        row = {"config": spec, "device": device, "batch_size": chosen.batch_size, "lr": chosen.lr,
                "seconds_per_epoch": result.seconds_per_epoch, "epochs_run": len(result.history),
                "best_epoch": result.best_epoch, "wall_seconds": time.perf_counter() - start,
                "val": result.val, "test": result.test}
