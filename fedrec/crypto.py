@@ -2,7 +2,7 @@
 
 Key holders (the silos) hold a secret context and encrypt symmetrically (with the secret key: half the noise and
 twice the speed of public-key encryption, measured); the coordinator gets the bare parameters, serialized without
-secret, public, galois or relinearisation keys (86 bytes): ciphertext addition needs none of them, and it can
+secret, public, galois or relinearisation keys, and the key id (138 bytes, PUBLIC_TAG): ciphertext addition needs none of them, and it can
 neither decrypt (:class:`DecryptionKeyError`) nor encrypt (so it cannot forge a silo's ciphertext).
 Flat vectors are packed into ``poly_modulus_degree / 2`` slots per ciphertext ourselves, so TenSEAL never chunks
 (and warns) on its own.
@@ -158,7 +158,7 @@ class CKKSCodec:
         probe = np.linspace(-1.0, 1.0, 8)
         try:
             public = CKKSCodec(public_context, self.slots)
-            if public.can_decrypt or not public_context.startswith(PUBLIC_TAG) or public.key_id != self.key_id:
+            if public.can_decrypt or public.key_id != self.key_id:
                 return False
             chunk = self.encrypt(probe)
             back = self.decrypt(public.add([chunk, chunk]), len(probe))
@@ -171,9 +171,10 @@ class CKKSCodec:
             raise DecryptionKeyError("this context holds no secret key: silos encrypt symmetrically with theirs, "
                                      "the coordinator's context can only add")
         flat = np.asarray(flat, dtype=np.float64)
-        if (pool := self._pool_for(-(-len(flat) // self.slots))) is not None:
-            bounds = self._bounds(-(-len(flat) // self.slots))
-            parts = [pool.submit(_worker_encrypt, flat[a * self.slots:b * self.slots], self.slots) for a, b in bounds]
+        n_chunks = -(-len(flat) // self.slots)
+        if (pool := self._pool_for(n_chunks)) is not None:
+            parts = [pool.submit(_worker_encrypt, flat[a * self.slots:b * self.slots], self.slots)
+                     for a, b in self._bounds(n_chunks)]
             return [chunk for part in parts for chunk in part.result()]
         return [self._ts.ckks_vector(self._ctx, flat[i:i + self.slots].tolist()).serialize()
                 for i in range(0, len(flat), self.slots)]

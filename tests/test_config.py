@@ -62,6 +62,7 @@ def test_out_of_range_raises_config_error():
         ({"crypto": {"lane_bits": 16}}, r"crypto.lane_bits must be >= quantization_bits \+ 1"),
         ({"crypto": {"pack": 3}}, r"crypto.pack \* crypto.lane_bits must be in 1..48"),
         ({"crypto": {"coeff_mod_bit_sizes": [60, 60]}}, "must sum to at most 109 bits for 128-bit security"),
+        ({"crypto": {"workers": -1}}, r"crypto.workers must be >= 0"),
         ({"crypto": {"global_scale_bits": 40}}, r"crypto.global_scale_bits must be >= crypto.pack \* crypto.lane_bits \+ 14"),
 ])
 def test_privacy_and_precision_bounds_are_checked(raw, message):

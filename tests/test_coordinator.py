@@ -141,6 +141,7 @@ def test_a_dropout_after_the_participant_set_is_fixed_is_remasked_and_the_sum_is
     # Assert: the survivors were asked to remask among themselves; the mean is exactly the unmasked one
     remask = Remask.from_json(coord.exchange.read(remask_key(1, 1), coord.identity.public))
     assert (remask.silos, collected.attempts) == (["a", "b", "c"], 2)
+    assert remask.total_samples == 3 * N_TRAIN  # the survivors' weights sum to one again
     assert collected.failures == {"d": "no update within 0s"}
     assert result.contributors == ("a", "b", "c")
     assert np.array_equal(flatten_state(result.mean_delta), _unmasked_mean(coord, [silos[n] for n in "abc"]))

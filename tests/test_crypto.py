@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -302,3 +304,25 @@ def test_large_vectors_are_split_across_worker_processes_with_the_same_result(ke
             silo.decrypt([b"\x00" * 64] * PARALLEL_MIN_CHUNKS, n)
     finally:
         silo.close()
+
+
+def test_updates_whose_weights_sum_past_one_are_refused(keys, vectors):
+    # Prepare: two silos each claim a share of a round total smaller than their samples together
+    silo = silo_codec(keys)
+    updates = [dataclasses.replace(u, n_samples=60) for u in _updates(vectors)[:2]]
+    sent = [encrypt_update(u, silo, CRYPTO, 100) for u in updates]
+
+    # Execute / Assert: at the aggregator
+    with pytest.raises(PayloadError, match="weigh by a total of 100 samples but carry 120"):
+        aggregate_updates(sent, coordinator_codec(keys), 3, CRYPTO)
+
+
+def test_the_decryptor_refuses_an_aggregate_weighing_past_one(keys, vectors):
+    # Prepare: a well-formed aggregate whose header claims more samples than its weights' total
+    aggregate = aggregate_updates([encrypt_update(u, silo_codec(keys), CRYPTO, sum(N_SAMPLES)) for u in _updates(vectors)],
+                                  coordinator_codec(keys), 3, CRYPTO)
+    forged = dataclasses.replace(aggregate, n_samples=aggregate.total_samples + 1)
+
+    # Execute / Assert
+    with pytest.raises(PayloadError, match="n_samples .* of a weighting total"):
+        decrypt_aggregate(forged, silo_codec(keys))

@@ -67,9 +67,10 @@ def ui(tmp_path_factory):
     prefect_port, mlflow_port = procs.free_port(), procs.free_port()
     log = base / "ui.log"
     with open(log, "wb") as out:
+        # started with SIGINT ignored, as a background job of a script starts it: Ctrl-C must still stop it
         proc = subprocess.Popen(_cli("ui", "-p", str(params_path), "--prefect-port", str(prefect_port),
                                      "--mlflow-port", str(mlflow_port)), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=ROOT)
+                                env=env, cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     started = UI(proc, home, params_path, base, env, f"http://127.0.0.1:{prefect_port}",
                  f"http://127.0.0.1:{mlflow_port}", log)
     deadline = time.monotonic() + 150
