@@ -196,7 +196,11 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         no_he: bool = NoHeOpt, as_json: bool = JsonOpt, output: Optional[Path] = OutOpt,
         params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt, run_id: Optional[str] = RunIdOpt) -> None:
     """One machine: provision the demo silos, then federate them (silo agents in host processes, CKKS by default)."""
+    from fedrec.wire.exchange import check_run_id
+
     with _user_errors():
+        if run_id is not None:  # before anything turns it into a path (logs, checkpoint, exchange)
+            check_run_id(run_id)
         overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_config(params, overrides)  # fail fast on bad config, before Prefect starts
         from flows.federated import run_demo
@@ -214,14 +218,18 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
     """The coordinator only: start the silos' agents (their deployments, or local hosts) and run the rounds.
 
     Opens no silo's data or keys; needs the public item catalogue (data/catalogue) and the exchange."""
+    from fedrec.wire.exchange import check_run_id, check_silo_id
+
     with _user_errors():
+        roster = [check_silo_id(s.strip()) for s in silos.split(",") if s.strip()]
+        if run_id is not None:
+            check_run_id(run_id)
         overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_config(params, overrides)
         from flows.federated import run_federation
 
-        summary = run_federation(params_path=str(params), overrides=overrides,
-                                 silos=[s.strip() for s in silos.split(",") if s.strip()], show_progress=not as_json,
-                                 run_id=run_id)
+        summary = run_federation(params_path=str(params), overrides=overrides, silos=roster,
+                                 show_progress=not as_json, run_id=run_id)
     _print_summary(summary, cfg.evaluation.k, output, as_json)
     from fedrec.audit import hold_for_inspection
 
@@ -263,11 +271,12 @@ def silo_identity(silo: str = typer.Option(..., "--silo", help="this silo's id")
     state/silos/<id>/identity. Send the output to the coordinator's operator for the roster."""
     from fedrec.silo.store import SiloStore
     from fedrec.trust import Identity
-    from fedrec.wire.exchange import check_silo_id
 
     with _user_errors():
         cfg = _config(params, set_)
-        ident = Identity.load_or_create(SiloStore.of(cfg, check_silo_id(silo), "_").identity_dir, silo)
+        store = SiloStore.of(cfg, silo, "_")
+        store.private_dir(store.silo_dir)  # state/silos/<silo>: 0700 before the keys are made under it
+        ident = Identity.load_or_create(store.identity_dir, silo)
     sys.stdout.write(json.dumps(ident.public.to_dict()) + "\n")
     err.print(f"silo {silo}: fingerprint {ident.public.fingerprint} (compare it over another channel)")
 
@@ -279,15 +288,17 @@ def silo_forget_keys(silo: str = typer.Option(..., "--silo", help="this silo's i
                      params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Delete the HE key material this silo keeps of finished federation runs (keys rotate per run)."""
     from fedrec.silo.store import SiloStore
-    from fedrec.wire.exchange import check_silo_id
+    from fedrec.wire.exchange import check_run_id, check_silo_id
 
     with _user_errors():
         cfg = _config(params, set_)
-        base = Path(cfg.federation.state_dir) / "silos" / check_silo_id(silo)
         if not (run_id or all_runs):
             raise typer.BadParameter("name a run (--run-id) or --all")
-        runs = [run_id] if run_id else sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "identity") \
-            if base.exists() else []
+        check_silo_id(silo)
+        if run_id is not None:  # before it is joined to a path: never a directory outside this silo's store
+            runs = [check_run_id(run_id)]
+        else:
+            runs = [store.root.name for store in SiloStore.runs_of(cfg, silo)]
         deleted = [r for r in runs if SiloStore.of(cfg, silo, r).forget_keys()]
     err.print(f"silo {silo}: deleted the HE keys of {len(deleted)} run(s)" + (f": {', '.join(deleted)}" if deleted else ""))
 

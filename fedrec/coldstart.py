@@ -213,7 +213,7 @@ def ensure_cold_split(cfg, silos: list[str]) -> None:
 
     wanted = split_cold_ids(cfg)
     for silo in silos:
-        stored = Split.load(pipeline.Paths.of(cfg).split / silo).cold_items
+        stored = Split.load(pipeline.Paths.of(cfg).silo_split(silo)).cold_items
         if not np.array_equal(np.asarray(stored, dtype=np.int64), wanted):
             pipeline.split_all(cfg)
             return

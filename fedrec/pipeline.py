@@ -8,6 +8,9 @@ prepare -> partition -> validate -> split; outputs live under ``data.work_dir``:
     feedback/<silo>/batch-*.parquet    new interactions (fedrec feedback), part of the silo's data
     validation/<silo>.json + summary.json
     split/<silo>/{train,holdout}.parquet   (only silos that passed validation)
+
+A silo's folders (``<area>/<silo>/``) hold its users' rows: 0600 files in 0700 directories (:mod:`fedrec.fsperm`),
+and the silo id is checked before it becomes a path segment (:func:`fedrec.wire.exchange.check_silo_id`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fedrec.data.split import Split, split_interactions
 from fedrec.data.types import Dataset
 from fedrec.training import SiloData
 from fedrec.validation import ValidationReport, validate_interactions
+from fedrec.wire.exchange import check_silo_id
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,20 @@ class Paths:
     @property
     def split(self) -> Path:
         return self.root / "split"
+
+    def silo_data(self, silo_id: str) -> Path:
+        """``silos/<silo>``: the silo's demo partition (its interactions and registered users)."""
+        return self.silos / check_silo_id(silo_id)
+
+    def silo_snapshot(self, silo_id: str) -> Path:
+        """``snapshots/<silo>``: the copy of a database silo's rows (silo.source)."""
+        return self.snapshots / check_silo_id(silo_id)
+
+    def silo_feedback(self, silo_id: str) -> Path:
+        return self.feedback / check_silo_id(silo_id)
+
+    def silo_split(self, silo_id: str) -> Path:
+        return self.split / check_silo_id(silo_id)
 
 
 def load_dataset(cfg: Config) -> Dataset:
@@ -120,24 +138,25 @@ def silo_interactions(cfg: Config, silo_id: str, *, refresh: bool = False) -> pd
 def silo_base_file(cfg: Config, silo_id: str) -> Path:
     """The silo's base interactions: its database snapshot (``silo.source`` set) or its demo partition file."""
     paths = Paths.of(cfg)
-    return (paths.snapshots if cfg.silo.source else paths.silos) / silo_id / "interactions.parquet"
+    return (paths.silo_snapshot(silo_id) if cfg.silo.source else paths.silo_data(silo_id)) / "interactions.parquet"
 
 
 def snapshot_all(cfg: Config) -> list[str]:
     """`fedrec snapshot` (the DVC stage): every silo's database rows into data/snapshots; none without silo.source."""
+    listed = [check_silo_id(s) for s in cfg.federation.silos]  # before anything is written
     Paths.of(cfg).snapshots.mkdir(parents=True, exist_ok=True)
     if not cfg.silo.source:
         return []
     from fedrec.silo.source import snapshot
 
-    silos = list(cfg.federation.silos) or ensure_partitioned(cfg)
+    silos = listed or ensure_partitioned(cfg)
     for silo_id in silos:
         snapshot(cfg, silo_id)
     return silos
 
 
 def feedback_batches(cfg: Config, silo_id: str) -> list[Path]:
-    return sorted((Paths.of(cfg).feedback / silo_id).glob("batch-*.parquet"))
+    return sorted(Paths.of(cfg).silo_feedback(silo_id).glob("batch-*.parquet"))
 
 
 def data_version(frame: pd.DataFrame) -> str:
@@ -156,7 +175,7 @@ def validate_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) 
     frame = silo_interactions(cfg, silo_id, refresh=True) if frame is None else frame
     catalogue = read_catalogue(paths.catalogue)["item_id"].tolist()
     report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions)
-    report.save(paths.validation / f"{silo_id}.json")
+    report.save(paths.validation / f"{check_silo_id(silo_id)}.json")
     return report
 
 
@@ -186,7 +205,7 @@ def split_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> 
     ev = cfg.evaluation
     cold = coldstart.cold_item_ids(catalogue, ev.cold_item_fraction, ev.cold_seed)  # cold start: none when 0
     split = split_interactions(frame, catalogue, ev.n_negatives, ev.seed, cold)
-    split.save(paths.split / silo_id)
+    split.save(paths.silo_split(silo_id))
     return split
 
 
@@ -202,12 +221,12 @@ def catalogue_ids(cfg: Config) -> np.ndarray:
 
 
 def load_silo_data(cfg: Config, silo_id: str) -> SiloData:
-    return SiloData.from_split(Split.load(Paths.of(cfg).split / silo_id), catalogue_ids(cfg))
+    return SiloData.from_split(Split.load(Paths.of(cfg).silo_split(silo_id)), catalogue_ids(cfg))
 
 
 def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
     """All listed silos' data as one (the centralized twin of a federation)."""
-    splits = [Split.load(Paths.of(cfg).split / s) for s in silo_ids]
+    splits = [Split.load(Paths.of(cfg).silo_split(s)) for s in silo_ids]
     union = Split(pd.concat([s.train for s in splits], ignore_index=True),
                   pd.concat([s.holdout for s in splits], ignore_index=True),
                   cold_items=splits[0].cold_items if splits else ())  # the same cold items at every silo
@@ -231,7 +250,7 @@ def ensure_data(cfg: Config) -> list[str]:
     if not (paths.validation / "summary.json").exists():
         validate_all(cfg)
     silos = passing_silos(cfg)
-    if not all((paths.split / s / "holdout.parquet").exists() for s in silos):
+    if not all((paths.silo_split(s) / "holdout.parquet").exists() for s in silos):
         split_all(cfg)
     return silos
 

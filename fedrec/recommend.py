@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ from fedrec.federation.filters import load_global
 from fedrec.silo.store import SiloStore
 from fedrec.training import SiloData, model_config, resolve_device
 from fedrec.trust import PublicIdentity
-from fedrec.wire.exchange import check_silo_id, run_exchange
+from fedrec.wire.exchange import check_run_id, check_silo_id, run_exchange
 from models import build_model
 
 MODEL, POPULARITY = "model", "popularity"
@@ -67,9 +66,9 @@ class Recommendations:
 
 def latest_run_id(cfg: Config, silo_id: str) -> str | None:
     """The silo's most recent finished federated run (its saved state), or None."""
-    runs = sorted((Path(cfg.federation.state_dir) / "silos" / silo_id).glob("*/model.pt"),
-                  key=lambda p: p.stat().st_mtime)
-    return runs[-1].parent.name if runs else None
+    runs = sorted((store for store in SiloStore.runs_of(cfg, silo_id) if store.model_path.exists()),
+                  key=lambda store: store.model_path.stat().st_mtime)
+    return runs[-1].root.name if runs else None
 
 
 class SiloRecommender:
@@ -81,7 +80,7 @@ class SiloRecommender:
             self.silo_id = check_silo_id(silo_id)
         except ConfigError as exc:
             raise UnknownSiloError(str(exc)) from exc
-        self.cfg, self.pinned_run = cfg, run_id
+        self.cfg, self.pinned_run = cfg, None if run_id is None else check_run_id(run_id)  # before any path
         self.paths = pipeline.Paths.of(cfg)
         base = pipeline.silo_base_file(cfg, silo_id)
         if not base.exists():
@@ -97,7 +96,7 @@ class SiloRecommender:
         run = self.pinned_run or latest_run_id(self.cfg, self.silo_id)
         files = [pipeline.silo_base_file(self.cfg, self.silo_id),
                  *pipeline.feedback_batches(self.cfg, self.silo_id)]
-        model = Path(self.cfg.federation.state_dir) / "silos" / self.silo_id / (run or "_") / "model.pt"
+        model = SiloStore.of(self.cfg, self.silo_id, run or "_").model_path
         return run, tuple((str(f), f.stat().st_mtime_ns) for f in files + ([model] if model.exists() else []))
 
     def refresh(self) -> None:
@@ -106,7 +105,7 @@ class SiloRecommender:
             return
         run_id = stamp[0]
         interactions = pipeline.silo_interactions(self.cfg, self.silo_id)
-        registry = self.paths.silos / self.silo_id / "users.parquet"
+        registry = self.paths.silo_data(self.silo_id) / "users.parquet"
         registered = pd.read_parquet(registry)["user_id"].to_numpy(np.int64) if registry.exists() else np.array([], np.int64)
         self.known_users = set(registered.tolist()) | set(interactions["user_id"].astype(np.int64).tolist())
         item_index = pd.Series(np.arange(len(self.catalogue)), index=self.catalogue["item_id"].to_numpy(np.int64))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from fedrec.cli import app
@@ -126,3 +128,43 @@ def test_a_cut_off_other_than_10_is_reported_as_such(params_file):
     table = CliRunner().invoke(app, ["centralized", "--model", "pop", "--params", str(params_file),
                                      "-S", "evaluation.k=5"])
     assert table.exit_code == 0 and "hr@5" in table.stdout and "hr@10" not in table.stdout
+
+
+#: commands given a path-like silo or run id (issue #17, item 6); "\n": a trailing newline passed the old pattern
+PATH_LIKE_IDS = {
+    "run --run-id ../../../x": ["run", "--run-id", "../../../x"],
+    "run --run-id 'r1\\n'": ["run", "--run-id", "r1\n"],
+    "coordinate --silos 0,../x": ["coordinate", "--silos", "0,../x"],
+    "coordinate --run-id ../x": ["coordinate", "--silos", "0,1,2", "--run-id", "../x"],
+    "silo forget-keys --run-id ../../../victim": ["silo", "forget-keys", "--silo", "0", "--run-id", "../../../victim"],
+    "silo forget-keys --silo '0\\n'": ["silo", "forget-keys", "--silo", "0\n", "--all"],
+    "silo serve --silo ../x": ["silo", "serve", "--silo", "../x"],
+    "silo identity --silo '0\\n'": ["silo", "identity", "--silo", "0\n"],
+    "recommend --run-id ../x": ["recommend", "--silo", "0", "--user", "1", "--run-id", "../x"],
+    "recommend --silo '0\\n'": ["recommend", "--silo", "0\n", "--user", "1"],
+    "serve --run-id ../../x": ["serve", "--silo", "0", "--run-id", "../../x"],
+    "feedback --silo ../x": ["feedback", "FEEDBACK_CSV", "--silo", "../x"],
+    "snapshot of silo ../x": ["snapshot", "-S", "silo.source=sqlite:///db/{silo}.sqlite", "-S", "federation.silos=[../x]"],
+}
+
+
+@pytest.mark.parametrize("case", list(PATH_LIKE_IDS))
+def test_path_like_ids_exit_2_before_any_path_is_built(params_file, tmp_path, case):
+    # Prepare: silo 0's state, and a run's key material outside the state tree, where a "../" run id of silo 0 leads
+    (tmp_path / "state" / "silos" / "0").mkdir(parents=True)
+    victim = tmp_path / "victim" / "keys"
+    victim.mkdir(parents=True)
+    (victim / "secret.ctx").write_bytes(b"key material")
+    csv = tmp_path / "feedback.csv"
+    csv.write_text("user_id,item_id,rating\n1,1,4\n")
+    before = sorted(tmp_path.parent.rglob("*"))  # whatever "../" could reach from here
+    args = [str(csv) if a == "FEEDBACK_CSV" else a for a in PATH_LIKE_IDS[case]]
+
+    # Execute
+    result = CliRunner().invoke(app, [*args, "--params", str(params_file)])
+
+    # Assert: the named error (exit 2, one line), nothing written or deleted anywhere
+    assert result.exit_code == 2, result.output
+    assert " id " in result.output and "is not allowed" in result.output and "Traceback" not in result.output
+    assert sorted(tmp_path.parent.rglob("*")) == before
+    assert (victim / "secret.ctx").read_bytes() == b"key material"

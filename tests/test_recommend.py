@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import mlflow
@@ -109,16 +111,13 @@ def test_a_new_user_of_the_silo_gets_its_popular_items(trained):
     assert [int(counts[i["item_id"]]) for i in body["items"]] == counts.iloc[:3].tolist()  # ties in any order
 
 
-def test_serve_answers_over_http_on_loopback(trained):
+@contextmanager
+def _serving(app) -> Iterator[httpx.Client]:
+    """``app`` served by uvicorn on a free loopback port, as `fedrec serve` does; a client of it."""
     import uvicorn
 
-    from fedrec.silo.http import make_app
-
-    _, path = trained
-    cfg = load_config(path)
-    user = _a_user(cfg)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(cfg, SILO), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -126,19 +125,68 @@ def test_serve_answers_over_http_on_loopback(trained):
         while not server.started and time.time() < deadline:
             time.sleep(0.05)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            ok = client.get(f"/recommend/{user}", params={"k": 4})
-            unknown = client.get("/recommend/987654")
-            bad_k = client.get(f"/recommend/{user}", params={"k": 0})
-            health = client.get("/health")
+            yield client
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_serve_answers_over_http_on_loopback(trained):
+    from fedrec.silo.http import make_app
+
+    _, path = trained
+    cfg = load_config(path)
+    user = _a_user(cfg)
+    with _serving(make_app(cfg, SILO)) as client:
+        ok = client.get(f"/recommend/{user}", params={"k": 4})
+        unknown = client.get("/recommend/987654")
+        bad_k = client.get(f"/recommend/{user}", params={"k": 0})
+        health = client.get("/health")
 
     assert ok.status_code == 200
     assert ok.json() == recommend(cfg, SILO, user, 4).to_dict()
     assert unknown.status_code == 404 and unknown.json()["error"] == "UnknownUserError"
     assert bad_k.status_code == 422
-    assert health.json()["silo"] == SILO
+    assert health.json() == {"silo": SILO, "run_id": ok.json()["run_id"]}
+
+
+def test_serve_answers_every_error_as_error_and_detail_without_echoing_the_input(tiny_cfg):
+    # Prepare: a silo with data but no finished run yet (no federation needed for the error paths)
+    from fedrec.silo.http import make_app
+
+    pipeline.ensure_partitioned(tiny_cfg)
+    user = _a_user(tiny_cfg)
+
+    # Execute
+    with _serving(make_app(tiny_cfg, SILO)) as client:
+        answers = {
+            "k=0": client.get(f"/recommend/{user}", params={"k": 0}),
+            "k=abc": client.get(f"/recommend/{user}", params={"k": "abc"}),
+            "k=1001": client.get(f"/recommend/{user}", params={"k": 1001}),
+            "user=abc": client.get("/recommend/abc"),
+            "unknown path": client.get("/recommend-abc/1"),
+            "POST": client.post(f"/recommend/{user}"),
+            "no model yet": client.get(f"/recommend/{user}", params={"k": 5}),
+        }
+        health = client.get("/health")
+
+    # Assert: the documented shape {"error", "detail"} only, named errors, the parameter and rule named, the value
+    # sent never echoed
+    expected = {"k=0": (422, "RequestValidationError", "k (query): Input should be greater than or equal to 1"),
+                "k=abc": (422, "RequestValidationError", "k (query): Input should be a valid integer"),
+                "k=1001": (422, "RequestValidationError", "k (query): Input should be less than or equal to 1000"),
+                "user=abc": (422, "RequestValidationError", "user (path): Input should be a valid integer"),
+                "unknown path": (404, "NotFound", "no such path; served: GET /recommend/{user}?k=10, GET /health"),
+                "POST": (405, "MethodNotAllowed", "method not allowed; served: GET /recommend/{user}?k=10"),
+                "no model yet": (503, "NoTrainedModelError", f"silo '{SILO}' has no trained state")}
+    for case, (status, name, detail) in expected.items():
+        answer = answers[case]
+        assert answer.status_code == status, (case, answer.text)
+        body = answer.json()
+        assert set(body) == {"error", "detail"} and body["error"] == name, (case, body)
+        assert body["detail"].startswith(detail), (case, body)
+        assert "abc" not in answer.text and "1001" not in answer.text, (case, body)
+    assert health.status_code == 200 and health.json() == {"silo": SILO, "run_id": None}
 
 
 def test_invalid_feedback_is_refused_and_nothing_is_appended(trained, tmp_path):

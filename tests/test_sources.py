@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from conftest import make_tiny_params
 from fedrec import pipeline
 from fedrec.config import from_dict
-from fedrec.silo.source import (SourceColumnError, SourceError, SourceTableError, SourceUnavailableError,
-                                demo_source, snapshot, write_demo_databases)
-from fedrec.wire.exchange import run_exchange
+from fedrec.silo.source import (SourceColumnError, SourceError, SourceQueryError, SourceTableError,
+                                SourceUnavailableError, demo_source, read_only_engine, snapshot, write_demo_databases)
+from fedrec.wire.exchange import run_exchange, update_key
 
 ORDER = ["user_id", "timestamp", "item_id", "rating"]
 INT64 = {c: np.dtype("int64") for c in ("user_id", "item_id", "rating", "timestamp")}
@@ -169,8 +169,9 @@ def _bad_sources(db: Path) -> dict[str, tuple[dict, type, list[str]]]:
         "not a number": (dict(source=good, query="SELECT user_id, item_id, 'five' || rating AS rating, timestamp "
                                                  "FROM interactions"), SourceColumnError,
                          ["column rating (silo.rating_column) holds values that are not numbers"]),
-        "a query that writes": (dict(source=good, query="DELETE FROM interactions"), SourceTableError,
-                                ["silo.query failed: attempt to write a readonly database"]),
+        "a query that writes": (dict(source=good, query="DELETE FROM interactions"), SourceQueryError,
+                                ["silo.query must be a SELECT (or WITH ... SELECT), not 'DELETE': refused before it "
+                                 "ran"]),
     }
 
 
@@ -200,6 +201,75 @@ def test_a_bad_source_is_a_named_error_and_keeps_the_previous_snapshot(demo, cas
     if case == "a query that writes":  # the database is opened read-only
         with sa.create_engine(f"sqlite:///{db}/0.sqlite").connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar() == len(demo[2]["0"])
+
+
+#: statements that are not one read-only SELECT, and what the refusal names (issue #17, item 8)
+NOT_ONE_SELECT = {
+    "ATTACH DATABASE '{out}/attached.db' AS x": "not 'ATTACH'",
+    "SELECT * FROM interactions; ATTACH DATABASE '{out}/attached.db' AS x": "exactly one SELECT, not 2 statements",
+    "PRAGMA query_only = OFF": "not 'PRAGMA'",
+    "INSERT INTO interactions VALUES (1, 2, 3, 4)": "not 'INSERT'",
+    "UPDATE interactions SET rating = 1": "not 'UPDATE'",
+    "CREATE TABLE copied AS SELECT * FROM interactions": "not 'CREATE'",
+    "DROP TABLE interactions": "not 'DROP'",
+    "WITH gone AS (DELETE FROM interactions RETURNING *) SELECT * FROM gone": "it holds DELETE",
+    "SELECT * INTO copied FROM interactions": "it holds INTO",
+    "-- a comment only;": "exactly one SELECT, not 0 statements",
+}
+
+
+@pytest.mark.parametrize("statement", list(NOT_ONE_SELECT))
+def test_a_query_that_is_not_one_select_is_refused_before_it_runs(demo, tmp_path, statement):
+    # Prepare: a good snapshot first; where an ATTACH would create its database file
+    params, db, originals = demo
+    snapshot(_cfg(params, source=demo_source(db)), "0")
+    before = _parquet(_cfg(params, source=demo_source(db)), "0").read_bytes()
+    out = tmp_path / "attach-target"
+    out.mkdir()
+    query = statement.format(out=out)
+
+    # Execute
+    with pytest.raises(SourceQueryError) as raised:
+        snapshot(_cfg(params, source=demo_source(db), query=query), "0")
+
+    # Assert: named, which silo and database, what is wrong; it never ran: no file, the table and the snapshot
+    # as they were
+    assert isinstance(raised.value, SourceError) and raised.value.silo_id == "0"
+    assert str(raised.value).startswith(f"silo '0': sqlite:///{db}/0.sqlite: silo.query must be ")
+    assert NOT_ONE_SELECT[statement] in str(raised.value) and "refused before it ran" in str(raised.value)
+    assert list(out.iterdir()) == []
+    with sa.create_engine(f"sqlite:///{db}/0.sqlite").connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar() == len(originals["0"])
+        assert sa.inspect(conn).get_table_names() == ["interactions"]
+    assert _parquet(_cfg(params, source=demo_source(db)), "0").read_bytes() == before
+
+
+def test_the_sqlite_connection_itself_refuses_writes_attach_and_settings(demo, tmp_path):
+    # Prepare: the engine a snapshot reads through, used directly (as if a statement got past the check)
+    params, db, originals = demo
+    url = sa.engine.make_url(demo_source(db).replace("{silo}", "0"))
+    engine = read_only_engine("0", url, _shown(str(url)))
+    refused = {}
+
+    # Execute
+    with engine.connect() as conn:
+        for statement in ("INSERT INTO interactions VALUES (1, 2, 3, 4)", "DELETE FROM interactions",
+                          f"ATTACH DATABASE '{tmp_path / 'attached.db'}' AS x", "PRAGMA query_only = OFF",
+                          "CREATE TEMP TABLE t (a)"):
+            with pytest.raises(sa.exc.DBAPIError) as raised:
+                conn.execute(sa.text(statement))
+            refused[statement.split()[0]] = str(raised.value.orig)
+        rows = conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar()
+        read_only = conn.execute(sa.text("SELECT 1")).scalar() == 1
+    engine.dispose()
+
+    # Assert: each refused by SQLite (not by fedrec's check), reading still works, nothing changed or created
+    assert refused == {"INSERT": "not authorized", "DELETE": "not authorized", "ATTACH": "not authorized",
+                       "PRAGMA": "not authorized", "CREATE": "not authorized"}
+    assert rows == len(originals["0"]) and read_only
+    assert not (tmp_path / "attached.db").exists()
+    with sa.create_engine(f"sqlite:///{db}/0.sqlite").connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar() == len(originals["0"])
 
 
 def test_a_source_that_is_not_a_url_is_named_without_quoting_it(tiny_params):
@@ -332,12 +402,24 @@ def test_postgres_source(postgres, tiny_params, tmp_path):
         snapshot(_cfg(tiny_params, **silo | {"query": "SELECT patient, item, stars, remark::int AS seen_at "
                                                        "FROM clinic.visits"}), "0")
     assert "private-remark" not in str(raised.value) and "SQLSTATE 22P02" in str(raised.value)
-    with pytest.raises(SourceTableError, match="must be a SELECT"):
+    with pytest.raises(SourceQueryError, match="must be a SELECT .*, not 'SET': refused before it ran"):
         snapshot(_cfg(tiny_params, **silo | {"query": "SET search_path TO clinic"}), "0")
-    with pytest.raises(SourceTableError, match="read-only transaction"):  # a snapshot never writes
+    with pytest.raises(SourceQueryError, match="not 'DELETE': refused before it ran"):  # a snapshot never writes
         snapshot(_cfg(tiny_params, **silo | {"query": "DELETE FROM clinic.visits RETURNING *"}), "0")
+    # a write past the check: the server refuses it (the session's and the transaction's default is read-only)
+    engine = read_only_engine("0", sa.engine.make_url(url), _shown(url))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW default_transaction_read_only")).scalar() == "on"
+        with pytest.raises(sa.exc.DBAPIError, match="read-only transaction") as raised:
+            conn.execute(sa.text("DELETE FROM clinic.visits"))
+        assert raised.value.orig.sqlstate == "25006"
+    with engine.connect() as conn:  # a later transaction of the same engine too
+        with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
+            conn.execute(sa.text("CREATE TABLE clinic.copied AS SELECT * FROM clinic.visits"))
+    engine.dispose()
     with sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://")).connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM clinic.visits")).scalar() == 4
+        assert sa.inspect(conn).get_table_names(schema="clinic") == ["visits"]
     down = tmp_path / "no-server"
     down.mkdir()
     with pytest.raises(SourceUnavailableError) as raised:  # the database is down
@@ -384,7 +466,7 @@ def test_federated_run_leaves_out_a_silo_whose_database_is_broken(prefect_harnes
     assert "SourceTableError: silo '1': sqlite:///" in why
     assert "table 'interactions' (silo.table) does not exist; tables present: interactions_old" in why
     assert run_exchange(cfg, summary["run_id"]).keys("round-0001/updates") == [
-        "round-0001/updates/a0/0.bin", "round-0001/updates/a0/2.bin"]  # both trained and sent an update
+        update_key(1, "0"), update_key(1, "2")]  # both trained and sent an update
     pd.testing.assert_frame_equal(pd.read_parquet(_parquet(cfg, "0")), expected_0)
     assert _parquet(cfg, "1").read_bytes() == old_1
     versions = {s: pipeline.data_version(pd.read_parquet(_parquet(cfg, s))) for s in ("0", "2")}

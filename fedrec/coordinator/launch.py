@@ -7,6 +7,8 @@
   deployment on its own machine (``fedrec silo serve``); the coordinator only creates flow runs of them.
 
 Neither passes anything secret: a run id, a params path and overrides (the silo's own config decides the rest).
+Both check the run and silo ids before anything becomes a path or a process argument (:class:`ConfigError`). The
+host processes' logs (``state/logs/<run>/host-*.log``) may quote a silo's errors: 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 from fedrec.config import Config
+from fedrec.fsperm import open_private_log, private_dir
+from fedrec.wire.exchange import check_run_id, check_silo_id
 
 
 #: the pid of the Prefect server :func:`prefect_api` started (only that one is ever reniced)
@@ -53,6 +57,7 @@ class LocalSiloHosts:
     def __init__(self, cfg: Config, run_id: str, silos: list[str], *, params_path: str,
                  overrides: dict | None, api_url: str | None, validation_in_train: bool = False,
                  sizes: dict[str, int] | None = None):
+        run_id, silos = check_run_id(run_id), [check_silo_id(s) for s in silos]
         self.groups = balanced_groups(silos, host_count(cfg), sizes)
         self.run_id = run_id
         self.log_dir = Path(cfg.federation.state_dir) / "logs" / run_id
@@ -82,9 +87,9 @@ class LocalSiloHosts:
             if previous and all(self._host_alive(pid) for _, pid in previous):
                 self.attached = previous
                 return self
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         for i, group in enumerate(self.groups):
-            with open(self.log_dir / f"host-{i}.log", "wb") as log:  # the host keeps its own descriptor
+            with open_private_log(self.log_dir / f"host-{i}.log") as log:  # the host keeps its own descriptor
                 proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group)], stdout=log,
                                         stderr=subprocess.STDOUT, env=self._env)
             self.procs.append((group, proc))
@@ -123,7 +128,7 @@ class DeploymentLauncher:
     """Flow runs of each silo's own ``silo_agent`` deployment (served on the silo's machine)."""
 
     def __init__(self, cfg: Config, run_id: str, silos: list[str], *, validation_in_train: bool = False):
-        self.cfg, self.run_id, self.silos = cfg, run_id, silos
+        self.cfg, self.run_id, self.silos = cfg, check_run_id(run_id), [check_silo_id(s) for s in silos]
         self.validation_in_train = validation_in_train
         self.flow_runs: dict[str, object] = {}
         self._gone: set[str] = set()

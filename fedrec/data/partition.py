@@ -17,6 +17,7 @@ import pandas as pd
 
 from fedrec.config import PartitionConfig
 from fedrec.data.types import Dataset
+from fedrec.fsperm import private_dir, private_file
 
 OTHER_REGION = "other"
 
@@ -64,19 +65,21 @@ def assign_silos(dataset: Dataset, cfg: PartitionConfig) -> pd.Series:
 
 
 def write_silos(dataset: Dataset, assignment: pd.Series, out_dir: str | Path) -> dict[str, dict[str, int]]:
-    """One directory per silo (``<out_dir>/<silo>/interactions.parquet``) plus ``manifest.json``."""
+    """One directory per silo (``<out_dir>/<silo>/interactions.parquet``, its users' rows: 0600 in 0700) plus
+    ``manifest.json`` (counts only). Silo ids come from the partition scheme (digits, ``other``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     silo_of = dataset.interactions["user_id"].map(assignment)
     manifest: dict[str, dict[str, int]] = {}
     for silo_id in sorted(assignment.unique()):
         part = dataset.interactions[silo_of == silo_id].reset_index(drop=True)
-        silo_dir = out / silo_id
-        silo_dir.mkdir(exist_ok=True)
-        part.to_parquet(silo_dir / "interactions.parquet", index=False)
+        silo_dir = private_dir(out / silo_id)
+        with private_file(silo_dir / "interactions.parquet") as fh:
+            part.to_parquet(fh, index=False)
         # the silo's registered users (a user with no interactions yet is a new user, not an unknown one)
-        pd.DataFrame({"user_id": np.sort(assignment.index[assignment == silo_id].to_numpy(np.int64))}) \
-            .to_parquet(silo_dir / "users.parquet", index=False)
+        with private_file(silo_dir / "users.parquet") as fh:
+            pd.DataFrame({"user_id": np.sort(assignment.index[assignment == silo_id].to_numpy(np.int64))}) \
+                .to_parquet(fh, index=False)
         manifest[silo_id] = {"users": int(part["user_id"].nunique()), "interactions": int(len(part))}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

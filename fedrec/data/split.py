@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fedrec.errors import ConfigError
+from fedrec.fsperm import private_dir, private_file, write_private_bytes
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,11 @@ class Split:
     cold_items: tuple[int, ...] = ()
 
     def save(self, directory: str | Path) -> None:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.train.to_parquet(d / "train.parquet", index=False)
-        self.holdout.to_parquet(d / "holdout.parquet", index=False)
+        """Into ``directory`` (a silo's ``data/split/<silo>``: its users' rows), 0600 files in a 0700 directory."""
+        d = private_dir(directory)
+        for name, frame in (("train.parquet", self.train), ("holdout.parquet", self.holdout)):
+            with private_file(d / name) as fh:
+                frame.to_parquet(fh, index=False)
         _save_cold_items(d, self.cold_items)  # cold start
 
     @classmethod
@@ -48,7 +50,7 @@ def _save_cold_items(d: Path, cold_items: tuple[int, ...]) -> None:
     import json
 
     if cold_items:
-        (d / "cold_items.json").write_text(json.dumps([int(i) for i in cold_items]))
+        write_private_bytes(d / "cold_items.json", json.dumps([int(i) for i in cold_items]).encode())
     else:
         (d / "cold_items.json").unlink(missing_ok=True)
 

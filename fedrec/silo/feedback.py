@@ -7,7 +7,6 @@ Invalid feedback is refused whole with a named error and nothing is appended.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pandas as pd
 from fedrec import pipeline
 from fedrec.config import Config
 from fedrec.errors import FedrecError, SiloValidationError
+from fedrec.fsperm import private_file
 from fedrec.validation import validate_interactions
 from fedrec.wire.exchange import check_silo_id
 
@@ -104,15 +104,10 @@ def append_feedback(cfg: Config, silo_id: str, feedback: pd.DataFrame, *, record
     report = validate_interactions(union, silo_id, catalogue, cfg.data.min_user_interactions)
     if not report.success:
         raise InvalidFeedbackError(silo_id, report.summary())
-    folder = pipeline.Paths.of(cfg).feedback / silo_id
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = pipeline.Paths.of(cfg).silo_feedback(silo_id)
     batch = folder / f"batch-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}.parquet"
-    tmp = folder / f".{batch.name}.tmp"
-    feedback.to_parquet(tmp, index=False)
-    try:
-        os.link(tmp, batch)  # never replaces an existing batch
-    finally:
-        tmp.unlink()
+    with private_file(batch, overwrite=False) as fh:  # 0600 in 0700 (the silo's users' rows); never replaces a batch
+        feedback.to_parquet(fh, index=False)
     recorded = record_data_version(cfg) if record_dvc else "not recorded (record_dvc=False)"
     return FeedbackResult(silo=silo_id, rows=len(feedback), batch=batch, data_version=pipeline.data_version(union),
                           dvc=recorded)

@@ -23,6 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-in-train", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for this host")
     args = parser.parse_args(argv)
+    from fedrec.errors import ConfigError
+    from fedrec.wire.exchange import check_run_id, check_silo_id
+
+    try:  # before any of them becomes a path
+        check_run_id(args.run_id)
+        silos = [check_silo_id(s) for s in args.silos.split(",")]
+    except ConfigError as exc:
+        parser.error(str(exc))
 
     from fedrec import env
 
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(silo_id)
             traceback.print_exc()
 
-    threads = [threading.Thread(target=run, args=(s,), name=f"silo-{s}") for s in args.silos.split(",")]
+    threads = [threading.Thread(target=run, args=(s,), name=f"silo-{s}") for s in silos]
     for t in threads:
         t.start()
     for t in threads:

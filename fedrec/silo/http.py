@@ -1,32 +1,73 @@
 """`fedrec serve`: a silo's recommendations over HTTP (FastAPI), on loopback by default.
 
-    GET /recommend/{user}?k=10  ->  {"silo", "user", "items": [{"item_id", "title", "score"}], "source", "run_id"}
-    GET /health                 ->  {"silo", "run_id"}
+    GET /recommend/{user}?k=10  ->  200 {"silo", "user", "items": [{"item_id", "title", "score"}], "source", "run_id"}
+    GET /health                 ->  200 {"silo", "run_id"}   (run_id: the run answers come from; null before one)
 
 The same code as `fedrec recommend`; it runs at the silo, next to the users' embeddings, and picks up a newer
-federated run or new feedback without a restart. Errors are JSON with the error's name: 404 for an unknown user,
-422 for a bad k, 503 while the silo has no trained model.
+federated run or new feedback without a restart. Every error is ``{"error": <name>, "detail": <message>}``:
+
+* 404 ``UnknownUserError`` (a user the silo does not know), 503 ``NoTrainedModelError`` (no finished run yet);
+* 422 ``RequestValidationError`` (``user`` not an integer, ``k`` not an integer in 1..1000): the detail names the
+  parameter and the rule, never the value sent;
+* 404 ``NotFound`` (no such path), 405 ``MethodNotAllowed`` (only GET is served).
 """
 
 from __future__ import annotations
 
 import threading
+from http import HTTPStatus
 
 from fedrec.config import Config
 from fedrec.errors import ConfigError, FedrecError
 from fedrec.recommend import NoTrainedModelError, SiloRecommender, UnknownUserError
 
+ROUTES = "GET /recommend/{user}?k=10, GET /health"
+
+
+def error_body(name: str, detail: str) -> dict:
+    return {"error": name, "detail": detail}
+
+
+def validation_detail(errors: list[dict]) -> str:
+    """FastAPI's validation errors as "k (query): Input should be ..." without the value sent (it may be anything)."""
+    parts = []
+    for e in errors:
+        source, *name = [str(p) for p in e.get("loc", ())] or ["request"]
+        parts.append(f"{'.'.join(name) or source} ({source}): {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def status_name(status: int) -> str:
+    """404 -> "NotFound": the error's name for an HTTP error that is not one of fedrec's."""
+    try:
+        return HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    except ValueError:
+        return f"HTTP{status}"
+
 
 def make_app(cfg: Config, silo_id: str, run_id: str | None = None):
-    from fastapi import FastAPI, Query
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     recommender = SiloRecommender(cfg, silo_id, run_id)  # an unknown silo fails here, before serving
     lock = threading.Lock()
     app = FastAPI(title=f"fedrec silo {silo_id}", description="Top-K recommendations computed inside the silo")
 
     def error(status: int, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"error": type(exc).__name__, "detail": str(exc)})
+        return JSONResponse(status_code=status, content=error_body(type(exc).__name__, str(exc)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=error_body(type(exc).__name__, validation_detail(exc.errors())))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = {404: f"no such path; served: {ROUTES}",  # neither the path nor the method sent is echoed
+                  405: f"method not allowed; served: {ROUTES}"}.get(exc.status_code, status_name(exc.status_code))
+        return JSONResponse(status_code=exc.status_code, content=error_body(status_name(exc.status_code), detail),
+                            headers=getattr(exc, "headers", None))
 
     @app.get("/health")
     def health() -> dict:

@@ -3,12 +3,19 @@
 ``silo.source`` is a SQLAlchemy URL with ``{silo}`` replaced by the silo's id (``sqlite:///data/db/{silo}.sqlite``,
 ``postgresql://user:password@host:5432/db``; a relative SQLite path is resolved against the working directory;
 ``postgresql://`` uses psycopg 3). The silo reads ``silo.table`` (``schema.table`` accepted, ``{silo}`` replaced)
-or, when set, runs ``silo.query`` (a SELECT, ``{silo}`` replaced), maps ``silo.*_column`` onto user_id, item_id,
+or, when set, runs ``silo.query`` (one SELECT, ``{silo}`` replaced), maps ``silo.*_column`` onto user_id, item_id,
 rating, timestamp, coerces them to the Parquet schema of the demo partition (int64; a fractional rating stays
 float64, a column holding NULLs stays float64 so the validation suite reports it; a date-time timestamp becomes
 Unix seconds) and writes them atomically to ``data/snapshots/<silo>/interactions.parquet``: the file the validation,
 split and training read, the ``partition`` stage's DVC output and the source of the run's ``data_version`` tag.
-Rows are written in a canonical order, so an unchanged table gives a byte-identical snapshot.
+Rows are written in a canonical order, so an unchanged table gives a byte-identical snapshot; the file is 0600 in a
+0700 directory (the silo's users' rows, :mod:`fedrec.fsperm`).
+
+Reading never writes, twice over: ``silo.query`` is checked before it runs (exactly one SELECT or WITH ... SELECT;
+ATTACH, PRAGMA, writes, DDL, SELECT INTO and several statements are refused, :class:`SourceQueryError`), and the
+database itself refuses writes: SQLite is opened read-only (``mode=ro``, ``PRAGMA query_only``, and an authorizer that
+denies ATTACH, settings and writes: ``mode=ro`` alone would still let ATTACH create a file), PostgreSQL sessions
+default to read-only transactions (``default_transaction_read_only``) and run in one.
 
 Nothing is written on an error; the previous snapshot stays as it was. Errors are named (:class:`SourceError`
 and its subclasses) and say which silo and which URL (password hidden). They travel to the coordinator in the
@@ -21,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -29,6 +37,7 @@ import pandas as pd
 
 from fedrec.config import Config
 from fedrec.errors import FedrecError
+from fedrec.fsperm import private_file
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,10 @@ class SourceColumnError(SourceError):
     """A mapped column (silo.*_column) is missing from the table or query, or holds values that are not numbers."""
 
 
+class SourceQueryError(SourceError):
+    """silo.query is not exactly one read-only SELECT; refused before it reaches the database."""
+
+
 def source_url(cfg: Config, silo_id: str):
     """``cfg.silo.source`` with ``{silo}`` replaced, as a SQLAlchemy URL (a named error when it is not one)."""
     from sqlalchemy.engine import make_url
@@ -74,8 +87,9 @@ def snapshot(cfg: Config, silo_id: str) -> Path:
     """Read the silo's rows from ``cfg.silo.source`` and write them atomically to
     data/snapshots/<silo>/interactions.parquet (the silo's Parquet data). Returns that path."""
     from fedrec.pipeline import silo_base_file
+    from fedrec.wire.exchange import check_silo_id
 
-    url = source_url(cfg, silo_id)
+    url = source_url(cfg, check_silo_id(silo_id))  # the id goes into the URL and the snapshot's path
     frame = read_interactions(cfg, silo_id, url)
     target = silo_base_file(cfg, silo_id)
     write_atomically(frame, target)
@@ -85,16 +99,10 @@ def snapshot(cfg: Config, silo_id: str) -> Path:
 
 
 def write_atomically(frame: pd.DataFrame, target: Path) -> None:
-    """Parquet into a temp file beside ``target``, then renamed over it: readers see the old or the new file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Parquet into a temp file beside ``target`` (0600), then renamed over it: readers see the old or the new file.
+    The directory is made 0700: the silo's users' rows."""
+    with private_file(target) as fh:
+        frame.to_parquet(fh, index=False)
 
 
 def read_interactions(cfg: Config, silo_id: str, url=None) -> pd.DataFrame:
@@ -103,7 +111,9 @@ def read_interactions(cfg: Config, silo_id: str, url=None) -> pd.DataFrame:
 
     url = source_url(cfg, silo_id) if url is None else url
     shown = url.render_as_string(hide_password=True)
-    engine = _engine(silo_id, url, shown)
+    if cfg.silo.query:  # before anything connects: a refused statement never reaches the database
+        check_query(cfg.silo.query.replace("{silo}", silo_id), silo_id, shown)
+    engine = read_only_engine(silo_id, url, shown)
     try:
         try:
             conn = engine.connect()
@@ -120,36 +130,119 @@ def read_interactions(cfg: Config, silo_id: str, url=None) -> pd.DataFrame:
     return coerce(raw, silo_id, shown)
 
 
-def _engine(silo_id: str, url, shown: str):
+def read_only_engine(silo_id: str, url, shown: str):
+    """A SQLAlchemy engine on the silo's database that cannot write: SQLite opened ``mode=ro`` with ``PRAGMA
+    query_only`` and :func:`_read_only_authorizer`; PostgreSQL with read-only sessions and transactions. A missing
+    SQLite file is a :class:`SourceUnavailableError` (sqlite3 would create an empty database)."""
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
     backend = url.get_backend_name()
     connect_args: dict = {}
     options: dict = {}
+    creator: dict = {}
     if backend == "sqlite":
-        database = url.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            # sqlite3 would create a missing file (an empty database): that is a wrong path, not an empty silo
-            path = Path(database).resolve()
-            if not path.is_file():
-                raise SourceUnavailableError(silo_id, shown, f"the SQLite file {path} does not exist")
-            # opened read-only: a snapshot never writes to the silo's database (sqlite3 would commit DDL at once)
-            url = url.set(database=path.as_uri(), query={**url.query, "mode": "ro", "uri": "true"})
+        creator["creator"] = _sqlite_read_only(silo_id, url, shown)
+        url = url.set(query={})  # the creator opens the file; the URL names the dialect only
     elif backend == "postgresql":
         if url.drivername == "postgresql":  # the driver this project installs (psycopg 3), not psycopg2
             url = url.set(drivername="postgresql+psycopg")
         if "connect_timeout" not in url.query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-        options["postgresql_readonly"] = True  # a read-only transaction: a snapshot never writes
+        # every transaction of the session read-only (the server refuses writes), the snapshot's own one too
+        given = url.query.get("options", "")
+        given = " ".join(given) if isinstance(given, tuple) else given
+        connect_args["options"] = f"{given} -c default_transaction_read_only=on".strip()
+        options["postgresql_readonly"] = True
     try:
-        return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args, execution_options=options)
+        return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args, execution_options=options,
+                                **creator)
     except ImportError as exc:
         raise SourceUnavailableError(silo_id, shown, f"the database driver is not installed ({exc.name or exc})") \
             from None
     except sa.exc.NoSuchModuleError:
         raise SourceUnavailableError(silo_id, shown, f"no SQLAlchemy dialect {url.drivername!r} "
                                                      "(supported: sqlite, postgresql)") from None
+
+
+def _sqlite_read_only(silo_id: str, url, shown: str):
+    """A sqlite3 connect function for the engine: the file opened ``mode=ro``, ``PRAGMA query_only=ON``, then
+    :func:`_read_only_authorizer` (after which no PRAGMA can turn query_only off)."""
+    database = url.database or ""
+    # the URL's own URI parameters (e.g. immutable=1) are kept, but never a writable mode
+    params = "&".join([f"{k}={v}" for k, v in url.query.items() if k not in ("mode", "uri") and isinstance(v, str)]
+                      + ["mode=ro"])
+    if database.startswith("file:"):  # a URI the operator wrote
+        target = f"{database}?{params}"
+    elif database and database != ":memory:":
+        # sqlite3 would create a missing file (an empty database): that is a wrong path, not an empty silo
+        path = Path(database).resolve()
+        if not path.is_file():
+            raise SourceUnavailableError(silo_id, shown, f"the SQLite file {path} does not exist")
+        target = f"{path.as_uri()}?{params}"
+    else:
+        target = f"file::memory:?{params}"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(target, uri=True, check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        conn.set_authorizer(_read_only_authorizer)
+        return conn
+
+    return connect
+
+
+#: what a read-only SQLite connection may do (sqlite3's authorizer action codes); anything else is denied when the
+#: statement is prepared, before it runs: ATTACH/DETACH, writes, DDL, settings
+_SQLITE_ALLOWED = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                             sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION})
+#: PRAGMAs that only describe the schema (their argument is a table or index name): SQLAlchemy reflects with them
+_SQLITE_SCHEMA_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                                    "foreign_key_list", "database_list"})
+#: settings SQLAlchemy reads when it connects (read only: with a value, a PRAGMA sets it)
+_SQLITE_READ_PRAGMAS = frozenset({"read_uncommitted"})
+
+
+def _read_only_authorizer(action: int, arg1, arg2, _db, _trigger) -> int:
+    if action == sqlite3.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        allowed = name in _SQLITE_SCHEMA_PRAGMAS or (name in _SQLITE_READ_PRAGMAS and arg2 is None)
+        return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK if action in _SQLITE_ALLOWED else sqlite3.SQLITE_DENY
+
+
+#: keywords a read-only SELECT never holds (besides other DML and any DDL): another database, settings, SELECT INTO
+#: (a new table), COPY (files), locks, privileges, procedure calls
+_NOT_IN_A_SELECT = frozenset({"ATTACH", "DETACH", "PRAGMA", "INTO", "COPY", "GRANT", "REVOKE", "VACUUM", "CALL",
+                              "LOCK", "SET", "RESET", "LOAD", "EXECUTE", "NOTIFY", "LISTEN"})
+
+
+def check_query(query: str, silo_id: str, shown: str) -> None:
+    """Refuse ``query`` unless it is exactly one SELECT (or WITH ... SELECT) that names no write, DDL, ATTACH, PRAGMA
+    or setting: a :class:`SourceQueryError` naming the keyword (the query is the operator's own text, not row
+    values). Checked before the query runs; the read-only connection is the second line."""
+    import sqlparse
+    from sqlparse import tokens as T
+
+    statements = [[t for t in stmt.flatten() if not (t.is_whitespace or t.ttype in T.Comment)]
+                  for stmt in sqlparse.parse(query)]
+    statements = [tokens for tokens in statements if [t for t in tokens if t.ttype is not T.Punctuation]]
+    if len(statements) != 1:
+        raise SourceQueryError(silo_id, shown, f"silo.query must be exactly one SELECT, not {len(statements)} "
+                                               "statements: refused before it ran")
+    tokens = statements[0]
+    first = tokens[0]
+    if not (first.ttype in T.Keyword and first.normalized in ("SELECT", "WITH")):
+        raise SourceQueryError(silo_id, shown, f"silo.query must be a SELECT (or WITH ... SELECT), not "
+                                               f"{first.normalized.upper()[:40]!r}: refused before it ran")
+    for token in tokens:
+        word = token.normalized.upper()
+        writes = (token.ttype in T.Keyword.DML and word != "SELECT") or token.ttype in T.Keyword.DDL
+        if token.ttype in T.Keyword and (writes or word in _NOT_IN_A_SELECT):
+            raise SourceQueryError(silo_id, shown, f"silo.query must be a read-only SELECT; it holds {word}: "
+                                                   "refused before it ran (quote a column of that name)")
 
 
 def _table_name(cfg: Config, silo_id: str) -> tuple[str | None, str]:
@@ -285,7 +378,7 @@ def _undefined_column(exc) -> bool:
 _SCHEMA_ONLY_SQLSTATES = ("42", "25006", "28", "3D", "3F")
 _SCHEMA_ONLY_SQLITE = re.compile(
     r"^(no such (table|column): \S+|.*: syntax error|incomplete input|file is not a database"
-    r"|attempt to write a readonly database)$")
+    r"|attempt to write a readonly database|not authorized|not authorized to use function: \w+)$")
 
 
 def _db_message(exc, url, always: bool = False) -> str:
@@ -321,7 +414,7 @@ def write_demo_databases(cfg: Config, out_dir: str | Path) -> dict[str, int]:
     mapping = _mapping(cfg)
     rows: dict[str, int] = {}
     for silo_id in pipeline.ensure_partitioned(cfg):
-        frame = pd.read_parquet(pipeline.Paths.of(cfg).silos / silo_id / "interactions.parquet")
+        frame = pd.read_parquet(pipeline.Paths.of(cfg).silo_data(silo_id) / "interactions.parquet")
         frame = frame[list(COLUMNS)].rename(columns=mapping)
         schema, table = _table_name(cfg, silo_id)
         fd, tmp = tempfile.mkstemp(prefix=f".{silo_id}.", suffix=".sqlite.tmp", dir=out)

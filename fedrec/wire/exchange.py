@@ -29,14 +29,27 @@ if TYPE_CHECKING:
 class ExchangeConflictError(PayloadError):
     """A key on the exchange was written already: keys are write-once."""
 
-#: silo ids become path segments on the exchange and in silo stores: no separators, no dot-dot
-SILO_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+#: silo ids become path segments on the exchange, in silo stores and data folders: the whole id must match
+#: (re.fullmatch: no trailing newline), a letter, digit or '_' first, no separators, no dot-dot
+SILO_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+#: run ids become path segments too (the run's exchange, state/coordinator/<run>, state/silos/<silo>/<run>, logs,
+#: reports); longer than silo ids: a Prefect flow run id (a UUID) plus a suffix such as "-refit"
+RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def check_silo_id(silo_id: str) -> str:
-    if not isinstance(silo_id, str) or not SILO_ID.match(silo_id) or ".." in silo_id:
+    """``silo_id`` if it is a plain path segment, else :class:`ConfigError` (check before building any path)."""
+    if not isinstance(silo_id, str) or not SILO_ID.fullmatch(silo_id) or ".." in silo_id:
         raise ConfigError(f"silo id {silo_id!r} is not allowed: use letters, digits, '_', '-', '.' (no path parts)")
     return silo_id
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a plain path segment, else :class:`ConfigError` (check before building any path)."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ConfigError(f"run id {run_id!r} is not allowed: use letters, digits, '_', '-', '.' (no path parts, "
+                          "at most 128 characters)")
+    return run_id
 
 
 #: transient I/O on the exchange (a network blip on object storage, EIO) is retried after these pauses; a
@@ -229,6 +242,5 @@ PUBLIC_CONTEXT_KEY = "context/public.ctx"
 
 def run_exchange(cfg, run_id: str) -> Exchange:
     """The exchange of one federation run: ``federation.exchange_url``/<run_id>."""
-    if not re.match(r"^[A-Za-z0-9_.-]+$", run_id) or ".." in run_id:
-        raise ConfigError(f"run id {run_id!r} is not allowed as a path segment")
+    check_run_id(run_id)
     return Exchange(f"{cfg.federation.exchange_url.rstrip('/')}/{run_id}", run_id, cfg.federation.max_payload_bytes)
