@@ -148,8 +148,12 @@ class FederationConfig:
     #: the fewest contributors a round may aggregate (and a silo agrees to be masked with): with one, the global
     #: model's change is that silo's update; with two, each learns the other's. Refused below 2.
     min_silos: int = 3
-    #: pairwise cancelling masks under the encryption (a key holder who decrypts one silo's ciphertext sees noise)
+    #: SecAgg double masks under the encryption (a key holder who decrypts one silo's ciphertext sees noise; a
+    #: dropout is unmasked by the survivors' reveals, never by a second encryption of an update)
     masking: bool = True
+    #: the share of a round's participants whose reveals rebuild one silo's mask secrets (> 1/2, and at least 2):
+    #: higher resists larger colluding coalitions, lower tolerates more dropouts after the updates
+    share_threshold: float = 0.67
     #: a pinned roster JSON of every party's public keys (`fedrec roster`); empty: learnt on first use from the
     #: run's exchange and pinned at the coordinator (state/coordinator/known_silos.json)
     roster: str = ""
@@ -415,6 +419,9 @@ def _check_ranges(cfg: Config) -> None:
          f"bits for 128-bit security at poly_modulus_degree {cfg.crypto.poly_modulus_degree}"),
         (cfg.federation.min_silos >= 2, "federation.min_silos must be >= 2: with one contributor the global model's "
                                         "change is that silo's update in the clear"),
+        (0.5 < cfg.federation.share_threshold <= 1.0,
+         "federation.share_threshold must be in (0.5, 1]: with half or fewer, a misbehaving coordinator could "
+         "collect both mask secrets of one silo"),
         (len(cfg.crypto.coeff_mod_bit_sizes) >= 2, "crypto.coeff_mod_bit_sizes needs a data prime and the special prime"),
         (sum(cfg.crypto.coeff_mod_bit_sizes[:-1]) - cfg.crypto.global_scale_bits >= 8,
          "crypto.global_scale_bits must stay at least 8 bits below the data primes (headroom for the sums)"),

@@ -86,6 +86,7 @@ class Codec(Protocol):
     def encrypt(self, flat: np.ndarray) -> list[bytes]: ...
     def add(self, payloads: list[list[bytes]]) -> list[bytes]: ...
     def decrypt(self, chunks: list[bytes], length: int) -> np.ndarray: ...
+    def chunk_problem(self, chunks: list[bytes], length: int) -> str | None: ...
 
 
 #: below this many ciphertexts a process pool costs more than it saves (measured: bench/he_options.py --workers)
@@ -204,6 +205,21 @@ class CKKSCodec:
         except Exception as exc:
             raise PayloadError(f"ciphertext does not parse under this context ({exc})") from exc
 
+    def chunk_problem(self, chunks: list[bytes], length: int) -> str | None:
+        """Why ``chunks`` are not ``length`` values' ciphertexts under this context (each parsed, its size
+        checked), or None: a silo's garbage is found before it is added to anyone's sum."""
+        expected = -(-length // self.slots)
+        if len(chunks) != expected:
+            return f"{len(chunks)} ciphertexts (the layout needs {expected})"
+        for i, chunk in enumerate(chunks):
+            try:
+                size = self._load(chunk).size()
+            except PayloadError as exc:
+                return f"ciphertext {i}: {exc}"
+            if size != min(self.slots, length - i * self.slots):
+                return f"ciphertext {i} carries {size} values"
+        return None
+
     def add(self, payloads: list[list[bytes]]) -> list[bytes]:
         n_chunks = {len(p) for p in payloads}
         if len(n_chunks) != 1:
@@ -248,6 +264,11 @@ class PlainCodec:
                 raise PayloadError(f"plaintext updates differ in length: {arr.shape} vs {total.shape}")
             total = arr if total is None else total + arr
         return [total.tobytes()]
+
+    def chunk_problem(self, chunks: list[bytes], length: int) -> str | None:
+        if len(chunks) != 1 or len(chunks[0]) != 8 * length:
+            return f"not one float64 chunk of {length} values"
+        return None
 
     def decrypt(self, chunks: list[bytes], length: int) -> np.ndarray:
         flat = _plain(chunks)

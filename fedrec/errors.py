@@ -39,3 +39,8 @@ class PayloadError(FedrecError):
 
 class DecryptionKeyError(FedrecError):
     """A context without the secret key was asked to decrypt (or, symmetric CKKS, to encrypt)."""
+
+
+class PolicyError(FederationError):
+    """The coordinator asked a silo for less privacy than the silo's own params demand (masking, HE, min_silos):
+    the silo refuses and says which setting."""

@@ -3,11 +3,14 @@ agents and a coordinator, driven step by step over a real exchange directory wit
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import roundkit
 from fedrec import pipeline
 from fedrec.coordinator.coordinator import Coordinator
 from fedrec.errors import PayloadError
@@ -29,18 +32,7 @@ def cfg(tiny_cfg):
 
 
 def _opened(cfg, run_id: str, silos=("0", "1", "2")):
-    """A coordinator and one agent per silo: validated, admitted, keys made and sealed, global(0) published."""
-    coord = Coordinator(cfg, run_id, n_items=len(pipeline.catalogue_ids(cfg)))
-    agents = {s: SiloAgent(cfg, s, run_id) for s in silos}
-    for agent in agents.values():
-        agent.validate()
-    admission = coord.admit(list(silos))
-    assert all(a.await_admission() == admission for a in agents.values())
-    for silo in sorted(agents, key=lambda s: s != admission.key_holder):  # the key holder seals first
-        agents[silo].setup()
-    coord.open_context()
-    coord.init_global()
-    return coord, agents
+    return roundkit.opened(cfg, run_id, silos)
 
 
 def test_one_encrypted_masked_round_between_three_agents_and_a_coordinator(cfg):
@@ -48,23 +40,18 @@ def test_one_encrypted_masked_round_between_three_agents_and_a_coordinator(cfg):
     coord, agents = _opened(cfg, "run-1")
     start = load_global(coord.exchange, 0)
 
-    # Execute: one round, evaluated
-    silos = coord.start_round(1, evaluate=True)
-    instructions = {s: a.next_instructions(0) for s, a in agents.items()}
-    reports = {s: a.fit(instructions[s]) for s, a in agents.items()}
+    # Execute: one round, every agent in its own thread; then each evaluates global(1)
+    records, errors = roundkit.run_rounds(coord, agents, 1)
     trained = {s: flatten_state(a.model.shared_state()) for s, a in agents.items()}
-    collected = coord.collect_updates(1, silos)
-    aggregate = coord.aggregate(1, collected.updates)
-    agents["0"].decrypt(1, silos)
-    coord.step(1, coord.mean(1, aggregate), collected.failures)
+    reports = {s: a.data.n_train for s, a in agents.items()}
     metrics = {s: a.evaluate(1) for s, a in agents.items()}
-    received, missing = coord.collect_metrics(1, silos)
+    received, missing = coord.collect_metrics(1, records[0].contributors)
 
     # Assert: the new global model is start + the sample-weighted mean of the silos' deltas (masks cancelled)
     assert coord.admission.key_holder == "0" and agents["0"].is_key_holder and not agents["1"].is_key_holder
-    assert {i.decryptor for i in instructions.values()} == {"0"}
-    assert collected.failures == {} and sorted(collected.reports) == ["0", "1", "2"]
-    n = {s: reports[s].n_samples for s in agents}
+    assert errors == {} and records[0].failures == {} and records[0].contributors == ["0", "1", "2"]
+    assert records[0].attempts == 1 and coord.decryptors[1] == "0"
+    n = reports
     expected = flatten_state(start) + sum(n[s] * (trained[s] - flatten_state(start)) for s in agents) / sum(n.values())
     np.testing.assert_allclose(flatten_state(load_global(coord.exchange, 1)), expected,
                                atol=3 * 2.0 ** -cfg.crypto.quantization_bits)  # three shares rounded to the grid
@@ -99,13 +86,16 @@ def test_the_agent_keeps_its_model_in_memory_between_rounds(cfg):
     agent = agents["1"]
     users_before = agent.model.users.tables["gmf"].weight.detach().clone()
 
-    coord.start_round(1, evaluate=False)
-    agent.fit(agent.next_instructions(0))
+    roundkit.fit_all(coord, agents, 1)
 
     assert not torch.equal(agent.model.users.tables["gmf"].weight, users_before)  # trained in place
     assert not agent.store.model_path.exists()  # nothing written until the run ends
     agent.save()
     assert agent.store.model_path.exists()
+    # its users' embeddings and optimizer state are private to the silo's account
+    assert agent.store.model_path.stat().st_mode & 0o777 == 0o600
+    assert agent.store.root.stat().st_mode & 0o777 == 0o700 and agent.store.silo_dir.stat().st_mode & 0o777 == 0o700
+    assert agent.store.coordinator_path.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty file"])
@@ -150,14 +140,13 @@ def test_a_silo_holding_the_secret_key_cannot_read_another_silos_update(cfg):
     # Prepare: one round; silo 1 holds the run's secret (sealed to it) and the coordinator hands it silo 2's
     # ciphertext from the exchange
     coord, agents = _opened(cfg, "run-6")
-    coord.start_round(1, evaluate=False)
-    for agent in agents.values():
-        agent.fit(agent.next_instructions(0))
+    start = flatten_state(load_global(coord.exchange, 0))
+    roundkit.run_rounds(coord, agents, 1)
     stolen = EncryptedUpdate.from_bytes(peek_envelope(coord.exchange.get(update_key(1, "2")))[1])
-    pending = agents["2"]._pending
-    truth = masking.pack_lanes(masking.quantize_share(flatten_state(pending.delta), pending.n_samples,
-                                                      stolen.total_samples, cfg.crypto.quantization_bits),
-                               cfg.crypto.pack, cfg.crypto.lane_bits)
+    two = agents["2"]
+    truth = masking.pack_lanes(masking.quantize_share(flatten_state(two.model.shared_state()) - start,
+                                                      two.data.n_train, stolen.total_samples,
+                                                      cfg.crypto.quantization_bits), cfg.crypto.pack, cfg.crypto.lane_bits)
 
     # Execute: decrypt and decode it as a sum of one
     curious = agents["1"].codec
@@ -165,8 +154,8 @@ def test_a_silo_holding_the_secret_key_cannot_read_another_silos_update(cfg):
                                                                                     cfg.crypto.pack)), 1,
                               cfg.crypto.mask_bits)
 
-    # Assert: what it sees is uncorrelated with silo 2's update (it is masked with 2's secrets shared with 0 and 1;
-    # 1 can remove its own pair's mask, not 0's)
+    # Assert: what it sees is uncorrelated with silo 2's update (it carries 2's self-mask and its pair masks with
+    # 0 and 1)
     assert len(truth) > 500 and np.any(truth != 0)
     assert abs(np.corrcoef(seen, truth)[0, 1]) < 0.2
     assert not np.array_equal(seen, truth)
@@ -178,16 +167,14 @@ def test_the_decryptor_refuses_to_decrypt_a_sum_of_too_few_silos(cfg):
     from fedrec.wire.exchange import aggregate_key
 
     coord, agents = _opened(cfg, "run-7")
-    silos = coord.start_round(1, evaluate=False)
-    for agent in agents.values():
-        agent.fit(agent.next_instructions(0))
+    silos, ins, _ = roundkit.fit_all(coord, agents, 1)
     single = EncryptedUpdate.from_bytes(peek_envelope(coord.exchange.get(update_key(1, "2")))[1])
     coord.exchange.post(aggregate_key(1), aggregate_updates([single], coord.codec, 1, cfg.crypto).to_bytes(),
                         coord.identity)
 
     # Execute / Assert
     with pytest.raises(PayloadError, match="refusing to decrypt a sum of \\['2'\\]"):
-        agents["0"].decrypt(1, silos)
+        agents["0"].decrypt(1, ins["0"])
 
 
 def test_the_decryptor_refuses_a_sum_holding_a_silo_that_was_not_a_participant(cfg):
@@ -195,16 +182,14 @@ def test_the_decryptor_refuses_a_sum_holding_a_silo_that_was_not_a_participant(c
     from fedrec.wire.exchange import aggregate_key
 
     coord, agents = _opened(cfg, "run-7b")
-    silos = coord.start_round(1, evaluate=False)
-    for agent in agents.values():
-        agent.fit(agent.next_instructions(0))
+    silos, ins, _ = roundkit.fit_all(coord, agents, 1)
     updates = [EncryptedUpdate.from_bytes(peek_envelope(coord.exchange.get(update_key(1, s)))[1]) for s in silos]
     coord.exchange.post(aggregate_key(1), aggregate_updates(updates, coord.codec, 1, cfg.crypto).to_bytes(),
                         coord.identity)
 
     # Execute / Assert: the decryptor was told the round had 0 and 1 only; a sum that also holds 2 is refused
     with pytest.raises(PayloadError, match="refusing to decrypt a sum of \\['0', '1', '2'\\] \\(participants"):
-        agents["0"].decrypt(1, ["0", "1"])
+        agents["0"].decrypt(1, dataclasses.replace(ins["0"], silos=["0", "1"]))
 
 
 def test_a_silo_sits_out_a_round_whose_participant_set_is_too_small(cfg):
@@ -226,18 +211,14 @@ def test_a_silo_that_missed_a_round_rejoins_from_the_current_global_model(cfg):
     plain = cfg.replace(**{"federation.masking": False, "federation.he": False, "federation.round_timeout_s": 0.5,
                            "federation.min_silos": 2})
     coord, agents = _opened(plain, "run-9")
-    silos = coord.start_round(1, evaluate=False)
-    for silo in ("0", "1"):
-        agents[silo].fit(agents[silo].next_instructions(0))
+    silos, _, _ = roundkit.fit_all(coord, agents, 1, silos=("0", "1"))
     collected = coord.collect_updates(1, silos)
-    coord.step(1, coord.mean(1, coord.aggregate(1, collected.updates)), collected.failures)
+    coord.step(1, coord.open_sum(1, coord.aggregate(1, collected.updates), collected.updates).result,
+               collected.failures)
 
     # Execute: round 2; silo 3 takes part again
-    silos_2 = coord.start_round(2, evaluate=False)
-    ins = agents["2"].next_instructions(1)
-    report = agents["2"].fit(ins)
-    for silo in ("0", "1"):
-        agents[silo].fit(agents[silo].next_instructions(1))
+    silos_2, ins2, reports2 = roundkit.fit_all(coord, agents, 2)
+    ins, report = ins2["2"], reports2["2"]
     collected_2 = coord.collect_updates(2, silos_2)
 
     # Assert: round 1 went on without it (a recorded failure); in round 2 it trained from global(1), not global(0)

@@ -5,9 +5,15 @@ global item tower, the strategy and its state. It never opens a silo's data or k
 knows about a silo arrived on the exchange (hello, fit report, masked ciphertext update, metric sums), signed
 by that silo and verified against the roster; everything it writes is signed with its own key.
 
-    admit (roster) ─► public context ─► global(0) ─► per round: instructions ─► collect updates (deadline;
-    a dropout after the set was fixed: the survivors remask) ─► add ciphertexts ─► decryptor's mean ─►
-    strategy step ─► global(r) ─► [collect metric sums]
+    admit (roster) ─► public context ─► global(0) ─► per round: instructions ─► mask set (whose round mask keys
+    arrived) ─► collect updates (deadline) ─► unmask (survivors, dropped) ─► add ciphertexts ─► decrypt request ─►
+    decryptor's mean (or its verdict; another decryptor when it is gone) ─► strategy step ─► global(r)
+    ─► [collect metric sums]
+
+With masking (federation.masking), updates carry SecAgg's double masks (:mod:`fedrec.federation.secagg`): a silo
+encrypts its update once per round, and a dropout is unmasked by the survivors' reveals, never by asking them to
+send again, so nothing this coordinator does (or is tricked into by a forged file) yields two decryptable sums of a
+round that differ by one silo's update.
 """
 
 from __future__ import annotations
@@ -27,15 +33,17 @@ from fedrec.coordinator.strategy import ServerState, build_strategy
 from fedrec.crypto import CKKSCodec, Codec, PlainCodec, value_limit
 from fedrec.errors import FederationError, PayloadError
 from fedrec.federation.aggregate import layout_of
+from fedrec.federation import secagg
 from fedrec.federation.filters import (AggregateResult, aggregate_updates, decode_mean, decrypt_aggregate,
-                                       encode_global, update_problems)
+                                       encode_global, gather_masks, invalid_encodings, read_mask_keys, read_update)
 from fedrec.training import model_config
 from fedrec.trust import COORDINATOR, Identity, PublicIdentity, Roster, RosterError, peek_envelope
 from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY,
-                                  ExchangeConflictError, aggregate_key, fit_report_key, global_key, hello_key,
-                                  instruction_key, left_key, mean_key, metrics_key, no_aggregate_key, remask_key,
-                                  run_exchange, update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport, Remask, Stop
+                                  ExchangeConflictError, aggregate_key, check_run_id, decrypt_key, fit_report_key,
+                                  global_key, hello_key, instruction_key, left_key, mask_keys_key, mask_set_key, mean_key,
+                                  metrics_key, no_aggregate_key, run_exchange, unmask_key, update_key, verdict_key)
+from fedrec.wire.messages import (Admission, DecryptRequest, FitInstructions, FitReport, Hello, Left, MaskSet,
+                                  MetricReport, Stop, Unmask, Verdict)
 from fedrec.wire.payload import EncryptedUpdate
 from models import build_model
 from fedrec.item_text import model_features  # the hybrid model's (public) item text embeddings
@@ -43,7 +51,7 @@ from fedrec.item_text import model_features  # the hybrid model's (public) item 
 
 def checkpoint_file(cfg: Config, run_id: str) -> Path:
     """Where the coordinator checkpoints run ``run_id`` after each round."""
-    return Path(cfg.federation.state_dir) / "coordinator" / run_id / "checkpoint.pt"
+    return Path(cfg.federation.state_dir) / "coordinator" / check_run_id(run_id) / "checkpoint.pt"
 
 
 def checkpoint_extra(cfg: Config, run_id: str) -> dict | None:
@@ -58,6 +66,17 @@ class Collected:
 
     updates: list[EncryptedUpdate]
     reports: dict[str, FitReport]
+    failures: dict[str, str]
+    #: the silos whose mask keys arrived (every update is masked against them); the participants without masking
+    mask_set: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The round's sum, opened: its mean (None: the round is skipped), silos that failed in the opening (a
+    decryptor that left, an update that was no valid encoding) and how many decryptors were asked."""
+
+    result: AggregateResult | None
     failures: dict[str, str]
     attempts: int = 1
 
@@ -79,6 +98,9 @@ class Coordinator:
         self.server_state = ServerState()
         self._launcher_gone = gone or (lambda: set())  # silos whose agent's process or flow run ended
         self._left: dict[str, str] = {}
+        #: silos whose update made a round's sum undecodable (a decryptor's signed verdict): left out from then on
+        self.banned: dict[str, str] = {}
+        self._participants: dict[int, list[str]] = {}
         self._invited: list[str] = []  # the silos asked to join, until the admission names who did
         self._left_checked = 0.0
         self.codec: Codec | None = None
@@ -110,7 +132,8 @@ class Coordinator:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"round": server_round, "global_state": self.global_state,
-                    "momentum": self.server_state.momentum, "n_train": self.n_train, "extra": extra}, tmp)
+                    "momentum": self.server_state.momentum, "n_train": self.n_train, "banned": self.banned,
+                    "extra": extra}, tmp)
         tmp.replace(path)
 
     def restore(self) -> tuple[int, dict] | None:
@@ -122,6 +145,7 @@ class Coordinator:
         self.admission = Admission.from_json(self.exchange.read(ADMISSION_KEY, self.identity.public), ADMISSION_KEY)
         self.roster = Roster.from_dict(self.admission.roster, ADMISSION_KEY)
         self.n_train = dict(saved["n_train"])
+        self.banned = dict(saved.get("banned", {}))
         self.open_context()
         self.global_state = saved["global_state"]
         self.server_state = ServerState(momentum=saved["momentum"])
@@ -137,8 +161,8 @@ class Coordinator:
                     try:
                         self._left[silo] = Left.from_json(self.exchange.read(left_key(silo), self.roster.get(silo)),
                                                           left_key(silo)).reason
-                    except PayloadError as exc:  # a forged "left" does not remove a silo, but is noted
-                        self._left[silo] = f"unverifiable left.json ({exc})"
+                    except PayloadError:  # a forged "left" removes nobody (and is looked at again)
+                        continue
         return self._launcher_gone() | set(self._left)
 
     def why_gone(self, silo: str) -> str:
@@ -257,13 +281,13 @@ class Coordinator:
         self.exchange.post(global_key(0), encode_global(self.global_state, 0).to_bytes(), self.identity)
         return sum(t.numel() for t in self.global_state.values())
 
-    def decryptor(self) -> str:
-        """Who decrypts this round's sum: the key holder while it is around, else the first admitted silo
-        still around (every admitted silo received the secret context, sealed to it)."""
+    def decryptor(self, among: list[str] | None = None) -> str:
+        """Who decrypts this round's sum: the key holder while it is around, else the first silo of ``among``
+        (default: the admitted ones) still around (every admitted silo received the secret context, sealed to it)."""
         if not self.cfg.federation.he:
             return ""
         gone = self.gone()
-        alive = [s for s in self.admission.silos if s not in gone]
+        alive = [s for s in (self.admission.silos if among is None else among) if s not in gone]
         return self.admission.key_holder if self.admission.key_holder in alive else (alive[0] if alive else "")
 
     def start_round(self, server_round: int, evaluate: bool) -> list[str]:
@@ -275,8 +299,11 @@ class Coordinator:
                 key = instruction_key(server_round, silo)
                 sent = FitInstructions.from_json(self.exchange.read(key, self.identity.public), key)
                 self.decryptors[server_round] = sent.decryptor
+                self._participants[server_round] = list(sent.silos)
                 return list(sent.silos)
-        silos = [s for s in self.admission.silos if s not in self.gone()]
+        gone = self.gone()
+        silos = [s for s in self.admission.silos if s not in gone and s not in self.banned]
+        self._participants[server_round] = silos
         self.decryptors[server_round] = self.decryptor()
         for silo, ins in self.strategy.configure_fit(server_round, silos).items():
             ins = dataclasses.replace(ins, silos=silos, evaluate=evaluate, decryptor=self.decryptors[server_round],
@@ -288,67 +315,81 @@ class Coordinator:
         """The samples ``silos`` declared when they joined: the denominator of their updates' weights."""
         return sum(self.n_train[s] for s in silos)
 
-    def _verified_update(self, server_round: int, silo: str, attempt: int, layout,
-                         participants: list[str]) -> EncryptedUpdate:
-        key = update_key(server_round, silo, attempt)
-        update = EncryptedUpdate.from_bytes(self.exchange.read(key, self.roster.get(silo)), expect_kind="update",
-                                            source=key)
-        problems = update_problems(update, self.codec, server_round, self.cfg.crypto, layout, self.n_train.get(silo),
-                                   self.total_samples(participants))
-        if update.silo_id != silo:
-            problems.append(f"claims to be from silo {update.silo_id!r}")
-        if problems:
-            raise PayloadError(f"{key} refused: " + ", ".join(problems))
-        return update
+    def fix_mask_set(self, server_round: int, silos: list[str]) -> list[str]:
+        """With masking: wait for the participants' round mask keys (each verified: signed, one sealed share per
+        other participant, a threshold they can meet) and name those that arrived; every update of the round is
+        masked against exactly them. Without masking: the participants."""
+        if not self.cfg.federation.masking:
+            return list(silos)
+        fed = self.cfg.federation
+        arrived = self.exchange.wait_all({s: mask_keys_key(server_round, s) for s in silos},
+                                         timeout=fed.round_timeout_s, **self._timing)
+        ready = []
+        for silo in sorted(arrived):
+            try:
+                keys = read_mask_keys(self.exchange, self.roster, server_round, silo)
+            except PayloadError:
+                continue  # refused again, by name, when its update is collected
+            if set(keys.shares) == set(silos) - {silo} and keys.threshold <= len(silos):
+                ready.append(silo)
+        posted = self._post(mask_set_key(server_round), MaskSet(round=server_round, silos=ready).to_json())
+        return MaskSet.from_json(posted, mask_set_key(server_round)).silos  # a resumed run's
 
-    def collect_updates(self, server_round: int, silos: list[str]) -> Collected:
-        """Updates that arrive before the round's deadline, each verified (signature, round, context, layout,
-        encoding, declared n_samples); a late, missing, forged or malformed one is that silo's failure. With
-        masks, the others' masks only cancel with everyone's update in the sum: when some are missing, the
-        survivors are named and mask again among themselves (while at least ``min_silos`` remain)."""
+    def collect_updates(self, server_round: int, silos: list[str], participants: list[str] | None = None) -> Collected:
+        """Updates of the mask set ``silos`` that arrive before the round's deadline, each verified (signature,
+        round, context, layout, encoding, every ciphertext parsed, declared n_samples); a late, missing, forged or
+        malformed one is that silo's failure. With masking, the survivors and the dropped are then named
+        (:class:`Unmask`): the survivors reveal what removes the masks; nobody sends again. ``participants``: the
+        round's (default ``silos``), whose declared samples the weights divide by."""
         fed = self.cfg.federation
         layout = layout_of(self.global_state)
-        participants, attempt = list(silos), 0
+        participants = list(participants if participants is not None
+                            else self._participants.get(server_round, silos))
+        total = self.total_samples(participants)
+        failures = {s: self._mask_failure(server_round, s) for s in participants if s not in silos}
+        arrived = self.exchange.wait_all({s: update_key(server_round, s) for s in silos},
+                                         timeout=fed.round_timeout_s, **self._timing)
+        # a silo posts its report right after its update: wait for it too (reading it at once would race)
+        self.exchange.wait_all({s: fit_report_key(server_round, s) for s in arrived},
+                               timeout=min(30.0, fed.round_timeout_s), **self._timing)
         updates: dict[str, EncryptedUpdate] = {}
         reports: dict[str, FitReport] = {}
-        failures: dict[str, str] = {}
-        while True:
-            arrived = self.exchange.wait_all({s: update_key(server_round, s, attempt) for s in participants},
-                                             timeout=fed.round_timeout_s, **self._timing)
-            # a silo posts its report right after its update: wait for it too (reading it at once would race)
-            self.exchange.wait_all({s: fit_report_key(server_round, s) for s in arrived if s not in reports},
-                                   timeout=min(30.0, fed.round_timeout_s), **self._timing)
-            updates = {}
-            for silo in participants:
-                if silo not in arrived:
-                    failures[silo] = (self.why_gone(silo) if silo in self.gone()
-                                      else f"no update within {fed.round_timeout_s:.0f}s"
-                                      + (f" (remask attempt {attempt})" if attempt else ""))
-                    continue
-                try:
-                    updates[silo] = self._verified_update(server_round, silo, attempt, layout, participants)
-                    if silo not in reports:
-                        report_key = fit_report_key(server_round, silo)
-                        reports[silo] = FitReport.from_json(self.exchange.read(report_key, self.roster.get(silo)),
-                                                            report_key)
-                except PayloadError as exc:
-                    failures[silo] = str(exc)
-                    updates.pop(silo, None)
-            if not fed.masking or len(updates) == len(participants) or len(updates) < fed.min_silos:
-                break
-            attempt += 1
-            participants = sorted(updates)
-            posted = self._post(remask_key(server_round, attempt),
-                                Remask(round=server_round, attempt=attempt, silos=participants,
-                                       total_samples=self.total_samples(participants)).to_json())
-            participants = Remask.from_json(posted, remask_key(server_round, attempt)).silos  # a resumed run's
+        for silo in silos:
+            if silo not in arrived:
+                failures[silo] = (self.why_gone(silo) if silo in self.gone()
+                                  else f"no update within {fed.round_timeout_s:.0f}s")
+                continue
+            try:
+                update = read_update(self.exchange, self.roster, server_round, silo, self.codec, self.cfg.crypto,
+                                     layout, self.n_train.get(silo), total)
+                report_key = fit_report_key(server_round, silo)
+                reports[silo] = FitReport.from_json(self.exchange.read(report_key, self.roster.get(silo)), report_key)
+                updates[silo] = update
+            except PayloadError as exc:
+                failures[silo] = str(exc)
         if len(updates) < fed.min_silos:
             for silo in updates:
                 failures[silo] = (f"round skipped: {len(updates)} valid update(s), fewer than "
                                   f"federation.min_silos={fed.min_silos}")
             updates = {}
+        elif fed.masking:
+            posted = self._post(unmask_key(server_round), Unmask(
+                round=server_round, survivors=sorted(updates), dropped=sorted(set(silos) - set(updates))).to_json())
+            survivors = Unmask.from_json(posted, unmask_key(server_round)).survivors  # a resumed run's
+            updates = {s: u for s, u in updates.items() if s in survivors}
         reports = {s: r for s, r in reports.items() if s in updates}
-        return Collected([updates[s] for s in sorted(updates)], reports, failures, attempt + 1)
+        return Collected([updates[s] for s in sorted(updates)], reports, failures, list(silos))
+
+    def _mask_failure(self, server_round: int, silo: str) -> str:
+        if silo in self.gone():
+            return self.why_gone(silo)
+        if not self.exchange.exists(mask_keys_key(server_round, silo)):
+            return f"no round mask keys within {self.cfg.federation.round_timeout_s:.0f}s"
+        try:
+            read_mask_keys(self.exchange, self.roster, server_round, silo)
+        except PayloadError as exc:
+            return str(exc)
+        return "mask keys refused (shares not for every other participant, or a threshold above their number)"
 
     def aggregate(self, server_round: int, updates: list[EncryptedUpdate]) -> EncryptedUpdate | None:
         """Add the ciphertexts (no decryption here) and publish the sum for the key holder."""
@@ -359,24 +400,73 @@ class Coordinator:
         posted = self._post(aggregate_key(server_round), aggregate.to_bytes())
         return EncryptedUpdate.from_bytes(posted, expect_kind="aggregate", source=aggregate_key(server_round))
 
-    def mean(self, server_round: int, aggregate: EncryptedUpdate | None) -> AggregateResult | None:
-        """The round's mean update: decrypted by the round's decryptor (HE), or computed here (plaintext)."""
+    def open_sum(self, server_round: int, aggregate: EncryptedUpdate | None,
+                 updates: list[EncryptedUpdate] = ()) -> Opened:
+        """The round's mean update: decrypted by a decryptor silo (HE; when it is gone or silent, the next
+        survivor is asked), or opened here (plaintext). A sum that cannot be opened skips the round, never the
+        run: the silos whose update was no valid encoding are named (and left out from then on)."""
         if aggregate is None:
-            return None
+            return Opened(None, {}, 0)
         if not self.cfg.federation.he:
-            return decrypt_aggregate(aggregate, self.codec)
-        key, decryptor = mean_key(server_round), self.decryptors[server_round]
-        found = self.exchange.wait_any([key], timeout=self.cfg.federation.round_timeout_s,
-                                       poll=self.cfg.federation.poll_interval_s,
-                                       give_up=lambda: decryptor in self.gone())
-        if found is None:
-            raise FederationError(f"round {server_round}: decryptor {decryptor} did not publish the decrypted mean "
-                                  "in time")
-        result = decode_mean(EncryptedUpdate.from_bytes(self.exchange.read(key, self.roster.get(decryptor)),
-                                                        expect_kind="mean", source=key), server_round)
-        if result.contributors != aggregate.contributors or result.total_samples != aggregate.n_samples:
-            raise PayloadError(f"{key}: the mean is not of this round's aggregate")
-        return result
+            return self._open_here(server_round, aggregate, list(updates))
+        fed = self.cfg.federation
+        first = self.decryptors.get(server_round) or self.decryptor(list(aggregate.contributors))
+        failures: dict[str, str] = {}
+        attempt = 0
+        while True:
+            gone = self.gone()
+            asked = [first] + [s for s in aggregate.contributors if s != first]
+            candidates = [s for s in asked if s not in gone and s not in failures]
+            if self.exchange.exists(decrypt_key(server_round, attempt)):  # a resumed run's request
+                key = decrypt_key(server_round, attempt)
+                decryptor = DecryptRequest.from_json(self.exchange.read(key, self.identity.public), key).decryptor
+            elif candidates:
+                decryptor = candidates[0]
+                self._post(decrypt_key(server_round, attempt),
+                           DecryptRequest(round=server_round, attempt=attempt, decryptor=decryptor).to_json())
+            else:
+                return Opened(None, {s: "round skipped: no decryptor left among the round's survivors"
+                                     for s in aggregate.contributors} | failures, attempt)
+            found = self.exchange.wait_any([mean_key(server_round, attempt), verdict_key(server_round, attempt)],
+                                           timeout=fed.round_timeout_s, poll=fed.poll_interval_s,
+                                           give_up=lambda d=decryptor: d in self.gone())
+            if found == mean_key(server_round, attempt):
+                result = decode_mean(EncryptedUpdate.from_bytes(self.exchange.read(found, self.roster.get(decryptor)),
+                                                                expect_kind="mean", source=found), server_round)
+                if result.contributors != aggregate.contributors or result.total_samples != aggregate.n_samples:
+                    raise PayloadError(f"{found}: the mean is not of this round's aggregate")
+                return Opened(result, failures, attempt + 1)
+            if found == verdict_key(server_round, attempt):
+                verdict = Verdict.from_json(self.exchange.read(found, self.roster.get(decryptor)), found)
+                return Opened(None, failures | self._ban(server_round, verdict.culprits, verdict.reason,
+                                                         aggregate.contributors), attempt + 1)
+            failures[decryptor] = (f"as round {server_round}'s decryptor: "
+                                   + (self.why_gone(decryptor) if decryptor in self.gone()
+                                      else f"no mean within {fed.round_timeout_s:.0f}s"))
+            attempt += 1
+
+    def _open_here(self, server_round: int, aggregate: EncryptedUpdate, updates: list[EncryptedUpdate]) -> Opened:
+        """Plaintext runs: this coordinator removes the masks with the survivors' reveals and decodes the sum."""
+        fed = self.cfg.federation
+        try:
+            masks = None
+            if fed.masking:
+                unmask = Unmask.from_json(self.exchange.read(unmask_key(server_round), self.identity.public),
+                                          unmask_key(server_round))
+                masks = gather_masks(self.exchange, self.roster, self.run_id, unmask,
+                                     secagg.share_points(self._participants.get(server_round, unmask.survivors)),
+                                     time.monotonic() + fed.round_timeout_s, fed.poll_interval_s)
+            return Opened(decrypt_aggregate(aggregate, self.codec, masks), {})
+        except PayloadError as exc:
+            return Opened(None, self._ban(server_round, invalid_encodings(updates, self.codec), str(exc),
+                                          aggregate.contributors))
+
+    def _ban(self, server_round: int, culprits: dict[str, str], reason: str, contributors) -> dict[str, str]:
+        """The failures of a round whose sum could not be opened; culprits are left out of the following rounds."""
+        named = {s: why for s, why in culprits.items() if s in contributors}
+        self.banned.update({s: f"round {server_round}: {why}" for s, why in named.items()})
+        skipped = f"round skipped: its sum could not be opened ({reason})"
+        return {s: (f"{named[s]}; left out from now on" if s in named else skipped) for s in contributors}
 
     def step(self, server_round: int, result: AggregateResult | None, failures: dict[str, str]) -> bool:
         """Strategy step; publishes global(r) (unchanged when the strategy keeps the model). True if moved."""

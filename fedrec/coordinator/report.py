@@ -27,7 +27,7 @@ class RoundRecord:
     test: dict[str, float] = field(default_factory=dict)
     per_silo_val: dict[str, dict[str, float]] = field(default_factory=dict)
     per_silo_test: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: 1, or more when silos dropped out after the participant set was fixed and the survivors remasked
+    #: decryptors asked for the round's sum: 1, or more when one was gone or silent (0: nothing to decrypt)
     attempts: int = 1
     #: each contributor's own seconds: train / encrypt (records of older checkpoints have none)
     seconds_per_silo: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -49,7 +49,7 @@ class RoundRecord:
 
     def mlflow_metrics(self) -> dict[str, float]:
         m: dict[str, float] = {"train_loss": self.loss, "silos_contributing": len(self.contributors),
-                               "silos_failed": len(self.failures), "update_attempts": self.attempts}
+                               "silos_failed": len(self.failures), "decrypt_attempts": self.attempts}
         m |= {f"seconds_{phase}": s for phase, s in self.seconds.items()}
         m |= {f"bytes_sent_silo_{s}": b for s, b in self.bytes_per_silo.items()}
         if self.bytes_per_silo:
@@ -148,29 +148,34 @@ def rounds_figure(history: list[RoundRecord], k: int):
 
 
 def round_record(coord, server_round: int, evaluate: bool) -> RoundRecord:
-    """Run one round at the coordinator (instructions ─► updates ─► sum ─► mean ─► strategy ─► global)."""
+    """Run one round at the coordinator (instructions ─► mask set ─► updates ─► unmask ─► sum ─► mean ─► strategy
+    ─► global)."""
     start = time.perf_counter()
     silos = coord.start_round(server_round, evaluate)
-    collected = coord.collect_updates(server_round, silos)
+    mask_set = coord.fix_mask_set(server_round, silos)
+    collected = coord.collect_updates(server_round, mask_set, silos)
     # admitted silos no longer around are this round's failures too (dropouts are data)
-    collected.failures.update({s: coord.why_gone(s) for s in coord.admission.silos if s not in silos})
+    collected.failures.update({s: coord.why_gone(s) if s in coord.gone() else f"left out: {coord.banned[s]}"
+                               for s in coord.admission.silos if s not in silos})
     t_collect = time.perf_counter()
     aggregate = coord.aggregate(server_round, collected.updates)
     t_aggregate = time.perf_counter()
-    result = coord.mean(server_round, aggregate)
+    opened = coord.open_sum(server_round, aggregate, collected.updates)
     t_mean = time.perf_counter()
-    coord.step(server_round, result, collected.failures)
-    reports = collected.reports
+    failures = collected.failures | opened.failures
+    coord.step(server_round, opened.result, failures)
+    reports = collected.reports if opened.result is not None else {}
     n = sum(r.n_samples for r in reports.values())
     return RoundRecord(
         round=server_round,
         loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
-        contributors=sorted(reports), failures=collected.failures, attempts=collected.attempts,
-        bytes_per_silo={s: r.bytes_sent for s, r in reports.items()},
-        seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt} for s, r in reports.items()},
-        plaintext_bytes=next(iter(reports.values())).plaintext_bytes if reports else 0,
-        seconds={"train": sum(r.seconds_train for r in reports.values()),
-                 "encrypt": sum(r.seconds_encrypt for r in reports.values()),
+        contributors=sorted(reports), failures=failures, attempts=opened.attempts,
+        bytes_per_silo={s: r.bytes_sent for s, r in collected.reports.items()},
+        seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt}
+                          for s, r in collected.reports.items()},
+        plaintext_bytes=next(iter(collected.reports.values())).plaintext_bytes if collected.reports else 0,
+        seconds={"train": sum(r.seconds_train for r in collected.reports.values()),
+                 "encrypt": sum(r.seconds_encrypt for r in collected.reports.values()),
                  "wait_updates": t_collect - start, "aggregate": t_aggregate - t_collect,
                  "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start},
     )

@@ -3,12 +3,14 @@
 The trainer produces a plaintext :class:`LocalUpdate` and never imports TenSEAL; the
 encrypt filter weights it by its share of the round's samples, rounds it to integers, packs two per
 slot, adds the silo's pairwise masks (:mod:`fedrec.federation.masking`) and encrypts it; the
-aggregator only adds ciphertexts it has checked belong together; a decrypting silo recovers the exact
-integer sum (masks cancel), unpacks it and reads the round's mean update off the grid.
+aggregator only adds ciphertexts it has checked belong together (each chunk parsed, per silo); the decrypting silo
+rebuilds that sum itself from the signed updates, decrypts it, removes the survivors' masks with the secrets their
+reveals rebuild (:mod:`fedrec.federation.secagg`), unpacks it and reads the round's mean update off the grid.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +19,11 @@ import torch
 from fedrec.config import CryptoConfig
 from fedrec.crypto import Codec, PlainCodec
 from fedrec.errors import PayloadError
-from fedrec.federation import masking
+from fedrec.federation import masking, secagg
 from fedrec.federation.aggregate import flatten_state, layout_of, unflatten_state
-from fedrec.trust import COORDINATOR, PublicIdentity, self_signed_identity
-from fedrec.wire.exchange import COORDINATOR_KEY, Exchange, global_key
+from fedrec.trust import COORDINATOR, PublicIdentity, Roster, self_signed_identity
+from fedrec.wire.exchange import COORDINATOR_KEY, Exchange, global_key, mask_keys_key, reveal_key, update_key
+from fedrec.wire.messages import MaskKeys, Reveal, Unmask
 from fedrec.wire.payload import EncryptedUpdate, TensorSpec, layout_size
 
 
@@ -87,6 +90,9 @@ def update_problems(u: EncryptedUpdate, codec: Codec, server_round: int, crypto:
         problems.append(f"n_samples {u.n_samples} (declared {n_samples} when it joined)")
     if total_samples is not None and u.total_samples != total_samples:
         problems.append(f"weighted by a total of {u.total_samples} samples (the round's is {total_samples})")
+    if u.scheme == codec.scheme and not problems and (bad := codec.chunk_problem(list(u.chunks),
+                                                                                update_slots(u.layout, u.pack))):
+        problems.append(bad)  # garbage ciphertext is this silo's failure, found before the sum
     if u.scheme == "plain" and not problems:  # readable here (he: false): encoded values lie in [-1, 1)
         try:
             values = PlainCodec().decrypt(list(u.chunks), update_slots(u.layout, u.pack))
@@ -119,8 +125,23 @@ def aggregate_updates(updates: list[EncryptedUpdate], codec: Codec, server_round
                            mask_bits=ref.mask_bits, pack=ref.pack, total_samples=ref.total_samples)
 
 
-def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResult:
-    """Decryptor side: decrypt the sum, recover its integers (masks cancel), unpack the lanes: the mean update."""
+@dataclass(frozen=True)
+class Masks:
+    """What removes the survivors' masks from their sum: their rebuilt self-mask seeds, the dropped silos' rebuilt
+    mask keys (name -> (private, public)), the survivors' mask public keys and the round's mask info."""
+
+    seeds: tuple[bytes, ...]
+    dropped: dict[str, tuple[bytes, str]]
+    survivors: dict[str, str]
+    info: bytes
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"Masks(survivors={sorted(self.survivors)}, dropped={sorted(self.dropped)})"
+
+
+def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec, masks: Masks | None = None) -> AggregateResult:
+    """Decryptor side: decrypt the sum, recover its integers, remove the masks (double masking: ``masks``; unmasked
+    or pairwise-cancelling sums: none), unpack the lanes: the mean update."""
     if aggregate.kind != "aggregate":
         raise PayloadError(f"expected an aggregate payload, got {aggregate.kind!r}")
     if aggregate.context_id != codec.context_id:
@@ -129,15 +150,101 @@ def decrypt_aggregate(aggregate: EncryptedUpdate, codec: Codec) -> AggregateResu
             or not 0 < aggregate.n_samples <= aggregate.total_samples):
         raise PayloadError(f"aggregate has mask_bits {aggregate.mask_bits}, pack {aggregate.pack}, n_samples "
                            f"{aggregate.n_samples} of a weighting total {aggregate.total_samples}")
+    if masks is not None and sorted(masks.survivors) != sorted(aggregate.contributors):
+        raise PayloadError(f"the masks are of {sorted(masks.survivors)}, the sum of {list(aggregate.contributors)}")
     total = codec.decrypt(list(aggregate.chunks), update_slots(aggregate.layout, aggregate.pack))
-    packed = masking.decode_sum(total, len(aggregate.contributors), aggregate.mask_bits)
-    integers = masking.unpack_lanes(packed, aggregate.pack, aggregate.mask_bits // aggregate.pack,
-                                    layout_size(aggregate.layout))
-    # a silo missing from an unmasked round (masked rounds reweight when they remask): scale the weights back to one
+    residue = masking.residues(total, len(aggregate.contributors), aggregate.mask_bits)
+    if masks is not None:
+        residue = secagg.unmask(residue, list(masks.seeds), masks.dropped, masks.survivors, masks.info,
+                                aggregate.mask_bits)
+    integers = masking.unpack_lanes(masking.center(residue, aggregate.mask_bits), aggregate.pack,
+                                    aggregate.mask_bits // aggregate.pack, layout_size(aggregate.layout))
+    # silos missing from the sum (a dropout): their weights are missing too; scale the weights back to one
     flat = (integers.astype(np.float64) / 2.0 ** aggregate.quantization_bits
             * (aggregate.total_samples / aggregate.n_samples))
     return AggregateResult(mean_delta=unflatten_state(flat, aggregate.layout),
                            total_samples=aggregate.n_samples, contributors=aggregate.contributors)
+
+
+def invalid_encodings(updates: list[EncryptedUpdate], codec: Codec) -> dict[str, str]:
+    """The silos whose ciphertext, decrypted alone, is not a valid encoding (NaN, or off the integer grid, e.g.
+    shifted by half a step): whoever made a sum undecodable. Decrypting one masked update reveals nothing (its
+    residues are uniform); only whether they lie on the grid is looked at."""
+    culprits = {}
+    for u in updates:
+        try:
+            masking.residues(codec.decrypt(list(u.chunks), update_slots(u.layout, u.pack)), 1, u.mask_bits)
+        except PayloadError as exc:
+            culprits[u.silo_id] = f"its update is not a valid encoding ({exc})"
+    return culprits
+
+
+def read_update(exchange: Exchange, roster: Roster, server_round: int, silo: str, codec: Codec,
+                crypto: CryptoConfig, layout: tuple[TensorSpec, ...] | None, n_samples: int | None,
+                total_samples: int | None) -> EncryptedUpdate:
+    """Silo ``silo``'s update of the round from the exchange, verified: signed by it, and every reason
+    :func:`update_problems` finds (each chunk parsed) refuses it."""
+    key = update_key(server_round, silo)
+    update = EncryptedUpdate.from_bytes(exchange.read(key, roster.get(silo)), expect_kind="update", source=key)
+    problems = update_problems(update, codec, server_round, crypto, layout, n_samples, total_samples)
+    if update.silo_id != silo:
+        problems.append(f"claims to be from silo {update.silo_id!r}")
+    if problems:
+        raise PayloadError(f"{key} refused: " + ", ".join(problems))
+    return update
+
+
+def read_mask_keys(exchange: Exchange, roster: Roster, server_round: int, silo: str) -> MaskKeys:
+    key = mask_keys_key(server_round, silo)
+    keys = MaskKeys.from_json(exchange.read(key, roster.get(silo)), key)
+    if (keys.silo_id, keys.round) != (silo, server_round):
+        raise PayloadError(f"{key}: mask keys of silo {keys.silo_id!r}, round {keys.round}")
+    return keys
+
+
+def gather_masks(exchange: Exchange, roster: Roster, run_id: str, unmask: Unmask, points: dict[str, int],
+                 deadline: float, poll: float, pause=time.sleep) -> Masks:
+    """Rebuild what removes the survivors' masks from the survivors' reveals as they arrive (signed by each; a
+    share counts only at its revealer's point, ``points``), until every secret verifies against its commitment or
+    ``deadline`` (time.monotonic) passes (:class:`~fedrec.federation.secagg.MaskRecoveryError`)."""
+    r = unmask.round
+    keys = {s: read_mask_keys(exchange, roster, r, s) for s in (*unmask.survivors, *unmask.dropped)}
+    reveals: dict[str, Reveal] = {}
+    while True:
+        for silo in unmask.survivors:
+            if silo not in reveals and exchange.exists(reveal_key(r, silo)):
+                try:
+                    reveal = Reveal.from_json(exchange.read(reveal_key(r, silo), roster.get(silo)), reveal_key(r, silo))
+                except PayloadError:
+                    reveal = Reveal(silo_id=silo, round=r)  # a forged or malformed reveal counts for nothing
+                reveals[silo] = reveal if (reveal.silo_id, reveal.round) == (silo, r) else Reveal(silo_id=silo, round=r)
+        try:
+            return _rebuild_masks(keys, reveals, unmask, points, secagg.mask_info(run_id, r))
+        except secagg.MaskRecoveryError:
+            if time.monotonic() >= deadline or len(reveals) == len(unmask.survivors):
+                raise
+        pause(poll)
+
+
+def _shares_of(reveals: dict[str, Reveal], points: dict[str, int], silo: str, kind: str) -> dict[int, int]:
+    shares = {}
+    for revealer, reveal in reveals.items():
+        share = getattr(reveal, kind).get(silo)
+        if share is not None and share[0] == points.get(revealer):
+            try:
+                shares[share[0]] = int(share[1], 16) % secagg.PRIME
+            except ValueError:
+                continue
+    return shares
+
+
+def _rebuild_masks(keys: dict[str, MaskKeys], reveals: dict[str, Reveal], unmask: Unmask, points: dict[str, int],
+                   info: bytes) -> Masks:
+    seeds = tuple(secagg.recover_seed(_shares_of(reveals, points, s, "self_shares"), keys[s].threshold,
+                                      keys[s].commitment, s) for s in unmask.survivors)
+    dropped = {s: (secagg.recover_key(_shares_of(reveals, points, s, "key_shares"), keys[s].threshold,
+                                      keys[s].public, s), keys[s].public) for s in unmask.dropped}
+    return Masks(seeds, dropped, {s: keys[s].public for s in unmask.survivors}, info)
 
 
 def _plaintext_payload(kind: str, server_round: int, state: dict[str, torch.Tensor], n_samples: int = 0,

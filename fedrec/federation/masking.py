@@ -1,21 +1,16 @@
-"""Integer packing and pairwise cancelling masks on updates (BatchCrypt's packing, the SecAgg idea, under CKKS).
+"""Integer packing and masks on updates (BatchCrypt's packing; the masks themselves: :mod:`fedrec.federation.secagg`).
 
 A silo's share of the round's mean update, ``n_samples / total_samples * delta``, is rounded to the grid
 2^-quantization_bits and read as integers ``q``; ``pack`` of them share one slot as signed lanes of
 ``lane_bits`` (``V = q_0 + q_1 * 2^lane_bits``): each silo keeps its lanes within its weight's share of a lane's
-range, so the lanes' sums never carry into each other and one CKKS slot carries ``pack`` values. For
-every other participant ``j`` of the round it adds ``±PRG(k_ij)`` to ``V`` modulo 2^mask_bits
-(mask_bits = pack * lane_bits), where ``k_ij`` is
-an X25519 + HKDF secret only the two silos can derive (bound to run, round and attempt) and the PRG is
-ChaCha20: the smaller name adds, the larger subtracts, so the masks cancel exactly in the sum. The masked
-residues ``z`` are uniform on [0, 2^mask_bits): whoever decrypts one silo's ciphertext alone (a curious
-key holder handed it by the coordinator) sees noise. The residues are centred and scaled to [-1, 1) and
-carried in CKKS, whose noise (~2^(15 - scale bits)) stays far below one integer step; the decrypted sum is
-rounded back to integers and reduced modulo 2^mask_bits, which recovers ``sum(V)`` exactly, and its lanes the
-exact ``sum(q)``, as long as each lane's sum stays in its signed range (each silo checks its share before sending).
-
-Dropout after the participant set is fixed: the coordinator names the survivors and they mask again among
-themselves (a new attempt, fresh masks); see :class:`fedrec.coordinator.Coordinator`.
+range, so the lanes' sums never carry into each other and one CKKS slot carries ``pack`` values. A mask modulo
+2^mask_bits (mask_bits = pack * lane_bits; a self-mask plus pairwise masks, see :mod:`fedrec.federation.secagg`)
+is added to ``V``: the masked residues ``z`` are uniform on [0, 2^mask_bits), so whoever decrypts one silo's
+ciphertext alone (a curious key holder handed it by the coordinator) sees noise. The residues are centred and
+scaled to [-1, 1) and carried in CKKS, whose noise (~2^(15 - scale bits)) stays far below one integer step; the
+decrypted sum is rounded back to integers and reduced modulo 2^mask_bits (:func:`residues`), the masks are
+removed, and :func:`center` gives ``sum(V)`` exactly, and its lanes the exact ``sum(q)``, as long as each lane's
+sum stays in its signed range (each silo checks its share before sending).
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from fedrec.errors import PayloadError
-from fedrec.trust import Identity, PublicIdentity
 
 #: a decrypted sum further than this (in integer steps) from an integer means CKKS noise ate the margin
 MAX_STEP_DEVIATION = 0.25
@@ -83,28 +77,10 @@ def unpack_lanes(packed: np.ndarray, pack: int, lane_bits: int, length: int) -> 
     return np.concatenate(lanes)[:length]
 
 
-def _keystream(key: bytes, length: int, mask_bits: int) -> np.ndarray:
+def keystream(key: bytes, length: int, mask_bits: int) -> np.ndarray:
+    """``length`` pseudo-random residues modulo 2^mask_bits from a 32-byte ``key`` (ChaCha20)."""
     stream = Cipher(algorithms.ChaCha20(key, b"\0" * 16), mode=None).encryptor().update(b"\0" * (8 * length))
     return np.frombuffer(stream, dtype="<u8") & np.uint64(2 ** mask_bits - 1)
-
-
-def mask_info(run_id: str, server_round: int, attempt: int) -> bytes:
-    return f"mask|{run_id}|round {server_round}|attempt {attempt}".encode()
-
-
-def silo_mask(me: Identity, peers: list[PublicIdentity], info: bytes, length: int, mask_bits: int) -> np.ndarray:
-    """This silo's total mask modulo 2^mask_bits against ``peers`` (the other participants)."""
-    modulus = np.uint64(2 ** mask_bits - 1)
-    total = np.zeros(length, dtype=np.uint64)
-    for peer in peers:
-        if peer.name == me.name:
-            continue
-        stream = _keystream(me.shared_secret(peer, info), length, mask_bits)
-        if me.name < peer.name:
-            total = (total + stream) & modulus
-        else:
-            total = (total - stream) & modulus  # uint64 wraps modulo 2^64, a multiple of 2^mask_bits
-    return total
 
 
 def encode(q: np.ndarray, mask: np.ndarray | None, mask_bits: int) -> np.ndarray:
@@ -118,16 +94,36 @@ def encode(q: np.ndarray, mask: np.ndarray | None, mask_bits: int) -> np.ndarray
     return (z.astype(np.int64) - half).astype(np.float64) / half
 
 
-def decode_sum(total: np.ndarray, n_contributors: int, mask_bits: int) -> np.ndarray:
-    """The exact integer sum behind ``n_contributors`` encoded (masked) vectors' decrypted sum."""
+def residues(total: np.ndarray, n_contributors: int, mask_bits: int) -> np.ndarray:
+    """The sum of the (masked) residues behind ``n_contributors`` encoded vectors' decrypted sum, modulo
+    2^mask_bits (uint64); refuses a sum that is not close to integers (a bad encoding, or CKKS noise)."""
     half = 2 ** (mask_bits - 1)
     steps = np.asarray(total, dtype=np.float64) * half
     if not np.all(np.isfinite(steps)):
         raise PayloadError("decrypted sum holds NaN or Inf (a contributor's ciphertext was not a valid encoding)")
     rounded = np.round(steps)
-    deviation = float(np.max(np.abs(steps - rounded), initial=0.0))
+    deviation = off_grid(steps, rounded)
     if deviation > MAX_STEP_DEVIATION:
-        raise PayloadError(f"decrypted sum is {deviation:.2f} integer steps off: CKKS noise exceeds the margin; "
-                           "lower crypto.lane_bits or raise crypto.global_scale_bits")
-    residue = (rounded.astype(np.int64) + n_contributors * half) % (2 * half)
-    return np.where(residue >= half, residue - 2 * half, residue)
+        raise PayloadError(f"decrypted sum is {deviation:.2f} integer steps off: CKKS noise exceeds the margin "
+                           "(lower crypto.lane_bits or raise crypto.global_scale_bits), or a contributor's encoding "
+                           "is off the grid")
+    return ((rounded.astype(np.int64) + n_contributors * half) % (2 * half)).astype(np.uint64)
+
+
+def off_grid(steps: np.ndarray, rounded: np.ndarray | None = None) -> float:
+    """How far (in integer steps) the farthest value of ``steps`` lies from an integer."""
+    rounded = np.round(steps) if rounded is None else rounded
+    return float(np.max(np.abs(steps - rounded), initial=0.0))
+
+
+def center(residue: np.ndarray, mask_bits: int) -> np.ndarray:
+    """Residues modulo 2^mask_bits as signed int64 in [-2^(mask_bits-1), 2^(mask_bits-1))."""
+    half = 2 ** (mask_bits - 1)
+    signed = np.asarray(residue, dtype=np.uint64).astype(np.int64)
+    return np.where(signed >= half, signed - 2 * half, signed)
+
+
+def decode_sum(total: np.ndarray, n_contributors: int, mask_bits: int) -> np.ndarray:
+    """The exact integer sum behind ``n_contributors`` encoded vectors' decrypted sum whose masks cancel (or that
+    carry none)."""
+    return center(residues(total, n_contributors, mask_bits), mask_bits)

@@ -4,8 +4,10 @@ One agent per silo per run. It owns the silo's data (read once), its Great Expec
 user tower and optimizer, and its codec; at the key-holding silo also the run's CKKS secret context.
 It talks to the coordinator only through the exchange:
 
-    validate ─► hello ─► admission ─► keys ─► per round: instruction ─► train ─► mask + encrypt (in memory)
-    ─► update + report ─► [remask among survivors] [decryptor: aggregate ─► decrypt ─► mean]
+    validate ─► hello ─► admission (checked against its own privacy settings) ─► keys ─► per round:
+    instruction ─► round mask keys + sealed shares ─► train ─► mask (against the coordinator's mask set) + encrypt
+    (in memory) ─► update + report ─► [reveal shares for the survivors' unmasking, once]
+    ─► [decryptor: rebuild the sum from the signed updates ─► decrypt ─► unmask ─► mean, or a signed verdict]
     ─► [evaluate global ─► metric sums]
 
 Everything it publishes is signed with its own Ed25519 key; everything it reads is verified against the
@@ -21,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,20 +32,23 @@ from fedrec import pipeline, privacy
 from fedrec.coldstart import evaluate_cold  # cold-start items: their metric sums only
 from fedrec.config import Config
 from fedrec.crypto import CKKSCodec, Codec, PlainCodec, context_fingerprint, create_keys
-from fedrec.errors import FederationError, FedrecError, PayloadError
-from fedrec.federation import masking
+from fedrec.errors import FederationError, FedrecError, PayloadError, PolicyError
+from fedrec.federation import masking, secagg
 from fedrec.federation.aggregate import state_delta
-from fedrec.federation.filters import LocalUpdate, decrypt_aggregate, encode_mean, encrypt_update, load_global
+from fedrec.federation.filters import (LocalUpdate, aggregate_updates, decrypt_aggregate, encode_mean, encrypt_update,
+                                       gather_masks, invalid_encodings, load_global, read_mask_keys, read_update)
 from fedrec.item_text import model_features  # the hybrid model's (public) item text embeddings
 from fedrec.silo.store import SiloStore, silo_seed
 from fedrec.training import (SiloData, evaluate_targets, for_device, make_optimizer, model_config, resolve_device,
                              train_epoch)
 from fedrec.trust import COORDINATOR, Identity, PublicIdentity, Roster, RosterError, seal, self_signed_identity
 from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, Exchange,
-                                  aggregate_key, check_silo_id, fit_report_key, global_key, hello_key,
-                                  instruction_key, left_key, mean_key, metrics_key, no_aggregate_key, remask_key,
-                                  run_exchange, sealed_context_key, update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, MetricReport, Remask, Stop
+                                  ExchangeConflictError, aggregate_key, check_silo_id, decrypt_key, fit_report_key,
+                                  global_key, hello_key, instruction_key, left_key, mask_keys_key, mask_set_key,
+                                  mean_key, metrics_key, no_aggregate_key, reveal_key, run_exchange,
+                                  sealed_context_key, unmask_key, update_key, verdict_key)
+from fedrec.wire.messages import (Admission, DecryptRequest, FitInstructions, FitReport, Hello, Left, MaskKeys,
+                                  MaskSet, MetricReport, Reveal, Stop, Unmask, Verdict)
 from fedrec.wire.payload import EncryptedUpdate
 from models import RecModel, build_model
 
@@ -82,6 +88,19 @@ class ComputeSlot:
 COMPUTE = ComputeSlot()
 
 
+@dataclass
+class RoundMasks:
+    """This silo's masking state of one round (memory only): its fresh secrets, the participants it shared them
+    with, the mask set it masked against, the shares of the others' secrets it holds, whether it revealed."""
+
+    round: int
+    participants: list[str]
+    secrets: secagg.RoundSecrets
+    mask_set: list[str] = field(default_factory=list)
+    held: dict[str, secagg.Share] = field(default_factory=dict)
+    revealed: bool = False
+
+
 class SiloAgent:
     """One silo's side of one federation run (see the module docstring)."""
 
@@ -90,6 +109,7 @@ class SiloAgent:
         self.cfg, self.silo_id, self.run_id = cfg, check_silo_id(silo_id), run_id
         self.exchange: Exchange = run_exchange(cfg, run_id)
         self.store = SiloStore.of(cfg, silo_id, run_id)
+        self.store.private_dir(self.store.silo_dir)  # 0700 before any key or model lands in it
         self.identity = Identity.load_or_create(self.store.identity_dir, silo_id)
         self.validation_in_train = validation_in_train
         self.data: SiloData | None = None
@@ -99,7 +119,7 @@ class SiloAgent:
         self.admission: Admission | None = None
         self.roster = Roster()
         self._global: tuple[int, dict[str, torch.Tensor]] | None = None
-        self._pending: LocalUpdate | None = None  # this round's update, kept until global(r) for a remask
+        self._masks: RoundMasks | None = None  # this round's mask secrets and the shares this silo holds
         self._sigma = 0.0  # the DP noise multiplier (privacy.enabled), set in setup()
 
     def __repr__(self) -> str:  # Prefect may print task inputs: never the state
@@ -111,6 +131,15 @@ class SiloAgent:
 
     def _post(self, key: str, body: bytes) -> int:
         return self.exchange.post(key, body, self.identity)
+
+    def _post_once(self, key: str, body: bytes) -> int | None:
+        """Post a key of this silo's round; None (and a warning) when someone wrote it first: a forgery that the
+        coordinator refuses, so this silo sits out that step instead of stopping."""
+        try:
+            return self._post(key, body)
+        except ExchangeConflictError:
+            log.warning("silo %s: %s was written by someone else first; sitting out this step", self.silo_id, key)
+            return None
 
     @property
     def coordinator(self) -> PublicIdentity:
@@ -179,8 +208,21 @@ class SiloAgent:
             for silo in admission.silos:
                 if roster.get(silo) != pinned.get(silo):
                     raise RosterError(f"{ADMISSION_KEY}: silo {silo}'s keys differ from the pinned roster's")
+        if problem := self._weaker_than_mine(admission):
+            raise PolicyError(f"silo {self.silo_id} refuses run {self.run_id}: {problem}")
         self.roster, self.admission = roster, admission
         return admission
+
+    def _weaker_than_mine(self, admission: Admission) -> str | None:
+        """Why ``admission`` asks for less privacy than this silo's own params demand, or None."""
+        fed = self.cfg.federation
+        if fed.he and not admission.he:
+            return "the admission turns homomorphic encryption off (this silo's federation.he is true)"
+        if fed.masking and not admission.masking:
+            return "the admission turns masking off (this silo's federation.masking is true)"
+        if len(admission.silos) < fed.min_silos:
+            return f"{len(admission.silos)} silo(s) admitted, fewer than this silo's federation.min_silos={fed.min_silos}"
+        return None
 
     @property
     def is_key_holder(self) -> bool:
@@ -258,42 +300,91 @@ class SiloAgent:
             return f"not admitted: {unknown}"
         return None
 
-    def _send_update(self, r: int, attempt: int, silos: list[str], total_samples: int) -> int:
-        """Mask this round's update against ``silos`` (fresh masks per attempt), weight it by its share of their
-        ``total_samples``, encrypt, sign, publish; returns the bytes written (signed envelope included)."""
-        crypto = self.cfg.crypto
-        mask = None
-        if self.admission.masking:
-            length = masking.n_slots(sum(t.numel() for t in self._pending.delta.values()), crypto.pack)
-            mask = masking.silo_mask(self.identity, [self.roster.get(s) for s in silos],
-                                     masking.mask_info(self.run_id, r, attempt), length, crypto.mask_bits)
-        payload = encrypt_update(self._pending, self.codec, crypto, total_samples, mask).to_bytes()
-        return self._post(update_key(r, self.silo_id, attempt), payload)
+    def announce(self, ins: FitInstructions) -> None:
+        """With masking: this round's fresh secrets (self-mask seed, ephemeral mask key), their public half and
+        commitment, and one Shamir share of each per other participant, sealed to it (:mod:`fedrec.federation.secagg`)."""
+        if not self.admission.masking or (self._masks is not None and self._masks.round == ins.round):
+            return
+        r, secrets = ins.round, secagg.RoundSecrets()
+        self._masks = RoundMasks(r, list(ins.silos), secrets)
+        others = [s for s in ins.silos if s != self.silo_id]
+        threshold = secagg.threshold_for(len(ins.silos), self.cfg.federation.share_threshold)
+        points = secagg.share_points(ins.silos)
+        shares = secrets.shares(points, threshold)  # this silo keeps its own share and reveals it if it survives
+        self._masks.held[self.silo_id] = secagg.Share.parse(shares[self.silo_id], "own share")
+        sealed = {s: seal(shares[s], self.roster.get(s), self._share_binding(r, self.silo_id, s)).hex() for s in others}
+        self._post_once(mask_keys_key(r, self.silo_id), MaskKeys(
+            silo_id=self.silo_id, round=r, public=secrets.public, commitment=secrets.commitment, threshold=threshold,
+            shares=sealed).to_json())
+
+    def _share_binding(self, server_round: int, owner: str, holder: str) -> bytes:
+        return f"fedrec-mask-share|{self.run_id}|round {server_round}|{owner}|{holder}".encode()
+
+    def _mask(self, r: int, length: int) -> np.ndarray | None:
+        """This round's mask against the coordinator's mask set: the self-mask plus the pairwise masks with each
+        peer's ephemeral key (each read signed by that peer), keeping the shares of their secrets sealed to this
+        silo. Raises PolicyError when the mask set is not one this silo may mask against."""
+        if not self.admission.masking:
+            return None
+        state = self._masks
+        if self._wait([mask_set_key(r)], self.cfg.federation.round_timeout_s) is None:
+            raise FederationError(f"silo {self.silo_id}: no mask set for round {r}")
+        mask_set = MaskSet.from_json(self._read_coordinator(mask_set_key(r)), mask_set_key(r))
+        if (problem := self._participants_problem(mask_set.silos)) is None and not set(mask_set.silos) <= set(
+                state.participants):
+            problem = f"the mask set {mask_set.silos} names silos that were not the round's participants"
+        if mask_set.round != r or problem:
+            raise PolicyError(f"silo {self.silo_id} sits out round {r}: mask set refused ({problem})")
+        peers = {}
+        for silo in mask_set.silos:
+            if silo == self.silo_id:
+                continue
+            keys = read_mask_keys(self.exchange, self.roster, r, silo)
+            peers[silo] = keys.public
+            try:
+                state.held[silo] = secagg.Share.parse(self.identity.unseal(
+                    bytes.fromhex(keys.shares.get(self.silo_id, "")), self._share_binding(r, silo, self.silo_id)),
+                    mask_keys_key(r, silo))
+            except (PayloadError, ValueError) as exc:  # that silo's secrets then need the others' shares
+                log.warning("silo %s: no usable share from silo %s in round %d (%s)", self.silo_id, silo, r, exc)
+        state.mask_set = list(mask_set.silos)
+        return state.secrets.pair_masks(self.silo_id, peers, secagg.mask_info(self.run_id, r), length,
+                                        self.cfg.crypto.mask_bits)
 
     def fit(self, ins: FitInstructions) -> FitReport | None:
         """E local epochs from the previous global model (or, with privacy on, the user-level DP update of
         fedrec.privacy); the update is weighted, quantised, masked and encrypted in memory, then published with a
-        small report (loss, counts, seconds, bytes). None: this silo refused the round's participant set."""
+        small report (loss, counts, seconds, bytes). None: this silo sits out the round (it refused the
+        participant or mask set, or a forger wrote its keys first)."""
         cfg, r = self.cfg, ins.round
         if problem := self._participants_problem(ins.silos):
             log.warning("silo %s sits out round %d: %s", self.silo_id, r, problem)
             return None
+        self.announce(ins)  # before training: the others' masks need this silo's key
         start_global = self.global_state(r - 1)
         with COMPUTE:
             start = time.perf_counter()
             update, loss = (self._train_private(ins, start_global) if cfg.privacy.enabled
                             else self._train(ins, start_global))
             seconds_train = time.perf_counter() - start
-            if not all(bool(torch.isfinite(t).all()) for t in update.delta.values()):
-                raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
-            self._pending = update
+        if not all(bool(torch.isfinite(t).all()) for t in update.delta.values()):
+            raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
+        try:
+            mask = self._mask(r, masking.n_slots(sum(t.numel() for t in update.delta.values()), cfg.crypto.pack))
+        except PolicyError as exc:
+            log.warning("%s", exc)
+            return None
+        with COMPUTE:
             start = time.perf_counter()
-            bytes_sent = self._send_update(r, 0, ins.silos, ins.total_samples)
+            payload = encrypt_update(update, self.codec, cfg.crypto, ins.total_samples, mask).to_bytes()
+            bytes_sent = self._post_once(update_key(r, self.silo_id), payload)
             seconds_encrypt = time.perf_counter() - start
+        if bytes_sent is None:
+            return None
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=update.n_samples, loss=loss,
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
                            plaintext_bytes=4 * sum(t.numel() for t in update.delta.values()))
-        self._post(fit_report_key(r, self.silo_id), report.to_json())
+        self._post_once(fit_report_key(r, self.silo_id), report.to_json())
         return report
 
     def _rng(self, server_round: int) -> np.random.Generator:
@@ -321,53 +412,102 @@ class SiloAgent:
         return LocalUpdate(self.silo_id, ins.round, update.n_users, update.delta), update.loss
 
     def settle(self, ins: FitInstructions) -> dict[str, int | bool]:
-        """Until the round's global model appears: mask again among the survivors when asked (a dropout after
-        the participant set was fixed), and, as the round's decryptor, decrypt the sum and publish the mean."""
+        """Until the round's global model appears: reveal this silo's shares once the survivors are named (masking),
+        and decrypt the sum whenever the coordinator asks this silo to (the first decryptor, or one after it)."""
         r, fed = ins.round, self.cfg.federation
-        attempt, decrypted, remasks = 0, not (fed.he and ins.decryptor == self.silo_id), 0
+        attempt, decrypted = 0, False
         while True:
-            keys = [global_key(r), remask_key(r, attempt + 1), STOP_KEY]
-            if not decrypted:
-                keys += [aggregate_key(r), no_aggregate_key(r)]
+            keys = [global_key(r), STOP_KEY]
+            if self._masks is not None and self._masks.round == r and not self._masks.revealed:
+                keys.append(unmask_key(r))
+            if fed.he:
+                keys.append(decrypt_key(r, attempt))
             key = self._wait(keys, 3 * fed.round_timeout_s)
             if key is None:
                 raise FederationError(f"silo {self.silo_id}: round {r} did not finish within "
                                       f"{3 * fed.round_timeout_s:.0f}s; the coordinator seems gone")
             if key == global_key(r) or (key == STOP_KEY and self._stopped()):
                 break
-            if key == remask_key(r, attempt + 1):
+            if key == unmask_key(r):
+                self.reveal(r)
+            else:
+                request = DecryptRequest.from_json(self._read_coordinator(key), key)
+                if (request.round, request.attempt) == (r, attempt) and request.decryptor == self.silo_id:
+                    self.decrypt(r, ins, attempt)
+                    decrypted = True
                 attempt += 1
-                remask = Remask.from_json(self._read_coordinator(key), key)
-                problem = (f"{key} is for round {remask.round}, attempt {remask.attempt}"
-                           if (remask.round, remask.attempt) != (r, attempt) else self._participants_problem(remask.silos))
-                if problem is None and self._pending is not None and self._pending.round == r:
-                    with COMPUTE:
-                        self._send_update(r, attempt, remask.silos, remask.total_samples)
-                    remasks += 1
-                elif self.silo_id in remask.silos:
-                    log.warning("silo %s does not remask round %d: %s", self.silo_id, r, problem)
-            elif key == aggregate_key(r):
-                self.decrypt(r, ins.silos)
-                decrypted = True
-            else:  # no aggregate this round
-                decrypted = True
-        self._pending = None
-        return {"round": r, "remasks": remasks, "decrypted": fed.he and ins.decryptor == self.silo_id}
+        self._masks = None
+        return {"round": r, "decrypted": decrypted}
 
-    def decrypt(self, server_round: int, participants: list[str]) -> None:
-        """Decryptor: decrypt the round's sum and publish the mean; refuses a sum of too few silos (which would
-        reveal them) or of silos that were not the round's participants."""
-        key = aggregate_key(server_round)
+    def reveal(self, server_round: int) -> Reveal | None:
+        """Once per round: this silo's shares of the survivors' self-mask seeds and of the dropped silos' mask keys,
+        never both for one silo. Refuses survivors that are too few, not of its mask set, or without it."""
+        state, key = self._masks, unmask_key(server_round)
+        unmask = Unmask.from_json(self._read_coordinator(key), key)
+        state.revealed = True  # whatever comes of it: this round is never revealed twice
+        named = set(unmask.survivors) | set(unmask.dropped)
+        problem = self._participants_problem(unmask.survivors)
+        if unmask.round != server_round:
+            problem = f"it is of round {unmask.round}"
+        elif problem is None and named != set(state.mask_set):
+            problem = f"survivors and dropped {sorted(named)} are not the mask set {state.mask_set}"
+        if problem:
+            log.warning("silo %s reveals nothing for round %d: %s", self.silo_id, server_round, problem)
+            return None
+        held = state.held
+        reveal = Reveal(silo_id=self.silo_id, round=server_round,
+                        self_shares={s: [held[s].x, format(held[s].self_share, "x")]
+                                     for s in unmask.survivors if s in held},
+                        key_shares={s: [held[s].x, format(held[s].key_share, "x")]
+                                    for s in unmask.dropped if s in held})
+        self._post_once(reveal_key(server_round, self.silo_id), reveal.to_json())
+        return reveal
+
+    def decrypt(self, server_round: int, ins: FitInstructions, attempt: int = 0) -> None:
+        """Decryptor: rebuild the round's sum from the named survivors' signed updates (never a header's word), check
+        the coordinator's aggregate is that sum, decrypt it, remove the masks with the survivors' reveals and publish
+        the mean; when the sum cannot be opened, a signed verdict names whose update was no valid encoding."""
+        fed, key = self.cfg.federation, aggregate_key(server_round)
+        if self._wait([key, no_aggregate_key(server_round)], fed.round_timeout_s) != key:
+            return
         aggregate = EncryptedUpdate.from_bytes(self._read_coordinator(key), expect_kind="aggregate", source=key)
+        contributors = list(aggregate.contributors)
         if aggregate.round != server_round:
             raise PayloadError(f"{key}: holds round {aggregate.round}")
-        contributors = list(aggregate.contributors)
-        if len(set(contributors)) < self.cfg.federation.min_silos or not set(contributors) <= set(participants):
-            raise PayloadError(f"{key}: refusing to decrypt a sum of {contributors} (participants {participants}, "
-                               f"federation.min_silos={self.cfg.federation.min_silos})")
+        if len(set(contributors)) < fed.min_silos or not set(contributors) <= set(ins.silos):
+            raise PayloadError(f"{key}: refusing to decrypt a sum of {contributors} (participants {ins.silos}, "
+                               f"federation.min_silos={fed.min_silos})")
+        unmask = None
+        if self.admission.masking:
+            unmask = Unmask.from_json(self._read_coordinator(unmask_key(server_round)), unmask_key(server_round))
+            if sorted(unmask.survivors) != sorted(contributors):
+                raise PayloadError(f"{key}: a sum of {contributors}, but the survivors are {unmask.survivors}")
         with COMPUTE:
-            mean = decrypt_aggregate(aggregate, self.codec)
-        self._post(mean_key(server_round), encode_mean(mean, server_round).to_bytes())
+            updates = [read_update(self.exchange, self.roster, server_round, s, self.codec, self.cfg.crypto,
+                                   aggregate.layout, None, ins.total_samples) for s in sorted(contributors)]
+            rebuilt = aggregate_updates(updates, self.codec, server_round, self.cfg.crypto)
+        if rebuilt.chunks != aggregate.chunks or rebuilt.n_samples != aggregate.n_samples:
+            return self._verdict(server_round, attempt, "the coordinator's aggregate is not the sum of the named "
+                                 "survivors' signed updates", {})
+        try:
+            masks = None
+            if unmask is not None:
+                masks = gather_masks(self.exchange, self.roster, self.run_id, unmask,
+                                     secagg.share_points(ins.silos), time.monotonic() + fed.round_timeout_s,
+                                     fed.poll_interval_s, COMPUTE.pause)
+            with COMPUTE:
+                mean = decrypt_aggregate(rebuilt, self.codec, masks)
+        except PayloadError as exc:
+            with COMPUTE:
+                culprits = invalid_encodings(updates, self.codec)
+            return self._verdict(server_round, attempt, str(exc), culprits)
+        self._post_once(mean_key(server_round, attempt), encode_mean(mean, server_round).to_bytes())
+
+    def _verdict(self, server_round: int, attempt: int, reason: str, culprits: dict[str, str]) -> None:
+        log.warning("silo %s cannot open round %d's sum: %s %s", self.silo_id, server_round, reason, culprits or "")
+        self._post_once(verdict_key(server_round, attempt), Verdict(
+            round=server_round, attempt=attempt, decryptor=self.silo_id, reason=reason[:300],
+            culprits={s: why[:300] for s, why in culprits.items()}).to_json())
 
     def evaluate(self, server_round: int) -> MetricReport:
         """HR/NDCG of the round's global model on this silo's users: only sums leave the silo."""
@@ -393,10 +533,7 @@ class SiloAgent:
             self._post(left_key(self.silo_id), Left(self.silo_id, after_round, reason[:300]).to_json())
 
     def save(self) -> None:
-        """Keep the trained user tower (and optimizer) in the silo's store, for recommendations."""
-        self.store.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.store.model_path.with_suffix(".tmp")
-        torch.save({"users": self.model.users.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp)
-        tmp.replace(self.store.model_path)
-        # the coordinator key this silo trusted during the run: recommendations verify the global model with it
-        self.store.coordinator_path.write_text(json.dumps(self.coordinator.to_dict()))
+        """Keep the trained user tower (and optimizer) in the silo's store (0600 in 0700), for recommendations, and
+        the coordinator key this silo trusted during the run: recommendations verify the global model with it."""
+        self.store.save_model({"users": self.model.users.state_dict(), "optimizer": self.optimizer.state_dict()})
+        self.store.save_coordinator(self.coordinator.to_dict())

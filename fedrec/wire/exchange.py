@@ -177,14 +177,39 @@ class Exchange:
         return sorted(p[len(base):] if p.startswith(base) else p for p in found)
 
 
-def update_key(round_: int, silo_id: str, attempt: int = 0) -> str:
-    """A silo's masked, encrypted update; attempt > 0: remasked among the survivors of a dropout."""
-    return f"round-{round_:04d}/updates/a{attempt}/{check_silo_id(silo_id)}.bin"
+def update_key(round_: int, silo_id: str) -> str:
+    """A silo's masked, encrypted update (one per round: a silo never encrypts its update twice)."""
+    return f"round-{round_:04d}/updates/{check_silo_id(silo_id)}.bin"
 
 
-def remask_key(round_: int, attempt: int) -> str:
-    """The coordinator names the survivors of a dropout, who mask and send again (attempt >= 1)."""
-    return f"round-{round_:04d}/remask-{attempt}.json"
+def mask_keys_key(round_: int, silo_id: str) -> str:
+    """A participant's round mask key, self-mask commitment and sealed shares (fedrec.federation.secagg)."""
+    return f"round-{round_:04d}/masks/{check_silo_id(silo_id)}.json"
+
+
+def mask_set_key(round_: int) -> str:
+    """The participants whose mask keys arrived: the set every update of the round is masked against."""
+    return f"round-{round_:04d}/mask-set.json"
+
+
+def unmask_key(round_: int) -> str:
+    """The coordinator names the survivors (updates in the sum) and the dropped silos."""
+    return f"round-{round_:04d}/unmask.json"
+
+
+def reveal_key(round_: int, silo_id: str) -> str:
+    """A survivor's shares of the survivors' self-masks and of the dropped silos' mask keys."""
+    return f"round-{round_:04d}/reveals/{check_silo_id(silo_id)}.json"
+
+
+def decrypt_key(round_: int, attempt: int) -> str:
+    """The coordinator asks a silo to decrypt the round's sum (attempt > 0: the previous decryptor failed)."""
+    return f"round-{round_:04d}/decrypt-{attempt}.json"
+
+
+def verdict_key(round_: int, attempt: int) -> str:
+    """A decryptor could not open the sum: why, and whose update was not a valid encoding."""
+    return f"round-{round_:04d}/verdict-{attempt}.json"
 
 
 def fit_report_key(round_: int, silo_id: str) -> str:
@@ -208,9 +233,9 @@ def no_aggregate_key(round_: int) -> str:
     return f"round-{round_:04d}/no-aggregate.json"
 
 
-def mean_key(round_: int) -> str:
-    """The key holder's decryption of the aggregate: the round's mean update (never one silo's)."""
-    return f"round-{round_:04d}/mean.bin"
+def mean_key(round_: int, attempt: int = 0) -> str:
+    """The decryptor's decryption of the sum: the round's mean update (never one silo's)."""
+    return f"round-{round_:04d}/mean-{attempt}.bin"
 
 
 def hello_key(silo_id: str) -> str:

@@ -106,15 +106,112 @@ class FitInstructions(Message):
         return self
 
 
+def _names(value: object, source: str, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
+        raise PayloadError(f"{source}: {what} must be a list of distinct silo names")
+    return value
+
+
+def _is_hex(value: object, n_bytes: int) -> bool:
+    if not isinstance(value, str) or len(value) != 2 * n_bytes:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
-class Remask(Message):
-    """Some participants of a round dropped out after the set was fixed: the survivors mask and send again."""
+class MaskKeys(Message):
+    """A participant's round secrets, as far as they may be known (:mod:`fedrec.federation.secagg`): the public
+    half of its ephemeral mask key, a commitment to its self-mask seed, the shares' threshold, and one share of
+    each secret per other participant, sealed to that participant (hex)."""
+
+    silo_id: str
+    round: int
+    public: str
+    commitment: str
+    threshold: int
+    shares: dict[str, str] = field(default_factory=dict)
+
+    def _checked(self, source: str) -> "MaskKeys":
+        if not (_is_hex(self.public, 32) and _is_hex(self.commitment, 32)):
+            raise PayloadError(f"{source}: mask key or commitment is not 32 bytes of hex")
+        if not isinstance(self.shares, dict) or not all(isinstance(v, str) for v in self.shares.values()):
+            raise PayloadError(f"{source}: shares must map silo names to hex")
+        if not isinstance(self.threshold, int) or self.threshold < 2:
+            raise PayloadError(f"{source}: a share threshold of {self.threshold!r} (at least 2)")
+        return self
+
+
+@dataclass(frozen=True)
+class MaskSet(Message):
+    """The coordinator names the participants whose mask keys arrived: every update of the round is masked
+    against exactly these silos."""
+
+    round: int
+    silos: list[str]
+
+    def _checked(self, source: str) -> "MaskSet":
+        _names(self.silos, source, "silos")
+        return self
+
+
+@dataclass(frozen=True)
+class Unmask(Message):
+    """After the updates' deadline: whose update is in the sum (``survivors``) and whose is not (``dropped``);
+    each survivor reveals its shares of the survivors' self-masks and of the dropped silos' mask keys."""
+
+    round: int
+    survivors: list[str]
+    dropped: list[str] = field(default_factory=list)
+
+    def _checked(self, source: str) -> "Unmask":
+        if set(_names(self.survivors, source, "survivors")) & set(_names(self.dropped, source, "dropped")):
+            raise PayloadError(f"{source}: a silo both survived and dropped")
+        return self
+
+
+@dataclass(frozen=True)
+class Reveal(Message):
+    """A survivor's shares (point, value hex): of each survivor's self-mask seed, of each dropped silo's mask key."""
+
+    silo_id: str
+    round: int
+    self_shares: dict[str, list] = field(default_factory=dict)
+    key_shares: dict[str, list] = field(default_factory=dict)
+
+    def _checked(self, source: str) -> "Reveal":
+        if set(self.self_shares) & set(self.key_shares):
+            raise PayloadError(f"{source}: reveals both secrets of {sorted(set(self.self_shares) & set(self.key_shares))}")
+        for share in (*self.self_shares.values(), *self.key_shares.values()):
+            if not (isinstance(share, list) and len(share) == 2 and isinstance(share[0], int)
+                    and isinstance(share[1], str)):
+                raise PayloadError(f"{source}: a share must be [point, hex value]")
+        return self
+
+
+@dataclass(frozen=True)
+class DecryptRequest(Message):
+    """The coordinator asks ``decryptor`` to decrypt round ``round``'s sum (attempt > 0: the previous decryptor is
+    gone or silent)."""
 
     round: int
     attempt: int
-    silos: list[str]
-    #: the survivors' declared samples (the weights' new denominator)
-    total_samples: int = 0
+    decryptor: str
+
+
+@dataclass(frozen=True)
+class Verdict(Message):
+    """A decryptor could not open the round's sum: why, and which silos' updates were not valid encodings (their
+    dropout; empty when nobody can be named). The round is skipped."""
+
+    round: int
+    attempt: int
+    decryptor: str
+    reason: str
+    culprits: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
