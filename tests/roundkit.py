@@ -11,10 +11,10 @@ from fedrec.coordinator.report import round_record
 from fedrec.silo.agent import SiloAgent
 
 
-def opened(cfg, run_id: str, silos=("0", "1", "2"), agent_cls=None):
+def opened(cfg, run_id: str, silos=("0", "1", "2"), agent_cls=None, gone=None):
     """A coordinator and one agent per silo: validated, admitted, keys made and sealed, global(0) published.
-    ``agent_cls``: {silo: SiloAgent subclass} for silos that misbehave."""
-    coord = Coordinator(cfg, run_id, n_items=len(pipeline.catalogue_ids(cfg)))
+    ``agent_cls``: {silo: SiloAgent subclass} for silos that misbehave; ``gone``: the launcher's view of dead agents."""
+    coord = Coordinator(cfg, run_id, n_items=len(pipeline.catalogue_ids(cfg)), gone=gone)
     agents = {s: (agent_cls or {}).get(s, SiloAgent)(cfg, s, run_id) for s in silos}
     for agent in agents.values():
         agent.validate()

@@ -49,7 +49,8 @@ def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], b
         "bytes_per_round_mean": statistics.fmean(bytes_mean.values()),
         "plaintext_fp32_bytes": history[-1].plaintext_bytes,
         "failures": {h.round: h.failures for h in history if h.failures},
-        "history": [{"round": h.round, "loss": h.loss, **{f"val_{m}": v for m, v in h.val.items()},
+        "history": [{"round": h.round, "loss": h.loss, "contributors": h.contributors, "decrypt_attempts": h.attempts,
+                     **{f"val_{m}": v for m, v in h.val.items()},
                      **{f"test_{m}": v for m, v in h.test.items()},
                      **{f"cold_{m}": v for m, v in h.cold.items()}} for h in history],
     }

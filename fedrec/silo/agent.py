@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedrec import pipeline, privacy
+from fedrec import faults, pipeline, privacy
 from fedrec.coldstart import evaluate_cold  # cold-start items: their metric sums only
 from fedrec.config import Config
 from fedrec.crypto import CKKSCodec, Codec, PlainCodec, context_fingerprint, create_keys
@@ -443,6 +443,8 @@ class SiloAgent:
         """Once per round: this silo's shares of the survivors' self-mask seeds and of the dropped silos' mask keys,
         never both for one silo. Refuses survivors that are too few, not of its mask set, or without it."""
         state, key = self._masks, unmask_key(server_round)
+        if state is None or state.round != server_round or state.revealed:
+            return None  # one reveal per round, whatever the exchange shows later
         unmask = Unmask.from_json(self._read_coordinator(key), key)
         state.revealed = True  # whatever comes of it: this round is never revealed twice
         named = set(unmask.survivors) | set(unmask.dropped)
@@ -467,6 +469,7 @@ class SiloAgent:
         """Decryptor: rebuild the round's sum from the named survivors' signed updates (never a header's word), check
         the coordinator's aggregate is that sum, decrypt it, remove the masks with the survivors' reveals and publish
         the mean; when the sum cannot be opened, a signed verdict names whose update was no valid encoding."""
+        faults.crash_point(f"silo-{self.silo_id}-decrypt", server_round)  # tests: the decryptor's host dies here
         fed, key = self.cfg.federation, aggregate_key(server_round)
         if self._wait([key, no_aggregate_key(server_round)], fed.round_timeout_s) != key:
             return
