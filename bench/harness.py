@@ -232,11 +232,11 @@ def init_store(mlflow_db: Path, log_dir: Path, timeout_s: float = ROW_TIMEOUT_S)
 
 
 def run_fedrec_summary(rounds: int, he: bool, ws: Workspace, sets: list[str], log_dir: Path,
-                       timeout_s: float) -> tuple[dict, Measured]:
+                       timeout_s: float, extra_args: list[str] = ()) -> tuple[dict, Measured]:
     """One whole `fedrec run` (Prefect, silo host processes, MLflow) with evaluation after the last round only;
-    returns its JSON summary and the process measurement."""
+    returns its JSON summary and the process measurement. ``extra_args``: more `fedrec run` options (--run-id)."""
     out = log_dir / "summary.json"
-    args = ["--rounds", str(rounds), "--json", "--out", str(out), *([] if he else ["--no-he"])]
+    args = ["--rounds", str(rounds), "--json", "--out", str(out), *([] if he else ["--no-he"]), *extra_args]
     cmd = fedrec_cmd("run", args, ws, [f"federation.eval_every={EVAL_ONLY_AT_END}", *sets])
     measured = checked("fedrec run", run_measured(cmd, cwd=ROOT, env=child_env(), timeout_s=timeout_s,
                                                   log_dir=log_dir))

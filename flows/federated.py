@@ -1,7 +1,8 @@
 """`federated_training`: the coordinator's flow.
 
     launch silo agents ─► admit (their GE verdicts) ─► public context + global(0) ─►
-      round r: instructions ─► encrypted updates ─► ciphertext sum ─► key holder's mean ─► strategy ─► global(r)
+      round r: instructions ─► mask set ─► encrypted updates ─► unmask (survivors reveal) ─► ciphertext sum ─►
+               decryptor's mean (another decryptor if it is gone; a verdict skips the round) ─► strategy ─► global(r)
                [─► silos' metric sums] ─► MLflow metrics + the round's Prefect table artifact (`fedrec-round`)
     ─► stop ─► select the best round on validation ─► plots (MLflow + <reports_dir>/<run id>/) ─► register the
        global item tower ─► summary artifact (`fedrec-summary`)

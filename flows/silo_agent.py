@@ -1,7 +1,7 @@
 """`silo_agent`: one silo's part of one federation run, as a Prefect flow run of that silo.
 
-    validate (GE) ─► join ─► keys + model ─► per round: fit (train ─► mask ─► encrypt ─► sign ─► publish)
-                                              ─► settle ([remask], [decrypt]) ─► [evaluate]   ─► save
+    validate (GE) ─► join ─► keys + model ─► per round: fit (mask keys + shares ─► train ─► mask ─► encrypt ─►
+                                              sign ─► publish) ─► settle ([reveal], [decrypt]) ─► [evaluate] ─► save
 
 Runs where the silo's data is: in a host process on one machine, or from the silo's own served
 deployment (`fedrec silo serve`). Its state stays in memory for the whole run; only what the wire

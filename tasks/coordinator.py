@@ -28,7 +28,8 @@ def open_federation(coord: Coordinator) -> tuple[str, int]:
 
 @task(name="round", task_run_name="round-{server_round}", cache_policy=NO_CACHE)
 def federated_round(coord: Coordinator, server_round: int, evaluate: bool) -> RoundRecord:
-    """Instructions ─► updates (deadline) ─► ciphertext sum ─► key holder's mean ─► strategy ─► global(r)."""
+    """Instructions ─► mask set ─► updates (deadline) ─► unmask ─► ciphertext sum ─► decryptor's mean ─► strategy
+    ─► global(r)."""
     return round_record(coord, server_round, evaluate)
 
 

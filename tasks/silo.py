@@ -30,14 +30,14 @@ def setup_silo(agent: SiloAgent) -> str:
 
 @task(name="fit", task_run_name="fit-silo-{agent.silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
 def fit_round(agent: SiloAgent, ins: FitInstructions) -> FitReport | None:
-    """Train E local epochs, mask and encrypt the weighted update in memory, publish it (None: the silo
-    refused the round's participant set)."""
+    """Publish the round's mask keys and sealed shares, train E local epochs, mask and encrypt the weighted update
+    in memory, publish it (None: the silo refused the round's participant or mask set)."""
     return agent.fit(ins)
 
 
 @task(name="settle", task_run_name="settle-silo-{agent.silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
 def settle_round(agent: SiloAgent, ins: FitInstructions) -> dict:
-    """Until the round's global model: remask among survivors when asked; the decryptor decrypts the sum."""
+    """Until the round's global model: reveal shares for the survivors' unmasking (once); decrypt when asked."""
     return agent.settle(ins)
 
 
