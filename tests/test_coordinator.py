@@ -1,11 +1,12 @@
 """fedrec.coordinator + fedrec.wire + fedrec.trust against curious or forging parties: admission with pinned keys,
-deadlines, remasking after a dropout, and every forged or replayed payload as one silo's dropout with a named
-reason, on a real exchange directory with real signed payloads (plaintext codec, masks on; CKKS: test_masking and
-test_federated_flow)."""
+deadlines, a dropout unmasked by the survivors' reveals (SecAgg double masks, nobody sends twice), and every forged or
+replayed payload as one silo's dropout with a named reason, on a real exchange directory with real signed payloads
+(plaintext codec, masks on: the coordinator opens the sum itself; CKKS: test_masking and test_federated_flow)."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 import numpy as np
@@ -17,14 +18,15 @@ from fedrec.coordinator.coordinator import Coordinator
 from fedrec.coordinator.launch import balanced_groups
 from fedrec.crypto import PlainCodec
 from fedrec.errors import ConfigError, FederationError, PayloadError
-from fedrec.federation import masking
+from fedrec.federation import masking, secagg
 from fedrec.federation.aggregate import flatten_state
-from fedrec.federation.filters import LocalUpdate, encrypt_update, load_global
-from fedrec.trust import Identity, Roster, SignatureError, seal_envelope
+from fedrec.federation.filters import LocalUpdate, encrypt_update, load_global, read_mask_keys
+from fedrec.trust import Identity, Roster, SignatureError, seal, seal_envelope
 from fedrec.wire.exchange import (ADMISSION_KEY, STOP_KEY, ExchangeConflictError, check_silo_id, fit_report_key,
-                                  global_key, hello_key, instruction_key, left_key, remask_key, run_exchange,
-                                  update_key)
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, Left, Remask, Stop
+                                  global_key, hello_key, instruction_key, left_key, mask_keys_key, reveal_key,
+                                  run_exchange, unmask_key, update_key)
+from fedrec.wire.messages import (Admission, FitInstructions, FitReport, Hello, Left, MaskKeys, Reveal, Stop,
+                                  Unmask)
 from fedrec.wire.payload import EncryptedUpdate, TensorSpec, layout_size
 
 
@@ -38,11 +40,19 @@ def cfg(tmp_path):
 N_TRAIN = 8
 
 
+def _share_binding(coord: Coordinator, server_round: int, owner: str, holder: str) -> bytes:
+    return f"fedrec-mask-share|{coord.run_id}|round {server_round}|{owner}|{holder}".encode()
+
+
 class Silo:
-    """A silo as the coordinator sees it: an identity that signs what it writes to the exchange."""
+    """A silo as the coordinator sees it: an identity that signs what it writes to the exchange, and plays the
+    round's SecAgg steps (mask keys and sealed shares, a double-masked update, its reveal)."""
 
     def __init__(self, name: str):
         self.name, self.identity = name, Identity.generate(name)
+        self.secrets: secagg.RoundSecrets | None = None  # this round's self-mask seed and ephemeral mask key
+        self.participants: list[str] = []
+        self.own_share: secagg.Share | None = None
 
     def hello(self, coord: Coordinator, valid: bool = True, *, as_silo: str | None = None) -> None:
         silo = as_silo or self.name
@@ -51,30 +61,69 @@ class Silo:
                       identity=self.identity.public.to_dict())
         coord.exchange.post(hello_key(silo), hello.to_json(), self.identity)
 
+    def announce(self, coord: Coordinator, server_round: int, participants: list[str]) -> None:
+        """Fresh round secrets; post their public half, the seed's commitment and one share of each per other
+        participant, sealed to it; keep its own share."""
+        self.secrets, self.participants = secagg.RoundSecrets(), list(participants)
+        threshold = secagg.threshold_for(len(participants), coord.cfg.federation.share_threshold)
+        shares = self.secrets.shares(secagg.share_points(participants), threshold)
+        self.own_share = secagg.Share.parse(shares[self.name], "own share")
+        sealed = {s: seal(shares[s], coord.roster.get(s), _share_binding(coord, server_round, self.name, s)).hex()
+                  for s in participants if s != self.name}
+        coord.exchange.post(mask_keys_key(server_round, self.name), MaskKeys(
+            silo_id=self.name, round=server_round, public=self.secrets.public, commitment=self.secrets.commitment,
+            threshold=threshold, shares=sealed).to_json(), self.identity)
+
     def delta(self, coord: Coordinator, value: float) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(sum(map(ord, self.name)))
         return {k: value * torch.rand(v.shape, generator=gen) for k, v in coord.global_state.items()}
 
-    def payload(self, coord: Coordinator, server_round: int, participants: list[str], *, attempt: int = 0,
-                value: float = 0.5, claimed_round: int | None = None, masked: bool = True) -> EncryptedUpdate:
+    def payload(self, coord: Coordinator, server_round: int, mask_set: list[str], *, value: float = 0.5,
+                claimed_round: int | None = None, masked: bool = True) -> EncryptedUpdate:
+        """Its update, weighted by the participants' declared samples, double-masked against the mask set's
+        published round keys (each read signed by its silo)."""
         update = LocalUpdate(self.name, claimed_round or server_round, N_TRAIN, self.delta(coord, value))
         mask = None
         if masked:
-            peers = [coord.roster.get(s) for s in participants]
-            mask = masking.silo_mask(self.identity, peers, masking.mask_info(coord.run_id, server_round, attempt),
-                                     masking.n_slots(sum(t.numel() for t in update.delta.values()),
-                                                     coord.cfg.crypto.pack), coord.cfg.crypto.mask_bits)
-        return encrypt_update(update, PlainCodec(), coord.cfg.crypto, N_TRAIN * len(participants), mask)
+            peers = {s: read_mask_keys(coord.exchange, coord.roster, server_round, s).public
+                     for s in mask_set if s != self.name}
+            mask = self.secrets.pair_masks(self.name, peers, secagg.mask_info(coord.run_id, server_round),
+                                           masking.n_slots(sum(t.numel() for t in update.delta.values()),
+                                                           coord.cfg.crypto.pack), coord.cfg.crypto.mask_bits)
+        total = N_TRAIN * len(self.participants or mask_set)
+        return encrypt_update(update, PlainCodec(), coord.cfg.crypto, total, mask)
 
-    def send(self, coord: Coordinator, server_round: int, participants: list[str], *, attempt: int = 0,
-             **kwargs) -> None:
-        key = update_key(server_round, self.name, attempt)
-        coord.exchange.post(key, self.payload(coord, server_round, participants, attempt=attempt, **kwargs).to_bytes(),
-                            self.identity)
-        if attempt == 0:
-            coord.exchange.post(fit_report_key(server_round, self.name), FitReport(
-                silo_id=self.name, round=server_round, n_samples=N_TRAIN, loss=0.5, seconds_train=0.1,
-                seconds_encrypt=0.0, bytes_sent=1, plaintext_bytes=1).to_json(), self.identity)
+    def send(self, coord: Coordinator, server_round: int, mask_set: list[str], **kwargs) -> None:
+        key = update_key(server_round, self.name)
+        coord.exchange.post(key, self.payload(coord, server_round, mask_set, **kwargs).to_bytes(), self.identity)
+        coord.exchange.post(fit_report_key(server_round, self.name), FitReport(
+            silo_id=self.name, round=server_round, n_samples=N_TRAIN, loss=0.5, seconds_train=0.1,
+            seconds_encrypt=0.0, bytes_sent=1, plaintext_bytes=1).to_json(), self.identity)
+
+    def held(self, coord: Coordinator, server_round: int, silos: list[str]) -> dict[str, secagg.Share]:
+        """The shares of ``silos``' secrets this silo holds: its own, and those the others sealed to it."""
+        held = {}
+        for silo in silos:
+            if silo == self.name:
+                held[silo] = self.own_share
+                continue
+            keys = read_mask_keys(coord.exchange, coord.roster, server_round, silo)
+            held[silo] = secagg.Share.parse(self.identity.unseal(
+                bytes.fromhex(keys.shares[self.name]), _share_binding(coord, server_round, silo, self.name)),
+                mask_keys_key(server_round, silo))
+        return held
+
+    def reveal(self, coord: Coordinator, server_round: int) -> Reveal:
+        """After the coordinator's Unmask: its shares of the survivors' self-mask seeds and of the dropped silos'
+        mask keys (never both for one silo)."""
+        key = unmask_key(server_round)
+        unmask = Unmask.from_json(coord.exchange.read(key, coord.identity.public), key)
+        held = self.held(coord, server_round, [*unmask.survivors, *unmask.dropped])
+        reveal = Reveal(silo_id=self.name, round=server_round,
+                        self_shares={s: [held[s].x, format(held[s].self_share, "x")] for s in unmask.survivors},
+                        key_shares={s: [held[s].x, format(held[s].key_share, "x")] for s in unmask.dropped})
+        coord.exchange.post(reveal_key(server_round, self.name), reveal.to_json(), self.identity)
+        return reveal
 
 
 def _opened(coord: Coordinator, names: str) -> dict[str, Silo]:
@@ -88,12 +137,21 @@ def _opened(coord: Coordinator, names: str) -> dict[str, Silo]:
     return silos
 
 
-def _unmasked_mean(coord: Coordinator, silos: list[Silo]) -> np.ndarray:
-    """What the round's mean must be: the silos' weighted deltas on the integer grid, summed without masks."""
+def _masked_round(coord: Coordinator, silos: dict[str, Silo], server_round: int = 1) -> tuple[list[str], list[str]]:
+    """Instructions, every silo's round mask keys, the mask set: returns (participants, mask set)."""
+    participants = coord.start_round(server_round, evaluate=False)
+    for name in participants:
+        silos[name].announce(coord, server_round, participants)
+    return participants, coord.fix_mask_set(server_round, participants)
+
+
+def _unmasked_mean(coord: Coordinator, silos: list[Silo], n_participants: int | None = None) -> np.ndarray:
+    """What the round's mean must be: the silos' deltas weighted by the participants' samples on the integer grid,
+    summed without masks, the weights scaled back to one over the contributors (as the decryptor does)."""
     bits = coord.cfg.crypto.quantization_bits
-    total = sum(masking.quantize_share(flatten_state(s.delta(coord, 0.5)), N_TRAIN, N_TRAIN * len(silos), bits)
-                for s in silos)
-    return (total / 2.0 ** bits).astype(np.float32)  # the model's dtype
+    total = N_TRAIN * (n_participants or len(silos))
+    q = sum(masking.quantize_share(flatten_state(s.delta(coord, 0.5)), N_TRAIN, total, bits) for s in silos)
+    return (q.astype(np.float64) / 2.0 ** bits * (total / (N_TRAIN * len(silos)))).astype(np.float32)  # model dtype
 
 
 def test_admission_keeps_valid_silos_and_says_why_the_others_are_out(cfg):
@@ -125,37 +183,46 @@ def test_too_few_silos_stops_the_run_with_a_named_error(cfg):
     assert stop.last_round == 0  # the agents are told to leave
 
 
-def test_a_dropout_after_the_participant_set_is_fixed_is_remasked_and_the_sum_is_exact(cfg):
-    # Prepare: a, b, c, d are the round's participants; d drops out after masking was fixed on all four
+def test_a_dropout_after_the_mask_set_is_fixed_is_unmasked_by_the_survivors_reveals_and_the_sum_is_exact(cfg):
+    # Prepare: a, b, c, d announced their round mask keys and are the mask set; d drops out before its update
     coord = Coordinator(cfg, "run-c", n_items=6)
     silos = _opened(coord, "abcd")
-    participants = coord.start_round(1, evaluate=False)
+    participants, mask_set = _masked_round(coord, silos)
     for name in "abc":
-        silos[name].send(coord, 1, participants)  # masked with d too: these no longer cancel without d's
-        silos[name].send(coord, 1, ["a", "b", "c"], attempt=1)  # what each sends once asked to remask
+        silos[name].send(coord, 1, mask_set)  # masked with d's key too: these do not cancel without d's update
 
-    # Execute
-    collected = coord.collect_updates(1, participants)
-    result = coord.mean(1, coord.aggregate(1, collected.updates))
+    # Execute: the survivors are named; each reveals once; the coordinator (plaintext run) opens the sum
+    collected = coord.collect_updates(1, mask_set, participants)
+    reveals = {name: silos[name].reveal(coord, 1) for name in "abc"}
+    opened = coord.open_sum(1, coord.aggregate(1, collected.updates), collected.updates)
+    moved = coord.step(1, opened.result, collected.failures | opened.failures)
 
-    # Assert: the survivors were asked to remask among themselves; the mean is exactly the unmasked one
-    remask = Remask.from_json(coord.exchange.read(remask_key(1, 1), coord.identity.public))
-    assert (remask.silos, collected.attempts) == (["a", "b", "c"], 2)
-    assert remask.total_samples == 3 * N_TRAIN  # the survivors' weights sum to one again
-    assert collected.failures == {"d": "no update within 0s"}
-    assert result.contributors == ("a", "b", "c")
-    assert np.array_equal(flatten_state(result.mean_delta), _unmasked_mean(coord, [silos[n] for n in "abc"]))
+    # Assert: d is named dropped; the survivors revealed their self-mask shares and d's mask key shares, never both
+    # secrets of one silo; nobody was asked to send again (one update key per survivor, none for d)
+    unmask = Unmask.from_json(coord.exchange.read(unmask_key(1), coord.identity.public))
+    assert mask_set == ["a", "b", "c", "d"] and (unmask.survivors, unmask.dropped) == (["a", "b", "c"], ["d"])
+    assert all(sorted(r.self_shares) == ["a", "b", "c"] and list(r.key_shares) == ["d"] for r in reveals.values())
+    assert coord.exchange.keys("round-0001/updates") == [update_key(1, s) for s in "abc"]
+    assert collected.failures == {"d": "no update within 0s"} and opened.failures == {}
+    # the mean is exactly the survivors' unmasked one (weights over the four participants, scaled back to one)
+    result = opened.result
+    assert moved and result.contributors == ("a", "b", "c") and result.total_samples == 3 * N_TRAIN
+    mean = flatten_state(result.mean_delta)
+    assert np.array_equal(mean, _unmasked_mean(coord, [silos[n] for n in "abc"], n_participants=4))
+    weighted = sum(flatten_state(silos[n].delta(coord, 0.5)) for n in "abc") / 3  # equal samples: equal weights
+    # three shares, each within half a grid step at weight 1/4, scaled by 4/3
+    assert np.max(np.abs(mean - weighted)) <= 2 * 2.0 ** -cfg.crypto.quantization_bits + 1e-7
 
 
 def test_masks_hide_each_update_from_the_coordinator(cfg):
     # Prepare: a plaintext run (he: false) with masks: the coordinator reads each silo's payload (8,005 values)
     coord = Coordinator(cfg, "run-m", n_items=2000)
     silos = _opened(coord, "abc")
-    participants = coord.start_round(1, evaluate=False)
+    _, mask_set = _masked_round(coord, silos)
 
     # Execute
-    masked = silos["a"].payload(coord, 1, participants)
-    unmasked = silos["a"].payload(coord, 1, participants, masked=False)
+    masked = silos["a"].payload(coord, 1, mask_set)
+    unmasked = silos["a"].payload(coord, 1, mask_set, masked=False)
 
     # Assert: masked, a's values look uniform and are uncorrelated with its update; unmasked, they are the update
     crypto, size = coord.cfg.crypto, layout_size(masked.layout)
@@ -166,12 +233,12 @@ def test_masks_hide_each_update_from_the_coordinator(cfg):
     assert np.corrcoef(lanes, flatten_state(silos["a"].delta(coord, 0.5)))[0, 1] > 0.999
 
 
-def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: list[str]) -> None:
+def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], mask_set: list[str]) -> None:
     """Silo d's round-1 update, forged or replayed as ``kind``."""
     d, key = silos["d"], update_key(1, "d")
     post = lambda payload: coord.exchange.put(key, seal_envelope(payload.to_bytes(), run_id=coord.run_id, key=key,  # noqa: E731
                                                                  author=d.identity))
-    honest = d.payload(coord, 1, participants)
+    honest = d.payload(coord, 1, mask_set)
     if kind == "unknown silo":  # a newcomer's key, not the one d was admitted with
         coord.exchange.put(key, seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=key,
                                               author=Identity.generate("d")))
@@ -182,14 +249,14 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
     elif kind == "another silo's payload":
         coord.exchange.put(key, coord.exchange.get(update_key(1, "a")))
     elif kind == "replayed from another key":
-        coord.exchange.put(key, seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=update_key(1, "d", 5),
+        coord.exchange.put(key, seal_envelope(honest.to_bytes(), run_id=coord.run_id, key=update_key(2, "d"),
                                               author=d.identity))
     elif kind == "replayed from another run":
         coord.exchange.put(key, seal_envelope(honest.to_bytes(), run_id="run-old", key=key, author=d.identity))
     elif kind == "unsigned":
         coord.exchange.put(key, honest.to_bytes())
     elif kind == "wrong round":
-        post(d.payload(coord, 1, participants, claimed_round=7))
+        post(d.payload(coord, 1, mask_set, claimed_round=7))
     elif kind == "foreign context":
         post(dataclasses.replace(honest, context_id="0123456789abcdef", scheme="ckks"))
     elif kind == "layout mismatch":
@@ -208,7 +275,7 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
     elif kind == "wrong kind":
         post(dataclasses.replace(honest, kind="global"))
     elif kind == "future round":
-        post(d.payload(coord, 1, participants, claimed_round=2))
+        post(d.payload(coord, 1, mask_set, claimed_round=2))
     elif kind == "corrupt bytes":
         coord.exchange.put(key, seal_envelope(b"FEDREC1\n\x00\x00garbage", run_id=coord.run_id, key=key,
                                               author=d.identity))
@@ -237,37 +304,47 @@ def _forge(kind: str, coord: Coordinator, silos: dict[str, Silo], participants: 
     ("future round", "round 2 (expected 1)"),
 ])
 def test_a_forged_or_replayed_update_is_that_silos_dropout_and_the_others_sum_is_unchanged(cfg, kind, reason):
-    # Prepare: a, b, c send honest masked updates; d's is forged; the survivors' remask is ready
+    # Prepare: a, b, c, d are the mask set; a, b, c send honest masked updates; d's is forged
     coord = Coordinator(cfg.replace(**{"federation.max_payload_bytes": 4096}), "run-f", n_items=6)
     silos = _opened(coord, "abcd")
-    participants = coord.start_round(1, evaluate=False)
+    participants, mask_set = _masked_round(coord, silos)
     for name in "abc":
-        silos[name].send(coord, 1, participants)
-        silos[name].send(coord, 1, ["a", "b", "c"], attempt=1)
-    _forge(kind, coord, silos, participants)
+        silos[name].send(coord, 1, mask_set)
+    _forge(kind, coord, silos, mask_set)
 
-    # Execute
-    collected = coord.collect_updates(1, participants)
-    result = coord.mean(1, coord.aggregate(1, collected.updates))
+    # Execute: d is named dropped, the survivors reveal, the coordinator opens their sum
+    collected = coord.collect_updates(1, mask_set, participants)
+    for name in "abc":
+        silos[name].reveal(coord, 1)
+    opened = coord.open_sum(1, coord.aggregate(1, collected.updates), collected.updates)
 
-    # Assert: d is the round's failure with the named reason; the others' mean is exactly theirs
+    # Assert: d is the round's failure with the named reason and among the dropped (its key rebuilt from the
+    # survivors' shares, its self-mask never revealed); the others' mean is exactly theirs
     assert set(collected.failures) == {"d"} and reason in collected.failures["d"], collected.failures
-    assert result.contributors == ("a", "b", "c")
-    assert np.array_equal(flatten_state(result.mean_delta), _unmasked_mean(coord, [silos[n] for n in "abc"]))
+    unmask = Unmask.from_json(coord.exchange.read(unmask_key(1), coord.identity.public))
+    assert (unmask.survivors, unmask.dropped) == (["a", "b", "c"], ["d"])
+    assert opened.failures == {} and opened.result.contributors == ("a", "b", "c")
+    assert np.array_equal(flatten_state(opened.result.mean_delta),
+                          _unmasked_mean(coord, [silos[n] for n in "abc"], n_participants=4))
 
 
 def test_a_round_below_the_minimum_contributors_is_skipped_and_keeps_the_global_model(cfg):
+    # Prepare: a, b, c are the mask set; only a and b send
     coord = Coordinator(cfg, "run-d", n_items=6)
     silos = _opened(coord, "abc")
-    participants = coord.start_round(1, evaluate=False)
-    silos["a"].send(coord, 1, participants)
-    silos["b"].send(coord, 1, participants)
+    participants, mask_set = _masked_round(coord, silos)
+    silos["a"].send(coord, 1, mask_set)
+    silos["b"].send(coord, 1, mask_set)
 
-    collected = coord.collect_updates(1, participants)
-    moved = coord.step(1, coord.mean(1, coord.aggregate(1, collected.updates)), collected.failures)
+    # Execute
+    collected = coord.collect_updates(1, mask_set, participants)
+    opened = coord.open_sum(1, coord.aggregate(1, collected.updates), collected.updates)
+    moved = coord.step(1, opened.result, collected.failures | opened.failures)
 
-    # Assert: two updates would reveal each other through the mean: the round is skipped, nobody is remasked
-    assert not moved and collected.updates == [] and not coord.exchange.exists(remask_key(1, 1))
+    # Assert: two updates would reveal each other through the mean: the round is skipped, no survivors are named
+    # (nobody reveals a share), nothing is opened
+    assert not moved and collected.updates == [] and not coord.exchange.exists(unmask_key(1))
+    assert opened.result is None and opened.attempts == 0
     assert collected.failures["c"] == "no update within 0s"
     assert "fewer than federation.min_silos=3" in collected.failures["a"]
     assert coord.exchange.exists("round-0001/no-aggregate.json")  # the decryptor stops waiting
@@ -374,7 +451,7 @@ def test_hosts_are_balanced_by_silo_size():
 
 
 def test_a_silo_that_left_is_not_waited_for_and_a_forged_left_is_ignored(cfg):
-    # Prepare: a long deadline; d's agent failed and said so; someone else claims c left
+    # Prepare: a long deadline; d's agent failed and said so; a forges a "left" in c's name
     coord = Coordinator(cfg.replace(**{"federation.round_timeout_s": 60.0, "federation.masking": False}), "run-f",
                         n_items=6)
     silos = _opened(coord, "abcd")
@@ -389,27 +466,49 @@ def test_a_silo_that_left_is_not_waited_for_and_a_forged_left_is_ignored(cfg):
     start = time.monotonic()
     collected = coord.collect_updates(1, participants)
 
-    # Assert: d is a failure with its reason, found long before the 60 s deadline; c's forged "left" changes nothing
+    # Assert: d is a failure with its reason, found long before the 60 s deadline; c's forged, unverifiable
+    # "left" removes nobody: c is not gone, its update counts, and it is still asked to train in round 2
     assert time.monotonic() - start < 30
     assert collected.failures == {"d": "its agent left the run (PayloadError: NaN in update)"}
     assert [u.silo_id for u in collected.updates] == ["a", "b", "c"]
-    assert "d" not in coord.start_round(2, evaluate=False)  # and it gets no more instructions
+    assert coord.gone() == {"d"}
+    assert coord.start_round(2, evaluate=False) == ["a", "b", "c"]  # d gets no more instructions, c does
+
+
+def _reveal_when_named(coord: Coordinator, silos: list[Silo], server_round: int) -> None:
+    """What the survivors' agents do after their update: wait for the coordinator's Unmask, then reveal."""
+    if coord.exchange.wait_any([unmask_key(server_round)], timeout=30, poll=0.02) is not None:
+        for silo in silos:
+            silo.reveal(coord, server_round)
 
 
 def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
     from fedrec.coordinator.report import round_record
 
-    coord = Coordinator(cfg, "run-g", n_items=6, gone=lambda: {"d"})
+    # Prepare: d's agent ended before round 1; a, b, c were instructed, announced their mask keys, sent their masked
+    # updates, and reveal their shares once the coordinator names the survivors
+    coord = Coordinator(cfg.replace(**{"federation.round_timeout_s": 30.0}), "run-g", n_items=6, gone=lambda: {"d"})
     silos = _opened(coord, "abcd")
-    for name in "abc":
-        silos[name].send(coord, 1, ["a", "b", "c"])
+    participants = coord.start_round(1, evaluate=False)  # round_record finds these instructions sent
+    for name in participants:
+        silos[name].announce(coord, 1, participants)
+    for name in participants:
+        silos[name].send(coord, 1, participants)
+    revealer = threading.Thread(target=_reveal_when_named, args=(coord, [silos[n] for n in participants], 1),
+                                daemon=True)
+    revealer.start()
 
+    # Execute
     record = round_record(coord, 1, evaluate=False)
+    revealer.join(timeout=30)
 
+    # Assert: d got no instructions and is the round's failure; the others' sum was opened
     ins = FitInstructions.from_json(coord.exchange.read(instruction_key(1, "a"), coord.identity.public))
-    assert ins.silos == ["a", "b", "c"]
+    assert participants == ins.silos == ["a", "b", "c"]
     assert not coord.exchange.exists(instruction_key(1, "d"))
     assert record.contributors == ["a", "b", "c"] and record.failures == {"d": "its agent ended"}
+    before, after = (flatten_state(load_global(coord.exchange, r)) for r in (0, 1))
+    assert not np.array_equal(after, before)
 
 
 def _he_admitted(cfg, run_id: str, silos: dict[str, Silo], *, publish_secret: bool = False) -> Coordinator:
@@ -446,9 +545,11 @@ def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
 
 
 def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_refused(cfg):
-    # Prepare: an HE run whose decryptor (a) answers with a mean over other contributors than the aggregate's
+    # Prepare: an HE run whose decryptor (a) is asked to open a sum of a, b, c; answers come as means over other
+    # contributors than the aggregate's, or from a silo that was not asked
     from fedrec.federation.filters import AggregateResult, encode_mean
-    from fedrec.wire.exchange import mean_key
+    from fedrec.wire.exchange import decrypt_key, mean_key
+    from fedrec.wire.messages import DecryptRequest
 
     silos = {n: Silo(n) for n in "abc"}
     coord = _he_round_one(cfg, "run-i", silos)
@@ -459,11 +560,13 @@ def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_r
     # Execute / Assert: b is not the round's decryptor; a's mean is of another sum
     coord.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["b"].identity)
     with pytest.raises(SignatureError, match="signed by 'b', expected 'a'"):
-        coord.mean(1, aggregate)
+        coord.open_sum(1, aggregate)
+    request = DecryptRequest.from_json(coord.exchange.read(decrypt_key(1, 0), coord.identity.public))
+    assert (request.round, request.attempt, request.decryptor) == (1, 0, "a")  # a was the one asked
     coord2 = _he_round_one(cfg, "run-i2", silos)
     coord2.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["a"].identity)
     with pytest.raises(PayloadError, match="not of this round's aggregate"):
-        coord2.mean(1, dataclasses.replace(aggregate, context_id=coord2.codec.context_id))
+        coord2.open_sum(1, dataclasses.replace(aggregate, context_id=coord2.codec.context_id))
 
 
 def test_a_global_model_of_another_round_is_refused(cfg):

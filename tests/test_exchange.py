@@ -31,11 +31,11 @@ def test_put_get_keys(tmp_path, kind):
     # Assert
     assert sent == 5
     assert ex.get(update_key(1, "a")) == b"alpha"
-    assert ex.get("round-0001/updates/a0/b.bin") == b"beta-beta"
+    assert ex.get("round-0001/updates/b.bin") == b"beta-beta"
     assert ex.exists(aggregate_key(1)) and not ex.exists(aggregate_key(2))
     assert ex.keys() == ["global/round-0000.bin", "round-0001/aggregate.bin",
-                         "round-0001/updates/a0/a.bin", "round-0001/updates/a0/b.bin"]
-    assert ex.keys("round-0001/updates") == ["round-0001/updates/a0/a.bin", "round-0001/updates/a0/b.bin"]
+                         "round-0001/updates/a.bin", "round-0001/updates/b.bin"]
+    assert ex.keys("round-0001/updates") == ["round-0001/updates/a.bin", "round-0001/updates/b.bin"]
     assert ex.keys("round-0009") == []
     # a second client on the same URL sees the same payloads (no temp files left behind)
     assert Exchange(url).get(global_key(0)) == b"g0"
@@ -55,8 +55,8 @@ def test_local_exchange_writes_files(tmp_path):
 
     ex.put(update_key(12, "other"), b"\x00\x01")
 
-    assert (tmp_path / "ex" / "round-0012" / "updates" / "a0" / "other.bin").read_bytes() == b"\x00\x01"
-    assert [p.name for p in (tmp_path / "ex" / "round-0012" / "updates" / "a0").iterdir()] == ["other.bin"]
+    assert (tmp_path / "ex" / "round-0012" / "updates" / "other.bin").read_bytes() == b"\x00\x01"
+    assert [p.name for p in (tmp_path / "ex" / "round-0012" / "updates").iterdir()] == ["other.bin"]
 
 
 def test_a_writer_killed_mid_write_leaves_no_readable_payload(tmp_path):

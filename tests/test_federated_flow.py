@@ -162,7 +162,7 @@ def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     assert json.loads((paths.validation / "1.json").read_text())["success"] is False
     assert not (paths.split / "1").exists()
     exchange = run_exchange(tiny_cfg, summary["run_id"])
-    assert exchange.keys("round-0001/updates") == ["round-0001/updates/a0/0.bin", "round-0001/updates/a0/2.bin"]
+    assert exchange.keys("round-0001/updates") == ["round-0001/updates/0.bin", "round-0001/updates/2.bin"]
     aggregate = EncryptedUpdate.from_bytes(peek_envelope(exchange.get("round-0001/aggregate.bin"))[1],
                                            expect_kind="aggregate")
     assert aggregate.contributors == ("0", "2")
@@ -251,7 +251,7 @@ def test_exchange_holds_signed_payloads_and_sealed_secrets_only(he_run):
 
     # Assert: what is on the exchange, each file signed by a party
     assert {PUBLIC_CONTEXT_KEY, "global/round-0000.bin", "global/round-0002.bin", "round-0002/aggregate.bin",
-            "round-0002/updates/a0/1.bin", "context/sealed/1.bin", "context/sealed/2.bin"} <= set(names)
+            "round-0002/updates/1.bin", "context/sealed/1.bin", "context/sealed/2.bin"} <= set(names)
     assert "context/sealed/0.bin" not in names  # the key holder made the secret; nobody seals it to itself
     for file, rel in zip(files, names):
         data = file.read_bytes()
