@@ -555,18 +555,32 @@ def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_r
     coord = _he_round_one(cfg, "run-i", silos)
     aggregate = EncryptedUpdate(kind="aggregate", round=1, silo_id="aggregate", n_samples=24, scheme="ckks",
                                 context_id=coord.codec.context_id, layout=(), chunks=(), contributors=("a", "b", "c"))
-    forged = AggregateResult({k: torch.zeros_like(v) for k, v in coord.global_state.items()}, 16, ("a", "b"))
+    zeros = {k: torch.zeros_like(v) for k, v in coord.global_state.items()}
+    forged = AggregateResult(zeros, 16, ("a", "b"))
+    honest = AggregateResult(zeros, 24, ("a", "b", "c"))
 
-    # Execute / Assert: b is not the round's decryptor; a's mean is of another sum
-    coord.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["b"].identity)
-    with pytest.raises(SignatureError, match="signed by 'b', expected 'a'"):
-        coord.open_sum(1, aggregate)
-    request = DecryptRequest.from_json(coord.exchange.read(decrypt_key(1, 0), coord.identity.public))
-    assert (request.round, request.attempt, request.decryptor) == (1, 0, "a")  # a was the one asked
+    # Execute: b, not the round's decryptor, takes attempt 0's mean key; b (asked next) then answers honestly
+    coord.exchange.post(mean_key(1, 0), encode_mean(forged, 1).to_bytes(), silos["b"].identity)
+    coord.exchange.post(mean_key(1, 1), encode_mean(honest, 1).to_bytes(), silos["b"].identity)
+    opened = coord.open_sum(1, aggregate)
+
+    # Assert: the forged answer costs an attempt, not the run; the failure names why
+    asked = [DecryptRequest.from_json(coord.exchange.read(decrypt_key(1, a), coord.identity.public)).decryptor
+             for a in (0, 1)]
+    assert asked == ["a", "b"]
+    assert opened.attempts == 2 and opened.result.contributors == ("a", "b", "c")
+    assert "signed by 'b', expected 'a'" in opened.failures["a"]
+
+    # Execute: the decryptor itself publishes a mean of another sum; c answers attempt 1
     coord2 = _he_round_one(cfg, "run-i2", silos)
-    coord2.exchange.post(mean_key(1), encode_mean(forged, 1).to_bytes(), silos["a"].identity)
-    with pytest.raises(PayloadError, match="not of this round's aggregate"):
-        coord2.open_sum(1, dataclasses.replace(aggregate, context_id=coord2.codec.context_id))
+    aggregate2 = dataclasses.replace(aggregate, context_id=coord2.codec.context_id)
+    coord2.exchange.post(mean_key(1, 0), encode_mean(forged, 1).to_bytes(), silos["a"].identity)
+    coord2.exchange.post(mean_key(1, 1), encode_mean(honest, 1).to_bytes(), silos["b"].identity)
+    opened2 = coord2.open_sum(1, aggregate2)
+
+    # Assert
+    assert opened2.result.total_samples == 24 and opened2.attempts == 2
+    assert "not of this round's aggregate" in opened2.failures["a"]
 
 
 def test_a_global_model_of_another_round_is_refused(cfg):

@@ -262,7 +262,7 @@ def test_a_secret_context_matches_only_its_own_public_context(keys):
 
 @pytest.mark.parametrize("he", [True, False])
 def test_an_unmasked_round_missing_a_silo_averages_over_the_others(keys, vectors, he):
-    # Prepare: three silos were told the round's total; s2 never sent (no masks: no remask, no reweighting)
+    # Prepare: three silos were told the round's total; s2 never sent (no masks to remove, no reweighting)
     silo = silo_codec(keys) if he else PlainCodec()
     updates = _updates(vectors)[:2]
     sent = [encrypt_update(u, silo, CRYPTO, sum(N_SAMPLES)) for u in updates]

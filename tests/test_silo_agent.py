@@ -207,7 +207,7 @@ def test_a_silo_sits_out_a_round_whose_participant_set_is_too_small(cfg):
 
 
 def test_a_silo_that_missed_a_round_rejoins_from_the_current_global_model(cfg):
-    # Prepare: no masks (the others' sum needs no remask), two contributors suffice; silo 2 is too slow for round 1
+    # Prepare: no masks (the survivors need no reveals), two contributors suffice; silo 2 is too slow for round 1
     plain = cfg.replace(**{"federation.masking": False, "federation.he": False, "federation.round_timeout_s": 0.5,
                            "federation.min_silos": 2})
     coord, agents = _opened(plain, "run-9")

@@ -430,19 +430,23 @@ class Coordinator:
             found = self.exchange.wait_any([mean_key(server_round, attempt), verdict_key(server_round, attempt)],
                                            timeout=fed.round_timeout_s, poll=fed.poll_interval_s,
                                            give_up=lambda d=decryptor: d in self.gone())
-            if found == mean_key(server_round, attempt):
-                result = decode_mean(EncryptedUpdate.from_bytes(self.exchange.read(found, self.roster.get(decryptor)),
-                                                                expect_kind="mean", source=found), server_round)
-                if result.contributors != aggregate.contributors or result.total_samples != aggregate.n_samples:
-                    raise PayloadError(f"{found}: the mean is not of this round's aggregate")
-                return Opened(result, failures, attempt + 1)
-            if found == verdict_key(server_round, attempt):
-                verdict = Verdict.from_json(self.exchange.read(found, self.roster.get(decryptor)), found)
-                return Opened(None, failures | self._ban(server_round, verdict.culprits, verdict.reason,
-                                                         aggregate.contributors), attempt + 1)
-            failures[decryptor] = (f"as round {server_round}'s decryptor: "
-                                   + (self.why_gone(decryptor) if decryptor in self.gone()
-                                      else f"no mean within {fed.round_timeout_s:.0f}s"))
+            try:
+                if found == mean_key(server_round, attempt):
+                    result = decode_mean(EncryptedUpdate.from_bytes(
+                        self.exchange.read(found, self.roster.get(decryptor)), expect_kind="mean", source=found),
+                        server_round)
+                    if result.contributors != aggregate.contributors or result.total_samples != aggregate.n_samples:
+                        raise PayloadError(f"{found}: the mean is not of this round's aggregate")
+                    return Opened(result, failures, attempt + 1)
+                if found == verdict_key(server_round, attempt):
+                    verdict = Verdict.from_json(self.exchange.read(found, self.roster.get(decryptor)), found)
+                    return Opened(None, failures | self._ban(server_round, verdict.culprits, verdict.reason,
+                                                             aggregate.contributors), attempt + 1)
+                why = (self.why_gone(decryptor) if decryptor in self.gone()
+                       else f"no mean within {fed.round_timeout_s:.0f}s")
+            except PayloadError as exc:  # forged, foreign-signed or not this sum's: the next survivor is asked
+                why = f"answer refused: {exc}"
+            failures[decryptor] = f"as round {server_round}'s decryptor: {why}"
             attempt += 1
 
     def _open_here(self, server_round: int, aggregate: EncryptedUpdate, updates: list[EncryptedUpdate]) -> Opened:
@@ -454,7 +458,8 @@ class Coordinator:
                 unmask = Unmask.from_json(self.exchange.read(unmask_key(server_round), self.identity.public),
                                           unmask_key(server_round))
                 masks = gather_masks(self.exchange, self.roster, self.run_id, unmask,
-                                     secagg.share_points(self._participants.get(server_round, unmask.survivors)),
+                                     secagg.share_points(self._participants.get(
+                                         server_round, sorted(set(unmask.survivors) | set(unmask.dropped)))),
                                      time.monotonic() + fed.round_timeout_s, fed.poll_interval_s)
             return Opened(decrypt_aggregate(aggregate, self.codec, masks), {})
         except PayloadError as exc:
