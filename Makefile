@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export FEDREC_DATA_DIR ?= $(wildcard $(abspath $(CURDIR)/../shared/datasets/ml-100k))
 
-.PHONY: install run centralized test bench acceptance repro clean ui
+.PHONY: install run centralized test bench acceptance repro exps clean ui
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,14 +26,18 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-run: $(STAMP)  ## federated training on ML-100K region silos (HE on), via the DVC pipeline
+run: $(STAMP)  ## federated training on ML-100K region silos (HE on); not through DVC (`make repro` is)
+	@echo "make run: fedrec run on params.yaml, outside the DVC pipeline (make repro / dvc exp run version it)" >&2
 	$(VENV)/bin/fedrec run
 
 centralized: $(STAMP)
 	$(VENV)/bin/fedrec centralized --model neumf
 
-repro: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+repro: $(STAMP)  ## the DVC pipeline (its stages call bin/fedrec: no PATH set-up needed)
+	$(VENV)/bin/dvc repro
+
+exps: $(STAMP)  ## DVC experiments, only the params and metrics that differ between them
+	$(VENV)/bin/dvc exp show --only-changed --drop 'data/.*|models|fedrec/.*|flows|expectations/.*' --no-pager
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -116,3 +116,61 @@ def test_a_clean_clone_is_a_dvc_repo_whose_experiments_track_data_versions_and_r
     assert reproduced["data_versions"] == first["data_versions"]
     assert {m: reproduced[m] for m in METRICS} == {m: first[m] for m in METRICS}
     assert [h["val_hr@10"] for h in reproduced["history"]] == [h["val_hr@10"] for h in first["history"]]
+
+
+def _tiny_params(repo: Path, env: dict[str, str]) -> None:
+    """TINY written into the clone's params.yaml and committed: every command below reads the same config."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for pair in TINY:
+        dotted, value = pair.split("=", 1)
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = yaml.safe_load(value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _ok(_sh(["git", "commit", "-qam", "tiny params"], repo, env))
+
+
+def test_feedback_survives_the_readme_pipeline_commands_run_from_the_venv_without_activating_it(tmp_path):
+    # Prepare: a clean clone with its .venv (this interpreter's), the data made outside DVC as `make run` and the
+    # README's data commands do, then a feedback batch; PATH without the venv, no VIRTUAL_ENV (nothing activated)
+    repo, env = _clean_clone(tmp_path)
+    (repo / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    _tiny_params(repo, env)
+    venv_bin = repo / ".venv" / "bin"
+    for cmd in ("prepare", "partition", "validate", "split"):
+        _ok(_sh([str(venv_bin / "fedrec"), cmd], repo, env))
+    user = int(pd.read_parquet(repo / "data/silos/0/interactions.parquet")["user_id"].iloc[0])
+    seen = set(pd.read_parquet(repo / "data/silos/0/interactions.parquet").query("user_id == @user")["item_id"])
+    fresh = [i for i in range(1, 61) if i not in seen][:2]
+    (tmp_path / "fb.csv").write_text("user_id,item_id,rating\n" + "".join(f"{user},{i},4\n" for i in fresh))
+    added = json.loads(_ok(_sh([str(venv_bin / "fedrec"), "feedback", str(tmp_path / "fb.csv"), "--silo", "0",
+                                "--json"], repo, env)).stdout)
+    batch = repo / added["batch"] if not Path(added["batch"]).is_absolute() else Path(added["batch"])
+    kept = batch.read_bytes()
+    bare = {k: v for k, v in env.items() if k not in ("VIRTUAL_ENV", "FEDREC_PYTHON")} | {"PATH": "/usr/bin:/bin"}
+    assert _sh(["sh", "-c", "command -v fedrec"], repo, bare).returncode != 0  # really not on PATH
+
+    # Execute: the README's pipeline commands as a user types them from the project, venv not activated
+    exp = _sh([str(venv_bin / "dvc"), "exp", "run", "-S", "federation.rounds=2"], repo, bare, timeout=600)
+    after_exp = batch.read_bytes() if batch.exists() else None
+    repro = _sh([str(venv_bin / "dvc"), "repro"], repo, bare, timeout=600)
+    lighter = _sh([str(venv_bin / "dvc"), "exp", "run", "-S", "federation.rounds=3"], repo, bare, timeout=600)
+
+    # Assert: the feedback is in DVC's cache from the start, both commands ran every stage through bin/fedrec, and
+    # the batch is still there, byte for byte
+    assert "committed" in added["dvc"], added["dvc"]
+    assert exp.returncode == 0, (exp.stdout[-3000:], exp.stderr[-3000:])
+    assert "command not found" not in exp.stdout + exp.stderr
+    assert "Running stage 'federate'" in exp.stdout
+    assert after_exp == kept
+    assert repro.returncode == 0, (repro.stdout[-3000:], repro.stderr[-3000:])
+    assert batch.read_bytes() == kept
+    assert "Running stage 'centralized'" not in repro.stdout  # nothing changed: nothing reruns
+    # a federation-only change reruns the federation, not the centralized baseline nor the data stages
+    assert lighter.returncode == 0, (lighter.stdout[-3000:], lighter.stderr[-3000:])
+    assert "Running stage 'federate'" in lighter.stdout
+    assert not [s for s in ("centralized", "prepare", "partition", "split") if f"Running stage '{s}'" in lighter.stdout]
+    assert batch.read_bytes() == kept
+    assert sorted(p.name for p in (repo / "data/feedback/0").iterdir()) == [batch.name]

@@ -123,16 +123,20 @@ def dvc_root(start: Path) -> Path | None:
 def record_data_version(cfg: Config) -> str:
     """Record the silos' data (feedback included) as the `partition` stage's new outputs in dvc.lock and DVC's
     cache: a new data version that downstream stages (split, federate) see as changed, and that
-    `dvc exp apply`/`dvc checkout` can restore. Returns what happened, in words."""
+    `dvc exp apply`/`dvc checkout` can restore. Done whether or not the pipeline ran through DVC before (`make run`
+    does not): a batch outside DVC's cache would be deleted by the next `dvc exp run`, which first resets every
+    stage output to the lock. Returns what happened, in words (a failure says what is at risk)."""
     work = Path(cfg.data.work_dir)
     root = dvc_root(work)
     if root is None:
         return "no DVC repository around the data: not versioned (run from the project to version it)"
-    lock = root / "dvc.lock"
-    if not lock.exists() or "partition:" not in lock.read_text():
-        return "the DVC pipeline has not run here yet (dvc repro): the next dvc repro versions the feedback"
     dvc = Path(sys.executable).parent / "dvc"
-    done = subprocess.run([str(dvc) if dvc.exists() else "dvc", "commit", "--force", "partition"], cwd=root, capture_output=True, text=True)
+    try:
+        done = subprocess.run([str(dvc) if dvc.exists() else "dvc", "commit", "--force", "partition"], cwd=root,
+                              capture_output=True, text=True)
+    except OSError as exc:
+        done = subprocess.CompletedProcess(exc.filename or "dvc", 127, "", str(exc))
     if done.returncode != 0:
-        return f"dvc commit failed ({done.stderr.strip()[-300:]}); the next dvc repro versions the feedback"
-    return "dvc.lock: stage partition (data/silos, data/feedback) committed"
+        return (f"NOT versioned: dvc commit failed ({done.stderr.strip()[-300:]}); until `dvc commit partition` "
+                "succeeds, a `dvc exp run` or `dvc checkout` would delete the new batch")
+    return "dvc.lock: stage partition (data/silos, data/feedback) committed to DVC's cache"
