@@ -15,7 +15,7 @@ from typing import Iterator, Optional  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fedrec.config import Config, load_config, parse_overrides  # noqa: E402
@@ -49,8 +49,9 @@ def _emit(payload: dict, output: Path | None, as_json: bool) -> bool:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, transient=False)
+    from fedrec.progress import bar
+
+    return bar("{task.description}", err)  # one line per update where stderr is no terminal (DVC stages)
 
 
 def _fail(exc: Exception) -> None:
@@ -411,8 +412,8 @@ from fedrec import cli_items  # noqa: E402  (fedrec embed-items)
 cli_items.register(app)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:  # pragma: no cover - console entry (and `python -m fedrec`, bin/fedrec)
+    app(prog_name="fedrec")
 
 
 if __name__ == "__main__":  # pragma: no cover
