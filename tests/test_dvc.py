@@ -75,6 +75,12 @@ def test_a_clean_clone_is_a_dvc_repo_whose_experiments_track_data_versions_and_r
     status = _ok(_sh(["dvc", "status"], repo, env))
     assert "not inside of a DVC repository" not in status.stdout + status.stderr
     assert "prepare" in status.stdout and "federate" in status.stdout
+    # the committed dvc.lock (ML-100K, default params): the data stages' params and commands match it, only their
+    # data is missing here (not "changed" or "new"): after `make run` provisions the same data they are up to date
+    stages = json.loads(_ok(_sh(["dvc", "status", "--json"], repo, env)).stdout)
+    assert stages["prepare"] == [{"changed outs": {"data/prepared": "not in cache", "data/catalogue": "not in cache"}}]
+    assert all("changed command" not in entry and "params.yaml" not in json.dumps(entry)
+               for name in ("prepare", "partition", "validate", "split") for entry in stages[name])
 
     # an experiment, as the README spells it
     base = _ok(_sh(["dvc", "exp", "run", "-n", "base", *sum((["-S", s] for s in TINY), [])], repo, env))
