@@ -36,8 +36,11 @@ centralized: $(STAMP)
 repro: $(STAMP)  ## the DVC pipeline (its stages call bin/fedrec: no PATH set-up needed)
 	$(VENV)/bin/dvc repro
 
-exps: $(STAMP)  ## DVC experiments, only the params and metrics that differ between them
-	$(VENV)/bin/dvc exp show --only-changed --drop 'data/.*|models|fedrec/.*|flows|expectations/.*' --no-pager
+# `make exps` shows the params that differ between experiments and the headline metrics, nothing else (dependencies,
+# run ids, timings, per-seed lists are dropped: a bare `dvc exp show` prints some 200 columns)
+EXPS_SHOWN := (Experiment|rev|typ|parent|Created|State|Executor)$$|(task|data|partition|evaluation|model|training|federation|privacy|crypto|operations|silo|item_text)(\.|$$)|(results/[a-z]+\.json:)?((full_)?(hr|ndcg)@[0-9]+|rmse|mae)$$
+exps: $(STAMP)  ## DVC experiments: the params that differ between them and the headline metrics
+	$(VENV)/bin/dvc exp show --only-changed --drop '^(?!$(EXPS_SHOWN))' --no-pager
 
 test: $(STAMP)
 	$(PY) -m pytest

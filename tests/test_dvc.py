@@ -179,4 +179,12 @@ def test_feedback_survives_the_readme_pipeline_commands_run_from_the_venv_withou
     assert "Running stage 'federate'" in lighter.stdout
     assert not [s for s in ("centralized", "prepare", "partition", "split") if f"Running stage '{s}'" in lighter.stdout]
     assert batch.read_bytes() == kept
+    # `make exps`: the experiments table keeps to the columns that differ (the audit's `dvc exp show`: 217 columns);
+    # read as CSV so that the terminal's width cannot fold the header
+    recipe = _ok(_sh(["make", "-s", "-n", "-o", ".venv/.installed", "exps"], repo, bare)).stdout.strip()
+    shown = _ok(_sh(["sh", "-c", recipe + " --csv"], repo, bare))
+    columns = shown.stdout.splitlines()[0].split(",")
+    assert "federation.rounds" in columns and "Experiment" in columns, columns
+    assert not [c for c in columns if c.startswith(("data/", "fedrec/", "models", "flows"))], columns
+    assert len(columns) <= 24, columns
     assert sorted(p.name for p in (repo / "data/feedback/0").iterdir()) == [batch.name]
