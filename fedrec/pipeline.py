@@ -25,7 +25,7 @@ import pandas as pd
 from fedrec import coldstart
 from fedrec.config import Config
 from fedrec.data import synthetic
-from fedrec.data.movielens import load_movielens_100k, resolve_raw_dir
+from fedrec.data.movielens import check_local_dir, load_movielens_100k, resolve_raw_dir
 from fedrec.data.partition import assign_silos, list_silos, read_catalogue, write_catalogue, write_silos
 from fedrec.data.split import Split, split_interactions
 from fedrec.data.types import Dataset
@@ -88,7 +88,14 @@ class Paths:
 def load_dataset(cfg: Config) -> Dataset:
     if cfg.data.source == "synthetic":
         return synthetic.generate(cfg.data.synthetic)
-    return load_movielens_100k(resolve_raw_dir(cfg.resolved_raw_dir(), cfg.data.download_dir))
+    return load_movielens_100k(resolve_raw_dir(cfg.resolved_raw_dir(), cfg.data.download_dir, cfg.raw_dir_setting()))
+
+
+def check_data_dir(cfg: Config) -> None:
+    """A data directory that is set (FEDREC_DATA_DIR or data.raw_dir) must exist and hold MovieLens, also when
+    data/ already holds prepared data: a typo never trains on whatever happens to be there."""
+    if cfg.data.source == "movielens" and cfg.resolved_raw_dir():
+        check_local_dir(cfg.resolved_raw_dir(), cfg.raw_dir_setting())
 
 
 def prepare(cfg: Config) -> Dataset:
@@ -235,6 +242,7 @@ def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
 
 def ensure_partitioned(cfg: Config) -> list[str]:
     """Prepare and partition when their outputs are missing; returns every silo id."""
+    check_data_dir(cfg)
     paths = Paths.of(cfg)
     if not (paths.prepared / "interactions.parquet").exists():
         prepare(cfg)

@@ -10,19 +10,49 @@ allows leaves it.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from fedrec.config import load_config
+from fedrec.errors import ConfigError
 from fedrec.silo.agent import SiloAgent
 from tasks.silo import evaluate_round, fit_round, join_federation, settle_round, setup_silo, validate_data
+
+
+#: set by `fedrec silo serve` in its own environment (inherited by the runs it executes): the silo id, params file
+#: and overrides its operator chose; a run of the served deployment may not change them
+SERVING_ENV = "FEDREC_SILO_SERVING"
+
+
+def pin_serving(silo_id: str, params_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Pin what this served silo runs with (see :func:`check_pinned`); returns the deployment's parameters."""
+    pinned = {"silo_id": silo_id, "params_path": params_path, "overrides": dict(overrides) or None}
+    os.environ[SERVING_ENV] = json.dumps(pinned)
+    return pinned
+
+
+def check_pinned(silo_id: str, params_path: str, overrides: dict[str, Any] | None) -> None:
+    """In a served silo, a run's parameters must be the operator's: a coordinator that starts the deployment with
+    another silo id, params file or overrides (say, masking off) is refused before anything is read."""
+    raw = os.environ.get(SERVING_ENV)
+    if raw is None:
+        return
+    pinned = json.loads(raw)
+    asked = {"silo_id": silo_id, "params_path": params_path, "overrides": dict(overrides or {}) or None}
+    changed = sorted(k for k in pinned if pinned[k] != asked[k])
+    if changed:
+        raise ConfigError(f"this silo serves silo {pinned['silo_id']!r} with its operator's params; the run asked "
+                          f"for other {', '.join(changed)}: refused")
 
 
 @flow(name="silo_agent", flow_run_name="silo-{silo_id}-{run_id}")
 def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
                overrides: dict[str, Any] | None = None, validation_in_train: bool = False) -> dict[str, Any]:
     """This silo's side of federation run ``run_id``; returns what it did (counts only)."""
+    check_pinned(silo_id, params_path, overrides)
     logger = get_run_logger()
     agent = SiloAgent(load_config(params_path, overrides), silo_id, run_id, validation_in_train=validation_in_train)
     rounds = 0

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrec.cli import app
+from fedrec.errors import ConfigError
 
 
 def test_centralized_pop_json(params_file, tmp_path):
@@ -168,3 +169,112 @@ def test_path_like_ids_exit_2_before_any_path_is_built(params_file, tmp_path, ca
     assert " id " in result.output and "is not allowed" in result.output and "Traceback" not in result.output
     assert sorted(tmp_path.parent.rglob("*")) == before
     assert (victim / "secret.ctx").read_bytes() == b"key material"
+
+
+# --- loud configuration (issue #24, items 2, 3 and 7) -------------------------------------------------------------
+
+
+def test_a_set_data_directory_that_does_not_exist_is_an_error_even_with_prepared_data(params_file, tmp_path,
+                                                                                     monkeypatch):
+    # Prepare: MovieLens as the source, its prepared data already in data/ (the user's stale copy)
+    import yaml
+
+    raw = yaml.safe_load(params_file.read_text())
+    runner = CliRunner()
+    assert runner.invoke(app, ["partition", "--params", str(params_file)]).exit_code == 0 or True
+    assert runner.invoke(app, ["centralized", "--model", "pop", "--params", str(params_file)]).exit_code == 0
+    raw["data"]["source"] = "movielens"
+    params_file.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("FEDREC_DATA_DIR", str(tmp_path / "no" / "such" / "dir"))
+
+    # Execute
+    result = runner.invoke(app, ["centralized", "--model", "pop", "--params", str(params_file)])
+
+    # Assert: exit 2 naming the setting, before any training on what data/ holds
+    assert result.exit_code == 2, result.output
+    assert "FEDREC_DATA_DIR" in result.stderr and "no such directory" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_data_directory_without_movielens_files_is_named(params_file, tmp_path, monkeypatch):
+    import yaml
+
+    raw = yaml.safe_load(params_file.read_text())
+    raw["data"]["source"] = "movielens"
+    params_file.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("FEDREC_DATA_DIR", str(tmp_path))  # exists, holds no u.data
+
+    result = CliRunner().invoke(app, ["prepare", "--params", str(params_file)])
+
+    assert result.exit_code == 2
+    assert "lacks" in result.stderr and "u.data" in result.stderr
+
+
+def test_a_cron_starting_with_a_star_reaches_the_cron_check_and_is_shown_as_given(params_file):
+    runner = CliRunner()
+
+    # the cron goes through (before: yaml ScannerError traceback); the bad time zone is what stops the command
+    deploy = runner.invoke(app, ["deploy", "--cron", "*/30 * * * *", "--params", str(params_file),
+                                 "-S", "operations.timezone=Nowhere/Nocity"])
+    shown = runner.invoke(app, ["config", "--json", "--params", str(params_file),
+                                "-S", "operations.schedule=*/30 * * * *"])
+
+    assert deploy.exit_code == 2, deploy.output
+    assert "Traceback" not in deploy.output and "ScannerError" not in deploy.output
+    assert "Nowhere/Nocity" in deploy.stderr
+    assert json.loads(shown.stdout)["operations.schedule"] == {"value": "*/30 * * * *", "source": "-S"}
+
+
+def test_every_command_that_reads_params_takes_set_overrides():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = {name: cmd for name, cmd in group.commands.items()}
+    commands |= {f"silo {name}": cmd for name, cmd in group.commands["silo"].commands.items()}
+
+    readers = {name: {o for p in cmd.params for o in p.opts} for name, cmd in commands.items()
+               if any("--params" in p.opts for p in cmd.params)}
+
+    assert {"run", "prepare", "silo serve", "deploy", "serve", "config"} <= set(readers)
+    assert not [name for name, opts in readers.items() if "-S" not in opts]
+
+
+def test_config_shows_sources_and_the_schema_and_an_unknown_key_gets_a_suggestion(params_file):
+    runner = CliRunner()
+
+    values = runner.invoke(app, ["config", "--json", "--params", str(params_file), "-S", "federation.rounds=3"])
+    schema = runner.invoke(app, ["config", "--schema"])
+    typo = runner.invoke(app, ["config", "--params", str(params_file), "-S", "federation.round=3"])
+
+    assert values.exit_code == 0, values.output
+    rows = json.loads(values.stdout)
+    assert rows["federation.rounds"] == {"value": 3, "source": "-S"}
+    assert rows["data.source"]["source"] == str(params_file)
+    assert schema.exit_code == 0 and "federation.rounds  (int; default 40)" in schema.stdout
+    assert typo.exit_code == 2 and "did you mean 'federation.rounds'?" in typo.stderr
+
+
+def test_no_params_file_warns_and_a_missing_explicit_one_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty directory
+    runner = CliRunner()
+
+    defaults = runner.invoke(app, ["config", "--json"])
+    missing = runner.invoke(app, ["prepare", "--params", "nowhere.yaml"])
+
+    assert defaults.exit_code == 0 and "no params.yaml" in defaults.stderr and "built-in defaults" in defaults.stderr
+    assert json.loads(defaults.stdout)["federation.rounds"] == {"value": 40, "source": "default"}
+    assert missing.exit_code == 2 and "--params nowhere.yaml: no such file" in missing.stderr
+
+
+def test_a_served_silo_refuses_a_run_that_changes_its_pinned_params(monkeypatch):
+    from flows.silo_agent import SERVING_ENV, check_pinned, pin_serving
+
+    monkeypatch.delenv(SERVING_ENV, raising=False)
+    check_pinned("0", "/anything.yaml", {"federation.masking": "false"})  # not served: a host process, as given
+    pinned = pin_serving("0", "/silo/params.yaml", {"federation.min_silos": "4"})
+
+    check_pinned(**pinned)  # the deployment's own parameters pass
+    for changed in ({"silo_id": "1"}, {"params_path": "/tmp/other.yaml"},
+                    {"overrides": {"federation.min_silos": "4", "federation.masking": "false"}}):
+        with pytest.raises(ConfigError, match="refused"):
+            check_pinned(**(pinned | changed))

@@ -138,3 +138,75 @@ def test_parse_overrides_splits_on_the_first_equals_and_names_bad_pairs():
     assert parse_overrides(None) == {}
     with pytest.raises(ConfigError, match="federation.rounds5"):
         parse_overrides(["federation.rounds5"])
+
+
+# --- loud configuration (issue #24, items 3 and 7) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cron", ["*/30 * * * *", "* * * * *", "0 3 * * 1-5"])
+def test_a_cron_override_is_taken_as_text_not_as_yaml(cron):
+    # "*/30 ..." is a YAML alias to YAML: it used to raise a ScannerError traceback
+    cfg = Config().replace(**{"operations.schedule": cron, "silo.query": "SELECT * FROM t: x", "silo.source": ""})
+
+    assert cfg.operations.schedule == cron
+    assert cfg.silo.query == "SELECT * FROM t: x" and cfg.silo.source == ""
+
+
+def test_null_clears_an_optional_text_key_and_a_non_text_value_that_is_no_yaml_is_named():
+    assert Config().replace(**{"data.raw_dir": "/x"}).replace(**{"data.raw_dir": "null"}).data.raw_dir is None
+    with pytest.raises(ConfigError, match=r"training\.seeds: '\[0, 1' is not a value"):
+        Config().replace(**{"training.seeds": "[0, 1"})
+
+
+@pytest.mark.parametrize(("key", "suggestion"), [("federation.round", "federation.rounds"),
+                                                 ("rounds", "federation.rounds"),
+                                                 ("privacy.clip", "privacy.clip_norm")])
+def test_an_unknown_override_key_gets_a_did_you_mean(key, suggestion):
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}'; did you mean '{suggestion}'\?"):
+        Config().replace(**{key: "1"})
+
+
+def test_an_unknown_params_yaml_key_gets_a_did_you_mean():
+    with pytest.raises(ConfigError, match=r"\['training\.epoch'\]; did you mean 'training\.epochs'\?"):
+        from_dict({"training": {"epoch": 3}})
+
+
+def test_a_section_given_a_value_names_its_keys():
+    with pytest.raises(ConfigError, match=r"'federation' is a section, not a key.*federation\.rounds"):
+        Config().replace(**{"federation": "3"})
+
+
+def test_the_schema_covers_every_key_with_type_default_and_description():
+    from fedrec.config import flatten
+    from fedrec.config_reference import schema
+
+    docs = {d.key: d for d in schema()}
+
+    assert set(docs) == set(flatten(to_dict(Config())))
+    assert not [k for k, d in docs.items() if not d.doc], "every key needs a #: comment in fedrec/config.py"
+    assert docs["federation.rounds"].type == "int" and docs["federation.rounds"].default == 40
+    assert docs["model.name"].type == "gmf | neumf | hybrid"
+    assert docs["data.raw_dir"].type == "str | null"
+    assert "federation.rounds must be >= 1" in docs["federation.rounds"].checks
+
+
+def test_docs_config_md_is_the_generated_reference():
+    from fedrec.config_reference import schema_markdown
+
+    assert (ROOT / "docs" / "config.md").read_text() == schema_markdown() + "\n", \
+        "regenerate: fedrec config --schema --markdown > docs/config.md"
+
+
+def test_effective_config_names_each_values_source(tmp_path, monkeypatch):
+    from fedrec.config_reference import effective
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"federation": {"rounds": 7, "he": False}}))
+    monkeypatch.setenv("FEDREC_DATA_DIR", str(tmp_path))
+
+    rows = {k: (v, src) for k, v, src in effective(path, {"federation.he": "true"})}
+
+    assert rows["federation.rounds"] == (7, str(path))
+    assert rows["federation.he"] == (True, "-S")
+    assert rows["training.epochs"] == (20, "default")
+    assert rows["data.raw_dir"] == (str(tmp_path), "env FEDREC_DATA_DIR")

@@ -50,14 +50,23 @@ def fetch_movielens_100k(target_dir: str | Path, url: str = ML100K_URL, md5: str
     return unpacked
 
 
-def resolve_raw_dir(raw_dir: str | None, download_dir: str | Path) -> Path:
+def check_local_dir(raw_dir: str, setting: str = "data.raw_dir") -> Path:
+    """The local MovieLens copy that ``setting`` names; a :class:`DataNotFoundError` (naming the setting) when it
+    does not exist or lacks the files: a set directory is never silently replaced by other data."""
+    directory = Path(raw_dir).expanduser()
+    if not directory.is_dir():
+        raise DataNotFoundError(f"{setting}={raw_dir}: no such directory (point it at the folder holding "
+                                f"{', '.join(REQUIRED_FILES)}, or unset it to download MovieLens-100K)")
+    if not _has_files(directory):
+        missing = [n for n in REQUIRED_FILES if not (directory / n).is_file()]
+        raise DataNotFoundError(f"{setting}={raw_dir}: the MovieLens directory lacks {missing}")
+    return directory
+
+
+def resolve_raw_dir(raw_dir: str | None, download_dir: str | Path, setting: str = "data.raw_dir") -> Path:
     """A local directory when given (must hold the files), else the downloaded copy."""
     if raw_dir:
-        directory = Path(raw_dir).expanduser()
-        if not _has_files(directory):
-            missing = [n for n in REQUIRED_FILES if not (directory / n).is_file()]
-            raise DataNotFoundError(f"MovieLens directory {directory} lacks {missing}")
-        return directory
+        return check_local_dir(raw_dir, setting)
     return fetch_movielens_100k(download_dir)
 
 

@@ -43,8 +43,14 @@ def project_dir(start: Path | None = None) -> Path:
 
 def cron_schedule(cron: str, timezone: str):
     """A Prefect cron schedule, or a ConfigError naming what is wrong with it."""
+    import zoneinfo
+
     from prefect.schedules import Cron
 
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"operations.timezone {timezone!r} is no IANA time zone (e.g. UTC, Europe/Berlin)") from exc
     try:
         return Cron(cron, timezone=timezone)
     except ValueError as exc:
