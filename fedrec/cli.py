@@ -180,21 +180,14 @@ def _run_options(rounds, local_epochs, model, no_he) -> dict:
             "federation.he": False if no_he else None}
 
 
-def _print_summary(summary: dict, k: int, output: Path | None, as_json: bool) -> None:
+def _print_summary(summary: dict, cfg: Config, output: Path | None, as_json: bool) -> None:
     if _emit(summary, output, as_json):
         return
-    keys = (f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}", "seconds_per_round_median", "bytes_per_round_mean")
-    if summary.get("task") == "rating":  # task: rating
-        keys = ("rmse", "mae", "seconds_per_round_median", "bytes_per_round_mean")
-    table = Table(title=f"federated {summary['model']} ({'CKKS' if summary['he'] else 'plaintext'} aggregation), "
-                        f"round {summary['selected_round']} selected on {summary['selection_metric']}")
-    for key in keys:
-        table.add_column(key)
-    table.add_row(*(f"{summary[key]:.4f}" if key.endswith(f"@{k}") or key in ("rmse", "mae")
-                    else f"{summary[key]:,.2f}" for key in keys))
-    out.print(table)
-    if summary["excluded"]:
-        err.print(f"[yellow]silos left out:[/] {summary['excluded']}")
+    from fedrec.coordinator.summary import closing_lines
+
+    ops = cfg.operations
+    for line in closing_lines(summary, cfg.evaluation.k, prefect_port=ops.prefect_port, mlflow_port=ops.mlflow_port):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 RoundsOpt = typer.Option(None, "--rounds", "-r")
@@ -222,7 +215,7 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         from flows.federated import run_demo
 
         summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)
-    _print_summary(summary, cfg.evaluation.k, output, as_json)
+    _print_summary(summary, cfg, output, as_json)
 
 
 @app.command()
@@ -246,7 +239,7 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
 
         summary = run_federation(params_path=str(params), overrides=overrides, silos=roster,
                                  show_progress=not as_json, run_id=run_id)
-    _print_summary(summary, cfg.evaluation.k, output, as_json)
+    _print_summary(summary, cfg, output, as_json)
     from fedrec.audit import hold_for_inspection
 
     hold_for_inspection()  # only with FEDREC_AUDIT_HOLD set: a test searches this process's memory

@@ -40,6 +40,7 @@ class RunLogger:
     def __init__(self, mlflow, run):
         self._mlflow = mlflow
         self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
 
     def log_config(self, cfg: Config) -> None:
         self._mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})

@@ -3,7 +3,7 @@
     launch silo agents ─► admit (their GE verdicts) ─► public context + global(0) ─►
       round r: instructions ─► mask set ─► encrypted updates ─► unmask (survivors reveal) ─► ciphertext sum ─►
                decryptor's mean (another decryptor if it is gone; a verdict skips the round) ─► strategy ─► global(r)
-               [─► silos' metric sums] ─► MLflow metrics + the round's Prefect table artifact (`fedrec-round`)
+               [─► silos' metric sums] ─► MLflow metrics + the round's Prefect table artifact (`fedrec-round-NNNN`)
     ─► stop ─► select the best round on validation ─► plots (MLflow + <reports_dir>/<run id>/) ─► register the
        global item tower ─► summary artifact (`fedrec-summary`)
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,23 @@ def _api_url() -> str | None:
     return get_current_settings().api.url or (ephemeral.api_url if ephemeral and ephemeral.running else None)
 
 
+def _federation_name() -> str:
+    """The federated run's Prefect name: ``federation-[<run id>-]<UTC time>``; its silo runs, MLflow run and
+    reports carry it."""
+    given = (flow_run.get_parameters() or {}).get("run_id")
+    return f"federation-{given + '-' if given else ''}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
 def _launcher(cfg: Config, run_id: str, silos: list[str], params_path: str, overrides: dict | None,
               sizes: dict[str, int] | None, validation_in_train: bool):
+    federation = flow_run.get_name() or f"federation-{run_id}"
+    if validation_in_train:
+        federation += "-refit"
     if cfg.federation.launcher == "deployments":
-        return DeploymentLauncher(cfg, run_id, silos, validation_in_train=validation_in_train).start()
+        return DeploymentLauncher(cfg, run_id, silos, validation_in_train=validation_in_train,
+                                  federation=federation).start()
     return LocalSiloHosts(cfg, run_id, silos, params_path=params_path, overrides=overrides, api_url=_api_url(),
-                          validation_in_train=validation_in_train, sizes=sizes).start()
+                          validation_in_train=validation_in_train, sizes=sizes, federation=federation).start()
 
 
 def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params_path: str, overrides: dict | None,
@@ -93,7 +105,7 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
     return coord, history
 
 
-@flow(name="federated_training")
+@flow(name="federated_training", flow_run_name=_federation_name)
 def federated_training(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
                        silos: list[str] | None = None, silo_sizes: dict[str, int] | None = None,
                        show_progress: bool = False, run_id: str | None = None) -> dict[str, Any]:
@@ -118,7 +130,8 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
     logger = get_run_logger()
     k = cfg.evaluation.k
     resumed = checkpoint_extra(cfg, run_id)  # a crashed run continues its own MLflow run
-    with mlflow_run(cfg, f"federated-{cfg.model.name}-{'he' if cfg.federation.he else 'plain'}",
+    name = flow_run.get_name() or f"federation-{run_id}"
+    with mlflow_run(cfg, f"{name}-{cfg.model.name}-{'he' if cfg.federation.he else 'plain'}",
                     {"kind": "federated", "model": cfg.model.name, "prefect_flow_run": run_id},
                     run_id=resumed.get("mlflow_run_id") if resumed else None) as run, \
             _round_progress(show_progress, cfg.federation.rounds) as progress:
@@ -133,7 +146,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
             dp = ({"dp_epsilon": privacy.epsilon(sigma, cfg.privacy.user_sample_rate, record.round, cfg.privacy.delta)}
                   if cfg.privacy.enabled else {})
             run.log_metrics(record.mlflow_metrics() | dp, step=record.round)
-            create_table_artifact(record.table(k), key="fedrec-round", description=record.headline())
+            create_table_artifact(record.table(k), key=round_artifact_key(record.round), description=record.headline())
             shown = "rmse" if cfg.task == "rating" else f"hr@{k}"  # task: rating
             status = f"loss {record.loss:.4f}" + (f" {shown} {record.val[shown]:.4f} (val)" if record.val else "")
             logger.info("round %d: %s%s", record.round, status, f"; failed: {record.failures}" if record.failures else "")
@@ -155,11 +168,16 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         run.log_dict({"excluded": adm.excluded}, "validation.json")
         if coord.data_versions:  # which data each silo trained on (a resumed run logged them at its start)
             run.set_tags({f"data_version.{s}": v for s, v in coord.data_versions.items()})
-        run.log_figure(rounds_figure(history, k), "hr_ndcg_per_round.png")
         report_dir = Path(cfg.operations.reports_dir) / run_id
-        for name, figure in plots.figures(history, k, best.round).items():
-            plots.save(figure, report_dir / name)
-            run.log_figure(figure, name)
+        for figure_name, figure in plots.figures(history, k, best.round).items():  # training_curves.png first
+            plots.save(figure, report_dir / figure_name)
+            run.log_figure(figure, figure_name)
+        run.log_figure(rounds_figure(history, k), "hr_ndcg_per_round.png")
+        # the run's description (the top of MLflow's default Overview): the training curves, then what was selected
+        run.set_tags({"mlflow.note.content": (
+            f"![training curves](get-artifact?path=training_curves.png&run_uuid={run.run_id})\n\n"
+            f"Federation `{name}`: round {best.round} of {len(history)} selected on the validation item; plots "
+            f"under `{report_dir}/`.")})
         summary = summarize(cfg, run_id, adm, history, best)
         summary["reports"] = str(report_dir)
         summary["data_versions"] = dict(coord.data_versions)
@@ -185,6 +203,9 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         run.log_dict(summary, "summary.json")
         summary["model_uri"] = register_model(cfg, coord.n_items, load_global(coord.exchange, best.round, coord.identity.public), run)
         summary["mlflow_run_id"] = run.run_id
+        summary["federation"] = name
+        summary["mlflow_experiment_id"] = run.experiment_id
+        summary["prefect_flow_run_id"] = str(flow_run.get_id() or run_id)
     create_markdown_artifact(_summary_markdown(summary, k), key="fedrec-summary",
                              description=f"federation {run_id}: the selected round and where its records are")
     return summary
@@ -202,22 +223,36 @@ def _summary_markdown(summary: dict[str, Any], k: int) -> str:
              "| " + " | ".join(f"{summary[m]:.4f}" for m in keys) + " |", "",
              f"- MLflow run `{summary['mlflow_run_id']}`, model `{summary['model_uri']}`",
              f"- plots: `{summary['reports']}/`",
-             f"- per-silo runs: the `silo_agent` flow runs named `silo-<silo>-{summary['run_id']}`"]
+             f"- per-silo runs: this run's subflow runs `{summary['federation']}-silo-<silo>` (tag "
+             f"`federation:{summary['run_id']}`)"]
     lines += [f"- data version of silo {s}: `{v}`" for s, v in sorted(summary.get("data_versions", {}).items())]
+    history = summary.get("history") or []
+    if history:  # the rounds in order (the Artifacts tab lists the round tables in no particular order)
+        shown = [key for key in (f"val_{keys[0]}", f"test_{keys[0]}") if key in history[-1]]
+        lines += ["", "| round | loss | " + " | ".join(shown) + " | silos |", "|---|---|" + "---|" * len(shown) + "---|"]
+        for h in history:
+            cells = [f"{h[key]:.4f}" if h.get(key) is not None else "" for key in shown]
+            lines.append(f"| {h['round']} | {h['loss']:.4f} | " + " | ".join(cells) + f" | {len(h.get('contributors', []))} |")
     return "\n".join(lines)
 
 
+def round_artifact_key(server_round: int) -> str:
+    """Prefect artifact key of a round's table: zero-padded so that the Artifacts page lists them in round order."""
+    return f"fedrec-round-{server_round:04d}"
+
+
 def _round_progress(enabled: bool, total: int):
+    """A bar on a terminal; one line per round elsewhere (a DVC stage's log)."""
     from contextlib import nullcontext
 
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("federated rounds"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=Console(stderr=True))
-    progress.add_task("rounds", total=total, status="starting silo agents")
+    from fedrec.progress import bar
+
+    progress = bar("federated rounds", Console(stderr=True))
+    progress.add_task("federated rounds", total=total, status="starting silo agents")
     return progress
 
 

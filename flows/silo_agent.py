@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from fedrec.config import load_config
 from fedrec.errors import ConfigError
@@ -48,7 +49,17 @@ def check_pinned(silo_id: str, params_path: str, overrides: dict[str, Any] | Non
                           f"for other {', '.join(changed)}: refused")
 
 
-@flow(name="silo_agent", flow_run_name="silo-{silo_id}-{run_id}")
+def _run_name() -> str:
+    """A run the coordinator created (linked to its federation's flow run, named ``<federation>-silo-<id>``) keeps
+    its name; a direct call is named ``silo-<id>-<run id>``."""
+    name = flow_run.get_name() or ""
+    params = flow_run.get_parameters() or {}
+    if name.startswith("federation-") and name.endswith(f"-silo-{params.get('silo_id')}"):
+        return name
+    return f"silo-{params.get('silo_id')}-{params.get('run_id')}"
+
+
+@flow(name="silo_agent", flow_run_name=_run_name)
 def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
                overrides: dict[str, Any] | None = None, validation_in_train: bool = False) -> dict[str, Any]:
     """This silo's side of federation run ``run_id``; returns what it did (counts only)."""

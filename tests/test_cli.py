@@ -277,3 +277,47 @@ def test_a_served_silo_refuses_a_run_that_changes_its_pinned_params(monkeypatch)
                     {"overrides": {"federation.min_silos": "4", "federation.masking": "false"}}):
         with pytest.raises(ConfigError, match="refused"):
             check_pinned(**(pinned | changed))
+
+
+# --- the end of a run (issue #24, item 5) -------------------------------------------------------------------------
+
+
+def test_a_runs_closing_lines_fit_80_columns_and_point_where_to_look_next():
+    from fedrec.coordinator.summary import closing_lines
+
+    summary = {"model": "neumf", "he": True, "selected_round": 31, "rounds": 40, "selection_metric": "val_hr@10",
+               "hr@10": 0.6411, "ndcg@10": 0.3702, "full_hr@10": 0.1161, "full_ndcg@10": 0.0571,
+               "seconds_per_round_median": 1.69, "bytes_per_round_mean": 1_841_674.2, "excluded": ["7"],
+               "reports": "reports/5f0c1b7e-2a51-4a8e-9d0e-0c0e4bb8b0a1", "mlflow_run_id": "a" * 32,
+               "mlflow_experiment_id": "123", "federation": "federation-20261205-053743",
+               "run_id": "5f0c1b7e-2a51-4a8e-9d0e-0c0e4bb8b0a1", "prefect_flow_run_id": "5f0c1b7e-2a51-4a8e-9d0e-0c0e4bb8b0a1"}
+
+    lines = closing_lines(summary, 10, prefect_port=4200, mlflow_port=5000)
+    text = "\n".join(lines)
+
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
+    assert "test hr@10" in text and "0.6411" in text and "seconds_per_" not in text  # no header cut to 80 columns
+    assert "reports/5f0c1b7e-2a51-4a8e-9d0e-0c0e4bb8b0a1/" in text and "a" * 32 in text and "fedrec ui" in text
+    assert f"http://127.0.0.1:5000/#/experiments/123/runs/{'a' * 32}" in lines
+    assert "http://127.0.0.1:4200/runs/flow-run/5f0c1b7e-2a51-4a8e-9d0e-0c0e4bb8b0a1" in lines
+    assert "silos left out: 7" in text
+
+
+def test_the_runs_own_prefect_server_prints_no_view_at_link(capfd, monkeypatch):
+    # a run on the temporary server prefect_api starts (make run): its "View at" link would be dead after the run
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from fedrec.coordinator.launch import prefect_api
+
+    @flow(name="tiny")
+    def tiny() -> int:
+        return 1
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with prefect_api():
+            assert tiny() == 1
+        shown = capfd.readouterr()
+        assert "Beginning flow run" in shown.out + shown.err  # Prefect's console log is captured here
+        assert "View at" not in shown.out + shown.err

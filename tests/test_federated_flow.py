@@ -94,11 +94,11 @@ def test_he_run_is_tracked_in_mlflow(he_run):
     assert [m.value for m in client.get_metric_history(run_id, "val_hr_at_10")] == \
         [h["val_hr@10"] for h in summary["history"]]
     for silo in ("0", "1", "2"):
-        history = client.get_metric_history(run_id, f"bytes_sent_silo_{silo}")
+        history = client.get_metric_history(run_id, f"bytes/silo_{silo}")
         assert [m.step for m in history] == [1, 2]
         assert np.mean([m.value for m in history]) == pytest.approx(summary["bytes_per_round"][silo])
-    assert [m.step for m in client.get_metric_history(run_id, "seconds_train")] == [1, 2]
-    assert all(m.value > 0 for m in client.get_metric_history(run_id, "seconds_encrypt"))
+    assert [m.step for m in client.get_metric_history(run_id, "seconds/train")] == [1, 2]
+    assert all(m.value > 0 for m in client.get_metric_history(run_id, "seconds/encrypt"))
     assert run.data.metrics["selected_round"] == summary["selected_round"]
     assert run.data.params["silos"] == "0,1,2" and run.data.params["silos_excluded"] == "-"
     artifacts = {a.path for a in client.list_artifacts(run_id)}

@@ -250,14 +250,16 @@ def _task_names(client, flow_run_id) -> list[str]:
 
 def test_a_triggered_run_is_executed_by_the_worker_and_visible_through_the_api(ui, scheduled_run):
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
-                                                FlowRunFilterName)
+                                                FlowRunFilterTags)
 
     run_id, worker, seconds = scheduled_run
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     with _client() as client:
         run = client.read_flow_run(run_id)
         (federation,) = _children(client, run_id)
-        silo_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=str(federation.id))))
+        silo_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"federation:{federation.id}"])))
+        subflows = _children(client, federation.id)
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[federation.id])))
         retraining_tasks = _task_names(client, run_id)
@@ -269,20 +271,24 @@ def test_a_triggered_run_is_executed_by_the_worker_and_visible_through_the_api(u
     assert run.state.is_completed(), run.state
     assert run.deployment_id is not None and run.work_pool_name == POOL and run.name.startswith("retraining-")
     assert flow_name == "federated_training" and federation.state.is_completed()
-    assert sorted(r.name for r in silo_runs) == [f"silo-{s}-{federation.id}" for s in ("0", "1", "2")]
+    # one federation, one thing: the silo runs are its subflow runs, named after it and tagged with its run id
+    assert federation.name.startswith("federation-2"), federation.name  # federation-<UTC time>
+    assert sorted(r.name for r in silo_runs) == [f"{federation.name}-silo-{s}" for s in ("0", "1", "2")]
+    assert sorted(r.id for r in subflows) == sorted(r.id for r in silo_runs)
     assert all(r.state.is_completed() for r in silo_runs)
     assert [t.rsplit("-", 1)[0] for t in retraining_tasks] == ["federated_training", "retention"]  # subflow, task
     assert {"round-1", "round-2", "evaluate-round-1", "evaluate-round-2"} <= set(federation_tasks)
     assert any(t.startswith("fit") for t in silo_tasks), silo_tasks
     # one table artifact per round (rows: the silos and "all"), and the federation's summary
-    tables = sorted((a for a in artifacts if a.key == "fedrec-round"), key=lambda a: a.created)
-    assert [a.type for a in tables] == ["table", "table"]
+    tables = sorted((a for a in artifacts if a.key.startswith("fedrec-round")), key=lambda a: a.key)
+    assert [(a.key, a.type) for a in tables] == [("fedrec-round-0001", "table"), ("fedrec-round-0002", "table")]
     rows = json.loads(tables[-1].data)
     assert [r["silo"] for r in rows] == ["0", "1", "2", "all"]
     assert all(r["bytes_sent"] > 0 and 0.0 <= r["test_hr@10"] <= 1.0 for r in rows)
     assert tables[-1].description.startswith("**Round 2**")
     (summary,) = [a for a in artifacts if a.key == "fedrec-summary"]
     assert f"Federation {federation.id}" in summary.data and "data version of silo 0" in summary.data
+    assert f"`{federation.name}-silo-<silo>`" in summary.data
     print(f"scheduled run: worker process took {seconds:.1f}s")
 
 
@@ -296,10 +302,10 @@ def test_the_scheduled_run_tracks_he_cost_per_silo_metrics_and_plots(ui, schedul
                                 f"tags.prefect_flow_run = '{federation.id}'")
     rid = run.info.run_id
 
-    for metric in ("he_seconds", "he_bytes_expansion", "silo_1_seconds_encrypt", "silo_2_test_hr_at_10",
+    for metric in ("he/seconds", "he/bytes_expansion", "silo/1/seconds_encrypt", "silo/2/test_hr_at_10",
                    "val_ndcg_at_10", "train_loss"):
         assert [m.step for m in client.get_metric_history(rid, metric)] == [1, 2], metric
-    assert all(m.value > 1.0 for m in client.get_metric_history(rid, "he_bytes_expansion"))  # ciphertext > fp32
+    assert all(m.value > 1.0 for m in client.get_metric_history(rid, "he/bytes_expansion"))  # ciphertext > fp32
     assert {f"data_version.{s}" for s in "012"} <= set(run.data.tags)
     logged = {a.path for a in client.list_artifacts(rid)}
     assert {"training_curves.png", "per_silo_hr_at_10.png", "hr_ndcg_per_round.png"} <= logged
@@ -321,24 +327,31 @@ def test_screenshots_show_the_flow_run_and_the_mlflow_run_pages_rendered(ui, sch
     with _client() as client:
         (federation,) = _children(client, run_id)
         table = next(a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[federation.id]))) if a.key == "fedrec-round")
+            flow_run_id=ArtifactFilterFlowRunId(any_=[federation.id]))) if a.key.startswith("fedrec-round"))
     tracking = mlflow.MlflowClient(yaml.safe_load(ui.params.read_text())["tracking"]["uri"])
     (run,) = tracking.search_runs(tracking.get_experiment_by_name("fedrec-test").experiment_id,
                                   f"tags.prefect_flow_run = '{federation.id}'")
     pages = {"prefect-flow-run.png": f"{ui.prefect}/runs/flow-run/{federation.id}",
              "prefect-round-table.png": f"{ui.prefect}/artifacts/artifact/{table.id}",
-             "mlflow-run.png": f"{ui.mlflow}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"}
+             "mlflow-run.png": f"{ui.mlflow}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+             "mlflow-run-metrics.png":
+                 f"{ui.mlflow}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics"}
 
-    shots = {name: screenshot.screenshot(url, SCREENSHOTS / name) for name, url in pages.items()}
+    tall = {"mlflow-run.png": 1500}  # the Overview: description (training curves), then the metrics table
+    shots = {name: screenshot.screenshot(url, SCREENSHOTS / name, height=tall.get(name, 900))
+             for name, url in pages.items()}
     prefect_dom = screenshot.rendered_dom(pages["prefect-flow-run.png"])
     mlflow_dom = screenshot.rendered_dom(pages["mlflow-run.png"])
+    metrics_dom = screenshot.rendered_dom(pages["mlflow-run-metrics.png"])
 
     for name, png in shots.items():
         colours, dominant = screenshot.colour_stats(png)
         assert png.stat().st_size > 20_000 and colours > 200 and dominant < 0.95, (name, colours, dominant)
     # the single-page apps rendered this run's data, not only their shells
     assert federation.name in prefect_dom and "federated_training" in prefect_dom
-    assert run.info.run_id in mlflow_dom and "federated-neumf-he" in mlflow_dom
+    assert run.info.run_id in mlflow_dom and f"{federation.name}-neumf-he" in mlflow_dom
+    # the charts come in sections by metric group, not 60 charts in alphabetical order
+    assert all(f">{group}<" in metrics_dom for group in ("he", "round", "bytes", "seconds", "silo/0")), metrics_dom[-2000:]
     print("screenshots: " + ", ".join(str(p.relative_to(ROOT)) for p in shots.values()))
 
 
@@ -359,8 +372,12 @@ def test_round_table_is_json_safe_with_a_failed_silo_and_reports_he_cost():
                                                         ("all", "2 contributed")]
     assert rows[1]["test_hr@10"] is None and rows[2]["bytes_sent"] is None and rows[3]["bytes_sent"] == 10_000
     assert rows[0]["encrypt_s"] == 0.2 and rows[3]["val_hr@10"] == 0.5
-    assert metrics["he_seconds"] == pytest.approx(1.0) and metrics["he_bytes_expansion"] == pytest.approx(5.0)
-    assert metrics["silo_b_seconds_encrypt"] == 0.3
+    assert metrics["he/seconds"] == pytest.approx(1.0) and metrics["he/bytes_expansion"] == pytest.approx(5.0)
+    assert metrics["silo/b/seconds_encrypt"] == 0.3
+    # the few that matter ungrouped (MLflow's first chart section), every other metric under a group prefix
+    assert {k for k in metrics if "/" not in k} == {"train_loss", "val_hr@10", "val_ndcg@10", "test_hr@10",
+                                                   "test_ndcg@10", "test_full_hr@10"}
+    assert {k.split("/")[0] for k in metrics if "/" in k} == {"round", "seconds", "bytes", "he", "silo"}
     assert RoundRecord(**{k: v for k, v in record.__dict__.items() if k != "seconds_per_silo"}).table(10)[0][
         "train_s"] is None  # records restored from older checkpoints have no per-silo seconds
 

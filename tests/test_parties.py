@@ -44,11 +44,11 @@ def _wait_for_deployments(names: list[str], timeout: float = 180.0) -> None:
 
 def _silo_runs(run_id: str):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowRunFilter, FlowRunFilterTags
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name={"any_": ["silo_agent"]}),
-                                     flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=run_id)))
+                                     flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"federation:{run_id}"])))
         return [(run, client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))) for run in runs]
 
 
@@ -153,6 +153,9 @@ def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_
     # Assert: each silo ran as its own flow run, visible through the Prefect API, with its per-round tasks
     runs = _silo_runs(summary["run_id"])
     assert sorted(run.parameters["silo_id"] for run, _ in runs) == list(SILOS)
+    # each a subflow run of the coordinator's federation run, named after it (deployments across machines too)
+    assert all(run.parent_task_run_id is not None for run, _ in runs)
+    assert sorted(run.name for run, _ in runs) == [f"{summary['federation']}-silo-{s}" for s in SILOS]
     for run, task_runs in runs:
         assert run.state.is_completed(), run.state
         names = {t.name for t in task_runs}

@@ -121,7 +121,7 @@ def test_rating_sums_of_silos_add_up_to_the_pooled_metrics():
     assert pooled.means()["mae"] == pytest.approx(np.mean(np.abs(predicted - actual)))
     assert record.val == pytest.approx(pooled.means(), rel=1e-12) and set(record.val) == {"rmse", "mae"}
     assert record.per_silo_test["1"] == pytest.approx(silos[1].means())
-    assert {"val_rmse", "test_mae", "silo_2_test_rmse"} <= set(record.mlflow_metrics())
+    assert {"val_rmse", "test_mae", "silo/2/test_rmse"} <= set(record.mlflow_metrics())
     assert record.table(10)[-1]["test_rmse"] == round(pooled.means()["rmse"], 4)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,63 @@ OWN_SERVER_PID = "FEDREC_OWN_PREFECT_SERVER_PID"
 
 def deployment_name(silo_id: str) -> str:
     return f"silo_agent/silo-{silo_id}"
+
+
+def federation_tag(run_id: str) -> str:
+    """The tag every silo agent flow run of federation run ``run_id`` carries (filter the Prefect UI by it)."""
+    return f"federation:{run_id}"
+
+
+def silo_run_name(federation: str, silo_id: str) -> str:
+    """A silo agent's flow run is named after its federation's flow run: they sort and read together."""
+    return f"{federation}-silo-{silo_id}"
+
+
+def linked_silo_runs(federation: str, run_id: str, parameters: dict[str, dict]) -> dict[str, str]:
+    """One ``silo_agent`` flow run per silo (``parameters``: silo -> the flow's parameters), created as subflow runs
+    of the calling flow run (the coordinator's), the way Prefect's ``run_deployment`` links one: a placeholder task
+    run in the parent, the child pointing at it. Named after the federation, tagged with its run id. The silo
+    hosts then run exactly these flow runs. Returns silo -> flow run id ({} outside a flow run)."""
+    from prefect import Task
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Running
+
+    from flows.silo_agent import silo_agent
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return {}
+    runs = {}
+    with get_client(sync_client=True) as client:
+        for silo, params in parameters.items():
+            name = silo_run_name(federation, silo)
+            placeholder = Task(name=name, fn=lambda: None)
+            placeholder.task_key = f"fedrec.silo_agent.{silo}"
+            parent = client.create_task_run(task=placeholder, flow_run_id=ctx.flow_run.id, dynamic_key=silo,
+                                            state=Running())
+            run = client.create_flow_run(silo_agent, name=name, parameters=params, tags=[federation_tag(run_id)],
+                                         parent_task_run_id=parent.id)
+            runs[silo] = str(run.id)
+    return runs
+
+
+def settle_links(flow_run_ids: dict[str, str]) -> None:
+    """The placeholder task runs of :func:`linked_silo_runs` end in their silo run's final state."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Failed
+
+    with get_client(sync_client=True) as client:
+        for silo, run_id in flow_run_ids.items():
+            with contextlib.suppress(Exception):  # best effort: the UI's link, not the run's result
+                run = client.read_flow_run(UUID(run_id))
+                if run.parent_task_run_id is None:
+                    continue
+                ok = run.state is not None and run.state.is_completed()
+                state = Completed() if ok else Failed(message=f"silo {silo}: {run.state.name if run.state else '?'}")
+                client.set_task_run_state(run.parent_task_run_id, state, force=True)
 
 
 def balanced_groups(silos: list[str], n_groups: int, sizes: dict[str, int] | None = None) -> list[list[str]]:
@@ -56,10 +114,15 @@ class LocalSiloHosts:
 
     def __init__(self, cfg: Config, run_id: str, silos: list[str], *, params_path: str,
                  overrides: dict | None, api_url: str | None, validation_in_train: bool = False,
-                 sizes: dict[str, int] | None = None):
+                 sizes: dict[str, int] | None = None, federation: str | None = None):
         run_id, silos = check_run_id(run_id), [check_silo_id(s) for s in silos]
         self.groups = balanced_groups(silos, host_count(cfg), sizes)
         self.run_id = run_id
+        self.federation = federation  # the coordinator's flow run name: the silo runs are linked to it
+        self.linked: dict[str, str] = {}
+        self._params = {s: {"silo_id": s, "run_id": run_id, "params_path": str(params_path),
+                            "overrides": overrides or None, "validation_in_train": validation_in_train}
+                        for s in silos}
         self.log_dir = Path(cfg.federation.state_dir) / "logs" / run_id
         self.pid_file = Path(cfg.federation.state_dir) / "coordinator" / run_id / "hosts.json"
         self.attached: list[tuple[list[str], int]] = []  # hosts of this run that outlived a crashed coordinator
@@ -88,10 +151,13 @@ class LocalSiloHosts:
                 self.attached = previous
                 return self
         private_dir(self.log_dir)
+        if self.federation:
+            self.linked = linked_silo_runs(self.federation, self.run_id, self._params)
         for i, group in enumerate(self.groups):
+            runs = {s: self.linked[s] for s in group if s in self.linked}
             with open_private_log(self.log_dir / f"host-{i}.log") as log:  # the host keeps its own descriptor
-                proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group)], stdout=log,
-                                        stderr=subprocess.STDOUT, env=self._env)
+                proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group), "--flow-runs", json.dumps(runs)],
+                                        stdout=log, stderr=subprocess.STDOUT, env=self._env)
             self.procs.append((group, proc))
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(json.dumps([{"silos": g, "pid": p.pid} for g, p in self.procs]))
@@ -121,14 +187,18 @@ class LocalSiloHosts:
             if self._host_alive(pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, 9)
+        if self.linked:
+            settle_links(self.linked)
         return self.failed_hosts()
 
 
 class DeploymentLauncher:
     """Flow runs of each silo's own ``silo_agent`` deployment (served on the silo's machine)."""
 
-    def __init__(self, cfg: Config, run_id: str, silos: list[str], *, validation_in_train: bool = False):
+    def __init__(self, cfg: Config, run_id: str, silos: list[str], *, validation_in_train: bool = False,
+                 federation: str | None = None):
         self.cfg, self.run_id, self.silos = cfg, check_run_id(run_id), [check_silo_id(s) for s in silos]
+        self.federation = federation or f"federation-{self.run_id}"
         self.validation_in_train = validation_in_train
         self.flow_runs: dict[str, object] = {}
         self._gone: set[str] = set()
@@ -137,12 +207,14 @@ class DeploymentLauncher:
     def _running(self) -> dict[str, object]:
         """Agent flow runs of this run that are still going (they outlived a crashed coordinator)."""
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=self.run_id)))
-        names = {f"silo-{s}-{self.run_id}": s for s in self.silos}
-        return {names[r.name]: r for r in runs if r.name in names and r.state is not None and not r.state.is_final()}
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[federation_tag(self.run_id)])))
+        silos = set(self.silos)
+        return {r.parameters["silo_id"]: r for r in runs if r.parameters.get("silo_id") in silos
+                and r.state is not None and not r.state.is_final()}
 
     def start(self) -> "DeploymentLauncher":
         """Start a flow run of each silo's deployment, or reuse the one still running for this run (resume)."""
@@ -152,10 +224,10 @@ class DeploymentLauncher:
         for silo in self.silos:
             if silo in self.flow_runs:
                 continue
-            self.flow_runs[silo] = run_deployment(
+            self.flow_runs[silo] = run_deployment(  # a subflow run of the coordinator's flow run (as_subflow)
                 deployment_name(silo), timeout=0,
                 parameters={"run_id": self.run_id, "validation_in_train": self.validation_in_train},
-                flow_run_name=f"silo-{silo}-{self.run_id}")
+                flow_run_name=silo_run_name(self.federation, silo), tags=[federation_tag(self.run_id)])
         return self
 
     def _states(self) -> dict[str, object]:
@@ -198,13 +270,23 @@ def prefect_api() -> Iterator[str]:
     server = SubprocessASGIServer()
     server.start()
     os.environ[OWN_SERVER_PID] = str(server.server_process.pid)
+    quiet = _NoViewLinks()  # "View at <this server>" would be a dead link once the run ends and it stops
+    logging.getLogger("prefect.flow_runs").addFilter(quiet)
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
             _drain_prefect_workers()  # logs and events reach the server before it stops
     finally:
+        logging.getLogger("prefect.flow_runs").removeFilter(quiet)
         os.environ.pop(OWN_SERVER_PID, None)
         server.stop()
+
+
+class _NoViewLinks(logging.Filter):
+    """Drops Prefect's "View at http://..." console line (sent to no API) for runs on a temporary server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("View at ")
 
 
 def local_server_yields_cpu() -> None:

@@ -48,29 +48,35 @@ class RoundRecord:
             self.cold = sum(cold, MetricSums()).means(k)
 
     def mlflow_metrics(self) -> dict[str, float]:
-        m: dict[str, float] = {"train_loss": self.loss, "silos_contributing": len(self.contributors),
-                               "silos_failed": len(self.failures), "decrypt_attempts": self.attempts}
-        m |= {f"seconds_{phase}": s for phase, s in self.seconds.items()}
-        m |= {f"bytes_sent_silo_{s}": b for s, b in self.bytes_per_silo.items()}
-        if self.bytes_per_silo:
-            m["bytes_sent_mean"] = statistics.fmean(self.bytes_per_silo.values())
-        m |= self.he_cost()
-        for silo, secs in self.seconds_per_silo.items():
-            m |= {f"silo_{silo}_seconds_{phase}": s for phase, s in secs.items()}
+        """The round's MLflow metrics. The few that matter come first (the run's Overview lists metrics in the order
+        they were first logged) and stay ungrouped: train_loss, val_*, test_*; the rest are grouped by prefix, which
+        the MLflow UI's charts turn into sections of their own:
+        ``round/`` (contributors, failures, decrypt attempts), ``seconds/`` (per phase), ``bytes/`` (per silo),
+        ``he/`` (encryption cost), ``cold/`` (cold-start items), ``silo/<id>/`` (each silo's metrics and times)."""
+        m: dict[str, float] = {"train_loss": self.loss}
         m |= {f"val_{k}": v for k, v in self.val.items()} | {f"test_{k}": v for k, v in self.test.items()}
-        m |= {f"cold_{k}": v for k, v in self.cold.items()}  # cold-start items
+        m |= {"round/silos_contributing": len(self.contributors), "round/silos_failed": len(self.failures),
+              "round/decrypt_attempts": self.attempts}
+        m |= {f"seconds/{phase}": s for phase, s in self.seconds.items()}
+        m |= {f"bytes/silo_{s}": b for s, b in self.bytes_per_silo.items()}
+        if self.bytes_per_silo:
+            m["bytes/mean"] = statistics.fmean(self.bytes_per_silo.values())
+        m |= {f"he/{k}": v for k, v in self.he_cost().items()}
+        m |= {f"cold/{k}": v for k, v in self.cold.items()}  # cold-start items
+        for silo, secs in self.seconds_per_silo.items():
+            m |= {f"silo/{silo}/seconds_{phase}": s for phase, s in secs.items()}
         for silo, metrics in self.per_silo_test.items():
-            m |= {f"silo_{silo}_test_{k}": v for k, v in metrics.items()}
+            m |= {f"silo/{silo}/test_{k}": v for k, v in metrics.items()}
         for silo, metrics in self.per_silo_val.items():
-            m |= {f"silo_{silo}_val_{k}": v for k, v in metrics.items()}
+            m |= {f"silo/{silo}/val_{k}": v for k, v in metrics.items()}
         return m
 
     def he_cost(self) -> dict[str, float]:
         """What the encrypted aggregation costs this round: seconds spent encrypting (all silos), summing
         ciphertexts and decrypting the sum; bytes on the wire per silo over the fp32 update's."""
-        cost = {"he_seconds": sum(self.seconds.get(p, 0.0) for p in ("encrypt", "aggregate", "decrypt"))}
+        cost = {"seconds": sum(self.seconds.get(p, 0.0) for p in ("encrypt", "aggregate", "decrypt"))}
         if self.bytes_per_silo and self.plaintext_bytes:
-            cost["he_bytes_expansion"] = statistics.fmean(self.bytes_per_silo.values()) / self.plaintext_bytes
+            cost["bytes_expansion"] = statistics.fmean(self.bytes_per_silo.values()) / self.plaintext_bytes
         return cost
 
     def table(self, k: int) -> list[dict[str, object]]:

@@ -66,3 +66,29 @@ def register_model(cfg: Config, n_items: int, state: dict[str, torch.Tensor], ru
     model = build_model(model_config(cfg.model, 1, n_items, task=cfg.task, item_features=model_features(cfg)))
     model.load_shared_state(state)
     return run.log_torch_model(model.items, "global_item_tower", registered_model_name=cfg.tracking.registered_model)
+
+
+def closing_lines(summary: dict[str, Any], k: int, *, prefect_port: int, mlflow_port: int) -> list[str]:
+    """What `fedrec run` / `fedrec coordinate` print at the end, as plain lines of at most 80 columns: the selected
+    round's test metrics one per line, the cost, then where to look next (the reports folder, the MLflow run, the
+    Prefect run) with links that work once `fedrec ui` serves them (the run's own server has stopped by then)."""
+    aggregation = "CKKS" if summary["he"] else "plaintext"
+    lines = [f"federated {summary['model']} ({aggregation} aggregation): round {summary['selected_round']} of "
+             f"{summary['rounds']}, selected on {summary['selection_metric']}"]
+    keys = ["rmse", "mae"] if summary.get("task") == "rating" else [f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}",
+                                                                     f"full_ndcg@{k}"]
+    lines += [f"  test {key:<16} {summary[key]:.4f}" for key in keys]
+    lines += [f"  {'seconds per round':<21} {summary['seconds_per_round_median']:,.2f} (median)",
+              f"  {'bytes per silo/round':<21} {summary['bytes_per_round_mean']:,.0f} (mean)"]
+    if summary.get("excluded"):
+        lines.append(f"  silos left out: {', '.join(summary['excluded'])}")
+    federation = summary.get("federation", summary["run_id"])
+    lines += ["next:",
+              f"  plots     {summary['reports']}/",
+              f"  MLflow    run {summary['mlflow_run_id']}",
+              f"  Prefect   flow run {federation}",
+              "  `fedrec ui` serves both (this run's Prefect server has stopped); then open:",
+              f"http://127.0.0.1:{mlflow_port}/#/experiments/{summary.get('mlflow_experiment_id', '0')}/runs/"
+              f"{summary['mlflow_run_id']}",
+              f"http://127.0.0.1:{prefect_port}/runs/flow-run/{summary.get('prefect_flow_run_id', summary['run_id'])}"]
+    return lines  # links are never cut (a cut link is a dead one); the rest stays within 80 columns

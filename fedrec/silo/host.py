@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", default="{}", help="JSON object of dotted config overrides")
     parser.add_argument("--validation-in-train", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for this host")
+    parser.add_argument("--flow-runs", default="{}", help="JSON: silo -> the flow run id the coordinator created "
+                                                         "for it (linked to the federation's flow run)")
     args = parser.parse_args(argv)
     from fedrec.errors import ConfigError
     from fedrec.wire.exchange import check_run_id, check_silo_id
@@ -42,11 +44,24 @@ def main(argv: list[str] | None = None) -> int:
 
     failures: list[str] = []
 
+    linked = json.loads(args.flow_runs)
+
     def run(silo_id: str) -> None:
+        params = {"silo_id": silo_id, "run_id": args.run_id, "params_path": args.params,
+                  "overrides": json.loads(args.overrides) or None, "validation_in_train": args.validation_in_train}
         try:
-            # no tags: Prefect checks tag concurrency limits on the server before every tagged task run
-            silo_agent(silo_id=silo_id, run_id=args.run_id, params_path=args.params,
-                       overrides=json.loads(args.overrides), validation_in_train=args.validation_in_train)
+            # no tags context: Prefect checks tag concurrency limits on the server before every tagged task run
+            if silo_id in linked:  # the flow run the coordinator created, a subflow run of the federation's
+                from uuid import UUID
+
+                from prefect.client.orchestration import get_client
+                from prefect.flow_engine import run_flow
+
+                with get_client(sync_client=True) as client:
+                    flow_run = client.read_flow_run(UUID(linked[silo_id]))
+                run_flow(silo_agent, flow_run=flow_run, parameters=params)
+            else:
+                silo_agent(**params)
         except BaseException:  # noqa: BLE001 - reported below; the other silos of this host go on
             failures.append(silo_id)
             traceback.print_exc()
