@@ -21,7 +21,9 @@ from rich.table import Table  # noqa: E402
 from fedrec.config import Config, load_config, parse_overrides  # noqa: E402
 from fedrec.errors import ConfigError, FedrecError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated recommendation with encrypted aggregation.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated recommendation with encrypted aggregation.",
+                  epilog="Every command that reads params.yaml takes -S key=value overrides; `fedrec config` shows the "
+                         "effective values and their sources, `fedrec config --schema` (docs/config.md) every key.")
 err = Console(stderr=True)
 out = Console()
 
@@ -47,8 +49,15 @@ def _load(params: Path, overrides: dict | None) -> Config:
     return load_config(params, overrides)
 
 
-def _config(params: Path, sets: list[str] | None, extra: dict | None = None) -> Config:
-    return _load(params, _overrides(sets, extra))
+def _config(params: Path, sets: list[str] | None, extra: dict | None = None, data: bool = False) -> Config:
+    """The command's config; ``data``: the command reads the pipeline's data, so a set data directory
+    (FEDREC_DATA_DIR, data.raw_dir) must exist and hold MovieLens, also where data/ already holds prepared data."""
+    cfg = _load(params, _overrides(sets, extra))
+    if data:
+        from fedrec import pipeline
+
+        pipeline.check_data_dir(cfg)
+    return cfg
 
 
 def _emit(payload: dict, output: Path | None, as_json: bool) -> bool:
@@ -89,7 +98,7 @@ def prepare(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> Non
     from fedrec import pipeline
 
     with _user_errors():
-        ds = pipeline.prepare(_config(params, set_))
+        ds = pipeline.prepare(_config(params, set_, data=True))
     err.print(f"prepared {len(ds.interactions)} interactions, {len(ds.users)} users, {len(ds.items)} items")
 
 
@@ -99,7 +108,7 @@ def partition(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> N
     from fedrec import pipeline
 
     with _user_errors():
-        manifest = pipeline.partition(_config(params, set_))
+        manifest = pipeline.partition(_config(params, set_, data=True))
     err.print(f"{len(manifest)} silos: " + ", ".join(f"{s}({m['users']} users)" for s, m in manifest.items()))
 
 
@@ -110,7 +119,7 @@ def validate(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
     from fedrec import pipeline
 
     with _user_errors():
-        reports = pipeline.validate_all(_config(params, set_))
+        reports = pipeline.validate_all(_config(params, set_, data=True))
     for r in reports:
         mark = "[green]pass[/]" if r.success else "[red]FAIL[/] " + "; ".join(r.summary())
         err.print(f"silo {r.silo_id}: {r.n_rows} rows, {r.n_users} users: {mark}")
@@ -124,7 +133,7 @@ def split(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     from fedrec import pipeline
 
     with _user_errors():
-        silos = pipeline.split_all(_config(params, set_))
+        silos = pipeline.split_all(_config(params, set_, data=True))
     err.print(f"split {len(silos)} silos: {', '.join(silos)}")
 
 
@@ -145,7 +154,7 @@ def centralized(
         _fail(ValueError(f"--model must be pop, gmf, neumf or hybrid, not {model!r}"))
     with _user_errors():
         cfg = _config(params, set_, {"training.epochs": epochs,
-                                     "training.seeds": f"[{seeds}]" if seeds else None})
+                                     "training.seeds": f"[{seeds}]" if seeds else None}, data=True)
         with _progress() as progress:
             task = progress.add_task(f"{model}", total=cfg.training.epochs * len(cfg.training.seeds), status="")
 
@@ -211,7 +220,10 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         if run_id is not None:  # before anything turns it into a path (logs, checkpoint, exchange)
             check_run_id(run_id)
         overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
-        cfg = _load(params, overrides)  # fail fast on bad config, before Prefect starts
+        cfg = _load(params, overrides)  # fail fast on bad config or data directory, before Prefect starts
+        from fedrec import pipeline
+
+        pipeline.check_data_dir(cfg)
         from flows.federated import run_demo
 
         summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)

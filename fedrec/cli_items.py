@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         from fedrec.cli import _config, _user_errors, err
 
         with _user_errors():
-            cfg = _config(params, set_, {"item_text.encoder": encoder, "item_text.device": device})
+            cfg = _config(params, set_, {"item_text.encoder": encoder, "item_text.device": device}, data=True)
             if not (Path(cfg.data.work_dir) / "catalogue" / "items.parquet").exists():
                 pipeline.prepare(cfg)  # the catalogue is the prepare stage's output
             result = item_text.embed_items(cfg)

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         from fedrec.silo.source import demo_source, write_demo_databases
 
         with _user_errors():
-            cfg = _config(params, set_)
+            cfg = _config(params, set_, data=True)
             rows = write_demo_databases(cfg, out_dir)
         source = demo_source(out_dir)
         plain = dict(soft_wrap=True, markup=False, highlight=False)  # paths verbatim, never wrapped
@@ -45,6 +45,6 @@ def register(app: typer.Typer) -> None:
         from fedrec.cli import _config, _user_errors, err
 
         with _user_errors():
-            silos = pipeline.snapshot_all(_config(params, set_))
+            silos = pipeline.snapshot_all(_config(params, set_, data=True))
         err.print(f"snapshots of {len(silos)} database silo(s)" + (f": {', '.join(silos)}" if silos else
                                                                     " (silo.source is not set)"))

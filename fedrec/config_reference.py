@@ -20,6 +20,9 @@ import yaml
 
 from fedrec.config import DATA_DIR_ENV, Config, flatten, load_config, range_checks, to_dict
 
+#: read where tracking.uri is null (fedrec.tracking.tracking_uri)
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
 _FIELD = re.compile(r"^\s+(\w+)\s*:")
 _INLINE = re.compile(r"#\s*(.+)$")
 
@@ -160,5 +163,7 @@ def effective(params: str | Path, overrides: dict[str, Any] | None) -> list[tupl
             source = "-S"
         if key == "data.raw_dir" and os.environ.get(DATA_DIR_ENV):
             value, source = os.environ[DATA_DIR_ENV], f"env {DATA_DIR_ENV}"
+        if key == "tracking.uri" and value is None and os.environ.get(TRACKING_ENV):  # fedrec.tracking.tracking_uri
+            value, source = os.environ[TRACKING_ENV], f"env {TRACKING_ENV}"
         rows.append((key, value, source))
     return rows

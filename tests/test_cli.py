@@ -268,7 +268,8 @@ def test_no_params_file_warns_and_a_missing_explicit_one_is_an_error(tmp_path, m
 def test_a_served_silo_refuses_a_run_that_changes_its_pinned_params(monkeypatch):
     from flows.silo_agent import SERVING_ENV, check_pinned, pin_serving
 
-    monkeypatch.delenv(SERVING_ENV, raising=False)
+    monkeypatch.setenv(SERVING_ENV, "{}")
+    monkeypatch.delenv(SERVING_ENV)  # and unset again after the test (pin_serving sets it in os.environ)
     check_pinned("0", "/anything.yaml", {"federation.masking": "false"})  # not served: a host process, as given
     pinned = pin_serving("0", "/silo/params.yaml", {"federation.min_silos": "4"})
 
@@ -277,6 +278,164 @@ def test_a_served_silo_refuses_a_run_that_changes_its_pinned_params(monkeypatch)
                     {"overrides": {"federation.min_silos": "4", "federation.masking": "false"}}):
         with pytest.raises(ConfigError, match="refused"):
             check_pinned(**(pinned | changed))
+
+
+
+def _movielens_with_stale_data(params_file) -> None:
+    """params_file's synthetic data prepared and partitioned into its data/, then the source switched to MovieLens:
+    what a user who points FEDREC_DATA_DIR elsewhere has in data/."""
+    import yaml
+
+    runner = CliRunner()
+    for step in ("prepare", "partition"):
+        assert runner.invoke(app, [step, "--params", str(params_file)]).exit_code == 0
+    raw = yaml.safe_load(params_file.read_text())
+    raw["data"]["source"] = "movielens"
+    params_file.write_text(yaml.safe_dump(raw))
+
+
+@pytest.mark.parametrize("command", [["run"], ["prepare"], ["partition"], ["validate"], ["split"],
+                                     ["centralized", "--model", "pop"], ["embed-items"], ["snapshot"]])
+def test_every_data_command_refuses_a_data_directory_that_does_not_exist(params_file, tmp_path, monkeypatch,
+                                                                         command):
+    # Prepare: stale prepared data in data/, FEDREC_DATA_DIR set to a typo (issue: `fedrec run` exited 0 on data/)
+    _movielens_with_stale_data(params_file)
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*"))
+    monkeypatch.setenv("FEDREC_DATA_DIR", "/no/such/dir")
+
+    # Execute
+    result = CliRunner().invoke(app, [*command, "--params", str(params_file)])
+
+    # Assert: exit 2, the setting named, nothing in data/ touched
+    assert result.exit_code == 2, result.output
+    assert "env FEDREC_DATA_DIR=/no/such/dir: no such directory" in result.stderr
+    assert "Traceback" not in result.output
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*")) == before
+
+
+def test_a_data_raw_dir_override_that_does_not_exist_is_named_as_such(params_file, tmp_path, monkeypatch):
+    _movielens_with_stale_data(params_file)
+    monkeypatch.delenv("FEDREC_DATA_DIR", raising=False)
+
+    result = CliRunner().invoke(app, ["run", "--params", str(params_file), "-S", f"data.raw_dir={tmp_path}/nope"])
+
+    assert result.exit_code == 2, result.output
+    assert f"data.raw_dir={tmp_path}/nope: no such directory" in result.stderr
+
+
+def test_prepare_in_an_empty_directory_warns_of_the_defaults_and_fails_offline_with_the_way_out(tmp_path,
+                                                                                                monkeypatch):
+    # Prepare: no params.yaml, no FEDREC_DATA_DIR, no network
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEDREC_DATA_DIR", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+    # Execute
+    result = CliRunner().invoke(app, ["prepare"])
+
+    # Assert: the defaults are named, the download failure says what to set; nothing prepared
+    assert result.exit_code == 2, result.output
+    assert "warning: no params.yaml" in result.stderr and "built-in defaults" in result.stderr
+    assert "could not download" in result.stderr and "Set FEDREC_DATA_DIR" in result.stderr
+    assert not (tmp_path / "data" / "prepared").exists()
+
+
+@pytest.mark.parametrize("how", ["--cron", "-S"])
+def test_deploy_registers_a_cron_starting_with_a_star_as_given(params_file, monkeypatch, how):
+    # Prepare: the Prefect side replaced by a recorder (tests/test_operations.py registers against a server)
+    import contextlib
+
+    from fedrec.coordinator import launch
+    from fedrec.ops import deploy as dep
+
+    registered = {}
+
+    def register(**kwargs):
+        registered.update(kwargs)
+        return dep.Deployed(id="1", name="scheduled_retraining/x", work_pool=kwargs["work_pool"], pool_created=False,
+                            cron=kwargs["cron"], timezone=kwargs["timezone"], parameters={}, working_directory=".")
+
+    monkeypatch.setattr(dep, "register", register)
+    monkeypatch.setattr(launch, "prefect_api", lambda: contextlib.nullcontext("http://127.0.0.1:1/api"))
+    option = ["--cron", "*/30 * * * *"] if how == "--cron" else ["-S", "operations.schedule=*/30 * * * *"]
+
+    # Execute
+    result = CliRunner().invoke(app, ["deploy", "--params", str(params_file), *option])
+
+    # Assert: no YAML ScannerError; Prefect's cron check passes; the cron reaches the deployment unchanged
+    assert result.exit_code == 0, result.output
+    assert registered["cron"] == "*/30 * * * *" and registered["timezone"] == "UTC"
+    assert "on cron */30 * * * *" in result.stderr
+
+
+def test_silo_serve_pins_its_own_overrides_on_the_silos_side(params_file, monkeypatch):
+    # Prepare: prefect.serve replaced by a recorder of the deployment it would serve
+    import prefect
+
+    from flows.silo_agent import SERVING_ENV, check_pinned
+
+    served = []
+    monkeypatch.setenv(SERVING_ENV, "{}")
+    monkeypatch.delenv(SERVING_ENV)  # unset again after the test
+    monkeypatch.setenv("PREFECT_RUNNER_POLL_FREQUENCY", "2")
+    monkeypatch.setattr(prefect, "serve", lambda *deployments, **kwargs: served.extend(deployments))
+
+    # Execute
+    result = CliRunner().invoke(app, ["silo", "serve", "--silo", "0", "--params", str(params_file),
+                                      "-S", "federation.min_silos=4", "-S", "federation.masking=true"])
+    typo = CliRunner().invoke(app, ["silo", "serve", "--silo", "0", "--params", str(params_file),
+                                    "-S", "federation.min_silo=4"])
+
+    # Assert: the runs load the operator's params and overrides; a coordinator asking for others is refused
+    assert result.exit_code == 0, result.output
+    (deployment,) = served
+    pinned = {"silo_id": "0", "params_path": str(params_file.resolve()),
+              "overrides": {"federation.min_silos": "4", "federation.masking": "true"}}
+    assert deployment.name == "silo-0" and deployment.parameters == pinned
+    check_pinned(**pinned)
+    with pytest.raises(ConfigError, match="refused"):
+        check_pinned(**(pinned | {"overrides": {"federation.masking": "false"}}))
+    assert typo.exit_code == 2 and "did you mean 'federation.min_silos'?" in typo.stderr
+
+
+def test_help_says_where_the_keys_are_listed():
+    result = CliRunner().invoke(app, ["--help"], terminal_width=200)
+
+    assert result.exit_code == 0
+    assert "-S key=value" in result.stdout and "fedrec config --schema" in result.stdout
+
+
+def test_the_issues_commands_in_a_copy_of_the_project_directory_as_a_user_types_them(tmp_path):
+    # Prepare: the project's params.yaml in a fresh directory, a shell's environment
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "FEDREC_DATA_DIR"}
+
+    def fedrec(*args, **extra_env):
+        return subprocess.run([sys.executable, "-m", "fedrec", *args], cwd=tmp_path, env=env | extra_env,
+                              capture_output=True, text=True, timeout=300)
+
+    # Execute
+    run = fedrec("run", FEDREC_DATA_DIR="/no/such/dir")
+    cron = fedrec("config", "--json", "-S", "operations.schedule=*/30 * * * *")
+    typo = fedrec("run", "-S", "federation.round=5")
+
+    # Assert: exit 2 with one line naming what is wrong (before: 0, and a ScannerError traceback)
+    assert run.returncode == 2 and "FEDREC_DATA_DIR=/no/such/dir: no such directory" in run.stderr, run.stderr
+    assert cron.returncode == 0, cron.stderr
+    assert json.loads(cron.stdout)["operations.schedule"] == {"value": "*/30 * * * *", "source": "-S"}
+    assert typo.returncode == 2 and "did you mean 'federation.rounds'?" in typo.stderr
+    assert not (tmp_path / "data").exists()
 
 
 # --- the end of a run (issue #24, item 5) -------------------------------------------------------------------------

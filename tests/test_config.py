@@ -210,3 +210,18 @@ def test_effective_config_names_each_values_source(tmp_path, monkeypatch):
     assert rows["federation.he"] == (True, "-S")
     assert rows["training.epochs"] == (20, "default")
     assert rows["data.raw_dir"] == (str(tmp_path), "env FEDREC_DATA_DIR")
+
+
+def test_effective_config_names_the_tracking_uri_from_the_environment_only_where_params_leave_it_null(tmp_path,
+                                                                                                    monkeypatch):
+    from fedrec.config_reference import effective
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"tracking": {"experiment": "x"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/mlflow.db")
+
+    from_env = {k: (v, src) for k, v, src in effective(path, None)}
+    from_set = {k: (v, src) for k, v, src in effective(path, {"tracking.uri": "http://mlflow:5000"})}
+
+    assert from_env["tracking.uri"] == ("sqlite:////srv/mlflow.db", "env MLFLOW_TRACKING_URI")
+    assert from_set["tracking.uri"] == ("http://mlflow:5000", "-S")
