@@ -452,7 +452,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, inner[0], key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list such as [0, 1], got {value!r}")
         (elem,) = typing.get_args(tp)[:1]
         return tuple(_coerce(v, elem, key) for v in value)
     if tp is bool:
@@ -469,7 +469,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            hint = f" (quote it: '{value}')" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
         return value
     return value
 

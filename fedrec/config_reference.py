@@ -164,6 +164,8 @@ def effective(params: str | Path, overrides: dict[str, Any] | None) -> list[tupl
         if key == "data.raw_dir" and os.environ.get(DATA_DIR_ENV):
             value, source = os.environ[DATA_DIR_ENV], f"env {DATA_DIR_ENV}"
         if key == "tracking.uri" and value is None and os.environ.get(TRACKING_ENV):  # fedrec.tracking.tracking_uri
-            value, source = os.environ[TRACKING_ENV], f"env {TRACKING_ENV}"
+            value = os.environ[TRACKING_ENV]
+            # fedrec.env sets this one itself where the user has not: the project's ./mlflow.db
+            source = "default" if value == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}" else f"env {TRACKING_ENV}"
         rows.append((key, value, source))
     return rows

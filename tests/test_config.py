@@ -225,3 +225,14 @@ def test_effective_config_names_the_tracking_uri_from_the_environment_only_where
 
     assert from_env["tracking.uri"] == ("sqlite:////srv/mlflow.db", "env MLFLOW_TRACKING_URI")
     assert from_set["tracking.uri"] == ("http://mlflow:5000", "-S")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")  # fedrec.env's own
+    assert dict((k, src) for k, _, src in effective(path, None))["tracking.uri"] == "default"
+
+
+def test_a_list_or_string_key_given_the_wrong_shape_says_how_to_write_it():
+    with pytest.raises(ConfigError, match=r"training\.seeds: expected a list such as \[0, 1\], got '0,1'"):
+        Config().replace(**{"training.seeds": "0,1"})
+    with pytest.raises(ConfigError, match=r"federation\.silos: expected a string, got 0 \(quote it: '0'\)"):
+        Config().replace(**{"federation.silos": "[0, 1]"})
+    assert Config().replace(**{"federation.silos": "['0', '1']"}).federation.silos == ("0", "1")
