@@ -589,7 +589,9 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+            hint = ("\n(a value starting with * reads as a YAML alias: quote it, e.g. schedule: '*/30 * * * *')"
+                    if "alias" in str(exc) else "")
+            raise ConfigError(f"{path} is not valid YAML: {exc}{hint}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping at top level")
     cfg = from_dict(raw)

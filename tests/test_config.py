@@ -236,3 +236,13 @@ def test_a_list_or_string_key_given_the_wrong_shape_says_how_to_write_it():
     with pytest.raises(ConfigError, match=r"federation\.silos: expected a string, got 0 \(quote it: '0'\)"):
         Config().replace(**{"federation.silos": "[0, 1]"})
     assert Config().replace(**{"federation.silos": "['0', '1']"}).federation.silos == ("0", "1")
+
+
+def test_an_unquoted_cron_in_params_yaml_says_to_quote_it(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("operations:\n  schedule: */30 * * * *\n")
+
+    with pytest.raises(ConfigError, match=r"not valid YAML(.|\n)*quote it, e\.g\. schedule: '\*/30 \* \* \* \*'"):
+        load_config(path)
+    path.write_text("operations:\n  schedule: '*/30 * * * *'\n")
+    assert load_config(path).operations.schedule == "*/30 * * * *"
