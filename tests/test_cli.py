@@ -462,21 +462,26 @@ def test_a_runs_closing_lines_fit_80_columns_and_point_where_to_look_next():
     assert "silos left out: 7" in text
 
 
-def test_the_runs_own_prefect_server_prints_no_view_at_link(capfd, monkeypatch):
-    # a run on the temporary server prefect_api starts (make run): its "View at" link would be dead after the run
-    from prefect import flow
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def test_the_runs_own_prefect_server_prints_no_view_at_link(tmp_path):
+    # a run on the temporary server prefect_api starts (make run): its "View at" link would be dead after the run.
+    # In its own process: Prefect's server object is a per-port singleton that this session's harness shares.
+    import os
+    import subprocess
+    import sys
 
-    from fedrec.coordinator.launch import prefect_api
+    script = (
+        "from prefect import flow\n"
+        "from fedrec.coordinator.launch import prefect_api\n"
+        "@flow(name='tiny')\n"
+        "def tiny():\n"
+        "    return 1\n"
+        "with prefect_api():\n"
+        "    assert tiny() == 1\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
 
-    @flow(name="tiny")
-    def tiny() -> int:
-        return 1
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
 
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        with prefect_api():
-            assert tiny() == 1
-        shown = capfd.readouterr()
-        assert "Beginning flow run" in shown.out + shown.err  # Prefect's console log is captured here
-        assert "View at" not in shown.out + shown.err
+    shown = done.stdout + done.stderr
+    assert done.returncode == 0, shown[-3000:]
+    assert "Beginning flow run" in shown  # Prefect's console log is here
+    assert "View at" not in shown
