@@ -38,26 +38,27 @@ def _overrides(sets: list[str] | None, extra: dict | None = None) -> dict:
     return parse_overrides(sets) | {k: v for k, v in (extra or {}).items() if v is not None}
 
 
-def _load(params: Path, overrides: dict | None) -> Config:
+def _load(params: Path, overrides: dict | None, data: bool = False) -> Config:
     """The config, loudly: a --params file that does not exist is an error; no params.yaml here is a warning
-    (the built-in defaults are used, which download MovieLens-100K unless FEDREC_DATA_DIR is set)."""
+    (the built-in defaults are used, which download MovieLens-100K unless FEDREC_DATA_DIR is set). ``data``: the
+    command reads the pipeline's data, so a set data directory (FEDREC_DATA_DIR, data.raw_dir) must exist and hold
+    MovieLens, also where data/ already holds prepared data."""
     if not params.exists():
         if params != DEFAULT_PARAMS:
             raise ConfigError(f"--params {params}: no such file")
         err.print(f"[yellow]warning:[/] no {params} in {Path.cwd()}: using the built-in defaults "
                   "(`fedrec config` shows them; run from the project directory or pass --params)", soft_wrap=True)
-    return load_config(params, overrides)
-
-
-def _config(params: Path, sets: list[str] | None, extra: dict | None = None, data: bool = False) -> Config:
-    """The command's config; ``data``: the command reads the pipeline's data, so a set data directory
-    (FEDREC_DATA_DIR, data.raw_dir) must exist and hold MovieLens, also where data/ already holds prepared data."""
-    cfg = _load(params, _overrides(sets, extra))
+    cfg = load_config(params, overrides)
     if data:
         from fedrec import pipeline
 
         pipeline.check_data_dir(cfg)
     return cfg
+
+
+def _config(params: Path, sets: list[str] | None, extra: dict | None = None, data: bool = False) -> Config:
+    """The command's config (see :func:`_load`)."""
+    return _load(params, _overrides(sets, extra), data)
 
 
 def _emit(payload: dict, output: Path | None, as_json: bool) -> bool:
@@ -220,10 +221,7 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         if run_id is not None:  # before anything turns it into a path (logs, checkpoint, exchange)
             check_run_id(run_id)
         overrides = _overrides(set_, _run_options(rounds, local_epochs, model, no_he))
-        cfg = _load(params, overrides)  # fail fast on bad config or data directory, before Prefect starts
-        from fedrec import pipeline
-
-        pipeline.check_data_dir(cfg)
+        cfg = _load(params, overrides, data=True)  # fail fast on bad config or data directory, before Prefect starts
         from flows.federated import run_demo
 
         summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)

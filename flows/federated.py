@@ -52,9 +52,14 @@ def _federation_name() -> str:
     return f"federation-{given + '-' if given else ''}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
+def _current_federation(run_id: str) -> str:
+    """This flow run's name (:func:`_federation_name`), or a stand-in outside a flow run."""
+    return flow_run.get_name() or f"federation-{run_id}"
+
+
 def _launcher(cfg: Config, run_id: str, silos: list[str], params_path: str, overrides: dict | None,
               sizes: dict[str, int] | None, validation_in_train: bool):
-    federation = flow_run.get_name() or f"federation-{run_id}"
+    federation = _current_federation(run_id)
     if validation_in_train:
         federation += "-refit"
     if cfg.federation.launcher == "deployments":
@@ -130,7 +135,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
     logger = get_run_logger()
     k = cfg.evaluation.k
     resumed = checkpoint_extra(cfg, run_id)  # a crashed run continues its own MLflow run
-    name = flow_run.get_name() or f"federation-{run_id}"
+    name = _current_federation(run_id)
     with mlflow_run(cfg, f"{name}-{cfg.model.name}-{'he' if cfg.federation.he else 'plain'}",
                     {"kind": "federated", "model": cfg.model.name, "prefect_flow_run": run_id},
                     run_id=resumed.get("mlflow_run_id") if resumed else None) as run, \
@@ -169,7 +174,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         if coord.data_versions:  # which data each silo trained on (a resumed run logged them at its start)
             run.set_tags({f"data_version.{s}": v for s, v in coord.data_versions.items()})
         report_dir = Path(cfg.operations.reports_dir) / run_id
-        for figure_name, figure in plots.figures(history, k, best.round).items():  # training_curves.png first
+        for figure_name, figure in plots.figures(history, k, best.round).items():
             plots.save(figure, report_dir / figure_name)
             run.log_figure(figure, figure_name)
         run.log_figure(rounds_figure(history, k), "hr_ndcg_per_round.png")
