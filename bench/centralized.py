@@ -8,20 +8,18 @@ Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k python bench/centralized.py [-
 
 from __future__ import annotations
 
-from fedrec import env
+import argparse
+import json
+import time
+from pathlib import Path
 
-env.apply_defaults()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from fedrec.centralized import run_baseline  # noqa: E402
-from fedrec.config import load_config, parse_overrides  # noqa: E402
+from fedrec.core import env
+from fedrec.core.config import load_config, parse_overrides
+from fedrec.orchestration.centralized import run_baseline
 
 
 def main() -> None:
+    env.apply_defaults()  # before Prefect or MLflow is first imported
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--models", default="pop,gmf,neumf")

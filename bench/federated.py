@@ -9,24 +9,22 @@ Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k python bench/federated.py [-S 
 
 from __future__ import annotations
 
-from fedrec import env
+import argparse
+import json
+import time
+from pathlib import Path
 
-env.apply_defaults()
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from fedrec.config import load_config, parse_overrides  # noqa: E402
-from fedrec.federation.aggregate import flatten_state  # noqa: E402
-from fedrec.federation.filters import load_global  # noqa: E402
-from fedrec.wire.exchange import run_exchange  # noqa: E402
+from fedrec.core import env
+from fedrec.core.config import load_config, parse_overrides
+from fedrec.core.state import flatten_state
+from fedrec.protocol.reads import load_global
+from fedrec.wire.exchange import run_exchange
 
 
 def main() -> None:
+    env.apply_defaults()  # before Prefect or MLflow is first imported
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
@@ -34,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/federated_bench.json")
     args = ap.parse_args()
     overrides = parse_overrides(args.sets)
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     runs = {}
     for mode in (["he"] if args.skip_plain else ["he", "plain"]):

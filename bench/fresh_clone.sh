@@ -54,7 +54,7 @@ import asyncio, json, mlflow, sqlite3
 from pathlib import Path
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-from fedrec.ops.screenshot import browser, screenshot
+from support.screenshot import browser, screenshot
 
 async def runs():
     async with get_client() as client:

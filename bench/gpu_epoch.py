@@ -4,7 +4,7 @@ splits, the same code as `fedrec centralized`), for the GPU-versus-CPU compariso
     python bench/gpu_epoch.py --data data --configs cpu:256:0.001 cuda:4096:0.004 --out results/gpu_epoch.json
 
 Each config is device:batch_size:lr, or a device alone (auto | cpu | cuda): the project's defaults, i.e. on a GPU
-the batch and learning rate `training.device: auto` picks by itself (fedrec.training.for_device); every run trains up to --epochs epochs with early stopping on the validation
+the batch and learning rate `training.device: auto` picks by itself (fedrec.core.training.for_device); every run trains up to --epochs epochs with early stopping on the validation
 item (patience 5) and reports the mean training seconds per epoch (evaluation excluded), the selected epoch and
 the test metrics of that epoch. Needs only torch, numpy, pandas and pyyaml (no Prefect, MLflow or GE), so it runs
 on a bare GPU machine with the data directory (data/split, data/catalogue) carried along.
@@ -27,8 +27,8 @@ def pooled(data_dir: Path):
     import numpy as np
     import pandas as pd
 
-    from fedrec.data.split import Split
-    from fedrec.training import SiloData
+    from fedrec.core.data.split import Split
+    from fedrec.core.training import SiloData
 
     splits = [Split.load(p) for p in sorted((data_dir / "split").iterdir()) if (p / "holdout.parquet").exists()]
     union = Split(pd.concat([s.train for s in splits], ignore_index=True),
@@ -49,8 +49,8 @@ def main() -> None:
 
     import torch
 
-    from fedrec.config import from_dict
-    from fedrec.training import for_device, resolve_device, train_centralized
+    from fedrec.core.config import from_dict
+    from fedrec.core.training import for_device, resolve_device, train_centralized
 
     data, n_silos = pooled(args.data)
     rows = []

@@ -3,7 +3,7 @@
 For each CKKS configuration, from the former default to the current one, one option changed at a time: bytes of
 the update's ciphertexts against fp32, seconds to encrypt it (one silo), to add 11 of them (the coordinator) and to
 decrypt the sum (the decryptor), and whether the decoded mean is exactly the plaintext path's (HE == plaintext).
-The encoding (share of the mean on the 2^-17 grid, lanes, masks) is fedrec's own, via fedrec.federation.filters.
+The encoding (share of the mean on the 2^-17 grid, lanes, masks) is fedrec's own, via fedrec.crypto.updates.
 Then the worker processes (crypto.workers) on a large update (--large shared parameters, 4 silos): 1 against
 --workers processes.
 
@@ -22,10 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrec.config import CryptoConfig
-from fedrec.crypto import PARALLEL_MIN_CHUNKS, CKKSCodec, KeyMaterial, PlainCodec, create_keys
-from fedrec.federation.aggregate import flatten_state
-from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
+from fedrec.core.config import CryptoConfig
+from fedrec.core.state import flatten_state
+from fedrec.crypto.ckks import (
+    PARALLEL_MIN_CHUNKS,
+    CKKSCodec,
+    KeyMaterial,
+    PlainCodec,
+    create_keys,
+)
+from fedrec.crypto.updates import (
+    LocalUpdate,
+    aggregate_updates,
+    decrypt_aggregate,
+    encrypt_update,
+)
 
 LENGTH = 114_465  # NeuMF's shared parameters on ML-100K
 FORMER = CryptoConfig(poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 60), global_scale_bits=50,

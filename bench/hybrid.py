@@ -14,18 +14,16 @@ Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k python bench/hybrid.py [--roun
 
 from __future__ import annotations
 
-from fedrec import env
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
 
-env.apply_defaults()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from fedrec.config import load_config, parse_overrides  # noqa: E402
+from fedrec.core import env
+from fedrec.core.config import load_config, parse_overrides
+from fedrec.silo import data as pipeline
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 COLD = tuple(f"cold_{m}" for m in METRICS)
@@ -33,6 +31,7 @@ HE_PHASES = ("encrypt", "aggregate", "decrypt")
 
 
 def main() -> None:
+    env.apply_defaults()  # before Prefect or MLflow is first imported
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
@@ -59,7 +58,7 @@ def main() -> None:
         "tracking.uri": f"sqlite:///{work / 'mlflow.db'}", "tracking.experiment": "fedrec-hybrid-bench",
     } | parse_overrides(args.sets)
     work.mkdir(parents=True, exist_ok=True)
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     runs: dict[str, dict] = {}
     for model in ("neumf", "hybrid"):
@@ -70,7 +69,7 @@ def main() -> None:
         runs[model] = summary
         print(json.dumps({model: _row(summary)}), flush=True)
 
-    from fedrec.centralized import run_baseline
+    from fedrec.orchestration.centralized import run_baseline
 
     cfg = load_config(args.params, overrides)
     start = time.perf_counter()
@@ -95,9 +94,7 @@ def _row(summary: dict) -> dict:
 
 
 def _cold_count(cfg) -> int:
-    from fedrec import coldstart
-
-    return int(len(coldstart.split_cold_ids(cfg)))
+    return int(len(pipeline.split_cold_ids(cfg)))
 
 
 def _acceptance(neumf: dict, hybrid: dict, pop: dict) -> dict:
@@ -114,9 +111,9 @@ def _acceptance(neumf: dict, hybrid: dict, pop: dict) -> dict:
 def _adapter_cost(cfg, neumf: dict, hybrid: dict) -> dict:
     """What the text adapter adds per round: its parameters, ciphertexts, bytes per silo, HE seconds (all silos'
     encryption + the sum + the decryption), measured as hybrid minus NeuMF in the same configuration."""
-    from fedrec.item_text import model_features
-    from fedrec.training import model_config
-    from models import build_model
+    from fedrec.core.item_text import model_features
+    from fedrec.core.training import model_config
+    from fedrec.models import build_model
 
     hcfg = cfg.replace(**{"model.name": "hybrid"})
     model = build_model(model_config(hcfg.model, 1, len(model_features(hcfg)),
@@ -149,9 +146,14 @@ def _he_micro(cost: dict, n_silos: int = 11, repeats: int = 3) -> dict:
     import numpy as np
     import torch
 
-    from fedrec.config import CryptoConfig
-    from fedrec.crypto import CKKSCodec, create_keys
-    from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
+    from fedrec.core.config import CryptoConfig
+    from fedrec.crypto.ckks import CKKSCodec, create_keys
+    from fedrec.crypto.updates import (
+        LocalUpdate,
+        aggregate_updates,
+        decrypt_aggregate,
+        encrypt_update,
+    )
 
     crypto = CryptoConfig()
     keys = create_keys(crypto)

@@ -7,30 +7,28 @@ Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k python bench/privacy.py [-S ke
 
 from __future__ import annotations
 
-from fedrec import env
+import argparse
+import json
+import time
+from pathlib import Path
 
-env.apply_defaults()
+from fedrec.core import env
+from fedrec.core.config import parse_overrides
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from fedrec.config import parse_overrides  # noqa: E402
-
-#: the DP algorithm's own knobs (fedrec.privacy): per-user Adam steps, clipping, and a server step that scales the
+#: the DP algorithm's own knobs (fedrec.silo.privacy): per-user Adam steps, clipping, and a server step that scales the
 #: mean per-user change (DP-FedAvg); tuned without noise on 8 rounds, then fixed for every epsilon
 DP = {"privacy.enabled": True, "privacy.clip_norm": 0.5, "federation.server_lr": 10.0}
 
 
 def main() -> None:
+    env.apply_defaults()  # before Prefect or MLflow is first imported
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
     ap.add_argument("--epsilons", default="8,4,1")
     ap.add_argument("--out", default="results/privacy_bench.json")
     args = ap.parse_args()
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     rows = []
     settings = [("clipping only", {"privacy.noise_multiplier": 0.0})] + [

@@ -8,7 +8,7 @@ Same split, same seed, same model and training settings for both twins:
   latest ratings are harder to predict than random ones): ``--random-split`` adds a centralized random 80/20 run
   of the same model code for comparison;
 * baselines on the same split: the global mean and mu + b_u + b_i (regularised ALS, lambdas chosen on validation);
-* centralized: `fedrec centralized` (fedrec.centralized.run_baseline) with task=rating;
+* centralized: `fedrec centralized` (fedrec.orchestration.centralized.run_baseline) with task=rating;
 * federated: the Prefect flow `federated_training` (silo agents in host processes, masked CKKS aggregation),
   evaluated each round, the round chosen on validation RMSE.
 
@@ -21,19 +21,16 @@ Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k .venv/bin/python bench/rating.
 
 from __future__ import annotations
 
-from fedrec import env
+import argparse
+import json
+import time
+from pathlib import Path
 
-env.apply_defaults()
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fedrec.config import load_config, parse_overrides  # noqa: E402
+from fedrec.core import env
+from fedrec.core.config import load_config, parse_overrides
 
 #: the rating task's training settings used here (tuned minimally on the validation ratings: bench docstring)
 RATING_SETTINGS = {
@@ -55,7 +52,7 @@ def isolated(work: Path) -> dict:
 
 
 def centralized(cfg, model: str) -> dict:
-    from fedrec.centralized import run_baseline
+    from fedrec.orchestration.centralized import run_baseline
 
     start = time.perf_counter()
     report = run_baseline(cfg, model)
@@ -66,7 +63,7 @@ def centralized(cfg, model: str) -> dict:
 
 
 def federated(params: str, overrides: dict) -> dict:
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     start = time.perf_counter()
     summary = run_demo(params_path=params, overrides=overrides, show_progress=True)
@@ -78,10 +75,11 @@ def random_split(cfg, seed: int = 0) -> dict:
     """Centralized only: ratings split at random 80/20 (10% of the 80 validates the epoch), same model code."""
     import pandas as pd
 
-    from fedrec import pipeline, rating
-    from fedrec.metrics import RatingSums
-    from fedrec.training import SiloData, make_optimizer, model_config, train_epoch
-    from models import build_model
+    from fedrec.core import rating
+    from fedrec.core.metrics import RatingSums
+    from fedrec.core.training import SiloData, make_optimizer, model_config, train_epoch
+    from fedrec.models import build_model
+    from fedrec.silo import data as pipeline
 
     silos = pipeline.ensure_data(cfg)
     frame = pd.concat([pipeline.silo_interactions(cfg, s) for s in silos], ignore_index=True)
@@ -138,6 +136,7 @@ def random_split(cfg, seed: int = 0) -> dict:
 
 
 def main() -> None:
+    env.apply_defaults()  # before Prefect or MLflow is first imported
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[])

@@ -30,9 +30,25 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import (RESULTS, ROOT, BadArgument, BenchError, RunFailed, Workspace, begin, init_store, machine,
-                     markdown_table, process_figures, provision_data, run_fedrec_summary, run_figures, shown_path, fmt,
-                     fmt_bytes)
+from harness import (
+    RESULTS,
+    ROOT,
+    BadArgument,
+    BenchError,
+    RunFailed,
+    Workspace,
+    begin,
+    fmt,
+    fmt_bytes,
+    init_store,
+    machine,
+    markdown_table,
+    process_figures,
+    provision_data,
+    run_fedrec_summary,
+    run_figures,
+    shown_path,
+)
 
 WORK = RESULTS / "tmp" / "scaling"  # git-ignored scratch; each point's data and state are deleted after it
 SILOS = (2, 4, 8, 16, 32, 64)
@@ -172,8 +188,8 @@ def he_max_contributors() -> int | None:
     if str(ROOT) not in sys.path:  # this checkout's fedrec, as in the fedrec processes (harness.child_env)
         sys.path.insert(0, str(ROOT))
     try:
-        from fedrec.config import load_config
-        from fedrec.crypto import value_limit
+        from fedrec.core.config import load_config
+        from fedrec.crypto.ckks import value_limit
 
         return int(value_limit(load_config(ROOT / "params.yaml").crypto))
     except Exception as exc:  # noqa: BLE001 - an informative figure only

@@ -23,18 +23,26 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from harness import (RESULTS, ROOT, ROW_TIMEOUT_S, Workspace, init_store, machine, provision_data,
-                     run_fedrec_summary, run_figures)
+from harness import (
+    RESULTS,
+    ROOT,
+    ROW_TIMEOUT_S,
+    Workspace,
+    init_store,
+    machine,
+    provision_data,
+    run_fedrec_summary,
+    run_figures,
+)
 
 WORK = RESULTS / "tmp" / "secagg"
 
 
 def forge_reports(exchange: Path, silo: str, rounds: int) -> None:
     """Pre-write ``silo``'s report of every round, signed by an outsider's fresh key."""
-    from fedrec.trust import Identity, seal_envelope
     from fedrec.wire.exchange import fit_report_key
     from fedrec.wire.messages import FitReport
+    from fedrec.wire.trust import Identity, seal_envelope
 
     mallory = Identity.generate(silo)
     for r in range(1, rounds + 1):
@@ -77,17 +85,17 @@ def run_row(name: str, rounds: int, ws: Workspace, sets: list[str], drop: str | 
 def differencing(ws: Workspace, sets: list[str], drop: str) -> dict:
     """The audit's differencing attack on one round with a forced dropout, real agents in one process."""
     sys.path.insert(0, str(ROOT / "tests"))
-    import roundkit
-
-    from fedrec.config import load_config
-    from fedrec.federation import masking, secagg
-    from fedrec.federation.aggregate import flatten_state
-    from fedrec.federation.filters import gather_masks, load_global
+    from fedrec.core.config import load_config
+    from fedrec.core.state import flatten_state
+    from fedrec.crypto import masking, secagg
+    from fedrec.protocol.reads import gather_masks, load_global
     from fedrec.silo.agent import SiloAgent
-    from fedrec.trust import peek_envelope
     from fedrec.wire.exchange import unmask_key, update_key
     from fedrec.wire.messages import Unmask
     from fedrec.wire.payload import EncryptedUpdate
+    from fedrec.wire.trust import peek_envelope
+
+    import roundkit
 
     overrides = dict(s.split("=", 1) for s in sets) | {
         "data.work_dir": str(ws.data), "federation.state_dir": str(WORK / "attack" / "state"),

@@ -11,21 +11,18 @@ Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k python bench/trust_cost.py [-S
 
 from __future__ import annotations
 
-from fedrec import env
+import argparse
+import json
+import time
+from pathlib import Path
 
-env.apply_defaults()
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from fedrec.config import load_config, parse_overrides  # noqa: E402
-from fedrec.federation.aggregate import flatten_state  # noqa: E402
-from fedrec.federation.filters import load_global  # noqa: E402
-from fedrec.wire.exchange import run_exchange  # noqa: E402
+from fedrec.core import env
+from fedrec.core.config import load_config, parse_overrides
+from fedrec.core.state import flatten_state
+from fedrec.protocol.reads import load_global
+from fedrec.wire.exchange import run_exchange
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 
@@ -34,9 +31,9 @@ def micro(cfg, n_silos: int = 11, length: int = 114_465, repeats: int = 5) -> di
     """Per-operation cost of the trust model at ML-100K's size: one silo's double masks (self-mask + pairwise
     against n-1 peers' round keys), signing and verifying one update, sealing the secret context to one silo and
     opening it."""
-    from fedrec.crypto import create_keys
-    from fedrec.federation import masking, secagg
-    from fedrec.trust import Identity, open_envelope, seal, seal_envelope
+    from fedrec.crypto import masking, secagg
+    from fedrec.crypto.ckks import create_keys
+    from fedrec.wire.trust import Identity, open_envelope, seal, seal_envelope
 
     ids = [Identity.generate(f"s{i}") for i in range(n_silos)]
     peers = [i.public for i in ids]
@@ -69,6 +66,7 @@ def micro(cfg, n_silos: int = 11, length: int = 114_465, repeats: int = 5) -> di
 
 
 def main() -> None:
+    env.apply_defaults()  # before Prefect or MLflow is first imported
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
@@ -79,7 +77,7 @@ def main() -> None:
     if args.micro_only:
         print(json.dumps(micro(load_config(args.params, overrides)), indent=2))
         return
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     runs = {}
     for mode in ("masks", "no_masks"):

@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from fedrec import pipeline
-from fedrec.config import load_config
-from fedrec.training import train_centralized
+from fedrec.core.config import load_config
+from fedrec.core.training import train_centralized
+from fedrec.silo import data as pipeline
 
 GRID = [
     {},

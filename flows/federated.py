@@ -23,17 +23,30 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from fedrec import faults, pipeline, privacy
-from fedrec.config import Config, load_config
 from fedrec.coordinator.coordinator import Coordinator, checkpoint_extra
-from fedrec.coordinator.launch import DeploymentLauncher, LocalSiloHosts, local_server_yields_cpu, prefect_api
 from fedrec.coordinator.report import RoundRecord, rounds_figure
 from fedrec.coordinator.summary import better, evaluation_due, register_model, summarize
-from fedrec.errors import ConfigError, FederationError
-from fedrec.federation.filters import load_global
-from fedrec.ops import plots
-from fedrec.tracking import mlflow_run
-from tasks.coordinator import admit, collect_evaluation, federated_round, open_federation
+from fedrec.core import diagnostics as faults
+from fedrec.core.config import Config, load_config
+from fedrec.core.errors import ConfigError, FederationError
+from fedrec.flows.silo_agent import silo_agent
+from fedrec.orchestration.launch import (
+    DeploymentLauncher,
+    LocalSiloHosts,
+    local_server_yields_cpu,
+    prefect_api,
+)
+from fedrec.orchestration.ops import plots
+from fedrec.orchestration.tracking import mlflow_run
+from fedrec.protocol.reads import load_global
+from fedrec.silo import data as pipeline
+from fedrec.silo import privacy
+from fedrec.tasks.coordinator import (
+    admit,
+    collect_evaluation,
+    federated_round,
+    open_federation,
+)
 
 
 def _api_url() -> str | None:
@@ -66,7 +79,8 @@ def _launcher(cfg: Config, run_id: str, silos: list[str], params_path: str, over
         return DeploymentLauncher(cfg, run_id, silos, validation_in_train=validation_in_train,
                                   federation=federation).start()
     return LocalSiloHosts(cfg, run_id, silos, params_path=params_path, overrides=overrides, api_url=_api_url(),
-                          validation_in_train=validation_in_train, sizes=sizes, federation=federation).start()
+                          validation_in_train=validation_in_train, sizes=sizes, federation=federation,
+                          silo_flow=silo_agent).start()
 
 
 def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params_path: str, overrides: dict | None,
@@ -195,7 +209,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
             run.log_metrics({f"refit_test_{m}": v for m, v in final_test.items()})
             summary |= final_test
         summary["refit"] = cfg.training.refit
-        if cfg.privacy.enabled:  # user-level DP inside each silo (fedrec.privacy), Opacus' RDP accountant
+        if cfg.privacy.enabled:  # user-level DP inside each silo (fedrec.silo.privacy), Opacus' RDP accountant
             summary["privacy"] = {
                 "unit": "user within a silo", "noise_multiplier": sigma, "clip_norm": cfg.privacy.clip_norm,
                 "user_sample_rate": cfg.privacy.user_sample_rate, "delta": cfg.privacy.delta,
@@ -254,7 +268,7 @@ def _round_progress(enabled: bool, total: int):
         return nullcontext(None)
     from rich.console import Console
 
-    from fedrec.progress import bar
+    from fedrec.core.progress import bar
 
     progress = bar("federated rounds", Console(stderr=True))
     progress.add_task("federated rounds", total=total, status="starting silo agents")
@@ -276,7 +290,7 @@ def run_demo(params_path: str = "params.yaml", overrides: dict[str, Any] | None 
     cfg = load_config(params_path, overrides)
     silos = pipeline.ensure_partitioned(cfg)
     if cfg.model.name == "hybrid":  # the public item text embeddings, once, before the silos read them
-        from fedrec.item_text import item_features
+        from fedrec.core.item_text import item_features
 
         item_features(cfg)
     if cfg.federation.silos:

@@ -16,8 +16,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fedrec import env
-from fedrec.config import load_config
+from fedrec.core import env
+from fedrec.core.config import load_config
 
 
 def _run_name() -> str:
@@ -27,7 +27,7 @@ def _run_name() -> str:
 @task(name="retention", cache_policy=NO_CACHE)
 def apply_retention(older_than_days: int) -> dict[str, Any]:
     """Delete the Prefect flow runs (with their task runs and artifacts) that ended before the retention window."""
-    from fedrec.ops.retention import cleanup
+    from fedrec.orchestration.ops.retention import cleanup
 
     report = cleanup(older_than_days)
     get_run_logger().info("retention: %s", report.sentence())
@@ -39,7 +39,7 @@ def scheduled_retraining(params_path: str = "params.yaml", overrides: dict[str, 
                          retention_days: int | None = None) -> dict[str, Any]:
     """Retrain the federation on every silo's latest data, write its reports, then apply the retention policy
     (``retention_days``, default operations.retention_days). Returns counts, metrics and run ids only."""
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     env.apply_defaults(Path.cwd())  # what `fedrec run` gets, unless the worker's environment says otherwise
     cfg = load_config(params_path, overrides)

@@ -17,11 +17,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from fedrec.config import load_config
-from fedrec.errors import ConfigError
+from fedrec.core.config import load_config
+from fedrec.core.errors import ConfigError
 from fedrec.silo.agent import SiloAgent
-from tasks.silo import evaluate_round, fit_round, join_federation, settle_round, setup_silo, validate_data
-
+from fedrec.tasks.silo import (
+    evaluate_round,
+    fit_round,
+    join_federation,
+    settle_round,
+    setup_silo,
+    validate_data,
+)
 
 #: set by `fedrec silo serve` in its own environment (inherited by the runs it executes): the silo id, params file
 #: and overrides its operator chose; a run of the served deployment may not change them

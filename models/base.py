@@ -21,7 +21,7 @@ class RecModelConfig:
     mlp_layers: tuple[int, ...] = (64, 32, 16)
     dropout: float = 0.0
     task: str = "ranking"  # "ranking" (BCE on implicit labels) | "rating" (models.rating: biases + MSE)
-    #: hybrid (models/hybrid.py): the frozen item text embeddings [num_items, d] (fedrec.item_text) and the
+    #: hybrid (models/hybrid.py): the frozen item text embeddings [num_items, d] (fedrec.core.item_text) and the
     #: adapter's hidden width / ID-embedding dropout
     item_features: Any = field(default=None, compare=False, repr=False)
     adapter_hidden: int = 64
@@ -139,31 +139,3 @@ class RecModel(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self.users.reset_parameters(generator)
         self.items.reset_parameters(generator)
-
-
-def build_model(cfg: RecModelConfig, generator: torch.Generator | None = None) -> RecModel:
-    from models.gmf import GMFItemTower
-    from models.neumf import NeuMFItemTower
-
-    if cfg.name == "gmf":
-        items: ItemTower = GMFItemTower(cfg.num_items, cfg.embedding_dim)
-    elif cfg.name == "neumf":
-        items = NeuMFItemTower(cfg.num_items, cfg.embedding_dim, cfg.mlp_layers, cfg.dropout)
-    elif cfg.name == "hybrid":  # language-model item features
-        from models.hybrid import HybridItemTower
-
-        if cfg.item_features is None:
-            raise ValueError("model 'hybrid' needs the item text embeddings (item_features; fedrec embed-items)")
-        items = HybridItemTower(cfg.num_items, cfg.embedding_dim, cfg.mlp_layers, cfg.item_features,
-                                cfg.adapter_hidden, cfg.dropout, cfg.id_dropout)
-    else:
-        raise ValueError(f"unknown model {cfg.name!r}; expected 'gmf', 'neumf' or 'hybrid'")
-    if cfg.task == "rating":  # explicit ratings: the same tower plus biases, MSE (models/rating.py)
-        from models.rating import rating_model
-
-        model: RecModel = rating_model(items, cfg.num_users)
-        model.reset_parameters(generator)
-        return model
-    model = RecModel(UserTower(cfg.num_users, items.user_dims), items)
-    model.reset_parameters(generator)
-    return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.base import ItemTower
+from fedrec.models.base import ItemTower
 
 
 class GMFItemTower(ItemTower):

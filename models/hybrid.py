@@ -1,5 +1,5 @@
 """Hybrid item tower: NeuMF whose item vectors are an ID embedding plus a learned adapter over the item's frozen
-text embedding (fedrec.item_text).
+text embedding (fedrec.core.item_text).
 
     q_i^G, q_i^M = e_i^G + A^G(t_i),  e_i^M + A^M(t_i)        A = Linear(d_text, h) ─ ReLU ─ Linear(h, 2 * dim)
     logit = h^T [p_u^G * q_i^G ; MLP([p_u^M ; q_i^M])]           (the NeuMF head; p_u from the silo's user tower)
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.neumf import NeuMFItemTower
+from fedrec.models.neumf import NeuMFItemTower
 
 
 class HybridItemTower(NeuMFItemTower):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import ItemTower, RecModel
+from fedrec.models.base import ItemTower, RecModel, UserTower
 
 #: the rating scale (MovieLens; the GE suite checks every silo's ratings are within it)
 RATING_MIN, RATING_MAX = 1.0, 5.0
@@ -71,7 +71,5 @@ class RatingModel(RecModel):
 
 def rating_model(inner: ItemTower, num_users: int) -> RatingModel:
     """Wrap an item tower (GMF / NeuMF) into a rating model with a private user tower (embeddings + bias)."""
-    from models.base import UserTower
-
     items = RatingItemTower(inner)
     return RatingModel(UserTower(num_users, items.user_dims), items)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedrec.errors import FedrecError
+from fedrec.core.errors import FedrecError
 
 
 def retry_on_io_only(task, task_run, state) -> bool:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import IO_RETRIES
-
-from fedrec import pipeline
-from fedrec.config import Config
-from fedrec.validation import ValidationReport
+from fedrec.core.config import Config
+from fedrec.silo import data as pipeline
+from fedrec.silo.validation import ValidationReport
+from fedrec.tasks import IO_RETRIES
 
 
 @task(name="prepare-silos", **IO_RETRIES, cache_policy=NO_CACHE)

@@ -6,9 +6,14 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-
 from fedrec.silo.agent import SiloAgent
-from fedrec.wire.messages import Admission, FitInstructions, FitReport, Hello, MetricReport
+from fedrec.wire.messages import (
+    Admission,
+    FitInstructions,
+    FitReport,
+    Hello,
+    MetricReport,
+)
 
 
 @task(name="validate", task_run_name="validate-silo-{agent.silo_id}", cache_policy=NO_CACHE)

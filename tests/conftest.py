@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrec import env
+from fedrec.core import env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def tiny_params(tmp_path) -> dict:
 
 @pytest.fixture()
 def tiny_cfg(tiny_params):
-    from fedrec.config import from_dict
+    from fedrec.core.config import from_dict
 
     return from_dict(tiny_params)
 

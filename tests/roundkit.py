@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 
-from fedrec import pipeline
 from fedrec.coordinator.coordinator import Coordinator
 from fedrec.coordinator.report import round_record
+from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
 
 

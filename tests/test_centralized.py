@@ -1,4 +1,4 @@
-"""fedrec.centralized: the pooled baseline, tracked in a real MLflow sqlite store."""
+"""fedrec.orchestration.centralized: the pooled baseline, tracked in a real MLflow sqlite store."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import mlflow
 
-from fedrec import pipeline
-from fedrec.centralized import METRIC_KEYS, run_baseline
-from fedrec.tracking import tracking_uri
+from fedrec.orchestration.centralized import METRIC_KEYS, run_baseline
+from fedrec.orchestration.tracking import tracking_uri
+from fedrec.silo import data as pipeline
 
 
 def test_gmf_baseline_logs_epochs_and_test_metrics(tiny_cfg):

@@ -1,15 +1,14 @@
-"""fedrec.cli: the Typer app as a user runs it."""
+"""fedrec.cli.app: the Typer app as a user runs it."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from typer.testing import CliRunner
 
-from fedrec.cli import app
-from fedrec.errors import ConfigError
+from fedrec.cli.app import app
+from fedrec.core.errors import ConfigError
 
 
 def test_centralized_pop_json(params_file, tmp_path):
@@ -85,7 +84,7 @@ def test_malformed_override_exits_2_with_a_message(params_file):
 
 
 def test_identities_become_a_pinned_roster_and_keys_of_finished_runs_can_be_forgotten(params_file, tmp_path):
-    from fedrec.trust import Roster
+    from fedrec.wire.trust import Roster
 
     runner = CliRunner()
     files = []
@@ -266,7 +265,7 @@ def test_no_params_file_warns_and_a_missing_explicit_one_is_an_error(tmp_path, m
 
 
 def test_a_served_silo_refuses_a_run_that_changes_its_pinned_params(monkeypatch):
-    from flows.silo_agent import SERVING_ENV, check_pinned, pin_serving
+    from fedrec.flows.silo_agent import SERVING_ENV, check_pinned, pin_serving
 
     monkeypatch.setenv(SERVING_ENV, "{}")
     monkeypatch.delenv(SERVING_ENV)  # and unset again after the test (pin_serving sets it in os.environ)
@@ -351,7 +350,7 @@ def test_deploy_registers_a_cron_starting_with_a_star_as_given(params_file, monk
     import contextlib
 
     from fedrec.coordinator import launch
-    from fedrec.ops import deploy as dep
+    from fedrec.orchestration.ops import deploy as dep
 
     registered = {}
 
@@ -377,7 +376,7 @@ def test_silo_serve_pins_its_own_overrides_on_the_silos_side(params_file, monkey
     # Prepare: prefect.serve replaced by a recorder of the deployment it would serve
     import prefect
 
-    from flows.silo_agent import SERVING_ENV, check_pinned
+    from fedrec.flows.silo_agent import SERVING_ENV, check_pinned
 
     served = []
     monkeypatch.setenv(SERVING_ENV, "{}")
@@ -471,7 +470,7 @@ def test_the_runs_own_prefect_server_prints_no_view_at_link(tmp_path):
 
     script = (
         "from prefect import flow\n"
-        "from fedrec.coordinator.launch import prefect_api\n"
+        "from fedrec.orchestration.launch import prefect_api\n"
         "@flow(name='tiny')\n"
         "def tiny():\n"
         "    return 1\n"

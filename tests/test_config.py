@@ -1,4 +1,4 @@
-"""fedrec.config: typed params.yaml with named errors and DVC-style dotted overrides."""
+"""fedrec.core.config: typed params.yaml with named errors and DVC-style dotted overrides."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedrec.config import Config, from_dict, load_config, to_dict
-from fedrec.errors import ConfigError
+from fedrec.core.config import Config, from_dict, load_config, to_dict
+from fedrec.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ def test_tiny_cfg_fixture_is_valid(tiny_cfg):
 
 
 def test_parse_overrides_splits_on_the_first_equals_and_names_bad_pairs():
-    from fedrec.config import parse_overrides
+    from fedrec.core.config import parse_overrides
 
     assert parse_overrides(["federation.rounds=5", "tracking.uri=sqlite:///a=b.db"]) == \
         {"federation.rounds": "5", "tracking.uri": "sqlite:///a=b.db"}
@@ -177,8 +177,8 @@ def test_a_section_given_a_value_names_its_keys():
 
 
 def test_the_schema_covers_every_key_with_type_default_and_description():
-    from fedrec.config import flatten
-    from fedrec.config_reference import schema
+    from fedrec.core.config import flatten
+    from fedrec.core.config_reference import schema
 
     docs = {d.key: d for d in schema()}
 
@@ -191,14 +191,14 @@ def test_the_schema_covers_every_key_with_type_default_and_description():
 
 
 def test_docs_config_md_is_the_generated_reference():
-    from fedrec.config_reference import schema_markdown
+    from fedrec.core.config_reference import schema_markdown
 
     assert (ROOT / "docs" / "config.md").read_text() == schema_markdown() + "\n", \
         "regenerate: fedrec config --schema --markdown > docs/config.md"
 
 
 def test_effective_config_names_each_values_source(tmp_path, monkeypatch):
-    from fedrec.config_reference import effective
+    from fedrec.core.config_reference import effective
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"federation": {"rounds": 7, "he": False}}))
@@ -214,7 +214,7 @@ def test_effective_config_names_each_values_source(tmp_path, monkeypatch):
 
 def test_effective_config_names_the_tracking_uri_from_the_environment_only_where_params_leave_it_null(tmp_path,
                                                                                                     monkeypatch):
-    from fedrec.config_reference import effective
+    from fedrec.core.config_reference import effective
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"tracking": {"experiment": "x"}}))
@@ -226,7 +226,7 @@ def test_effective_config_names_the_tracking_uri_from_the_environment_only_where
     assert from_env["tracking.uri"] == ("sqlite:////srv/mlflow.db", "env MLFLOW_TRACKING_URI")
     assert from_set["tracking.uri"] == ("http://mlflow:5000", "-S")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")  # fedrec.env's own
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")  # fedrec.core.env's own
     assert dict((k, src) for k, _, src in effective(path, None))["tracking.uri"] == "default"
 
 

@@ -1,4 +1,4 @@
-"""fedrec.coordinator + fedrec.wire + fedrec.trust against curious or forging parties: admission with pinned keys,
+"""fedrec.coordinator + fedrec.wire + fedrec.wire.trust against curious or forging parties: admission with pinned keys,
 deadlines, a dropout unmasked by the survivors' reveals (SecAgg double masks, nobody sends twice), and every forged or
 replayed payload as one silo's dropout with a named reason, on a real exchange directory with real signed payloads
 (plaintext codec, masks on: the coordinator opens the sum itself; CKKS: test_masking and test_federated_flow)."""
@@ -13,21 +13,44 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.config import from_dict
 from fedrec.coordinator.coordinator import Coordinator
-from fedrec.coordinator.launch import balanced_groups
-from fedrec.crypto import PlainCodec
-from fedrec.errors import ConfigError, FederationError, PayloadError
-from fedrec.federation import masking, secagg
-from fedrec.federation.aggregate import flatten_state
-from fedrec.federation.filters import LocalUpdate, encrypt_update, load_global, read_mask_keys
-from fedrec.trust import Identity, Roster, SignatureError, seal, seal_envelope
-from fedrec.wire.exchange import (ADMISSION_KEY, STOP_KEY, ExchangeConflictError, check_silo_id, fit_report_key,
-                                  global_key, hello_key, instruction_key, left_key, mask_keys_key, reveal_key,
-                                  run_exchange, unmask_key, update_key)
-from fedrec.wire.messages import (Admission, FitInstructions, FitReport, Hello, Left, MaskKeys, Reveal, Stop,
-                                  Unmask)
-from fedrec.wire.payload import EncryptedUpdate, TensorSpec, layout_size
+from fedrec.core.config import from_dict
+from fedrec.core.errors import ConfigError, FederationError, PayloadError
+from fedrec.core.state import TensorSpec, flatten_state, layout_size
+from fedrec.crypto import masking, secagg
+from fedrec.crypto.ckks import PlainCodec
+from fedrec.crypto.updates import LocalUpdate, encrypt_update
+from fedrec.orchestration.launch import balanced_groups
+from fedrec.protocol.reads import load_global, read_mask_keys
+from fedrec.wire.exchange import (
+    ADMISSION_KEY,
+    STOP_KEY,
+    ExchangeConflictError,
+    check_silo_id,
+    fit_report_key,
+    global_key,
+    hello_key,
+    instruction_key,
+    left_key,
+    mask_keys_key,
+    reveal_key,
+    run_exchange,
+    unmask_key,
+    update_key,
+)
+from fedrec.wire.messages import (
+    Admission,
+    FitInstructions,
+    FitReport,
+    Hello,
+    Left,
+    MaskKeys,
+    Reveal,
+    Stop,
+    Unmask,
+)
+from fedrec.wire.payload import EncryptedUpdate
+from fedrec.wire.trust import Identity, Roster, SignatureError, seal, seal_envelope
 
 
 @pytest.fixture()
@@ -365,7 +388,7 @@ def test_exchange_keys_are_write_once(cfg):
 
 
 def test_a_global_model_or_instruction_not_signed_by_the_coordinator_is_refused(cfg):
-    from fedrec.federation.filters import encode_global
+    from fedrec.crypto.updates import encode_global
 
     coord = Coordinator(cfg, "run-k", n_items=6)
     silos = _opened(coord, "abc")
@@ -513,7 +536,7 @@ def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
 
 def _he_admitted(cfg, run_id: str, silos: dict[str, Silo], *, publish_secret: bool = False) -> Coordinator:
     """An HE run with a, b, c admitted; key holder a published its context (or, carelessly, its secret one)."""
-    from fedrec.crypto import create_keys
+    from fedrec.crypto.ckks import create_keys
     from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY
 
     he = cfg.replace(**{"federation.he": True})
@@ -547,7 +570,7 @@ def test_the_coordinator_refuses_a_published_context_that_can_decrypt(cfg):
 def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_refused(cfg):
     # Prepare: an HE run whose decryptor (a) is asked to open a sum of a, b, c; answers come as means over other
     # contributors than the aggregate's, or from a silo that was not asked
-    from fedrec.federation.filters import AggregateResult, encode_mean
+    from fedrec.crypto.updates import AggregateResult, encode_mean
     from fedrec.wire.exchange import decrypt_key, mean_key
     from fedrec.wire.messages import DecryptRequest
 
@@ -584,7 +607,7 @@ def test_a_mean_that_is_not_of_the_rounds_aggregate_or_not_by_the_decryptor_is_r
 
 
 def test_a_global_model_of_another_round_is_refused(cfg):
-    from fedrec.federation.filters import encode_global
+    from fedrec.crypto.updates import encode_global
 
     coord = Coordinator(cfg, "run-k", n_items=6)
     _opened(coord, "abc")
@@ -595,7 +618,7 @@ def test_a_global_model_of_another_round_is_refused(cfg):
 
 
 def test_a_mean_holding_nan_is_refused():
-    from fedrec.federation.filters import AggregateResult, decode_mean, encode_mean
+    from fedrec.crypto.updates import AggregateResult, decode_mean, encode_mean
 
     poisoned = AggregateResult({"w": torch.tensor([1.0, float("nan")])}, 4, ("a", "b"))
 

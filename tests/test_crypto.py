@@ -1,4 +1,4 @@
-"""fedrec.crypto + fedrec.federation.filters: CKKS weighted sums with real TenSEAL ciphertexts."""
+"""fedrec.crypto.ckks + fedrec.crypto.updates: CKKS weighted sums with real TenSEAL ciphertexts."""
 
 from __future__ import annotations
 
@@ -8,11 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.config import CryptoConfig
-from fedrec.crypto import CKKSCodec, PlainCodec, context_fingerprint, create_keys, value_limit
-from fedrec.errors import DecryptionKeyError, PayloadError
-from fedrec.federation.aggregate import flatten_state, weighted_average
-from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
+from fedrec.core.config import CryptoConfig
+from fedrec.core.errors import DecryptionKeyError, PayloadError
+from fedrec.core.state import flatten_state, weighted_average
+from fedrec.crypto.ckks import (
+    CKKSCodec,
+    PlainCodec,
+    context_fingerprint,
+    create_keys,
+    value_limit,
+)
+from fedrec.crypto.updates import (
+    LocalUpdate,
+    aggregate_updates,
+    decrypt_aggregate,
+    encrypt_update,
+)
 
 CRYPTO = CryptoConfig()  # 4096 -> 2048 slots per ciphertext
 SLOTS = CRYPTO.poly_modulus_degree // 2
@@ -281,7 +292,7 @@ def test_an_unmasked_round_missing_a_silo_averages_over_the_others(keys, vectors
 
 def test_large_vectors_are_split_across_worker_processes_with_the_same_result(keys):
     # Prepare: 256 ciphertexts' worth of values (crypto.PARALLEL_MIN_CHUNKS), two worker processes per side
-    from fedrec.crypto import PARALLEL_MIN_CHUNKS
+    from fedrec.crypto.ckks import PARALLEL_MIN_CHUNKS
 
     n = PARALLEL_MIN_CHUNKS * SLOTS
     x = np.random.default_rng(3).uniform(-1, 1, n)

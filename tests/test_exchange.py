@@ -6,8 +6,14 @@ import uuid
 
 import pytest
 
-from fedrec.errors import PayloadError
-from fedrec.wire.exchange import Exchange, ExchangeConflictError, aggregate_key, global_key, update_key
+from fedrec.core.errors import PayloadError
+from fedrec.wire.exchange import (
+    Exchange,
+    ExchangeConflictError,
+    aggregate_key,
+    global_key,
+    update_key,
+)
 
 
 def _urls(tmp_path):

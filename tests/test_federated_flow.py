@@ -1,4 +1,4 @@
-"""flows.federated + flows.silo_agent: the whole federation end to end on a real Prefect server (silo agents in
+"""fedrec.flows.federated + flows.silo_agent: the whole federation end to end on a real Prefect server (silo agents in
 their own host processes), a real MLflow store and real TenSEAL."""
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tiny_params
-from fedrec import leakscan, pipeline
-from fedrec.config import load_config
-from fedrec.crypto import CKKSCodec
-from fedrec.federation.filters import load_global
+from fedrec.core.config import load_config
+from fedrec.crypto.ckks import CKKSCodec
+from fedrec.protocol.reads import load_global
+from fedrec.silo import data as pipeline
 from fedrec.silo.store import SiloStore
-from fedrec.trust import SEALED_MAGIC, peek_envelope
 from fedrec.wire.exchange import PUBLIC_CONTEXT_KEY, run_exchange
 from fedrec.wire.payload import MAGIC, EncryptedUpdate
+from fedrec.wire.trust import SEALED_MAGIC, peek_envelope
+
+from conftest import make_tiny_params
+from support import leakscan
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 
@@ -33,7 +35,7 @@ USER_ID_BASE = 7_301_000_000
 
 
 def _run_flow(base: Path, overrides: dict | None = None) -> tuple[dict, dict, Path]:
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     params = make_tiny_params(base)
     path = base / "params.yaml"
@@ -134,7 +136,7 @@ def test_plain_run_matches_he_run(he_run, plain_run):
 
 def test_bad_silo_is_excluded(prefect_harness, tiny_cfg, params_file):
     # Prepare: the data steps, then one silo ships a rating of 9
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     pipeline.prepare(tiny_cfg)
     pipeline.partition(tiny_cfg)

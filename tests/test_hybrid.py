@@ -1,4 +1,4 @@
-"""The hybrid model (models/hybrid.py) and cold-start items (fedrec.coldstart): a cold item's score comes from its
+"""The hybrid model (models/hybrid.py) and cold-start items (fedrec.core.coldstart): a cold item's score comes from its
 text, the text adapter is shared and goes through the encrypted aggregation, the cold items are the same seeded set
 everywhere and never trained on, and `fedrec centralized` / `fedrec run` report cold_* metrics beside warm ones."""
 
@@ -14,14 +14,21 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from fedrec.core import coldstart, item_text
+from fedrec.core.config import CryptoConfig, from_dict, load_config
+from fedrec.core.state import state_delta
+from fedrec.core.training import SiloData, make_optimizer, model_config, train_epoch
+from fedrec.crypto.ckks import CKKSCodec, create_keys
+from fedrec.crypto.updates import (
+    LocalUpdate,
+    aggregate_updates,
+    decrypt_aggregate,
+    encrypt_update,
+)
+from fedrec.models import RecModelConfig, build_model
+from fedrec.silo import data as pipeline
+
 from conftest import make_tiny_params
-from fedrec import coldstart, item_text, pipeline
-from fedrec.config import CryptoConfig, from_dict, load_config
-from fedrec.crypto import CKKSCodec, create_keys
-from fedrec.federation.aggregate import state_delta
-from fedrec.federation.filters import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
-from fedrec.training import SiloData, model_config, train_epoch, make_optimizer
-from models import RecModelConfig, build_model
 
 COLD = {"evaluation.cold_item_fraction": 0.2}  # 12 of the tiny catalogue's 60 items
 COLD_KEYS = ("cold_hr@10", "cold_ndcg@10", "cold_full_hr@10", "cold_full_ndcg@10")
@@ -132,7 +139,7 @@ def test_the_split_removes_every_cold_interaction_from_training_at_every_silo(ti
     # Prepare
     cfg = from_dict(tiny_params).replace(**COLD)
     silos = pipeline.ensure_data(cfg)
-    cold = coldstart.split_cold_ids(cfg)
+    cold = pipeline.split_cold_ids(cfg)
     plain = from_dict(tiny_params)
 
     for silo in silos:
@@ -169,7 +176,7 @@ def test_cold_metrics_count_ties_as_a_random_order():
 
 def test_centralized_hybrid_reports_cold_metrics_beside_warm_ones(params_file, tiny_cfg, tiny_embeddings):
     # Prepare: the tiny data with 20% cold items; the catalogue's embeddings (encoded once this session)
-    from fedrec.cli import app
+    from fedrec.cli.app import app
 
     pipeline.prepare(tiny_cfg)
     with_embeddings(tiny_cfg, tiny_embeddings)
@@ -192,7 +199,7 @@ def test_centralized_hybrid_reports_cold_metrics_beside_warm_ones(params_file, t
 
 
 def test_federated_hybrid_with_he_reports_cold_metrics(prefect_harness, tmp_path, tiny_embeddings):
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     # Prepare
     params = make_tiny_params(tmp_path)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from fedrec import pipeline
-from fedrec.coordinator.launch import DeploymentLauncher, LocalSiloHosts
-from fedrec.errors import ConfigError
-from fedrec.recommend import SiloRecommender
+from fedrec.core.errors import ConfigError
+from fedrec.orchestration.launch import DeploymentLauncher, LocalSiloHosts
+from fedrec.silo import data as pipeline
+from fedrec.silo.recommend import SiloRecommender
 from fedrec.silo.store import SiloStore
 from fedrec.wire.exchange import check_run_id, check_silo_id, run_exchange
 

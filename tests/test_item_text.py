@@ -1,4 +1,4 @@
-"""fedrec.item_text: the `embed_items` stage encodes the public catalogue's text offline with the packaged
+"""fedrec.core.item_text: the `embed_items` stage encodes the public catalogue's text offline with the packaged
 all-MiniLM-L6-v2, caches it by item, and encodes again only what changed."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fedrec import item_text
-from fedrec.cli import app
-from fedrec.config import from_dict
+from fedrec.cli.app import app
+from fedrec.core import item_text
+from fedrec.core.config import from_dict
 
 #: a handful of catalogue items, as data/catalogue/items.parquet holds them
 HANDFUL = pd.DataFrame({
@@ -104,7 +104,7 @@ def test_a_changed_encoder_encodes_every_item_again(handful, monkeypatch):
 
 
 def test_an_encoder_that_is_not_local_is_a_named_error(handful):
-    from fedrec.errors import ConfigError
+    from fedrec.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="local sentence-transformers model directory"):
         item_text.embed_items(handful.replace(**{"item_text.encoder": "sentence-transformers/all-mpnet-base-v2"}))

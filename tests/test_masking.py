@@ -1,4 +1,4 @@
-"""fedrec.federation.masking + fedrec.federation.secagg under real CKKS: double masks (self-mask + pairwise) come
+"""fedrec.crypto.masking + fedrec.crypto.secagg under real CKKS: double masks (self-mask + pairwise) come
 off the sum exactly with the revealed secrets (also after a dropout, with the dropped silo's key rebuilt from the
 survivors' Shamir shares), a decrypted individual update is noise to whoever holds the secret key, and a sum that
 holds the dropped silo's update tells nothing about it (its self-mask is never revealed)."""
@@ -11,11 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.config import CryptoConfig
-from fedrec.crypto import CKKSCodec, create_keys
-from fedrec.errors import PayloadError
-from fedrec.federation import masking, secagg
-from fedrec.federation.filters import LocalUpdate, Masks, aggregate_updates, decrypt_aggregate, encrypt_update
+from fedrec.core.config import CryptoConfig
+from fedrec.core.errors import PayloadError
+from fedrec.crypto import masking, secagg
+from fedrec.crypto.ckks import CKKSCodec, create_keys
+from fedrec.crypto.updates import (
+    LocalUpdate,
+    Masks,
+    aggregate_updates,
+    decrypt_aggregate,
+    encrypt_update,
+)
 
 CRYPTO = CryptoConfig()
 LENGTH = 114_465  # the shared parameters of the project's NeuMF on ML-100K

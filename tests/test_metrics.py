@@ -1,4 +1,4 @@
-"""fedrec.metrics: HR / NDCG over 0-based ranks, sampled and full ranking, shareable sums."""
+"""fedrec.core.metrics: HR / NDCG over 0-based ranks, sampled and full ranking, shareable sums."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from fedrec.metrics import MetricSums, full_rank, hit_at_k, ndcg_at_k, sampled_rank, selection_value
+from fedrec.core.metrics import (
+    MetricSums,
+    full_rank,
+    hit_at_k,
+    ndcg_at_k,
+    sampled_rank,
+    selection_value,
+)
 
 
 def test_hit_at_k():

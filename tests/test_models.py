@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import RecModelConfig, build_model
-from models.popularity import PopularityModel
+from fedrec.models import RecModelConfig, build_model
+from fedrec.models.popularity import PopularityModel
 
 N_USERS, N_ITEMS, DIM = 6, 11, 4
 

@@ -1,4 +1,4 @@
-"""fedrec.data.movielens: the ML-100K file format, local directories and the md5-checked download."""
+"""fedrec.core.data.movielens: the ML-100K file format, local directories and the md5-checked download."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedrec.data.movielens import (REQUIRED_FILES, fetch_movielens_100k, load_movielens_100k,
-                                   resolve_raw_dir)
-from fedrec.errors import ChecksumError, DataNotFoundError
+from fedrec.core.data.movielens import (
+    REQUIRED_FILES,
+    fetch_movielens_100k,
+    load_movielens_100k,
+    resolve_raw_dir,
+)
+from fedrec.core.errors import ChecksumError, DataNotFoundError
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]

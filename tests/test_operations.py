@@ -20,10 +20,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import ROOT, make_tiny_params
 from fedrec.coordinator.report import RoundRecord
-from fedrec.ops import procs, screenshot
-from fedrec.ops.ui import STATE_FILE
+from fedrec.orchestration.ops import procs
+from fedrec.orchestration.ops.ui import STATE_FILE
+
+from conftest import ROOT, make_tiny_params
+from support import screenshot
 
 POOL = "fedrec-test-pool"
 DEPLOYMENT = "retraining-test"
@@ -47,7 +49,7 @@ class UI:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedrec.cli", *args]
+    return [sys.executable, "-m", "fedrec.cli.app", *args]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_ui_serves_prefect_and_mlflow_and_points_the_project_profile_at_prefect(
 
 
 def test_deploy_rejects_a_bad_cron_before_starting_anything(ui):
-    from fedrec.cli import app
+    from fedrec.cli.app import app
 
     result = CliRunner().invoke(app, ["deploy", "--cron", "61 3 * * *", "-p", str(ui.params)])
 
@@ -124,7 +126,7 @@ def test_deploy_registers_the_scheduled_flow_with_its_cron(ui):
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout.strip().splitlines()[-1])
     # re-registering replaces the schedule (one cron, not two)
-    from fedrec.ops.deploy import read_back, register
+    from fedrec.orchestration.ops.deploy import read_back, register
 
     again = register(deployment=DEPLOYMENT, work_pool=POOL, cron="0 3 * * *", timezone="UTC",
                      params_path=str(ui.params))
@@ -175,10 +177,15 @@ def _finished_run(client, name: str, with_children: bool):
 def test_cleanup_deletes_runs_that_ended_before_the_cutoff_and_keeps_newer(ui):
     # Prepare: an older run (a task run, an artifact, a log) and, 2 s later, a newer one (the API stamps
     # states with the server's clock: no run can be made to have ended 30 days ago)
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.exceptions import ObjectNotFound
 
-    from fedrec.cli import app
+    from fedrec.cli.app import app
 
     with _client() as client:
         old, old_task = _finished_run(client, "probe-old", with_children=True)
@@ -235,7 +242,10 @@ def scheduled_run(ui):
 
 
 def _children(client, parent_id):
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
 
     return client.read_flow_runs(flow_run_filter=FlowRunFilter(
         parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
@@ -249,8 +259,12 @@ def _task_names(client, flow_run_id) -> list[str]:
 
 
 def test_a_triggered_run_is_executed_by_the_worker_and_visible_through_the_api(ui, scheduled_run):
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
-                                                FlowRunFilterTags)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterTags,
+    )
 
     run_id, worker, seconds = scheduled_run
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]

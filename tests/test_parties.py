@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedrec.core.config import from_dict
+from fedrec.silo import data as pipeline
+from fedrec.wire.trust import peek_envelope
+
 from conftest import make_tiny_params
-from fedrec import leakscan, pipeline
-from fedrec.config import from_dict
-from fedrec.trust import peek_envelope
+from support import leakscan
 
 ROOT = Path(__file__).resolve().parent.parent
 SILOS = ("0", "1", "2")
@@ -44,7 +46,11 @@ def _wait_for_deployments(names: list[str], timeout: float = 180.0) -> None:
 
 def _silo_runs(run_id: str):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowRunFilter,
+        FlowRunFilterTags,
+    )
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name={"any_": ["silo_agent"]}),
@@ -101,7 +107,7 @@ def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_
 
     trace = tmp_path / "coordinator.strace"
     # strace sees every open of the process tree, pyarrow's C++ reads included; without it, Python's audit hook
-    # (fedrec.audit) records the opens made through Python only
+    # (fedrec.core.audit) records the opens made through Python only
     tracer = ["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace)] if shutil.which("strace") else []
 
     hold = tmp_path / "coordinator-hold"

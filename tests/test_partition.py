@@ -1,4 +1,4 @@
-"""fedrec.data.partition: every user in exactly one silo; region / iid / dirichlet schemes; silo files."""
+"""fedrec.core.data.partition: every user in exactly one silo; region / iid / dirichlet schemes; silo files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrec.config import PartitionConfig, SyntheticConfig
-from fedrec.data import synthetic
-from fedrec.data.partition import (OTHER_REGION, assign_silos, list_silos, partition_iid, partition_region,
-                                   read_catalogue, write_catalogue, write_silos)
-from fedrec.data.types import Dataset
+from fedrec.core.config import PartitionConfig, SyntheticConfig
+from fedrec.core.data import synthetic
+from fedrec.core.data.partition import (
+    OTHER_REGION,
+    assign_silos,
+    list_silos,
+    partition_iid,
+    partition_region,
+    read_catalogue,
+    write_catalogue,
+    write_silos,
+)
+from fedrec.core.data.types import Dataset
 
 
 @pytest.fixture(scope="module")

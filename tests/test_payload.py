@@ -9,12 +9,18 @@ import struct
 import pytest
 import torch
 
-from fedrec.config import CryptoConfig
-from fedrec.crypto import CKKSCodec, create_keys
-from fedrec.errors import PayloadError
-from fedrec.federation.filters import (LocalUpdate, aggregate_updates, decode_global, encode_global,
-                                       encrypt_update)
-from fedrec.wire.payload import MAGIC, EncryptedUpdate, TensorSpec, layout_size
+from fedrec.core.config import CryptoConfig
+from fedrec.core.errors import PayloadError
+from fedrec.core.state import TensorSpec, layout_size
+from fedrec.crypto.ckks import CKKSCodec, create_keys
+from fedrec.crypto.updates import (
+    LocalUpdate,
+    aggregate_updates,
+    decode_global,
+    encode_global,
+    encrypt_update,
+)
+from fedrec.wire.payload import MAGIC, EncryptedUpdate
 
 CRYPTO = CryptoConfig()  # 4096: 2048 slots of two values each
 SLOTS = 2048

@@ -1,4 +1,4 @@
-"""fedrec.privacy: user-level DP inside a silo — each user's change clipped to C, noise with the configured
+"""fedrec.silo.privacy: user-level DP inside a silo — each user's change clipped to C, noise with the configured
 sigma, the accountant's epsilon from Opacus; and a private federated run end to end."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec import pipeline
-from fedrec.config import PrivacyConfig, from_dict
-from fedrec.federation.aggregate import flatten_state
-from fedrec.privacy import epsilon, noise_multiplier, private_update
-from fedrec.training import model_config
-from models import build_model
+from fedrec.core.config import PrivacyConfig, from_dict
+from fedrec.core.state import flatten_state
+from fedrec.core.training import model_config
+from fedrec.models import build_model
+from fedrec.silo import data as pipeline
+from fedrec.silo.privacy import epsilon, noise_multiplier, private_update
 
 
 @pytest.fixture()
@@ -75,7 +75,7 @@ def test_the_accountant_is_opacus_rdp_and_a_target_epsilon_picks_sigma():
 
 
 def test_privacy_bounds_are_checked():
-    from fedrec.errors import ConfigError
+    from fedrec.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="privacy.user_sample_rate"):
         from_dict({"privacy": {"user_sample_rate": 0}})
@@ -85,8 +85,9 @@ def test_a_private_federated_run_reports_its_epsilon_per_round(prefect_harness, 
     import mlflow
     import yaml
 
+    from fedrec.flows.federated import run_demo
+
     from conftest import make_tiny_params
-    from flows.federated import run_demo
 
     params = make_tiny_params(tmp_path)
     path = tmp_path / "params.yaml"

@@ -1,5 +1,5 @@
 """A silo's private state, its data copies and its hosts' logs are 0600 files in 0700 directories, whatever the
-umask (fedrec.fsperm, used by every writer of them; issue #17, item 7)."""
+umask (fedrec.core.fsperm, used by every writer of them; issue #17, item 7)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
-from fedrec import pipeline
-from fedrec.config import from_dict
-from fedrec.coordinator.launch import LocalSiloHosts
-from fedrec.fsperm import private_file
+from fedrec.core.config import from_dict
+from fedrec.core.fsperm import private_file
+from fedrec.orchestration.launch import LocalSiloHosts
+from fedrec.silo import data as pipeline
+from fedrec.silo.data import demo_source, write_demo_databases
 from fedrec.silo.feedback import append_feedback
-from fedrec.silo.source import demo_source, snapshot, write_demo_databases
+from fedrec.silo.source import snapshot
 from fedrec.silo.store import SiloStore
-from fedrec.trust import Identity
+from fedrec.wire.trust import Identity
 
 
 def _mode(path: Path) -> int:
@@ -111,7 +112,7 @@ def test_a_silos_data_copies_are_0600_in_0700(tiny_params, tmp_path, open_umask)
 
 
 def test_the_silo_hosts_logs_are_0600_in_0700(tiny_cfg, tmp_path, open_umask):
-    # Prepare: two host processes; each runs a one-line program instead of `python -m fedrec.silo.host`, so that
+    # Prepare: two host processes; each runs a one-line program instead of `python -m fedrec.cli.silo_host`, so that
     # the test waits for no federation (start() opens the logs and starts the processes as for a run)
     cfg = tiny_cfg.replace(**{"federation.max_parallel_silos": 2})
     hosts = LocalSiloHosts(cfg, "run-logs", ["0", "1"], params_path="params.yaml", overrides=None, api_url=None)

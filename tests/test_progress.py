@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from fedrec.progress import bar
+from fedrec.core.progress import bar
 
 
 def test_a_bar_on_a_non_terminal_prints_one_line_per_step_as_it_happens():

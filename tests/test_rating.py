@@ -15,18 +15,26 @@ import yaml
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from conftest import make_tiny_params
-from fedrec import pipeline, rating
-from fedrec.cli import app
-from fedrec.config import from_dict, load_config
+from fedrec.cli.app import app
 from fedrec.coordinator.report import RoundRecord
-from fedrec.data.split import Split, leave_one_out, split_interactions
-from fedrec.errors import ConfigError
-from fedrec.metrics import RatingSums, effective_selection_metric
-from fedrec.training import SiloData, evaluate_targets, make_optimizer, model_config, train_epoch
+from fedrec.core import rating
+from fedrec.core.config import from_dict, load_config
+from fedrec.core.data.split import Split, leave_one_out, split_interactions
+from fedrec.core.errors import ConfigError
+from fedrec.core.metrics import RatingSums, effective_selection_metric
+from fedrec.core.training import (
+    SiloData,
+    evaluate_targets,
+    make_optimizer,
+    model_config,
+    train_epoch,
+)
+from fedrec.models import build_model
+from fedrec.models.rating import GLOBAL_BIAS_INIT, RatingModel
+from fedrec.silo import data as pipeline
 from fedrec.wire.messages import MetricReport
-from models import build_model
-from models.rating import GLOBAL_BIAS_INIT, RatingModel
+
+from conftest import make_tiny_params
 
 
 def _rating_model(name: str, n_users: int = 7, n_items: int = 11, seed: int = 0) -> RatingModel:
@@ -220,7 +228,7 @@ def test_fit_biases_recovers_additive_ratings():
 
 def test_federated_rating_run_reports_rmse_and_mae(prefect_harness, tmp_path):
     # Prepare
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     params = make_tiny_params(tmp_path)
     params["task"] = "rating"
@@ -252,7 +260,7 @@ def test_federated_rating_run_reports_rmse_and_mae(prefect_harness, tmp_path):
     assert run.data.params["task"] == "rating"
     # the user bias stayed in the silo: the saved user tower has it, the global model has only the item side
     cfg = load_config(path)
-    from fedrec.federation.filters import load_global
+    from fedrec.protocol.reads import load_global
     from fedrec.wire.exchange import run_exchange
 
     shared = load_global(run_exchange(cfg, summary["run_id"]), summary["selected_round"])

@@ -18,7 +18,7 @@ try:  # Typer >= 0.20 carries its own copy of click: its commands and errors are
 except ImportError:  # pragma: no cover - older Typer
     from click.exceptions import UsageError
 
-from fedrec.cli import app
+from fedrec.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -79,8 +79,8 @@ def test_readme_make_targets_exist():
 
 @pytest.mark.skipif(not os.environ.get("FEDREC_DATA_DIR"), reason="needs ML-100K (FEDREC_DATA_DIR)")
 def test_the_readme_recommendation_example_names_a_user_of_that_silo(tmp_path):
-    from fedrec import pipeline
-    from fedrec.config import load_config
+    from fedrec.core.config import load_config
+    from fedrec.silo import data as pipeline
 
     examples = [w for w in _commands("fedrec") if w[0] == "recommend"]
     cfg = load_config(ROOT / "params.yaml", {"data.work_dir": str(tmp_path / "data")})

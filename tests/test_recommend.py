@@ -17,14 +17,20 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import make_tiny_params
-from fedrec import pipeline
-from fedrec.cli import app
-from fedrec.config import load_config
-from fedrec.errors import SiloValidationError
-from fedrec.ops.procs import free_port
-from fedrec.recommend import NoTrainedModelError, UnknownSiloError, UnknownUserError, recommend
+from fedrec.cli.app import app
+from fedrec.core.config import load_config
+from fedrec.core.errors import SiloValidationError
+from fedrec.orchestration.ops.procs import free_port
+from fedrec.silo import data as pipeline
 from fedrec.silo.feedback import FeedbackError, append_feedback, read_feedback
+from fedrec.silo.recommend import (
+    NoTrainedModelError,
+    UnknownSiloError,
+    UnknownUserError,
+    recommend,
+)
+
+from conftest import make_tiny_params
 
 SILO = "1"
 
@@ -32,7 +38,7 @@ SILO = "1"
 @pytest.fixture(scope="module")
 def trained(prefect_harness, tmp_path_factory):
     """A tiny federation (3 silos, 2 rounds, CKKS) and its params file."""
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     base = tmp_path_factory.mktemp("rec")
     path = base / "params.yaml"
@@ -217,7 +223,7 @@ def test_invalid_feedback_is_refused_and_nothing_is_appended(trained, tmp_path):
 
 
 def test_feedback_feeds_the_next_run_and_changes_the_users_recommendations(trained, tmp_path):
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     first, path = trained
     cfg = load_config(path)

@@ -14,11 +14,12 @@ import mlflow
 import torch
 import yaml
 
-from conftest import make_tiny_params
-from fedrec.config import from_dict
-from fedrec.faults import CRASH_EXIT_CODE
-from fedrec.federation.filters import load_global
+from fedrec.core.config import from_dict
+from fedrec.core.diagnostics import CRASH_EXIT_CODE
+from fedrec.protocol.reads import load_global
 from fedrec.wire.exchange import run_exchange
+
+from conftest import make_tiny_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

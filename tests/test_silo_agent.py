@@ -10,19 +10,20 @@ import pandas as pd
 import pytest
 import torch
 
-import roundkit
-from fedrec import pipeline
 from fedrec.coordinator.coordinator import Coordinator
-from fedrec.errors import PayloadError
-from fedrec.federation import masking
-from fedrec.federation.aggregate import flatten_state
-from fedrec.federation.filters import load_global
-from fedrec.metrics import MetricSums
+from fedrec.core.errors import PayloadError
+from fedrec.core.metrics import MetricSums
+from fedrec.core.state import flatten_state, layout_size
+from fedrec.crypto import masking
+from fedrec.protocol.reads import load_global
+from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
-from fedrec.trust import peek_envelope
 from fedrec.wire.exchange import hello_key, update_key
 from fedrec.wire.messages import Hello
-from fedrec.wire.payload import EncryptedUpdate, layout_size
+from fedrec.wire.payload import EncryptedUpdate
+from fedrec.wire.trust import peek_envelope
+
+import roundkit
 
 
 @pytest.fixture()
@@ -163,7 +164,7 @@ def test_a_silo_holding_the_secret_key_cannot_read_another_silos_update(cfg):
 
 def test_the_decryptor_refuses_to_decrypt_a_sum_of_too_few_silos(cfg):
     # Prepare: a curious coordinator passes one silo's update off as the round's sum
-    from fedrec.federation.filters import aggregate_updates
+    from fedrec.crypto.updates import aggregate_updates
     from fedrec.wire.exchange import aggregate_key
 
     coord, agents = _opened(cfg, "run-7")
@@ -178,7 +179,7 @@ def test_the_decryptor_refuses_to_decrypt_a_sum_of_too_few_silos(cfg):
 
 
 def test_the_decryptor_refuses_a_sum_holding_a_silo_that_was_not_a_participant(cfg):
-    from fedrec.federation.filters import aggregate_updates
+    from fedrec.crypto.updates import aggregate_updates
     from fedrec.wire.exchange import aggregate_key
 
     coord, agents = _opened(cfg, "run-7b")
@@ -233,9 +234,15 @@ def test_a_silo_refuses_an_admission_that_swaps_keys_and_a_stop_not_signed_by_th
     # silo 0 whose operator pinned the real roster
     import json
 
-    from fedrec.trust import COORDINATOR, Identity, Roster, RosterError, SignatureError
     from fedrec.wire.exchange import ADMISSION_KEY, COORDINATOR_KEY, STOP_KEY
     from fedrec.wire.messages import Admission, Stop
+    from fedrec.wire.trust import (
+        COORDINATOR,
+        Identity,
+        Roster,
+        RosterError,
+        SignatureError,
+    )
 
     coord = Coordinator(cfg, "run-10", n_items=len(pipeline.catalogue_ids(cfg)))
     agents = {s: SiloAgent(cfg, s, "run-10") for s in ("0", "1", "2")}

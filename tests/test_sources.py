@@ -18,12 +18,21 @@ import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
-from conftest import make_tiny_params
-from fedrec import pipeline
-from fedrec.config import from_dict
-from fedrec.silo.source import (SourceColumnError, SourceError, SourceQueryError, SourceTableError,
-                                SourceUnavailableError, demo_source, read_only_engine, snapshot, write_demo_databases)
+from fedrec.core.config import from_dict
+from fedrec.silo import data as pipeline
+from fedrec.silo.data import demo_source, write_demo_databases
+from fedrec.silo.source import (
+    SourceColumnError,
+    SourceError,
+    SourceQueryError,
+    SourceTableError,
+    SourceUnavailableError,
+    read_only_engine,
+    snapshot,
+)
 from fedrec.wire.exchange import run_exchange, update_key
+
+from conftest import make_tiny_params
 
 ORDER = ["user_id", "timestamp", "item_id", "rating"]
 INT64 = {c: np.dtype("int64") for c in ("user_id", "item_id", "rating", "timestamp")}
@@ -280,7 +289,7 @@ def test_a_source_that_is_not_a_url_is_named_without_quoting_it(tiny_params):
 
 def test_demo_db_command(tmp_path, params_file, tiny_params, monkeypatch):
     # Prepare
-    from fedrec.cli import app
+    from fedrec.cli.app import app
 
     monkeypatch.chdir(tmp_path)
 
@@ -301,7 +310,7 @@ def test_demo_db_command(tmp_path, params_file, tiny_params, monkeypatch):
 
 
 def test_demo_db_command_names_a_bad_config(tmp_path, params_file):
-    from fedrec.cli import app
+    from fedrec.cli.app import app
 
     result = CliRunner().invoke(app, ["demo-db", "--out-dir", str(tmp_path / "db"), "--params", str(params_file),
                                       "-S", "silo.tabel=x"])
@@ -436,7 +445,7 @@ def test_postgres_source(postgres, tiny_params, tmp_path):
 def test_federated_run_leaves_out_a_silo_whose_database_is_broken(prefect_harness, tmp_path):
     # Prepare: every silo in its own SQLite database; silo 1's has no `interactions` table (renamed), silo 0's lost
     # a user after the partition
-    from flows.federated import run_demo
+    from fedrec.flows.federated import run_demo
 
     params = make_tiny_params(tmp_path)
     params["silo"] = {"source": demo_source(tmp_path / "db")}

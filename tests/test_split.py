@@ -1,4 +1,4 @@
-"""fedrec.data.split: leave-one-out by time and the fixed, per-user deterministic negatives."""
+"""fedrec.core.data.split: leave-one-out by time and the fixed, per-user deterministic negatives."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrec.data.split import Split, leave_one_out, sample_user_negatives, split_interactions, tiebreak_key
-from fedrec.errors import ConfigError
+from fedrec.core.data.split import (
+    Split,
+    leave_one_out,
+    sample_user_negatives,
+    split_interactions,
+    tiebreak_key,
+)
+from fedrec.core.errors import ConfigError
 
 
 def frame(rows) -> pd.DataFrame:

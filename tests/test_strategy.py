@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedrec.config import FederationConfig
-from fedrec.coordinator.strategy import (AggregateResult, FedAvg, FedProx, FitInstructions, ServerState,
-                                        build_strategy)
+from fedrec.coordinator.strategy import (
+    AggregateResult,
+    FedAvg,
+    FedProx,
+    FitInstructions,
+    ServerState,
+    build_strategy,
+)
+from fedrec.core.config import FederationConfig
 
 GLOBAL = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
 

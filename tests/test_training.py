@@ -1,4 +1,4 @@
-"""fedrec.training: SiloData, the training epoch, evaluation, early-stopped centralized training."""
+"""fedrec.core.training: SiloData, the training epoch, evaluation, early-stopped centralized training."""
 
 from __future__ import annotations
 
@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.config import SyntheticConfig, TrainingConfig
-from fedrec.data import synthetic
-from fedrec.data.split import split_interactions
-from fedrec.training import (SiloData, evaluate, make_optimizer, model_config, resolve_device, train_centralized,
-                             train_epoch)
-from models import build_model
-from models.popularity import PopularityModel
+from fedrec.core.config import SyntheticConfig, TrainingConfig
+from fedrec.core.data import synthetic
+from fedrec.core.data.split import split_interactions
+from fedrec.core.training import (
+    SiloData,
+    evaluate,
+    make_optimizer,
+    model_config,
+    resolve_device,
+    train_centralized,
+    train_epoch,
+)
+from fedrec.models import build_model
+from fedrec.models.popularity import PopularityModel
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +100,13 @@ def test_train_epoch_loss_decreases(silo_data):
 
 
 def _model_cfg():
-    from fedrec.config import ModelConfig
+    from fedrec.core.config import ModelConfig
 
     return ModelConfig(name="neumf", embedding_dim=8, mlp_layers=(16, 8))
 
 
 def test_proximal_term_pulls_towards_reference(silo_data):
-    from fedrec.training import proximal_term
+    from fedrec.core.training import proximal_term
 
     model = build_model(model_config(_model_cfg(), silo_data.n_users, silo_data.n_items))
     ref = model.shared_state()
@@ -195,9 +202,8 @@ def test_refit_reuses_the_selected_epoch_count(tiny_cfg, silo_data):
 
 
 def test_evaluate_targets_in_one_pass_equals_one_target_at_a_time(silo_data):
-    from fedrec.training import evaluate_targets
-
-    from fedrec.config import ModelConfig
+    from fedrec.core.config import ModelConfig
+    from fedrec.core.training import evaluate_targets
 
     spec = model_config(ModelConfig(name="neumf", embedding_dim=8, mlp_layers=(16, 8)),
                         silo_data.n_users, silo_data.n_items)

@@ -1,11 +1,11 @@
-"""fedrec.training.for_device: the GPU's batch size and learning rate replace the CPU's only on CUDA."""
+"""fedrec.core.training.for_device: the GPU's batch size and learning rate replace the CPU's only on CUDA."""
 
 from __future__ import annotations
 
 import torch
 
-from fedrec.config import from_dict
-from fedrec.training import for_device
+from fedrec.core.config import from_dict
+from fedrec.core.training import for_device
 
 
 def test_cuda_gets_its_batch_and_lr_and_the_cpu_keeps_its_own():

@@ -1,4 +1,4 @@
-"""fedrec.trust: identities kept private, signed envelopes bound to run and key, sealed blobs only their
+"""fedrec.wire.trust: identities kept private, signed envelopes bound to run and key, sealed blobs only their
 recipient opens, rosters, and the leak scanner's memory search (control: it finds a secret key where it is)."""
 
 from __future__ import annotations
@@ -8,11 +8,20 @@ import stat
 
 import pytest
 
-from fedrec import leakscan
-from fedrec.crypto import create_keys
-from fedrec.config import CryptoConfig
-from fedrec.errors import ConfigError, PayloadError
-from fedrec.trust import (Identity, Roster, RosterError, SignatureError, open_envelope, seal, seal_envelope)
+from fedrec.core.config import CryptoConfig
+from fedrec.core.errors import ConfigError, PayloadError
+from fedrec.crypto.ckks import create_keys
+from fedrec.wire.trust import (
+    Identity,
+    Roster,
+    RosterError,
+    SignatureError,
+    open_envelope,
+    seal,
+    seal_envelope,
+)
+
+from support import leakscan
 
 
 def test_an_identity_is_made_once_kept_private_and_never_serialised(tmp_path):

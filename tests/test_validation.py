@@ -1,4 +1,4 @@
-"""fedrec.validation: the Great Expectations suite on one silo's interactions."""
+"""fedrec.silo.validation: the Great Expectations suite on one silo's interactions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrec.errors import SiloValidationError
-from fedrec.validation import validate_interactions
+from fedrec.core.errors import SiloValidationError
+from fedrec.silo.validation import validate_interactions
 
 CATALOGUE = list(range(1, 21))
 NOW = 1_000_000_000  # 2001-09-09

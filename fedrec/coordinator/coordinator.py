@@ -10,7 +10,7 @@ by that silo and verified against the roster; everything it writes is signed wit
     decryptor's mean (or its verdict; another decryptor when it is gone) ─► strategy step ─► global(r)
     ─► [collect metric sums]
 
-With masking (federation.masking), updates carry SecAgg's double masks (:mod:`fedrec.federation.secagg`): a silo
+With masking (federation.masking), updates carry SecAgg's double masks (:mod:`fedrec.crypto.secagg`): a silo
 encrypts its update once per round, and a dropout is unmasked by the survivors' reveals, never by asking them to
 send again, so nothing this coordinator does (or is tricked into by a forged file) yields two decryptable sums of a
 round that differ by one silo's update.
@@ -28,25 +28,72 @@ from typing import Callable
 
 import torch
 
-from fedrec.config import Config
 from fedrec.coordinator.strategy import ServerState, build_strategy
-from fedrec.crypto import CKKSCodec, Codec, PlainCodec, value_limit
-from fedrec.errors import FederationError, PayloadError
-from fedrec.federation.aggregate import layout_of
-from fedrec.federation import secagg
-from fedrec.federation.filters import (AggregateResult, aggregate_updates, decode_mean, decrypt_aggregate,
-                                       encode_global, gather_masks, invalid_encodings, read_mask_keys, read_update)
-from fedrec.training import model_config
-from fedrec.trust import COORDINATOR, Identity, PublicIdentity, Roster, RosterError, peek_envelope
-from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY,
-                                  ExchangeConflictError, aggregate_key, check_run_id, decrypt_key, fit_report_key,
-                                  global_key, hello_key, instruction_key, left_key, mask_keys_key, mask_set_key, mean_key,
-                                  metrics_key, no_aggregate_key, run_exchange, unmask_key, update_key, verdict_key)
-from fedrec.wire.messages import (Admission, DecryptRequest, FitInstructions, FitReport, Hello, Left, MaskSet,
-                                  MetricReport, Stop, Unmask, Verdict)
+from fedrec.core.config import Config
+from fedrec.core.errors import FederationError, PayloadError
+from fedrec.core.item_text import (
+    model_features,  # the hybrid model's (public) item text embeddings
+)
+from fedrec.core.state import layout_of
+from fedrec.core.training import model_config
+from fedrec.crypto import secagg
+from fedrec.crypto.ckks import CKKSCodec, Codec, PlainCodec, value_limit
+from fedrec.crypto.updates import (
+    AggregateResult,
+    aggregate_updates,
+    decode_mean,
+    decrypt_aggregate,
+    encode_global,
+    invalid_encodings,
+)
+from fedrec.models import build_model
+from fedrec.protocol.reads import gather_masks, read_mask_keys, read_update
+from fedrec.wire.exchange import (
+    ADMISSION_KEY,
+    COORDINATOR_KEY,
+    PUBLIC_CONTEXT_KEY,
+    STOP_KEY,
+    ExchangeConflictError,
+    aggregate_key,
+    check_run_id,
+    decrypt_key,
+    fit_report_key,
+    global_key,
+    hello_key,
+    instruction_key,
+    left_key,
+    mask_keys_key,
+    mask_set_key,
+    mean_key,
+    metrics_key,
+    no_aggregate_key,
+    run_exchange,
+    unmask_key,
+    update_key,
+    verdict_key,
+)
+from fedrec.wire.messages import (
+    Admission,
+    DecryptRequest,
+    FitInstructions,
+    FitReport,
+    Hello,
+    Left,
+    MaskSet,
+    MetricReport,
+    Stop,
+    Unmask,
+    Verdict,
+)
 from fedrec.wire.payload import EncryptedUpdate
-from models import build_model
-from fedrec.item_text import model_features  # the hybrid model's (public) item text embeddings
+from fedrec.wire.trust import (
+    COORDINATOR,
+    Identity,
+    PublicIdentity,
+    Roster,
+    RosterError,
+    peek_envelope,
+)
 
 
 def checkpoint_file(cfg: Config, run_id: str) -> Path:

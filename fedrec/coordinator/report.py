@@ -7,8 +7,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from fedrec.metrics import MetricSums
-from fedrec.metrics import RatingSums, sums_from_dict  # task: rating
+from fedrec.core.metrics import MetricSums, RatingSums, sums_from_dict  # task: rating
 from fedrec.wire.messages import MetricReport
 
 
@@ -31,7 +30,7 @@ class RoundRecord:
     attempts: int = 1
     #: each contributor's own seconds: train / encrypt (records of older checkpoints have none)
     seconds_per_silo: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: cold-start items (fedrec.coldstart): HR/NDCG@k of each user's held-out cold item, summed over silos
+    #: cold-start items (fedrec.core.coldstart): HR/NDCG@k of each user's held-out cold item, summed over silos
     cold: dict[str, float] = field(default_factory=dict)
 
     def add_evaluation(self, reports: list[MetricReport], k: int) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedrec.config import FederationConfig
-from fedrec.federation.filters import AggregateResult
+from fedrec.core.config import FederationConfig
+from fedrec.crypto.updates import AggregateResult
 from fedrec.wire.messages import FitInstructions
 
 

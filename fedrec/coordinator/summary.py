@@ -8,9 +8,13 @@ from typing import Any
 
 import torch
 
-from fedrec.config import Config
 from fedrec.coordinator.report import RoundRecord
-from fedrec.metrics import effective_selection_metric, selection_label, selection_score
+from fedrec.core.config import Config
+from fedrec.core.metrics import (
+    effective_selection_metric,
+    selection_label,
+    selection_score,
+)
 
 PHASES = ("train", "encrypt", "wait_updates", "aggregate", "decrypt", "evaluate")
 
@@ -58,10 +62,11 @@ def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], b
 
 def register_model(cfg: Config, n_items: int, state: dict[str, torch.Tensor], run) -> str:
     """Log and register a global item tower (no user embeddings: those stay in the silos)."""
-    from fedrec.training import model_config
-    from models import build_model
-
-    from fedrec.item_text import model_features  # hybrid: the tower scores with the public item text
+    from fedrec.core.item_text import (
+        model_features,  # hybrid: the tower scores with the public item text
+    )
+    from fedrec.core.training import model_config
+    from fedrec.models import build_model
 
     model = build_model(model_config(cfg.model, 1, n_items, task=cfg.task, item_features=model_features(cfg)))
     model.load_shared_state(state)

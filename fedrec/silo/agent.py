@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -28,29 +27,98 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedrec import faults, pipeline, privacy
-from fedrec.coldstart import evaluate_cold  # cold-start items: their metric sums only
-from fedrec.config import Config
-from fedrec.crypto import CKKSCodec, Codec, PlainCodec, context_fingerprint, create_keys
-from fedrec.errors import FederationError, FedrecError, PayloadError, PolicyError
-from fedrec.federation import masking, secagg
-from fedrec.federation.aggregate import state_delta
-from fedrec.federation.filters import (LocalUpdate, aggregate_updates, decrypt_aggregate, encode_mean, encrypt_update,
-                                       gather_masks, invalid_encodings, load_global, read_mask_keys, read_update)
-from fedrec.item_text import model_features  # the hybrid model's (public) item text embeddings
+from fedrec.core import diagnostics as faults
+from fedrec.core.coldstart import (
+    evaluate_cold,  # cold-start items: their metric sums only
+)
+from fedrec.core.config import Config
+from fedrec.core.errors import FederationError, FedrecError, PayloadError, PolicyError
+from fedrec.core.item_text import (
+    model_features,  # the hybrid model's (public) item text embeddings
+)
+from fedrec.core.state import state_delta
+from fedrec.core.training import (
+    SiloData,
+    evaluate_targets,
+    for_device,
+    make_optimizer,
+    model_config,
+    resolve_device,
+    train_epoch,
+)
+from fedrec.crypto import masking, secagg
+from fedrec.crypto.ckks import (
+    CKKSCodec,
+    Codec,
+    PlainCodec,
+    context_fingerprint,
+    create_keys,
+)
+from fedrec.crypto.updates import (
+    LocalUpdate,
+    aggregate_updates,
+    decrypt_aggregate,
+    encode_mean,
+    encrypt_update,
+    invalid_encodings,
+)
+from fedrec.models import RecModel, build_model
+from fedrec.protocol.reads import gather_masks, load_global, read_mask_keys, read_update
+from fedrec.silo import data as pipeline
+from fedrec.silo import privacy
 from fedrec.silo.store import SiloStore, silo_seed
-from fedrec.training import (SiloData, evaluate_targets, for_device, make_optimizer, model_config, resolve_device,
-                             train_epoch)
-from fedrec.trust import COORDINATOR, Identity, PublicIdentity, Roster, RosterError, seal, self_signed_identity
-from fedrec.wire.exchange import (ADMISSION_KEY, COORDINATOR_KEY, PUBLIC_CONTEXT_KEY, STOP_KEY, Exchange,
-                                  ExchangeConflictError, aggregate_key, check_silo_id, decrypt_key, fit_report_key,
-                                  global_key, hello_key, instruction_key, left_key, mask_keys_key, mask_set_key,
-                                  mean_key, metrics_key, no_aggregate_key, reveal_key, run_exchange,
-                                  sealed_context_key, unmask_key, update_key, verdict_key)
-from fedrec.wire.messages import (Admission, DecryptRequest, FitInstructions, FitReport, Hello, Left, MaskKeys,
-                                  MaskSet, MetricReport, Reveal, Stop, Unmask, Verdict)
+from fedrec.wire.exchange import (
+    ADMISSION_KEY,
+    COORDINATOR_KEY,
+    PUBLIC_CONTEXT_KEY,
+    STOP_KEY,
+    Exchange,
+    ExchangeConflictError,
+    aggregate_key,
+    check_silo_id,
+    decrypt_key,
+    fit_report_key,
+    global_key,
+    hello_key,
+    instruction_key,
+    left_key,
+    mask_keys_key,
+    mask_set_key,
+    mean_key,
+    metrics_key,
+    no_aggregate_key,
+    reveal_key,
+    run_exchange,
+    sealed_context_key,
+    unmask_key,
+    update_key,
+    verdict_key,
+)
+from fedrec.wire.messages import (
+    Admission,
+    DecryptRequest,
+    FitInstructions,
+    FitReport,
+    Hello,
+    Left,
+    MaskKeys,
+    MaskSet,
+    MetricReport,
+    Reveal,
+    Stop,
+    Unmask,
+    Verdict,
+)
 from fedrec.wire.payload import EncryptedUpdate
-from models import RecModel, build_model
+from fedrec.wire.trust import (
+    COORDINATOR,
+    Identity,
+    PublicIdentity,
+    Roster,
+    RosterError,
+    seal,
+    self_signed_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +370,7 @@ class SiloAgent:
 
     def announce(self, ins: FitInstructions) -> None:
         """With masking: this round's fresh secrets (self-mask seed, ephemeral mask key), their public half and
-        commitment, and one Shamir share of each per other participant, sealed to it (:mod:`fedrec.federation.secagg`)."""
+        commitment, and one Shamir share of each per other participant, sealed to it (:mod:`fedrec.crypto.secagg`)."""
         if not self.admission.masking or (self._masks is not None and self._masks.round == ins.round):
             return
         r, secrets = ins.round, secagg.RoundSecrets()
@@ -353,7 +421,7 @@ class SiloAgent:
 
     def fit(self, ins: FitInstructions) -> FitReport | None:
         """E local epochs from the previous global model (or, with privacy on, the user-level DP update of
-        fedrec.privacy); the update is weighted, quantised, masked and encrypted in memory, then published with a
+        fedrec.silo.privacy); the update is weighted, quantised, masked and encrypted in memory, then published with a
         small report (loss, counts, seconds, bytes). None: this silo sits out the round (it refused the
         participant or mask set, or a forger wrote its keys first)."""
         cfg, r = self.cfg, ins.round
@@ -404,7 +472,7 @@ class SiloAgent:
 
     def _train_private(self, ins: FitInstructions,
                        start_global: dict[str, torch.Tensor]) -> tuple[LocalUpdate, float]:
-        """User-level DP (fedrec.privacy): per-user local steps, clipped, summed, noised with this silo's share of
+        """User-level DP (fedrec.silo.privacy): per-user local steps, clipped, summed, noised with this silo's share of
         sigma; the update weighs by the silo's number of users."""
         cfg = self.cfg
         update = privacy.private_update(self.model, self.data, start_global, cfg.privacy, self._sigma, len(ins.silos),

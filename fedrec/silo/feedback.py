@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedrec import pipeline
-from fedrec.config import Config
-from fedrec.errors import FedrecError, SiloValidationError
-from fedrec.fsperm import private_file
-from fedrec.validation import validate_interactions
+from fedrec.core.config import Config
+from fedrec.core.errors import FedrecError, SiloValidationError
+from fedrec.core.fsperm import private_file
+from fedrec.silo import data as pipeline
+from fedrec.silo.validation import validate_interactions
 from fedrec.wire.exchange import check_silo_id
 
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")

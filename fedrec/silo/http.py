@@ -17,9 +17,9 @@ from __future__ import annotations
 import threading
 from http import HTTPStatus
 
-from fedrec.config import Config
-from fedrec.errors import ConfigError, FedrecError
-from fedrec.recommend import NoTrainedModelError, SiloRecommender, UnknownUserError
+from fedrec.core.config import Config
+from fedrec.core.errors import ConfigError, FedrecError
+from fedrec.silo.recommend import NoTrainedModelError, SiloRecommender, UnknownUserError
 
 ROUTES = "GET /recommend/{user}?k=10, GET /health"
 

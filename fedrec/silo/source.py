@@ -9,7 +9,7 @@ float64, a column holding NULLs stays float64 so the validation suite reports it
 Unix seconds) and writes them atomically to ``data/snapshots/<silo>/interactions.parquet``: the file the validation,
 split and training read, the ``partition`` stage's DVC output and the source of the run's ``data_version`` tag.
 Rows are written in a canonical order, so an unchanged table gives a byte-identical snapshot; the file is 0600 in a
-0700 directory (the silo's users' rows, :mod:`fedrec.fsperm`).
+0700 directory (the silo's users' rows, :mod:`fedrec.core.fsperm`).
 
 Reading never writes, twice over: ``silo.query`` is checked before it runs (exactly one SELECT or WITH ... SELECT;
 ATTACH, PRAGMA, writes, DDL, SELECT INTO and several statements are refused, :class:`SourceQueryError`), and the
@@ -26,22 +26,22 @@ alone (a missing table or column, a syntax error); otherwise the silo's own log 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sqlite3
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fedrec.config import Config
-from fedrec.errors import FedrecError
-from fedrec.fsperm import private_file
+from fedrec.core.config import Config
+from fedrec.core.errors import FedrecError
+from fedrec.core.fsperm import private_file
+from fedrec.silo.paths import silo_base_file
+from fedrec.wire.exchange import check_silo_id
 
 log = logging.getLogger(__name__)
 
-#: the interactions' columns and dtypes, as fedrec.data.partition.write_silos writes them
+#: the interactions' columns and dtypes, as fedrec.core.data.partition.write_silos writes them
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 #: seconds before a PostgreSQL connection attempt gives up (a URL's own ?connect_timeout= wins)
 CONNECT_TIMEOUT_S = 10
@@ -86,9 +86,6 @@ def source_url(cfg: Config, silo_id: str):
 def snapshot(cfg: Config, silo_id: str) -> Path:
     """Read the silo's rows from ``cfg.silo.source`` and write them atomically to
     data/snapshots/<silo>/interactions.parquet (the silo's Parquet data). Returns that path."""
-    from fedrec.pipeline import silo_base_file
-    from fedrec.wire.exchange import check_silo_id
-
     url = source_url(cfg, check_silo_id(silo_id))  # the id goes into the URL and the snapshot's path
     frame = read_interactions(cfg, silo_id, url)
     target = silo_base_file(cfg, silo_id)
@@ -245,7 +242,7 @@ def check_query(query: str, silo_id: str, shown: str) -> None:
                                                    "refused before it ran (quote a column of that name)")
 
 
-def _table_name(cfg: Config, silo_id: str) -> tuple[str | None, str]:
+def table_name(cfg: Config, silo_id: str) -> tuple[str | None, str]:
     name = cfg.silo.table.replace("{silo}", silo_id)
     schema, _, table = name.rpartition(".")
     return schema or None, table
@@ -254,7 +251,7 @@ def _table_name(cfg: Config, silo_id: str) -> tuple[str | None, str]:
 def _read_table(conn, cfg: Config, silo_id: str, shown: str, url) -> pd.DataFrame:
     import sqlalchemy as sa
 
-    schema, name = _table_name(cfg, silo_id)
+    schema, name = table_name(cfg, silo_id)
     qualified = f"{schema}.{name}" if schema else name
     try:
         table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
@@ -265,7 +262,7 @@ def _read_table(conn, cfg: Config, silo_id: str, shown: str, url) -> pd.DataFram
     except sa.exc.DBAPIError as exc:
         raise SourceTableError(silo_id, shown, f"table {qualified!r} cannot be read: {_db_message(exc, url)}") \
             from None
-    mapping = _mapping(cfg)
+    mapping = column_mapping(cfg)
     present = [c.name for c in table.columns]
     _check_columns(silo_id, shown, f"table {qualified!r}", mapping, present)
     stmt = sa.select(*[table.c[source].label(target) for target, source in mapping.items()])
@@ -294,14 +291,14 @@ def _run_query(conn, cfg: Config, silo_id: str, shown: str, url) -> pd.DataFrame
     except sa.exc.StatementError as exc:  # e.g. a ":name" in the text taken for a bind parameter
         raise SourceTableError(silo_id, shown, f"silo.query cannot be run ({type(exc.orig or exc).__name__}; "
                                                "write a literal colon as \\:)") from None
-    mapping = _mapping(cfg)
+    mapping = column_mapping(cfg)
     _check_columns(silo_id, shown, "silo.query", mapping, keys)
     frame = pd.DataFrame(rows, columns=keys) if rows else pd.DataFrame(columns=keys)
     frame = frame.loc[:, ~frame.columns.duplicated()]
     return pd.DataFrame({target: frame[source] for target, source in mapping.items()})
 
 
-def _mapping(cfg: Config) -> dict[str, str]:
+def column_mapping(cfg: Config) -> dict[str, str]:
     s = cfg.silo
     return {"user_id": s.user_column, "item_id": s.item_column, "rating": s.rating_column,
             "timestamp": s.timestamp_column}
@@ -398,43 +395,3 @@ def _db_message(exc, url, always: bool = False) -> str:
 
 def _scrub(text: str, url) -> str:
     return text.replace(url.password, "***") if url.password else text
-
-
-def write_demo_databases(cfg: Config, out_dir: str | Path) -> dict[str, int]:
-    """The demo silos (provisioned when missing) each written into ``<out_dir>/<silo>.sqlite``: table
-    ``silo.table`` with the column names of the ``silo.*_column`` mapping, replacing a previous file atomically.
-    Returns the rows per silo. A silo then reads it with ``silo.source = sqlite:///<out_dir>/{silo}.sqlite``."""
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
-
-    from fedrec import pipeline
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    mapping = _mapping(cfg)
-    rows: dict[str, int] = {}
-    for silo_id in pipeline.ensure_partitioned(cfg):
-        frame = pd.read_parquet(pipeline.Paths.of(cfg).silo_data(silo_id) / "interactions.parquet")
-        frame = frame[list(COLUMNS)].rename(columns=mapping)
-        schema, table = _table_name(cfg, silo_id)
-        fd, tmp = tempfile.mkstemp(prefix=f".{silo_id}.", suffix=".sqlite.tmp", dir=out)
-        os.close(fd)
-        try:
-            engine = sa.create_engine(f"sqlite:///{tmp}", poolclass=NullPool)
-            try:
-                frame.to_sql(table, engine, schema=schema, index=False, chunksize=10_000,
-                             dtype={c: sa.Integer() for c in frame.columns if frame[c].dtype.kind in "iu"})
-            finally:
-                engine.dispose()
-            os.replace(tmp, out / f"{silo_id}.sqlite")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        rows[silo_id] = len(frame)
-    return rows
-
-
-def demo_source(out_dir: str | Path) -> str:
-    """The silo.source value for :func:`write_demo_databases`' files (a relative directory stays relative: it is
-    resolved against the working directory of the process that reads it)."""
-    return f"sqlite:///{Path(out_dir).as_posix()}/{{silo}}.sqlite"

@@ -4,7 +4,7 @@
 ``keys/secret.ctx`` (the run's HE secret context, only at the key-holding silo, which made it; `fedrec silo
 forget-keys` deletes it), ``model.pt`` (its users' embeddings + optimizer state, for recommendations after the run)
 and ``coordinator.json`` (the coordinator's public identity it trusted). Everything under ``state/silos/<silo>/``
-is 0600 in 0700 directories (:mod:`fedrec.fsperm`); write through the methods here, which set that.
+is 0600 in 0700 directories (:mod:`fedrec.core.fsperm`); write through the methods here, which set that.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedrec.config import Config
-from fedrec.errors import ConfigError
-from fedrec.fsperm import private_dir, private_file, write_private_bytes
-from fedrec.trust import write_private
+from fedrec.core.config import Config
+from fedrec.core.errors import ConfigError
+from fedrec.core.fsperm import private_dir, private_file, write_private_bytes
 from fedrec.wire.exchange import check_run_id, check_silo_id
+from fedrec.wire.trust import write_private
 
 
 def _is_run_id(name: str) -> bool:

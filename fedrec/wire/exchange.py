@@ -6,7 +6,7 @@ Writes go to a temporary key first and are then moved, so a reader never sees ha
 Keys are write-once: a second write to a key is refused (:class:`ExchangeConflictError`); on a local
 directory atomically (hard link), elsewhere by a look first (make the bucket immutable too, e.g. S3 Object
 Lock, against parties that bypass fedrec). Parties write signed envelopes (:meth:`Exchange.post`) and
-read them back verified against the expected author (:meth:`Exchange.read`), see :mod:`fedrec.trust`.
+read them back verified against the expected author (:meth:`Exchange.read`), see :mod:`fedrec.wire.trust`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from fedrec.errors import ConfigError, PayloadError
+from fedrec.core.errors import ConfigError, PayloadError
 
 if TYPE_CHECKING:
-    from fedrec.trust import Identity, PublicIdentity
+    from fedrec.wire.trust import Identity, PublicIdentity
 
 
 class ExchangeConflictError(PayloadError):
@@ -107,14 +107,14 @@ class Exchange:
 
     def post(self, key: str, body: bytes, author: "Identity") -> int:
         """Write ``body`` under ``key``, signed by ``author`` (bound to this run and key)."""
-        from fedrec.trust import seal_envelope
+        from fedrec.wire.trust import seal_envelope
 
         return self.put(key, seal_envelope(body, run_id=self.run_id, key=key, author=author))
 
     def read(self, key: str, author: "PublicIdentity") -> bytes:
         """The body under ``key`` if ``author`` signed it for this run and key, else
-        :class:`~fedrec.trust.SignatureError`."""
-        from fedrec.trust import open_envelope
+        :class:`~fedrec.wire.trust.SignatureError`."""
+        from fedrec.wire.trust import open_envelope
 
         return open_envelope(self.get(key), run_id=self.run_id, key=key, author=author)
 
@@ -183,7 +183,7 @@ def update_key(round_: int, silo_id: str) -> str:
 
 
 def mask_keys_key(round_: int, silo_id: str) -> str:
-    """A participant's round mask key, self-mask commitment and sealed shares (fedrec.federation.secagg)."""
+    """A participant's round mask key, self-mask commitment and sealed shares (fedrec.crypto.secagg)."""
     return f"round-{round_:04d}/masks/{check_silo_id(silo_id)}.json"
 
 

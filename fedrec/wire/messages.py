@@ -1,7 +1,7 @@
 """Small typed JSON messages that cross between the coordinator and the silos (besides tensor payloads).
 
 Each message is a frozen dataclass with ``to_json`` / ``from_json``; a message that does not parse or
-lacks a field raises :class:`~fedrec.errors.PayloadError`. None of them carries raw interactions,
+lacks a field raises :class:`~fedrec.core.errors.PayloadError`. None of them carries raw interactions,
 user ids, embeddings or key material: only counts, verdicts, seconds, bytes and metric sums.
 """
 
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fedrec.errors import PayloadError
+from fedrec.core.errors import PayloadError
 
 M = TypeVar("M", bound="Message")
 
@@ -63,7 +63,7 @@ class Hello(Message):
     failures: list[str] = field(default_factory=list)
     #: the silo's public identity (name, Ed25519 and X25519 public keys); the hello is signed with it
     identity: dict[str, str] = field(default_factory=dict)
-    #: content hash of the interactions this run trains on (fedrec.pipeline.data_version): which data version
+    #: content hash of the interactions this run trains on (fedrec.silo.data.data_version): which data version
     data_version: str = ""
 
     def _checked(self, source: str) -> "Hello":
@@ -124,7 +124,7 @@ def _is_hex(value: object, n_bytes: int) -> bool:
 
 @dataclass(frozen=True)
 class MaskKeys(Message):
-    """A participant's round secrets, as far as they may be known (:mod:`fedrec.federation.secagg`): the public
+    """A participant's round secrets, as far as they may be known (:mod:`fedrec.crypto.secagg`): the public
     half of its ephemeral mask key, a commitment to its self-mask seed, the shares' threshold, and one share of
     each secret per other participant, sealed to that participant (hex)."""
 
@@ -237,7 +237,7 @@ class MetricReport(Message):
     val: dict[str, Any]
     test: dict[str, Any]
     seconds: float = 0.0
-    #: cold-start items (fedrec.coldstart): the same sums for each user's held-out cold item; None: none held out
+    #: cold-start items (fedrec.core.coldstart): the same sums for each user's held-out cold item; None: none held out
     cold: dict[str, Any] | None = None
 
 

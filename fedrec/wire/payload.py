@@ -14,27 +14,12 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
-
-from fedrec.errors import PayloadError
+from fedrec.core.errors import PayloadError
+from fedrec.core.state import TensorSpec
 
 MAGIC = b"FEDREC1\n"
 Kind = Literal["update", "aggregate", "mean", "global"]
 Scheme = Literal["ckks", "plain"]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
-
-def layout_size(layout: tuple[TensorSpec, ...]) -> int:
-    return sum(t.size for t in layout)
 
 
 @dataclass(frozen=True)

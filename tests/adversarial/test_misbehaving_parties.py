@@ -20,20 +20,31 @@ import numpy as np
 import pytest
 import yaml
 
-import roundkit
-from conftest import make_tiny_params
-from fedrec import pipeline
-from fedrec.config import from_dict
-from fedrec.errors import PolicyError
-from fedrec.federation import masking, secagg
-from fedrec.federation.aggregate import flatten_state
-from fedrec.federation.filters import aggregate_updates, gather_masks, load_global
+from fedrec.core.config import from_dict
+from fedrec.core.errors import PolicyError
+from fedrec.core.state import flatten_state
+from fedrec.crypto import masking, secagg
+from fedrec.crypto.updates import aggregate_updates
+from fedrec.protocol.reads import gather_masks, load_global
+from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
-from fedrec.trust import Identity, peek_envelope
-from fedrec.wire.exchange import (aggregate_key, fit_report_key, left_key, mask_keys_key, mean_key, reveal_key,
-                                  unmask_key, update_key, verdict_key)
+from fedrec.wire.exchange import (
+    aggregate_key,
+    fit_report_key,
+    left_key,
+    mask_keys_key,
+    mean_key,
+    reveal_key,
+    unmask_key,
+    update_key,
+    verdict_key,
+)
 from fedrec.wire.messages import FitReport, Left, MaskKeys, Reveal, Unmask, Verdict
 from fedrec.wire.payload import EncryptedUpdate
+from fedrec.wire.trust import Identity, peek_envelope
+
+import roundkit
+from conftest import make_tiny_params
 
 ROOT = Path(__file__).resolve().parents[2]
 SILOS = ("0", "1", "2", "3")

