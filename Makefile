@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export FEDREC_DATA_DIR ?= $(wildcard $(abspath $(CURDIR)/../shared/datasets/ml-100k))
 
-.PHONY: install run centralized test bench acceptance repro exps clean ui
+.PHONY: install run centralized test test-fast lint bench acceptance repro exps clean ui
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,15 @@ EXPS_SHOWN := (Experiment|rev|typ|parent|Created|State|Executor)$$|(task|data|pa
 exps: $(STAMP)  ## DVC experiments: the params that differ between them and the headline metrics
 	$(VENV)/bin/dvc exp show --only-changed --drop '^(?!$(EXPS_SHOWN))' --no-pager
 
-test: $(STAMP)
+test: $(STAMP)  ## everything, slow tests included (CI runs this after `make lint`)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## the inner loop: every test not marked slow (no servers, no whole federations)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)  ## ruff (imports at the top, import order, pyflakes) and the import-linter contracts (layers by party)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 ui: $(STAMP)  ## Prefect UI + MLflow UI on 127.0.0.1 over this project's stores (Ctrl-C stops both)
 	$(VENV)/bin/fedrec ui

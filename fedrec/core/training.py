@@ -247,7 +247,7 @@ def evaluate_targets(model: Scorer, data: SiloData, k: int, targets: tuple[str, 
     """
     if not targets or set(targets) - {"val", "test"}:
         raise ValueError("targets must be 'val' and/or 'test'")
-    if getattr(model, "task", "ranking") == "rating":  # RMSE/MAE sums of the held-out ratings (fedrec/rating.py)
+    if getattr(model, "task", "ranking") == "rating":  # RMSE/MAE sums of the held-out ratings (fedrec/core/rating.py)
         return evaluate_ratings(model, data, targets, device)
     if hasattr(model, "eval"):
         model.eval()

@@ -3,8 +3,8 @@ exchange directory): a misbehaving coordinator, a misbehaving silo and an outsid
 try each attack the audit found (and a few more); each test fails on the protocol the audit broke (d13bd96: remask
 among survivors, header-trusting decryptor, one decryptor) and passes now.
 
-Ids, file modes, SQL and serve's error shapes (findings 6-9): tests/test_ids.py, tests/test_private_files.py,
-tests/test_sources.py, tests/test_recommend.py, tests/test_cli.py."""
+Ids, file modes, SQL and serve's error shapes (findings 6-9): tests/wire/test_ids.py, tests/silo/test_private_files.py,
+tests/silo/test_sources.py, tests/silo/test_recommend.py, tests/cli/test_cli.py."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ from fedrec.wire.messages import FitReport, Left, MaskKeys, Reveal, Unmask, Verd
 from fedrec.wire.payload import EncryptedUpdate
 from fedrec.wire.trust import Identity, peek_envelope
 
-import roundkit
 from conftest import make_tiny_params
+from support import roundkit
 
 ROOT = Path(__file__).resolve().parents[2]
 SILOS = ("0", "1", "2", "3")

@@ -1,6 +1,6 @@
 """Operations: the scheduled retraining deployment, the local UIs, retention, plots and page screenshots.
 
-Plain Python under the `fedrec deploy | worker | ui | cleanup` commands (fedrec/cli_ops.py) and the
+Plain Python under the `fedrec deploy | worker | ui | cleanup` commands (fedrec/cli/ops.py) and the
 `scheduled_retraining` flow (flows/scheduled.py)."""
 
 from fedrec.core.errors import FedrecError

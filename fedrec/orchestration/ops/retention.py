@@ -2,7 +2,7 @@
 states, logs and events).
 
 `cleanup` deletes, through the Prefect API, every flow run that ended (terminal state) before the cutoff, what
-Prefect 3 does with it checked by tests/test_operations.py:
+Prefect 3 does with it checked by tests/orchestration/test_operations.py:
 
 - the flow run (DELETE /flow_runs/{id}): the database cascades it to its task runs, their states and the run's
   inputs; the server queues the deletion of its logs (a background job);

@@ -23,7 +23,7 @@ from fedrec.wire.messages import Hello
 from fedrec.wire.payload import EncryptedUpdate
 from fedrec.wire.trust import peek_envelope
 
-import roundkit
+from support import roundkit
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 #: the README's `dvc exp run -S ...` on tiny synthetic data (3 IID silos, 2 rounds): the stages run in seconds
 TINY = ["data.source=synthetic", "data.synthetic.n_users=90", "data.synthetic.n_items=60",

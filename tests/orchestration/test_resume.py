@@ -21,7 +21,7 @@ from fedrec.wire.exchange import run_exchange
 
 from conftest import make_tiny_params
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fedrec_run(params: Path, run_id: str, env: dict, fault: str | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import yaml
 from fedrec.core.config import Config, from_dict, load_config, to_dict
 from fedrec.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_load_when_file_missing(tmp_path):
@@ -183,7 +183,7 @@ def test_the_schema_covers_every_key_with_type_default_and_description():
     docs = {d.key: d for d in schema()}
 
     assert set(docs) == set(flatten(to_dict(Config())))
-    assert not [k for k, d in docs.items() if not d.doc], "every key needs a #: comment in fedrec/config.py"
+    assert not [k for k, d in docs.items() if not d.doc], "every key needs a #: comment in fedrec/core/config.py"
     assert docs["federation.rounds"].type == "int" and docs["federation.rounds"].default == 40
     assert docs["model.name"].type == "gmf | neumf | hybrid"
     assert docs["data.raw_dir"].type == "str | null"

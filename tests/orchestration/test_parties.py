@@ -23,7 +23,7 @@ from fedrec.wire.trust import peek_envelope
 from conftest import make_tiny_params
 from support import leakscan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SILOS = ("0", "1", "2")
 
 

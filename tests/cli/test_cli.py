@@ -346,7 +346,7 @@ def test_prepare_in_an_empty_directory_warns_of_the_defaults_and_fails_offline_w
 
 @pytest.mark.parametrize("how", ["--cron", "-S"])
 def test_deploy_registers_a_cron_starting_with_a_star_as_given(params_file, monkeypatch, how):
-    # Prepare: the Prefect side replaced by a recorder (tests/test_operations.py registers against a server)
+    # Prepare: the Prefect side replaced by a recorder (tests/orchestration/test_operations.py registers against a server)
     import contextlib
 
     from fedrec.coordinator import launch
@@ -417,7 +417,7 @@ def test_the_issues_commands_in_a_copy_of_the_project_directory_as_a_user_types_
     import sys
     from pathlib import Path
 
-    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(Path(__file__).resolve().parents[2] / "params.yaml", tmp_path / "params.yaml")
     env = {k: v for k, v in os.environ.items() if k != "FEDREC_DATA_DIR"}
 
     def fedrec(*args, **extra_env):

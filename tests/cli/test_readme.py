@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - older Typer
 
 from fedrec.cli.app import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 
