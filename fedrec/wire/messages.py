@@ -1,16 +1,24 @@
 """Small typed JSON messages that cross between the coordinator and the silos (besides tensor payloads).
 
-Each message is a frozen dataclass with ``to_json`` / ``from_json``; a message that does not parse or
-lacks a field raises :class:`~fedrec.core.errors.PayloadError`. None of them carries raw interactions,
-user ids, embeddings or key material: only counts, verdicts, seconds, bytes and metric sums.
+Each message is a frozen dataclass with ``to_json`` / ``from_json``. ``from_json`` checks what a party reads from
+the exchange against the fields' declared types at the boundary (pydantic, strict: an integer is a JSON integer, not
+``"3"``, ``3.0`` or ``true``; a number may be an integer; lists, objects and their items as declared; unknown fields
+are ignored). A message that does not parse, lacks a field or holds a field of the wrong type raises
+:class:`~fedrec.core.errors.PayloadError` naming the source and the field, never the value (some fields hold sealed
+shares). None of them carries raw interactions, user ids, embeddings or key material: only counts, verdicts,
+seconds, bytes and metric sums.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from pydantic import TypeAdapter, ValidationError
 
 from fedrec.core.errors import PayloadError
 
@@ -28,8 +36,48 @@ def json_object(data: bytes, source: str, error: type[PayloadError] = PayloadErr
     return raw
 
 
+#: what a JSON value of each Python type is called in errors (the type, never the value)
+_JSON_NAMES = {str: "str", int: "int", float: "float", bool: "bool", list: "list", dict: "dict", type(None): "null"}
+#: what a field must be, by pydantic's error type
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "a boolean",
+             "list_type": "a list", "dict_type": "an object", "none_required": "null"}
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, TypeAdapter]:
+    """One strict validator per declared field of message class ``cls`` (built once)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _path(name: str, value: object, loc: tuple) -> str:
+    """The field and, inside it, the item an error is at (``roster[a][sign]``, ``failures[2]``): ``loc`` walked
+    through ``value`` so that pydantic's tags of union members (``int``, ``float``) drop out. Keys are shown
+    escaped and cut short; values never."""
+    path = name
+    for step in loc:
+        if isinstance(value, dict) and isinstance(step, str) and step in value:
+            path, value = path + f"[{ascii(step)[1:-1][:32]}]", value[step]
+        elif isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value):
+            path, value = path + f"[{step}]", value[step]
+    return path
+
+
+def _type_error(source: str, name: str, value: object, exc: ValidationError) -> PayloadError:
+    """``exc`` as a PayloadError naming the source, the field (and item) and the types wanted and found."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=True)
+    first = errors[0]
+    at = [e for e in errors if _path(name, value, e["loc"]) == _path(name, value, first["loc"])]
+    wanted = list(dict.fromkeys(_EXPECTED.get(e["type"], "of the declared type") for e in at))
+    if "an integer" in wanted and "a number" in wanted:
+        wanted.remove("an integer")
+    got = _JSON_NAMES.get(type(first.get("input")), type(first.get("input")).__name__)
+    return PayloadError(f"{source}: field '{_path(name, value, first['loc'])}' must be {' or '.join(wanted)}, "
+                        f"got {got}")
+
+
 class Message:
-    """Base: JSON serialisation with field checking on receipt."""
+    """Base: JSON serialisation with field and type checking on receipt."""
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -37,13 +85,21 @@ class Message:
     @classmethod
     def from_json(cls: type[M], data: bytes, source: str = "message") -> M:
         raw = json_object(data, source)
-        names = {f.name for f in dataclasses.fields(cls)}
+        types = _field_types(cls)
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         if missing := required - set(raw):
             raise PayloadError(f"{source}: {cls.__name__} lacks {sorted(missing)}")
+        values = {}
+        for name, value in raw.items():
+            if name not in types:
+                continue  # unknown fields are ignored
+            try:
+                values[name] = types[name].validate_python(value, strict=True)
+            except ValidationError as exc:
+                raise _type_error(source, name, value, exc) from None  # the cause would echo the value
         try:
-            return cls(**{k: v for k, v in raw.items() if k in names})._checked(source)
+            return cls(**values)._checked(source)
         except (TypeError, ValueError) as exc:
             raise PayloadError(f"{source}: malformed {cls.__name__} ({exc})") from exc
 
@@ -138,9 +194,7 @@ class MaskKeys(Message):
     def _checked(self, source: str) -> "MaskKeys":
         if not (_is_hex(self.public, 32) and _is_hex(self.commitment, 32)):
             raise PayloadError(f"{source}: mask key or commitment is not 32 bytes of hex")
-        if not isinstance(self.shares, dict) or not all(isinstance(v, str) for v in self.shares.values()):
-            raise PayloadError(f"{source}: shares must map silo names to hex")
-        if not isinstance(self.threshold, int) or self.threshold < 2:
+        if self.threshold < 2:
             raise PayloadError(f"{source}: a share threshold of {self.threshold!r} (at least 2)")
         return self
 
@@ -179,8 +233,8 @@ class Reveal(Message):
 
     silo_id: str
     round: int
-    self_shares: dict[str, list] = field(default_factory=dict)
-    key_shares: dict[str, list] = field(default_factory=dict)
+    self_shares: dict[str, list[int | str]] = field(default_factory=dict)
+    key_shares: dict[str, list[int | str]] = field(default_factory=dict)
 
     def _checked(self, source: str) -> "Reveal":
         if set(self.self_shares) & set(self.key_shares):
@@ -234,11 +288,11 @@ class MetricReport(Message):
 
     silo_id: str
     round: int
-    val: dict[str, Any]
-    test: dict[str, Any]
+    val: dict[str, int | float]
+    test: dict[str, int | float]
     seconds: float = 0.0
     #: cold-start items (fedrec.core.coldstart): the same sums for each user's held-out cold item; None: none held out
-    cold: dict[str, Any] | None = None
+    cold: dict[str, int | float] | None = None
 
 
 @dataclass(frozen=True)
