@@ -14,7 +14,6 @@ Then the worker processes (crypto.workers) on a large update (--large shared par
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -44,8 +43,8 @@ FORMER = CryptoConfig(poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 60), gl
 OPTIONS = [  # (name, config, symmetric encryption)
     ("former: N=8192, public-key, 1 value/slot", FORMER, False),
     ("+ symmetric encryption", FORMER, True),
-    ("+ smallest 128-bit ring N=4096, [60, 49]", dataclasses.replace(FORMER, poly_modulus_degree=4096,
-                                                                       coeff_mod_bit_sizes=(60, 49)), True),
+    ("+ smallest 128-bit ring N=4096, [60, 49]", FORMER.model_copy(update={"poly_modulus_degree": 4096,
+                                                                         "coeff_mod_bit_sizes": (60, 49)}), True),
     ("+ 2 values/slot (19-bit lanes): the default", CryptoConfig(), True),
 ]
 

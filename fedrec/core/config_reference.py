@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -22,6 +21,7 @@ from fedrec.core.config import (
     DATA_DIR_ENV,
     Config,
     flatten,
+    is_section,
     load_config,
     range_checks,
     to_dict,
@@ -45,6 +45,8 @@ class KeyDoc:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:  # a constrained element type (list of positive ints): its base type
+        return _type_name(typing.get_args(tp)[0])
     if origin is Literal:
         return " | ".join(str(a) for a in typing.get_args(tp))
     if origin is tuple:
@@ -76,14 +78,13 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def _walk(cls: type, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            yield from _walk(tp, f"{prefix}{f.name}.")
+    for name, info in cls.model_fields.items():
+        tp = info.annotation
+        if is_section(tp):
+            yield from _walk(tp, f"{prefix}{name}.")
         else:
-            yield f"{prefix}{f.name}", tp, docs.get(f.name, "")
+            yield f"{prefix}{name}", tp, docs.get(name, "")
 
 
 def schema() -> list[KeyDoc]:
@@ -100,11 +101,10 @@ def schema() -> list[KeyDoc]:
 def sections() -> dict[str, str]:
     """Section name -> the section class's docstring (first paragraph)."""
     out = {}
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp) and tp.__doc__ and not tp.__doc__.startswith(tp.__name__ + "("):
-            out[f.name] = " ".join(tp.__doc__.split("\n\n")[0].split())
+    for name, info in Config.model_fields.items():
+        tp = info.annotation
+        if is_section(tp) and tp.__doc__:
+            out[name] = " ".join(tp.__doc__.split("\n\n")[0].split())
     return out
 
 
