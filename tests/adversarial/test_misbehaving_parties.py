@@ -82,6 +82,7 @@ class KeepsItsSeed(SiloAgent):
         self.kept_seed = self._masks.secrets.seed
 
 
+@pytest.mark.slow
 def test_a_forged_report_turns_a_silo_into_a_dropout_and_differencing_the_sums_recovers_nothing(cfg):
     # Prepare: an outsider with write access to the exchange pre-writes silo 3's round-1 report: 3's update arrives
     # and verifies, but the coordinator cannot verify its report and counts 3 as dropped (the audit's finding 1)
@@ -337,6 +338,7 @@ def test_a_silo_impersonated_mid_run_sits_out_the_round_and_nobody_is_misled(cfg
     assert records[1].contributors == list(SILOS)
 
 
+@pytest.mark.slow
 def test_a_run_whose_decryptor_host_is_killed_finishes_with_the_other_silos(prefect_harness, tmp_path):
     # Prepare: 4 silos, one per host process; silo 0 (the key holder) dies with its host as round 2's decryption
     # starts (os._exit: no cleanup, no left.json)

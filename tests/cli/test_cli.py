@@ -11,6 +11,7 @@ from fedrec.cli.app import app
 from fedrec.core.errors import ConfigError
 
 
+@pytest.mark.slow
 def test_centralized_pop_json(params_file, tmp_path):
     # Prepare
     runner = CliRunner()
@@ -59,6 +60,7 @@ def test_run_rejects_bad_config_before_starting_prefect(params_file):
     assert "federation.rounds" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_emits_one_json_object(prefect_harness, params_file):
     # Execute: one round through the real flow, one silo at a time
     result = CliRunner().invoke(app, ["run", "--params", str(params_file), "--rounds", "1", "--json",
@@ -117,6 +119,7 @@ def test_identities_become_a_pinned_roster_and_keys_of_finished_runs_can_be_forg
     assert not keys.exists() and (tmp_path / "state" / "silos" / "0" / "identity" / "identity.key").exists()
 
 
+@pytest.mark.slow
 def test_a_cut_off_other_than_10_is_reported_as_such(params_file):
     result = CliRunner().invoke(app, ["centralized", "--model", "pop", "--json", "--params", str(params_file),
                                       "-S", "evaluation.k=5"])
@@ -173,6 +176,7 @@ def test_path_like_ids_exit_2_before_any_path_is_built(params_file, tmp_path, ca
 # --- loud configuration (issue #24, items 2, 3 and 7) -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_set_data_directory_that_does_not_exist_is_an_error_even_with_prepared_data(params_file, tmp_path,
                                                                                      monkeypatch):
     # Prepare: MovieLens as the source, its prepared data already in data/ (the user's stale copy)
@@ -349,7 +353,7 @@ def test_deploy_registers_a_cron_starting_with_a_star_as_given(params_file, monk
     # Prepare: the Prefect side replaced by a recorder (tests/orchestration/test_operations.py registers against a server)
     import contextlib
 
-    from fedrec.coordinator import launch
+    from fedrec.orchestration import launch
     from fedrec.orchestration.ops import deploy as dep
 
     registered = {}
@@ -409,6 +413,7 @@ def test_help_says_where_the_keys_are_listed():
     assert "-S key=value" in result.stdout and "fedrec config --schema" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_issues_commands_in_a_copy_of_the_project_directory_as_a_user_types_them(tmp_path):
     # Prepare: the project's params.yaml in a fresh directory, a shell's environment
     import os
@@ -461,6 +466,7 @@ def test_a_runs_closing_lines_fit_80_columns_and_point_where_to_look_next():
     assert "silos left out: 7" in text
 
 
+@pytest.mark.slow
 def test_the_runs_own_prefect_server_prints_no_view_at_link(tmp_path):
     # a run on the temporary server prefect_api starts (make run): its "View at" link would be dead after the run.
     # In its own process: Prefect's server object is a per-port singleton that this session's harness shares.

@@ -174,6 +174,7 @@ def test_cold_metrics_count_ties_as_a_random_order():
     assert coldstart.tie_aware_sums(np.array([3, 12]), np.array([0, 0]), 10) == pytest.approx((1.0, 1 / np.log2(5)))
 
 
+@pytest.mark.slow
 def test_centralized_hybrid_reports_cold_metrics_beside_warm_ones(params_file, tiny_cfg, tiny_embeddings):
     # Prepare: the tiny data with 20% cold items; the catalogue's embeddings (encoded once this session)
     from fedrec.cli.app import app
@@ -198,6 +199,7 @@ def test_centralized_hybrid_reports_cold_metrics_beside_warm_ones(params_file, t
     assert 0.0 < pop["cold_hr@10"] < 1.0
 
 
+@pytest.mark.slow
 def test_federated_hybrid_with_he_reports_cold_metrics(prefect_harness, tmp_path, tiny_embeddings):
     from fedrec.flows.federated import run_demo
 

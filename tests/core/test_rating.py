@@ -183,6 +183,7 @@ def test_config_task_and_selection():
     assert load_config("missing.yaml", {"task": "rating"}).task == "rating"
 
 
+@pytest.mark.slow
 def test_centralized_rating_json_beats_the_global_mean(params_file, tiny_cfg, tmp_path):
     # Prepare: an old split without ratings is on disk (made again by the rating run)
     runner = CliRunner()
@@ -226,6 +227,7 @@ def test_fit_biases_recovers_additive_ratings():
     assert np.abs(predicted - data.train_ratings).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_federated_rating_run_reports_rmse_and_mae(prefect_harness, tmp_path):
     # Prepare
     from fedrec.flows.federated import run_demo

@@ -290,6 +290,7 @@ def test_an_unmasked_round_missing_a_silo_averages_over_the_others(keys, vectors
 
 
 
+@pytest.mark.slow
 def test_large_vectors_are_split_across_worker_processes_with_the_same_result(keys):
     # Prepare: 256 ciphertexts' worth of values (crypto.PARALLEL_MIN_CHUNKS), two worker processes per side
     from fedrec.crypto.ckks import PARALLEL_MIN_CHUNKS

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import mlflow
+import pytest
 
 from fedrec.orchestration.centralized import METRIC_KEYS, run_baseline
 from fedrec.orchestration.tracking import tracking_uri
 from fedrec.silo import data as pipeline
 
 
+@pytest.mark.slow
 def test_gmf_baseline_logs_epochs_and_test_metrics(tiny_cfg):
     # Prepare
     epochs_seen: list[tuple[int, int]] = []
@@ -48,6 +50,7 @@ def test_gmf_baseline_logs_epochs_and_test_metrics(tiny_cfg):
     assert experiment.name == "fedrec-test"
 
 
+@pytest.mark.slow
 def test_pop_baseline_logs_val_and_test(tiny_cfg):
     report = run_baseline(tiny_cfg, "pop")
 

@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
+
+pytestmark = pytest.mark.slow  # real servers, subprocess CLIs or whole federations: not in `make test-fast`
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")

@@ -26,6 +26,8 @@ from fedrec.wire.trust import SEALED_MAGIC, peek_envelope
 from conftest import make_tiny_params
 from support import leakscan
 
+pytestmark = pytest.mark.slow  # real servers, subprocess CLIs or whole federations: not in `make test-fast`
+
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 
 

@@ -23,6 +23,8 @@ from fedrec.wire.trust import peek_envelope
 from conftest import make_tiny_params
 from support import leakscan
 
+pytestmark = pytest.mark.slow  # real servers, subprocess CLIs or whole federations: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[2]
 SILOS = ("0", "1", "2")
 

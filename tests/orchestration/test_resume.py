@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 import yaml
 
@@ -20,6 +21,8 @@ from fedrec.protocol.reads import load_global
 from fedrec.wire.exchange import run_exchange
 
 from conftest import make_tiny_params
+
+pytestmark = pytest.mark.slow  # real servers, subprocess CLIs or whole federations: not in `make test-fast`
 
 ROOT = Path(__file__).resolve().parents[2]
 

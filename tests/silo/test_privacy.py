@@ -61,6 +61,7 @@ def test_noise_has_the_configured_share_of_sigma(silo):
     assert np.std(noise) == pytest.approx(2.0 * 0.01 / math.sqrt(4), rel=0.1)
 
 
+@pytest.mark.slow
 def test_the_accountant_is_opacus_rdp_and_a_target_epsilon_picks_sigma():
     from opacus.accountants import RDPAccountant
 
@@ -81,6 +82,7 @@ def test_privacy_bounds_are_checked():
         from_dict({"privacy": {"user_sample_rate": 0}})
 
 
+@pytest.mark.slow
 def test_a_private_federated_run_reports_its_epsilon_per_round(prefect_harness, tmp_path):
     import mlflow
     import yaml

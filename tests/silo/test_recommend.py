@@ -55,6 +55,7 @@ def _a_user(cfg) -> int:
     return int(pipeline.silo_interactions(cfg, SILO)["user_id"].iloc[0])
 
 
+@pytest.mark.slow
 def test_recommend_json_lists_k_unseen_items_with_titles(trained):
     summary, path = trained
     cfg = load_config(path)
@@ -222,6 +223,7 @@ def test_invalid_feedback_is_refused_and_nothing_is_appended(trained, tmp_path):
     pd.testing.assert_frame_equal(pipeline.silo_interactions(cfg, SILO), before)
 
 
+@pytest.mark.slow
 def test_feedback_feeds_the_next_run_and_changes_the_users_recommendations(trained, tmp_path):
     from fedrec.flows.federated import run_demo
 

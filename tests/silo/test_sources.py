@@ -442,6 +442,7 @@ def test_postgres_source(postgres, tiny_params, tmp_path):
 # --- a federated run ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_federated_run_leaves_out_a_silo_whose_database_is_broken(prefect_harness, tmp_path):
     # Prepare: every silo in its own SQLite database; silo 1's has no `interactions` table (renamed), silo 0's lost
     # a user after the partition

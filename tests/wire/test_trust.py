@@ -94,6 +94,7 @@ def test_roster_round_trip_and_errors(tmp_path):
         Roster.load(tmp_path / "missing.json")
 
 
+@pytest.mark.slow
 def test_the_memory_scan_finds_a_secret_key_in_a_process_that_holds_one(tmp_path):
     """Control for the coordinator's memory scan (test_parties): another process loads a secret context; the scan
     finds SEAL's in-memory key (64-byte windows of its uint64 coefficients) there."""
