@@ -13,7 +13,6 @@ silos run their own `silo_agent` flow runs (flows/silo_agent.py) in their own pr
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,9 +42,11 @@ from fedrec.silo import data as pipeline
 from fedrec.silo import privacy
 from fedrec.tasks.coordinator import (
     admit,
+    close_run,
     collect_evaluation,
     federated_round,
     open_federation,
+    open_run,
 )
 
 
@@ -91,37 +92,34 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
     that has a checkpoint resumes after its last checkpointed round instead. Returns (coordinator, history)."""
     launcher = launcher or _launcher(cfg, run_id, roster, params_path, overrides, sizes, refit)
     coord = Coordinator(cfg, run_id, len(pipeline.catalogue_ids(cfg)), gone=launcher.gone)
-    history: list[RoundRecord] = []
+    open_run(coord)
     finished = False
     try:
         restored = coord.restore()
         if restored is None:
-            admit(coord, roster)
-            open_federation(coord)
-            first = 1
+            admit(run_id, roster)
+            open_federation(run_id)
         else:
-            last, extra = restored
-            history = [RoundRecord(**record) for record in extra.get("history", [])]
-            first = last + 1
-            get_run_logger().info("run %s resumes after round %d (its checkpoint)", run_id, last)
+            get_run_logger().info("run %s resumes after round %d (its checkpoint)", run_id, restored[0].round)
         local_server_yields_cpu()
-        for r in range(first, rounds + 1):
+        for r in range(coord.state.round + 1, rounds + 1):
             evaluate = evaluation_due(cfg, r, rounds, refit)
-            record = federated_round(coord, r, evaluate)
+            record = federated_round(run_id, r, evaluate)
             if evaluate:
-                record = collect_evaluation(coord, record, r)
-            history.append(record)
+                record = collect_evaluation(run_id, r)
             if on_round is not None:
                 on_round(record)
-            coord.save_checkpoint(r, {"history": [dataclasses.asdict(h) for h in history], **(checkpoint or {})})
+            coord.save_checkpoint(checkpoint)  # the run's state after round r: what a resumed run starts from
             faults.crash_point("coordinator-after-round", r)
         finished = True
     finally:
-        coord.stop("finished" if finished else "the coordinator stopped early", len(history))
+        coord.stop("finished" if finished else "the coordinator stopped early",
+                   coord.state.round if coord.state is not None else 0)
+        close_run(run_id)
         failed = launcher.join()
     if failed:
         get_run_logger().warning("silo agents that did not finish cleanly: %s", failed)
-    return coord, history
+    return coord, list(coord.state.history)
 
 
 @flow(name="federated_training", flow_run_name=_federation_name)
@@ -157,7 +155,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         if resumed is None:
             run.log_config(cfg)
         elif progress:
-            progress.update(progress.task_ids[0], advance=len(resumed.get("history", [])))
+            progress.update(progress.task_ids[0], advance=resumed["rounds_done"])
 
         sigma = privacy.noise_multiplier(cfg.privacy, cfg.federation.rounds) if cfg.privacy.enabled else 0.0
 

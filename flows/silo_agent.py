@@ -21,9 +21,11 @@ from fedrec.core.config import load_config
 from fedrec.core.errors import ConfigError
 from fedrec.silo.agent import SiloAgent
 from fedrec.tasks.silo import (
+    close_agent,
     evaluate_round,
     fit_round,
     join_federation,
+    open_agent,
     settle_round,
     setup_silo,
     validate_data,
@@ -72,21 +74,24 @@ def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
     check_pinned(silo_id, params_path, overrides)
     logger = get_run_logger()
     agent = SiloAgent(load_config(params_path, overrides), silo_id, run_id, validation_in_train=validation_in_train)
+    ids = open_agent(agent)  # the tasks take these ids; the agent (data, model, keys) stays in this process
     rounds = 0
     try:
-        hello = validate_data(agent)
-        if not hello.valid or join_federation(agent) is None:
+        hello = validate_data(*ids)
+        if not hello.valid or join_federation(*ids) is None:
             logger.warning("silo %s not admitted to run %s (valid data: %s)", silo_id, run_id, hello.valid)
             return {"silo_id": silo_id, "admitted": False, "rounds": 0}
-        setup_silo(agent)
+        setup_silo(*ids)
         while (ins := agent.next_instructions(rounds)) is not None:
-            if fit_round(agent, ins) is not None:
-                settle_round(agent, ins)
+            if fit_round(*ids, ins) is not None:
+                settle_round(*ids, ins)
             if ins.evaluate:
-                evaluate_round(agent, ins.round)
+                evaluate_round(*ids, ins.round)
             rounds = ins.round
     except BaseException as exc:
         agent.leave(rounds, exc)  # the coordinator stops waiting for this silo
         raise
+    finally:
+        close_agent(*ids)
     agent.save()
     return {"silo_id": silo_id, "admitted": True, "rounds": rounds, "key_holder": agent.is_key_holder}

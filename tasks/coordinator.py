@@ -1,44 +1,68 @@
-"""Tasks the coordinator runs (thin wrappers over :class:`fedrec.coordinator.coordinator.Coordinator`).
+"""Tasks the coordinator runs: thin wrappers over :mod:`fedrec.coordinator.round` and the
+:class:`~fedrec.coordinator.coordinator.Coordinator`.
 
-It holds the public HE context only; results are summaries (counts, seconds, bytes), never keys."""
+They take ids and small values (the run id, a round number) and return small records; the run's coordinator (its
+exchange, identity and public HE context: no secret key) stays in this process, found by its run id
+(:func:`open_run`), and its state after each round is the run's checkpoint."""
 
 from __future__ import annotations
-
-import time
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fedrec.coordinator.coordinator import Coordinator
-from fedrec.coordinator.report import RoundRecord, round_record
+from fedrec.coordinator.report import RoundRecord
+from fedrec.coordinator.round import evaluate_round, fit_round
+from fedrec.core.errors import FederationError
 from fedrec.wire.messages import Admission
+
+_OPEN: dict[str, Coordinator] = {}  # this process's coordinators, by run id
+
+
+def open_run(coord: Coordinator) -> str:
+    """Make ``coord`` the one the tasks of its run use; returns the run id they take."""
+    _OPEN[coord.run_id] = coord
+    return coord.run_id
+
+
+def close_run(run_id: str) -> None:
+    _OPEN.pop(run_id, None)
+
+
+def _coordinator(run_id: str) -> Coordinator:
+    try:
+        return _OPEN[run_id]
+    except KeyError:
+        raise FederationError(f"run {run_id!r} has no coordinator open in this process") from None
 
 
 @task(name="admit", cache_policy=NO_CACHE)
-def admit(coord: Coordinator, roster: list[str]) -> Admission:
+def admit(run_id: str, roster: list[str]) -> Admission:
     """Wait for the silos' hellos; admit those whose data passed validation."""
-    return coord.admit(roster)
+    return _coordinator(run_id).admit(roster)
 
 
 @task(name="open-federation", cache_policy=NO_CACHE)
-def open_federation(coord: Coordinator) -> tuple[str, int]:
+def open_federation(run_id: str) -> tuple[str, int]:
     """The key holder's public context, and the round-0 global model. Returns (context id, parameters)."""
+    coord = _coordinator(run_id)
     return coord.open_context(), coord.init_global()
 
 
 @task(name="round", task_run_name="round-{server_round}", cache_policy=NO_CACHE)
-def federated_round(coord: Coordinator, server_round: int, evaluate: bool) -> RoundRecord:
+def federated_round(run_id: str, server_round: int, evaluate: bool) -> RoundRecord:
     """Instructions ─► mask set ─► updates (deadline) ─► unmask ─► ciphertext sum ─► decryptor's mean ─► strategy
     ─► global(r)."""
-    return round_record(coord, server_round, evaluate)
+    coord = _coordinator(run_id)
+    _, record = fit_round(coord.state, coord, server_round, evaluate)
+    return record
 
 
 @task(name="evaluate", task_run_name="evaluate-round-{server_round}", cache_policy=NO_CACHE)
-def collect_evaluation(coord: Coordinator, record: RoundRecord, server_round: int) -> RoundRecord:
+def collect_evaluation(run_id: str, server_round: int) -> RoundRecord:
     """The silos' metric sums for the round's global model (its wait counts towards the round's time)."""
-    start = time.perf_counter()
-    reports, _ = coord.collect_metrics(server_round, record.contributors)
-    record.add_evaluation(reports, coord.cfg.evaluation.k)
-    record.seconds["evaluate"] = time.perf_counter() - start
-    record.seconds["round"] += record.seconds["evaluate"]
+    coord = _coordinator(run_id)
+    _, record = evaluate_round(coord.state, coord, coord.state.history[-1])
+    if record.round != server_round:
+        raise FederationError(f"evaluated round {record.round}, asked for round {server_round}")
     return record

@@ -1,11 +1,16 @@
-"""Tasks a silo runs (thin wrappers over :class:`fedrec.silo.agent.SiloAgent`); their results are small
-reports, never tensors, ciphertexts or keys."""
+"""Tasks a silo runs: thin wrappers over the steps of :class:`fedrec.silo.agent.SiloAgent` (validate ─► join ─►
+setup ─► per round: fit ─► settle ─► [evaluate]).
+
+They take ids and small messages (the run and silo ids, the round's instructions) and return small reports, never
+tensors, ciphertexts or keys. The agent, which holds the silo's data, user tower, optimizer and keys in memory for
+the whole run, stays in the silo's own process, found by its ids (:func:`open_agent`)."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from fedrec.core.errors import FederationError
 from fedrec.silo.agent import SiloAgent
 from fedrec.wire.messages import (
     Admission,
@@ -15,38 +20,57 @@ from fedrec.wire.messages import (
     MetricReport,
 )
 
+_OPEN: dict[tuple[str, str], SiloAgent] = {}  # this process's agents, by (run id, silo id)
 
-@task(name="validate", task_run_name="validate-silo-{agent.silo_id}", cache_policy=NO_CACHE)
-def validate_data(agent: SiloAgent) -> Hello:
+
+def open_agent(agent: SiloAgent) -> tuple[str, str]:
+    """Make ``agent`` the one the tasks of its silo and run use; returns the ids they take."""
+    _OPEN[(agent.run_id, agent.silo_id)] = agent
+    return agent.run_id, agent.silo_id
+
+
+def close_agent(run_id: str, silo_id: str) -> None:
+    _OPEN.pop((run_id, silo_id), None)
+
+
+def _agent(run_id: str, silo_id: str) -> SiloAgent:
+    try:
+        return _OPEN[(run_id, silo_id)]
+    except KeyError:
+        raise FederationError(f"silo {silo_id!r} has no agent open for run {run_id!r} in this process") from None
+
+
+@task(name="validate", task_run_name="validate-silo-{silo_id}", cache_policy=NO_CACHE)
+def validate_data(run_id: str, silo_id: str) -> Hello:
     """Great Expectations on the silo's own interactions; publishes the verdict (no example rows)."""
-    return agent.validate()
+    return _agent(run_id, silo_id).validate()
 
 
-@task(name="join", task_run_name="join-silo-{agent.silo_id}", cache_policy=NO_CACHE)
-def join_federation(agent: SiloAgent) -> Admission | None:
-    return agent.await_admission()
+@task(name="join", task_run_name="join-silo-{silo_id}", cache_policy=NO_CACHE)
+def join_federation(run_id: str, silo_id: str) -> Admission | None:
+    return _agent(run_id, silo_id).await_admission()
 
 
-@task(name="setup", task_run_name="keys-and-model-silo-{agent.silo_id}", cache_policy=NO_CACHE)
-def setup_silo(agent: SiloAgent) -> str:
+@task(name="setup", task_run_name="keys-and-model-silo-{silo_id}", cache_policy=NO_CACHE)
+def setup_silo(run_id: str, silo_id: str) -> str:
     """The key holder makes the run's CKKS keys; every silo builds its model. Returns the context id."""
-    return agent.setup()
+    return _agent(run_id, silo_id).setup()
 
 
-@task(name="fit", task_run_name="fit-silo-{agent.silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
-def fit_round(agent: SiloAgent, ins: FitInstructions) -> FitReport | None:
+@task(name="fit", task_run_name="fit-silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
+def fit_round(run_id: str, silo_id: str, ins: FitInstructions) -> FitReport | None:
     """Publish the round's mask keys and sealed shares, train E local epochs, mask and encrypt the weighted update
     in memory, publish it (None: the silo refused the round's participant or mask set)."""
-    return agent.fit(ins)
+    return _agent(run_id, silo_id).fit(ins)
 
 
-@task(name="settle", task_run_name="settle-silo-{agent.silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
-def settle_round(agent: SiloAgent, ins: FitInstructions) -> dict:
+@task(name="settle", task_run_name="settle-silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
+def settle_round(run_id: str, silo_id: str, ins: FitInstructions) -> dict:
     """Until the round's global model: reveal shares for the survivors' unmasking (once); decrypt when asked."""
-    return agent.settle(ins)
+    return _agent(run_id, silo_id).settle(ins)
 
 
-@task(name="evaluate", task_run_name="evaluate-silo-{agent.silo_id}-round-{server_round}", cache_policy=NO_CACHE)
-def evaluate_round(agent: SiloAgent, server_round: int) -> MetricReport:
+@task(name="evaluate", task_run_name="evaluate-silo-{silo_id}-round-{server_round}", cache_policy=NO_CACHE)
+def evaluate_round(run_id: str, silo_id: str, server_round: int) -> MetricReport:
     """HR/NDCG sums over the silo's own users (only sums leave the silo)."""
-    return agent.evaluate(server_round)
+    return _agent(run_id, silo_id).evaluate(server_round)

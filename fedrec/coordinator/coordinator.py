@@ -24,10 +24,12 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 
+from fedrec.coordinator.state import RunState
 from fedrec.coordinator.strategy import ServerState, build_strategy
 from fedrec.core.config import Config
 from fedrec.core.errors import FederationError, PayloadError
@@ -102,9 +104,13 @@ def checkpoint_file(cfg: Config, run_id: str) -> Path:
 
 
 def checkpoint_extra(cfg: Config, run_id: str) -> dict | None:
-    """What the last checkpoint of run ``run_id`` carries besides the model (history, MLflow run), or None."""
+    """What the last checkpoint of run ``run_id`` carries beside the run's state (e.g. its MLflow run), with
+    ``rounds_done``: its last round; None without a checkpoint."""
     path = checkpoint_file(cfg, run_id)
-    return torch.load(path, weights_only=False)["extra"] if path.exists() else None
+    if not path.exists():
+        return None
+    saved = torch.load(path, weights_only=False)
+    return dict(saved.get("extra") or {}) | {"rounds_done": int(saved["round"])}
 
 
 @dataclass(frozen=True)
@@ -138,24 +144,41 @@ class Coordinator:
         self.state_dir = Path(cfg.federation.state_dir) / "coordinator"
         self.identity = Identity.load_or_create(self.state_dir / "identity", COORDINATOR)
         self.roster = Roster({COORDINATOR: self.identity.public})
-        self.n_train: dict[str, int] = {}  # as each admitted silo declared it in its signed hello
         self.data_versions: dict[str, str] = {}  # each admitted silo's data version (content hash) this run
-        self.decryptors: dict[int, str] = {}
         self.strategy = build_strategy(cfg.federation)
-        self.server_state = ServerState()
         self._launcher_gone = gone or (lambda: set())  # silos whose agent's process or flow run ended
         self._left: dict[str, str] = {}
-        #: silos whose update made a round's sum undecodable (a decryptor's signed verdict): left out from then on
-        self.banned: dict[str, str] = {}
+        # the round in progress: who decrypts it and who takes part (instructions sent fix both)
+        self.decryptors: dict[int, str] = {}
         self._participants: dict[int, list[str]] = {}
         self._invited: list[str] = []  # the silos asked to join, until the admission names who did
+        self._declared: dict[str, int] = {}  # each admitted silo's samples as its signed hello declared them
         self._left_checked = 0.0
         self.codec: Codec | None = None
         self.admission: Admission | None = None
-        self.global_state: dict[str, torch.Tensor] | None = None
+        #: the run's state (fedrec.coordinator.state): set when global(0) is published or a checkpoint restored,
+        #: then replaced (never edited) by each step of a round
+        self.state: RunState | None = None
 
     def __repr__(self) -> str:
         return f"Coordinator(run={self.run_id!r})"
+
+    # read-only views of the run's state
+    @property
+    def global_state(self) -> Mapping[str, torch.Tensor] | None:
+        return self.state.global_state if self.state is not None else None
+
+    @property
+    def n_train(self) -> Mapping[str, int]:
+        return self.state.n_train if self.state is not None else MappingProxyType(self._declared)
+
+    @property
+    def banned(self) -> Mapping[str, str]:
+        return self.state.banned if self.state is not None else MappingProxyType({})
+
+    @property
+    def server_state(self) -> ServerState:
+        return self.state.server_state if self.state is not None else ServerState()
 
     def _post(self, key: str, body: bytes) -> bytes:
         """Write ``body`` under ``key`` signed by this coordinator, or, when a previous life of this run's
@@ -172,31 +195,20 @@ class Coordinator:
     def checkpoint_path(self) -> Path:
         return checkpoint_file(self.cfg, self.run_id)
 
-    def save_checkpoint(self, server_round: int, extra: dict) -> None:
-        """Everything needed to resume after ``server_round``, written atomically (temporary file, rename): the
-        global model, the strategy's state, the silos' declared sizes and ``extra`` (history, MLflow run)."""
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"round": server_round, "global_state": self.global_state,
-                    "momentum": self.server_state.momentum, "n_train": self.n_train, "banned": self.banned,
-                    "extra": extra}, tmp)
-        tmp.replace(path)
+    def save_checkpoint(self, extra: dict | None = None) -> None:
+        """The run's state after its last round (:meth:`RunState.save`), with ``extra`` (e.g. the MLflow run)."""
+        self.state.save(self.checkpoint_path, extra)
 
-    def restore(self) -> tuple[int, dict] | None:
-        """Resume this run after a crash: its admission, public context, global model and strategy state as of
-        the last checkpointed round. Returns (round, extra), or None when the run has no checkpoint."""
+    def restore(self) -> tuple[RunState, dict] | None:
+        """Resume this run after a crash: its admission and public context from the exchange, its state from the
+        checkpoint. Returns (state, extra), or None when the run has no checkpoint."""
         if not self.checkpoint_path.exists():
             return None
-        saved = torch.load(self.checkpoint_path, weights_only=False)
         self.admission = Admission.from_json(self.exchange.read(ADMISSION_KEY, self.identity.public), ADMISSION_KEY)
         self.roster = Roster.from_dict(self.admission.roster, ADMISSION_KEY)
-        self.n_train = dict(saved["n_train"])
-        self.banned = dict(saved.get("banned", {}))
         self.open_context()
-        self.global_state = saved["global_state"]
-        self.server_state = ServerState(momentum=saved["momentum"])
-        return int(saved["round"]), saved["extra"]
+        self.state, extra = RunState.load(self.checkpoint_path)
+        return self.state, extra
 
     def gone(self) -> set[str]:
         """Silos known to have stopped: their process or flow run ended, or they left a ``left.json``
@@ -287,7 +299,7 @@ class Coordinator:
                 admitted.append(silo)
                 self.data_versions[silo] = hello.data_version
                 # the weight each update must carry: training rows, or (user-level DP) the silo's users
-                self.n_train[silo] = hello.n_users if self.cfg.privacy.enabled else hello.n_train
+                self._declared[silo] = hello.n_users if self.cfg.privacy.enabled else hello.n_train
         self._pin([idents[s] for s in admitted])
         capacity = int(value_limit(self.cfg.crypto)) if fed.he else 2 ** 20
         if len(admitted) < fed.min_silos or len(admitted) > capacity:
@@ -324,8 +336,8 @@ class Coordinator:
         model = build_model(model_config(self.cfg.model, 1, self.n_items, task=self.cfg.task,
                                          item_features=model_features(self.cfg)),  # hybrid: public item text
                             torch.Generator().manual_seed(self.cfg.federation.seed))
-        self.global_state = model.shared_state()
-        self.exchange.post(global_key(0), encode_global(self.global_state, 0).to_bytes(), self.identity)
+        self.state = RunState(round=0, global_state=model.shared_state(), n_train=self._declared)
+        self.exchange.post(global_key(0), encode_global(dict(self.global_state), 0).to_bytes(), self.identity)
         return sum(t.numel() for t in self.global_state.values())
 
     def decryptor(self, among: list[str] | None = None) -> str:
@@ -516,17 +528,19 @@ class Coordinator:
     def _ban(self, server_round: int, culprits: dict[str, str], reason: str, contributors) -> dict[str, str]:
         """The failures of a round whose sum could not be opened; culprits are left out of the following rounds."""
         named = {s: why for s, why in culprits.items() if s in contributors}
-        self.banned.update({s: f"round {server_round}: {why}" for s, why in named.items()})
+        self.state = self.state.replace(banned={**self.state.banned,
+                                                **{s: f"round {server_round}: {why}" for s, why in named.items()}})
         skipped = f"round skipped: its sum could not be opened ({reason})"
         return {s: (f"{named[s]}; left out from now on" if s in named else skipped) for s in contributors}
 
     def step(self, server_round: int, result: AggregateResult | None, failures: dict[str, str]) -> bool:
-        """Strategy step; publishes global(r) (unchanged when the strategy keeps the model). True if moved."""
-        new_state, self.server_state = self.strategy.aggregate_fit(
-            server_round, self.global_state, result, sorted(failures.items()), self.server_state)
-        if new_state is not None:
-            self.global_state = new_state
-        payload = encode_global(self.global_state, server_round).to_bytes()
+        """Strategy step; publishes global(r) (unchanged when the strategy keeps the model). True if moved. The
+        state after it is round ``server_round``'s."""
+        new_state, server_state = self.strategy.aggregate_fit(
+            server_round, dict(self.global_state), result, sorted(failures.items()), self.server_state)
+        self.state = self.state.replace(round=server_round, server_state=server_state,
+                                        global_state=self.global_state if new_state is None else new_state)
+        payload = encode_global(dict(self.global_state), server_round).to_bytes()
         if self._post(global_key(server_round), payload) != payload:  # a resumed round must agree
             raise FederationError(f"round {server_round}: the global model on the exchange differs from the one "
                                   "recomputed on resume; the run's exchange or checkpoint was changed")

@@ -3,8 +3,8 @@ Prefect artifact of each round)."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-import time
 from dataclasses import dataclass, field
 
 from fedrec.core.metrics import MetricSums, RatingSums, sums_from_dict  # task: rating
@@ -32,19 +32,22 @@ class RoundRecord:
     seconds_per_silo: dict[str, dict[str, float]] = field(default_factory=dict)
     #: cold-start items (fedrec.core.coldstart): HR/NDCG@k of each user's held-out cold item, summed over silos
     cold: dict[str, float] = field(default_factory=dict)
+    #: the learning task (``ranking`` | ``rating``): which metrics the silos' sums hold
+    task: str = "ranking"
 
-    def add_evaluation(self, reports: list[MetricReport], k: int) -> None:
+    def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":
+        """This record with the silos' metric sums added up (the federation's metrics) and each silo's means."""
         rating = any("sse" in o.val for o in reports)  # task: rating: squared/absolute error sums and counts
         val, test = (RatingSums(), RatingSums()) if rating else (MetricSums(), MetricSums())
+        per_val, per_test = dict(self.per_silo_val), dict(self.per_silo_test)
         for o in reports:
             o_val, o_test = sums_from_dict(o.val), sums_from_dict(o.test)
             val, test = val + o_val, test + o_test
-            self.per_silo_val[o.silo_id] = o_val.means(k)
-            self.per_silo_test[o.silo_id] = o_test.means(k)
-        self.val, self.test = val.means(k), test.means(k)
+            per_val[o.silo_id] = o_val.means(k)
+            per_test[o.silo_id] = o_test.means(k)
         cold = [MetricSums(**o.cold) for o in reports if getattr(o, "cold", None)]  # cold start: sums only
-        if cold:
-            self.cold = sum(cold, MetricSums()).means(k)
+        return dataclasses.replace(self, val=val.means(k), test=test.means(k), per_silo_val=per_val,
+                                   per_silo_test=per_test, cold=sum(cold, MetricSums()).means(k) if cold else self.cold)
 
     def mlflow_metrics(self) -> dict[str, float]:
         """The round's MLflow metrics. The few that matter come first (the run's Overview lists metrics in the order
@@ -150,37 +153,3 @@ def rounds_figure(history: list[RoundRecord], k: int):
     hr_ax.legend()
     fig.tight_layout()
     return fig
-
-
-def round_record(coord, server_round: int, evaluate: bool) -> RoundRecord:
-    """Run one round at the coordinator (instructions ─► mask set ─► updates ─► unmask ─► sum ─► mean ─► strategy
-    ─► global)."""
-    start = time.perf_counter()
-    silos = coord.start_round(server_round, evaluate)
-    mask_set = coord.fix_mask_set(server_round, silos)
-    collected = coord.collect_updates(server_round, mask_set, silos)
-    # admitted silos no longer around are this round's failures too (dropouts are data)
-    collected.failures.update({s: coord.why_gone(s) if s in coord.gone() else f"left out: {coord.banned[s]}"
-                               for s in coord.admission.silos if s not in silos})
-    t_collect = time.perf_counter()
-    aggregate = coord.aggregate(server_round, collected.updates)
-    t_aggregate = time.perf_counter()
-    opened = coord.open_sum(server_round, aggregate, collected.updates)
-    t_mean = time.perf_counter()
-    failures = collected.failures | opened.failures
-    coord.step(server_round, opened.result, failures)
-    reports = collected.reports if opened.result is not None else {}
-    n = sum(r.n_samples for r in reports.values())
-    return RoundRecord(
-        round=server_round,
-        loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
-        contributors=sorted(reports), failures=failures, attempts=opened.attempts,
-        bytes_per_silo={s: r.bytes_sent for s, r in collected.reports.items()},
-        seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt}
-                          for s, r in collected.reports.items()},
-        plaintext_bytes=next(iter(collected.reports.values())).plaintext_bytes if collected.reports else 0,
-        seconds={"train": sum(r.seconds_train for r in collected.reports.values()),
-                 "encrypt": sum(r.seconds_encrypt for r in collected.reports.values()),
-                 "wait_updates": t_collect - start, "aggregate": t_aggregate - t_collect,
-                 "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start},
-    )

@@ -506,13 +506,13 @@ def _reveal_when_named(coord: Coordinator, silos: list[Silo], server_round: int)
 
 
 def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
-    from fedrec.coordinator.report import round_record
+    from fedrec.coordinator.round import fit_round
 
     # Prepare: d's agent ended before round 1; a, b, c were instructed, announced their mask keys, sent their masked
     # updates, and reveal their shares once the coordinator names the survivors
     coord = Coordinator(cfg.replace(**{"federation.round_timeout_s": 30.0}), "run-g", n_items=6, gone=lambda: {"d"})
     silos = _opened(coord, "abcd")
-    participants = coord.start_round(1, evaluate=False)  # round_record finds these instructions sent
+    participants = coord.start_round(1, evaluate=False)  # fit_round finds these instructions sent
     for name in participants:
         silos[name].announce(coord, 1, participants)
     for name in participants:
@@ -522,7 +522,7 @@ def test_a_silo_gone_before_the_round_is_recorded_as_its_failure(cfg):
     revealer.start()
 
     # Execute
-    record = round_record(coord, 1, evaluate=False)
+    _, record = fit_round(coord.state, coord, 1, evaluate=False)
     revealer.join(timeout=30)
 
     # Assert: d got no instructions and is the round's failure; the others' sum was opened

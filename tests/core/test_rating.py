@@ -119,7 +119,7 @@ def test_rating_sums_of_silos_add_up_to_the_pooled_metrics():
     reports = [MetricReport(silo_id=str(i), round=1, val=s.__dict__, test=s.__dict__) for i, s in enumerate(silos)]
     record = RoundRecord(round=1, loss=0.0, contributors=["0", "1", "2"], failures={}, bytes_per_silo={},
                          plaintext_bytes=0, seconds={})
-    record.add_evaluation([MetricReport.from_json(r.to_json(), "metrics") for r in reports], 10)
+    record = record.with_evaluation([MetricReport.from_json(r.to_json(), "metrics") for r in reports], 10)
 
     # Assert: the coordinator's RMSE/MAE from the silos' sums are the pooled ones
     total = sum(silos[1:], silos[0])

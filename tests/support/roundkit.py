@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from fedrec.coordinator.coordinator import Coordinator
-from fedrec.coordinator.report import round_record
+from fedrec.coordinator.round import run_round
 from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
 
@@ -51,7 +51,8 @@ def run_rounds(coord: Coordinator, agents: dict[str, SiloAgent], rounds: int, ev
     records = []
     try:
         for r in range(1, rounds + 1):
-            records.append(round_record(coord, r, evaluate))
+            _, record = run_round(coord.state, coord, r, evaluate)
+            records.append(record)
     finally:
         coord.stop("finished", len(records))
         for t in threads:

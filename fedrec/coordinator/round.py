@@ -1,0 +1,84 @@
+"""One round at the coordinator, in one place: ``run_round(state, coordinator, r, evaluate) -> (state', record)``.
+
+    instructions ─► mask set ─► updates (deadline) ─► unmask ─► ciphertext sum ─► decryptor's mean (or its verdict)
+    ─► strategy step ─► global(r) ─► [the silos' metric sums]
+
+``state`` (:class:`~fedrec.coordinator.state.RunState`) is never changed: the round returns the next state and its
+:class:`~fedrec.coordinator.report.RoundRecord`. The :class:`~fedrec.coordinator.coordinator.Coordinator` is the
+coordinator's I/O: the run's exchange, its signing identity, the public HE context, the roster and who is gone.
+The Prefect flow runs the two halves (:func:`fit_round`, :func:`evaluate_round`) as its ``round-r`` and
+``evaluate-round-r`` tasks; :func:`run_round` is their composition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from fedrec.coordinator.coordinator import Coordinator
+from fedrec.coordinator.report import RoundRecord
+from fedrec.coordinator.state import RunState
+from fedrec.core.errors import FederationError
+
+
+def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: bool) -> tuple[RunState, RoundRecord]:
+    """Round ``server_round`` up to the new global model (``evaluate``: the instructions ask for metric sums)."""
+    if server_round != state.round + 1:
+        raise FederationError(f"round {server_round} cannot follow round {state.round}")
+    start = time.perf_counter()
+    coord.state = state
+    silos = coord.start_round(server_round, evaluate)
+    mask_set = coord.fix_mask_set(server_round, silos)
+    collected = coord.collect_updates(server_round, mask_set, silos)
+    # admitted silos no longer around are this round's failures too (dropouts are data)
+    collected.failures.update({s: coord.why_gone(s) if s in coord.gone() else f"left out: {state.banned[s]}"
+                               for s in coord.admission.silos if s not in silos})
+    t_collect = time.perf_counter()
+    aggregate = coord.aggregate(server_round, collected.updates)
+    t_aggregate = time.perf_counter()
+    opened = coord.open_sum(server_round, aggregate, collected.updates)
+    t_mean = time.perf_counter()
+    failures = collected.failures | opened.failures
+    coord.step(server_round, opened.result, failures)
+    reports = collected.reports if opened.result is not None else {}
+    n = sum(r.n_samples for r in reports.values())
+    record = RoundRecord(
+        round=server_round, task=coord.cfg.task,
+        loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
+        contributors=sorted(reports), failures=failures, attempts=opened.attempts,
+        bytes_per_silo={s: r.bytes_sent for s, r in collected.reports.items()},
+        seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt}
+                          for s, r in collected.reports.items()},
+        plaintext_bytes=next(iter(collected.reports.values())).plaintext_bytes if collected.reports else 0,
+        seconds={"train": sum(r.seconds_train for r in collected.reports.values()),
+                 "encrypt": sum(r.seconds_encrypt for r in collected.reports.values()),
+                 "wait_updates": t_collect - start, "aggregate": t_aggregate - t_collect,
+                 "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start},
+    )
+    after = coord.state.replace(history=state.history + (record,))
+    coord.state = after
+    return after, record
+
+
+def evaluate_round(state: RunState, coord: Coordinator, record: RoundRecord) -> tuple[RunState, RoundRecord]:
+    """The silos' metric sums for round ``record.round``'s global model; the wait counts towards the round's time.
+    Returns the state with the evaluated record in place of the plain one."""
+    if not state.history or state.history[-1].round != record.round:
+        raise FederationError(f"round {record.round} is not the last round of this state (round {state.round})")
+    start = time.perf_counter()
+    reports, _ = coord.collect_metrics(record.round, record.contributors)
+    evaluated = record.with_evaluation(reports, coord.cfg.evaluation.k)
+    spent = time.perf_counter() - start
+    evaluated = dataclasses.replace(evaluated, seconds=evaluated.seconds | {
+        "evaluate": spent, "round": evaluated.seconds["round"] + spent})
+    after = state.replace(history=state.history[:-1] + (evaluated,))
+    coord.state = after
+    return after, evaluated
+
+
+def run_round(state: RunState, coord: Coordinator, server_round: int, evaluate: bool) -> tuple[RunState, RoundRecord]:
+    """One whole round: :func:`fit_round`, then (``evaluate``) :func:`evaluate_round`."""
+    state, record = fit_round(state, coord, server_round, evaluate)
+    if evaluate:
+        state, record = evaluate_round(state, coord, record)
+    return state, record
