@@ -75,8 +75,8 @@ def random_split(cfg, seed: int = 0) -> dict:
     """Centralized only: ratings split at random 80/20 (10% of the 80 validates the epoch), same model code."""
     import pandas as pd
 
-    from fedrec.core import rating
     from fedrec.core.metrics import RatingSums
+    from fedrec.core.objectives import rating
     from fedrec.core.training import SiloData, make_optimizer, model_config, train_epoch
     from fedrec.models import build_model
     from fedrec.silo import data as pipeline

@@ -28,6 +28,7 @@ from fedrec.coordinator.summary import better, evaluation_due, register_model, s
 from fedrec.core import diagnostics as faults
 from fedrec.core.config import Config, load_config
 from fedrec.core.errors import ConfigError, FederationError
+from fedrec.core.objectives import objective
 from fedrec.flows.silo_agent import silo_agent
 from fedrec.orchestration.launch import (
     DeploymentLauncher,
@@ -164,7 +165,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
                   if cfg.privacy.enabled else {})
             run.log_metrics(record.mlflow_metrics() | dp, step=record.round)
             create_table_artifact(record.table(k), key=round_artifact_key(record.round), description=record.headline())
-            shown = "rmse" if cfg.task == "rating" else f"hr@{k}"  # task: rating
+            shown = objective(cfg.task).headline(k)  # hr@k | rmse (task: rating)
             status = f"loss {record.loss:.4f}" + (f" {shown} {record.val[shown]:.4f} (val)" if record.val else "")
             logger.info("round %d: %s%s", record.round, status, f"; failed: {record.failures}" if record.failures else "")
             if progress:
@@ -229,9 +230,7 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
 
 
 def _summary_markdown(summary: dict[str, Any], k: int) -> str:
-    keys = [f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}"]
-    if summary.get("task") == "rating":  # task: rating
-        keys = ["rmse", "mae"]
+    keys = list(objective(summary.get("task", "ranking")).report_keys(k))
     lines = [f"## Federation {summary['run_id']}", "",
              f"round {summary['selected_round']} of {summary['rounds']} selected on {summary['selection_metric']}; "
              f"silos {', '.join(summary['silos'])}" + (f"; left out: {', '.join(summary['excluded'])}"

@@ -28,6 +28,7 @@ from fedrec.cli.options import (
 )
 from fedrec.core import audit, env
 from fedrec.core.config import Config
+from fedrec.core.objectives import objective
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated recommendation with encrypted aggregation.",
                   epilog="Every command that reads params.yaml takes -S key=value overrides; `fedrec config` shows the "
@@ -111,7 +112,7 @@ def centralized(
         with progress_bar() as progress:
             task = progress.add_task(f"{model}", total=cfg.training.epochs * len(cfg.training.seeds), status="")
 
-            shown = "rmse" if cfg.task == "rating" else f"hr@{cfg.evaluation.k}"  # task: rating
+            shown = objective(cfg.task).headline(cfg.evaluation.k)  # hr@k | rmse (task: rating)
 
             def on_epoch(seed, rec):
                 progress.update(task, advance=1, status=f"seed {seed} epoch {rec.epoch} loss {rec.loss:.4f} "

@@ -36,6 +36,7 @@ from fedrec.core.errors import FederationError, PayloadError
 from fedrec.core.item_text import (
     model_features,  # the hybrid model's (public) item text embeddings
 )
+from fedrec.core.objectives import objective
 from fedrec.core.state import layout_of
 from fedrec.core.training import model_config
 from fedrec.crypto import secagg
@@ -549,16 +550,20 @@ class Coordinator:
     def collect_metrics(self, server_round: int, silos: list[str]) -> tuple[list[MetricReport], dict[str, str]]:
         arrived = self.exchange.wait_all({s: metrics_key(server_round, s) for s in silos},
                                          timeout=self.cfg.federation.round_timeout_s, **self._timing)
-        reports, failures = [], {}
+        reports, failures, task = [], {}, objective(self.cfg.task)
         for silo in silos:
             if silo not in arrived:
                 failures[silo] = "no metric sums in time"
                 continue
             try:
                 key = metrics_key(server_round, silo)
-                reports.append(MetricReport.from_json(self.exchange.read(key, self.roster.get(silo)), key))
+                report = MetricReport.from_json(self.exchange.read(key, self.roster.get(silo)), key)
+                task.sums(report.val), task.sums(report.test)  # this run's task's sums, or refused by name
+                if report.cold:  # cold-start items: HR/NDCG sums
+                    objective("ranking").sums(report.cold)
+                reports.append(report)
             except PayloadError as exc:
-                failures[silo] = str(exc)
+                failures[silo] = f"{key}: {exc}" if key not in str(exc) else str(exc)
         return reports, failures
 
     def stop(self, reason: str, last_round: int) -> None:

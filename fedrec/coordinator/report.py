@@ -7,7 +7,8 @@ import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
-from fedrec.core.metrics import MetricSums, RatingSums, sums_from_dict  # task: rating
+from fedrec.core.metrics import MetricSums
+from fedrec.core.objectives import objective
 from fedrec.wire.messages import MetricReport
 
 
@@ -37,11 +38,11 @@ class RoundRecord:
 
     def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":
         """This record with the silos' metric sums added up (the federation's metrics) and each silo's means."""
-        rating = any("sse" in o.val for o in reports)  # task: rating: squared/absolute error sums and counts
-        val, test = (RatingSums(), RatingSums()) if rating else (MetricSums(), MetricSums())
+        task = objective(self.task)
+        val, test = task.empty_sums(), task.empty_sums()
         per_val, per_test = dict(self.per_silo_val), dict(self.per_silo_test)
         for o in reports:
-            o_val, o_test = sums_from_dict(o.val), sums_from_dict(o.test)
+            o_val, o_test = task.sums(o.val), task.sums(o.test)
             val, test = val + o_val, test + o_test
             per_val[o.silo_id] = o_val.means(k)
             per_test[o.silo_id] = o_test.means(k)
@@ -83,40 +84,18 @@ class RoundRecord:
 
     def table(self, k: int) -> list[dict[str, object]]:
         """One row per silo (contributors, failures, evaluated silos) and one for the whole federation: bytes sent,
-        seconds, validation and test HR@k / NDCG@k; JSON-safe (None where a silo has no value)."""
+        seconds, and the task's validation and test metrics (HR@k / NDCG@k, or RMSE / MAE); JSON-safe (None where a
+        silo has no value)."""
         def num(value, digits=4):
             return None if value is None else round(float(value), digits)
 
-        if "rmse" in self.val:  # task: rating
-            return self._rating_table()
-        rows: list[dict[str, object]] = []
-        silos = sorted(set(self.bytes_per_silo) | set(self.per_silo_test) | set(self.failures))
-        for silo in silos:
-            v, t = self.per_silo_val.get(silo, {}), self.per_silo_test.get(silo, {})
-            secs = self.seconds_per_silo.get(silo, {})
-            rows.append({"silo": silo, "status": f"failed: {self.failures[silo]}" if silo in self.failures else "ok",
-                         "bytes_sent": self.bytes_per_silo.get(silo), "train_s": num(secs.get("train"), 3),
-                         "encrypt_s": num(secs.get("encrypt"), 3),
-                         f"val_hr@{k}": num(v.get(f"hr@{k}")), f"val_ndcg@{k}": num(v.get(f"ndcg@{k}")),
-                         f"test_hr@{k}": num(t.get(f"hr@{k}")), f"test_ndcg@{k}": num(t.get(f"ndcg@{k}")),
-                         f"test_full_hr@{k}": num(t.get(f"full_hr@{k}"))})
-        rows.append({"silo": "all", "status": f"{len(self.contributors)} contributed",
-                     "bytes_sent": sum(self.bytes_per_silo.values()), "train_s": num(self.seconds.get("train"), 3),
-                     "encrypt_s": num(self.seconds.get("encrypt"), 3),
-                     f"val_hr@{k}": num(self.val.get(f"hr@{k}")), f"val_ndcg@{k}": num(self.val.get(f"ndcg@{k}")),
-                     f"test_hr@{k}": num(self.test.get(f"hr@{k}")), f"test_ndcg@{k}": num(self.test.get(f"ndcg@{k}")),
-                     f"test_full_hr@{k}": num(self.test.get(f"full_hr@{k}"))})
-        return rows
+        columns = objective(self.task).table_columns(k)
 
-    def _rating_table(self) -> list[dict[str, object]]:
-        """task: rating: :meth:`table` with validation and test RMSE / MAE."""
-        def num(value, digits=4):
-            return None if value is None else round(float(value), digits)
-
-        def row(silo, status, bytes_sent, secs, v, t):
+        def row(silo, status, bytes_sent, secs, val, test):
+            metrics = {"val": val, "test": test}
             return {"silo": silo, "status": status, "bytes_sent": bytes_sent, "train_s": num(secs.get("train"), 3),
-                    "encrypt_s": num(secs.get("encrypt"), 3), "val_rmse": num(v.get("rmse")),
-                    "val_mae": num(v.get("mae")), "test_rmse": num(t.get("rmse")), "test_mae": num(t.get("mae"))}
+                    "encrypt_s": num(secs.get("encrypt"), 3),
+                    **{column: num(metrics[target].get(key)) for column, target, key in columns}}
 
         silos = sorted(set(self.bytes_per_silo) | set(self.per_silo_test) | set(self.failures))
         rows = [row(s, f"failed: {self.failures[s]}" if s in self.failures else "ok", self.bytes_per_silo.get(s),
@@ -143,12 +122,12 @@ def rounds_figure(history: list[RoundRecord], k: int):
     evaluated = [h for h in history if h.val]
     rounds = [h.round for h in evaluated]
     fig, (hr_ax, ndcg_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    rating = any("rmse" in h.val for h in evaluated)  # task: rating: RMSE and MAE instead
-    for ax, metric in ((hr_ax, "rmse"), (ndcg_ax, "mae")) if rating else ((hr_ax, f"hr@{k}"), (ndcg_ax, f"ndcg@{k}")):
+    task = objective(history[0].task if history else "ranking")  # HR/NDCG@k, or RMSE and MAE (task: rating)
+    for ax, metric in zip((hr_ax, ndcg_ax), task.curve_keys(k)):
         ax.plot(rounds, [h.val[metric] for h in evaluated], label="validation item")
         ax.plot(rounds, [h.test[metric] for h in evaluated], "--", label="test item")
         ax.set_xlabel("round")
-        ax.set_ylabel(metric if rating else f"{metric} (sampled)")
+        ax.set_ylabel(task.curve_label(metric))
         ax.grid(alpha=0.3)
     hr_ax.legend()
     fig.tight_layout()

@@ -10,11 +10,7 @@ import torch
 
 from fedrec.coordinator.report import RoundRecord
 from fedrec.core.config import Config
-from fedrec.core.metrics import (
-    effective_selection_metric,
-    selection_label,
-    selection_score,
-)
+from fedrec.core.objectives import objective
 
 PHASES = ("train", "encrypt", "wait_updates", "aggregate", "decrypt", "evaluate")
 
@@ -27,9 +23,10 @@ def evaluation_due(cfg: Config, server_round: int, last_round: int, refit: bool 
 def better(cfg: Config, record: RoundRecord, best: RoundRecord | None) -> bool:
     """Is ``record`` better than ``best`` on the validation item (never the test item)?"""
     ev = cfg.evaluation
-    metric = effective_selection_metric(cfg.task, ev.selection_metric)  # task: rating -> rmse, lower is better
-    return bool(record.val) and (best is None or selection_score(record.val, metric, ev.k)
-                                 > selection_score(best.val, metric, ev.k))
+    task = objective(cfg.task)
+    metric = task.selection(ev.selection_metric)  # task: rating -> rmse, lower is better
+    return bool(record.val) and (best is None or task.score(record.val, metric, ev.k)
+                                 > task.score(best.val, metric, ev.k))
 
 
 def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], best: RoundRecord) -> dict[str, Any]:
@@ -42,8 +39,9 @@ def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], b
         "strategy": cfg.federation.strategy, "rounds": cfg.federation.rounds,
         "local_epochs": cfg.federation.local_epochs, "silos": silos, "excluded": admission.excluded,
         "key_holder": admission.key_holder,
-        "selection_metric": selection_label(cfg.task, cfg.evaluation.selection_metric, k), "selected_round": best.round,
-        **({"task": "rating"} if cfg.task == "rating" else {}),
+        "selection_metric": objective(cfg.task).selection_label(cfg.evaluation.selection_metric, k),
+        "selected_round": best.round,
+        **({"task": cfg.task} if cfg.task != "ranking" else {}),  # (summaries of ranking runs never said it)
         **best.test, "val": best.val, "per_silo_test": best.per_silo_test,
         **{f"cold_{m}": v for m, v in best.cold.items()},  # cold-start items, at the round selected on warm val
         "seconds_per_round": statistics.fmean(round_seconds),
@@ -80,8 +78,7 @@ def closing_lines(summary: dict[str, Any], k: int, *, prefect_port: int, mlflow_
     aggregation = "CKKS" if summary["he"] else "plaintext"
     lines = [f"federated {summary['model']} ({aggregation} aggregation): round {summary['selected_round']} of "
              f"{summary['rounds']}, selected on {summary['selection_metric']}"]
-    keys = ["rmse", "mae"] if summary.get("task") == "rating" else [f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}",
-                                                                     f"full_ndcg@{k}"]
+    keys = objective(summary.get("task", "ranking")).report_keys(k)
     lines += [f"  test {key:<16} {summary[key]:.4f}" for key in keys]
     lines += [f"  {'seconds per round':<21} {summary['seconds_per_round_median']:,.2f} (median)",
               f"  {'bytes per silo/round':<21} {summary['bytes_per_round_mean']:,.0f} (mean)"]

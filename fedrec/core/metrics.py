@@ -69,11 +69,7 @@ def selection_value(metrics: dict[str, float], selection_metric: str, k: int) ->
     return metrics[f"{selection_metric}@{k}"]
 
 
-# --- explicit ratings (task: rating) -------------------------------------------------------------------------
-#: error metrics of the rating task: lower is better
-ERROR_METRICS = ("rmse", "mae")
-
-
+# --- explicit ratings (task: rating; fedrec.core.objectives.rating) -------------------------------------------
 @dataclass
 class RatingSums:
     """Sums over held-out ratings of the squared and absolute errors (the rating task's metric sums): what leaves a
@@ -94,28 +90,3 @@ class RatingSums:
     def from_errors(cls, predicted: np.ndarray, actual: np.ndarray) -> "RatingSums":
         err = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
         return cls(n=int(len(err)), sse=float(np.square(err).sum()), sae=float(np.abs(err).sum()))
-
-
-def sums_from_dict(sums: dict) -> "MetricSums | RatingSums":
-    """A silo's metric sums as sent (dataclasses.asdict of either kind) back into their class."""
-    return RatingSums(**sums) if "sse" in sums else MetricSums(**sums)
-
-
-def effective_selection_metric(task: str, selection_metric: str) -> str:
-    """The validation metric that picks the epoch/round: the rating task selects on RMSE unless ``mae`` is asked."""
-    if task == "rating":
-        return selection_metric if selection_metric in ERROR_METRICS else "rmse"
-    return selection_metric
-
-
-def selection_score(metrics: dict[str, float], selection_metric: str, k: int) -> float:
-    """The selection metric as a higher-is-better number (error metrics negated)."""
-    if selection_metric in ERROR_METRICS:
-        return -metrics[selection_metric]
-    return selection_value(metrics, selection_metric, k)
-
-
-def selection_label(task: str, selection_metric: str, k: int) -> str:
-    """How reports name the selection metric: ``val_hr@10`` (ranking), ``val_rmse`` (rating)."""
-    metric = effective_selection_metric(task, selection_metric)
-    return f"val_{metric}" if metric in ERROR_METRICS else f"val_{metric}@{k}"

@@ -28,13 +28,8 @@ from fedrec.core.item_text import (
 )
 from fedrec.core.metrics import (
     MetricSums,
-    effective_selection_metric,
-    full_rank,
-    sampled_rank,
-    selection_label,
-    selection_score,
 )
-from fedrec.core.rating import evaluate_ratings
+from fedrec.core.objectives import objective, objective_of
 from fedrec.models import RecModel, RecModelConfig, build_model
 
 
@@ -60,7 +55,7 @@ def for_device(cfg: Config, device: torch.device, n_train: int) -> Config:
     when ``n_train`` rows (with their negatives) make at least MIN_CUDA_STEPS such batches per epoch; else
     unchanged (always on the CPU)."""
     t = cfg.training
-    per_epoch = n_train * (1 + (t.n_negatives if cfg.task == "ranking" else 0))
+    per_epoch = n_train * objective(cfg.task).rows_per_interaction(t.n_negatives)
     if device.type != "cuda" or t.cuda_batch_size <= 0 or per_epoch < MIN_CUDA_STEPS * t.cuda_batch_size:
         return cfg
     return cfg.replace(**{"training.batch_size": t.cuda_batch_size, "training.lr": t.cuda_lr or t.lr})
@@ -213,8 +208,7 @@ def train_epoch(
     """One pass over the silo's positives with fresh negatives; returns the mean BCE loss. A rating model
     (task: rating) passes over the observed ratings only and returns the mean squared error."""
     model.train()
-    samples = (data.rating_samples(rng) if getattr(model, "task", "ranking") == "rating"
-               else data.epoch_samples(cfg.n_negatives, rng))
+    samples = objective_of(model).training_rows(data, cfg.n_negatives, rng)
     users, items, labels = (torch.from_numpy(a).to(device) for a in samples)
     n_batches = (len(users) + cfg.batch_size - 1) // cfg.batch_size
     total = torch.zeros((), device=device)
@@ -240,38 +234,12 @@ def train_epoch(
 def evaluate_targets(model: Scorer, data: SiloData, k: int, targets: tuple[str, ...] = ("val", "test"),
                      full: bool = True, device: torch.device | None = None,
                      chunk_users: int = 256) -> dict[str, MetricSums]:
-    """Rank each user's val and/or test item among its fixed negatives (and, if ``full``, among all unseen
-    items), scoring every item once per user for all targets.
-
-    For the test item the validation item counts as seen; the test item is never used for ``val``.
-    """
+    """The metric sums of ``model`` on each user's val and/or test item, as the model's task scores them
+    (:mod:`fedrec.core.objectives`: ranking ranks the item among fixed negatives and, if ``full``, among all unseen
+    items; rating scores the held-out ratings)."""
     if not targets or set(targets) - {"val", "test"}:
         raise ValueError("targets must be 'val' and/or 'test'")
-    if getattr(model, "task", "ranking") == "rating":  # RMSE/MAE sums of the held-out ratings (fedrec/core/rating.py)
-        return evaluate_ratings(model, data, targets, device)
-    if hasattr(model, "eval"):
-        model.eval()
-    device = device or torch.device("cpu")
-    items_of = {"val": data.val_items, "test": data.test_items}
-    sums = {t: MetricSums() for t in targets}
-    for start in range(0, data.n_users, chunk_users):
-        local = np.arange(start, min(start + chunk_users, data.n_users))
-        users_t = torch.from_numpy(local).to(device)
-        all_scores = model.full_sort_predict(users_t).cpu().numpy() if full else None
-        for target in targets:
-            wanted = items_of[target][local]
-            cand = np.concatenate([wanted[:, None], data.negatives[local]], axis=1)
-            scores = model.predict(users_t.repeat_interleave(cand.shape[1]),
-                                   torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
-            full_ranks = None
-            if full:
-                excluded = data.seen_mask(local)
-                if target == "test":
-                    excluded[np.arange(len(local)), data.val_items[local]] = True
-                full_ranks = full_rank(all_scores, wanted, excluded)
-            sums[target] = sums[target] + MetricSums.from_ranks(sampled_rank(scores[:, 0], scores[:, 1:]),
-                                                                full_ranks, k)
-    return sums
+    return objective_of(model).evaluate(model, data, k, targets, full, device, chunk_users)
 
 
 def evaluate(model: Scorer, data: SiloData, k: int, target: str = "val", full: bool = True,
@@ -338,7 +306,8 @@ def train_centralized(
     device = resolve_device(cfg.training.device)
     cfg = for_device(cfg, device, data.n_train)
     ev = cfg.evaluation
-    selection = effective_selection_metric(cfg.task, ev.selection_metric)  # task: rating -> rmse (lower is better)
+    task = objective(cfg.task)
+    selection = task.selection(ev.selection_metric)  # task: rating -> rmse (lower is better)
     rng, model, optimizer, scheduler = _fresh_run(data, cfg, seed, device)
     history: list[EpochRecord] = []
     best_value, best_state, best_epoch, stale = -np.inf, None, 0, 0
@@ -354,7 +323,7 @@ def train_centralized(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        value = selection_score(val, selection, ev.k)
+        value = task.score(val, selection, ev.k)
         if value > best_value:
             best_value, best_state, best_epoch, stale = value, copy.deepcopy(model.state_dict()), epoch, 0
         else:
@@ -368,7 +337,7 @@ def train_centralized(
     test |= cold_metrics(model, data, ev.k, ev.full_ranking, device)  # cold-start items ({} when none)
     return CentralizedResult(
         model_name=cfg.model.name, seed=seed, best_epoch=best_epoch,
-        selection_metric=selection_label(cfg.task, ev.selection_metric, ev.k),
+        selection_metric=task.selection_label(ev.selection_metric, ev.k),
         val=history[best_epoch - 1].val, test=test, history=history,
         seconds_per_epoch=train_seconds / len(history), model=model,
     )

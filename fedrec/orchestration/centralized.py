@@ -7,13 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from fedrec.core import (
-    rating,  # task: rating
-)
 from fedrec.core.coldstart import cold_metrics
 from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError
-from fedrec.core.metrics import selection_label
+from fedrec.core.objectives import objective
 from fedrec.core.training import (
     EpochRecord,
     SiloData,
@@ -28,9 +25,7 @@ from fedrec.silo import data as pipeline
 
 def metric_keys(k: int, task: str = "ranking") -> tuple[str, ...]:
     """The reported test metrics at cut-off ``k`` (evaluation.k); task rating: RMSE and MAE."""
-    if task == "rating":
-        return ("rmse", "mae")
-    return (f"hr@{k}", f"ndcg@{k}", f"full_hr@{k}", f"full_ndcg@{k}")
+    return objective(task).report_keys(k)
 
 
 METRIC_KEYS = metric_keys(10)  # the default cut-off
@@ -52,7 +47,7 @@ class BaselineReport:
     selection_metric: str
     silos: list[str]
     seeds: list[SeedOutcome] = field(default_factory=list)
-    #: task rating: {global_mean: {...}, bias: {...}} on the same split (fedrec.core.rating.rating_baselines)
+    #: task rating: {global_mean: {...}, bias: {...}} on the same split (fedrec.core.objectives.rating)
     baselines: dict | None = None
 
     def mean(self) -> dict[str, float]:
@@ -92,15 +87,16 @@ def run_baseline(
     silos = pipeline.ensure_data(cfg)
     pipeline.ensure_cold_split(cfg, silos)  # cold start: the configured held-out items (split again if changed)
     data = pipeline.load_union(cfg, silos)
-    ev = cfg.evaluation
-    report = BaselineReport(model=model, selection_metric=selection_label(cfg.task, ev.selection_metric, ev.k),
+    ev, task = cfg.evaluation, objective(cfg.task)
+    report = BaselineReport(model=model, selection_metric=task.selection_label(ev.selection_metric, ev.k),
                             silos=silos)
-    if cfg.task == "rating":  # the held-out ratings, and the global-mean and bias baselines on the same split
+    if task.uses_ratings:  # the held-out ratings, and the global-mean and bias baselines on the same split
         if model == "pop":
             raise ConfigError("--model pop ranks by popularity; task: rating reports its global-mean and bias "
                               "baselines with every gmf/neumf run")
         data = ensure_ratings(cfg, silos, data)
-        report.baselines = rating.rating_baselines(data)
+    report.baselines = task.baselines(data)  # rating: global mean and bias; ranking: none (pop is a model)
+    if report.baselines is not None:
         report.baselines["run_id"] = log_baselines(cfg, report.baselines)
     if model == "pop":
         report.seeds.append(run_popularity(cfg, data))

@@ -33,6 +33,7 @@ from fedrec.wire.exchange import (
     instruction_key,
     left_key,
     mask_keys_key,
+    metrics_key,
     reveal_key,
     run_exchange,
     unmask_key,
@@ -45,6 +46,7 @@ from fedrec.wire.messages import (
     Hello,
     Left,
     MaskKeys,
+    MetricReport,
     Reveal,
     Stop,
     Unmask,
@@ -631,3 +633,23 @@ def test_a_hello_with_implausible_sizes_is_malformed():
 
     with pytest.raises(PayloadError, match="implausible sizes"):
         Hello.from_json(hello.to_json(), "hello")
+
+
+def test_metric_sums_of_another_task_or_with_foreign_keys_are_that_silos_failure(cfg):
+    # Prepare: an opened ranking run; silo a sends ranking sums, b rating sums, c sums with a foreign key
+    coord = Coordinator(cfg, "run-metrics", n_items=6)
+    silos = _opened(coord, "abc")
+    ranking = {"n": 2, "hr": 1.0, "ndcg": 0.5, "full_hr": 0.0, "full_ndcg": 0.0}
+    sent = {"a": ranking, "b": {"n": 2, "sse": 1.0, "sae": 1.0}, "c": ranking | {"extra": 1.0}}
+    for name, sums in sent.items():
+        coord.exchange.post(metrics_key(1, name), MetricReport(silo_id=name, round=1, val=sums, test=ranking).to_json(),
+                            silos[name].identity)
+
+    # Act
+    reports, failures = coord.collect_metrics(1, ["a", "b", "c"])
+
+    # Assert: a counts; b and c are refused by name (the run goes on), never a TypeError
+    assert [r.silo_id for r in reports] == ["a"]
+    assert set(failures) == {"b", "c"}
+    assert "metric sums of the ranking task have the keys" in failures["b"] and "sse" in failures["b"]
+    assert "extra" in failures["c"] and failures["c"].startswith(metrics_key(1, "c"))

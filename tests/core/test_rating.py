@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from fedrec.cli.app import app
 from fedrec.coordinator.report import RoundRecord
-from fedrec.core import rating
 from fedrec.core.config import from_dict, load_config
 from fedrec.core.data.split import Split, leave_one_out, split_interactions
 from fedrec.core.errors import ConfigError
-from fedrec.core.metrics import RatingSums, effective_selection_metric
+from fedrec.core.metrics import RatingSums
+from fedrec.core.objectives import objective, rating
 from fedrec.core.training import (
     SiloData,
     evaluate_targets,
@@ -118,7 +118,7 @@ def test_rating_sums_of_silos_add_up_to_the_pooled_metrics():
     pooled = RatingSums.from_errors(predicted, actual)
     reports = [MetricReport(silo_id=str(i), round=1, val=s.__dict__, test=s.__dict__) for i, s in enumerate(silos)]
     record = RoundRecord(round=1, loss=0.0, contributors=["0", "1", "2"], failures={}, bytes_per_silo={},
-                         plaintext_bytes=0, seconds={})
+                         plaintext_bytes=0, seconds={}, task="rating")
     record = record.with_evaluation([MetricReport.from_json(r.to_json(), "metrics") for r in reports], 10)
 
     # Assert: the coordinator's RMSE/MAE from the silos' sums are the pooled ones
@@ -171,9 +171,9 @@ def test_split_keeps_the_held_out_ratings_and_old_splits_still_load(tmp_path):
 
 def test_config_task_and_selection():
     assert from_dict({}).task == "ranking"
-    assert effective_selection_metric("rating", "hr") == "rmse"
-    assert effective_selection_metric("rating", "mae") == "mae"
-    assert effective_selection_metric("ranking", "ndcg") == "ndcg"
+    assert objective("rating").selection("hr") == "rmse"
+    assert objective("rating").selection("mae") == "mae"
+    assert objective("ranking").selection("ndcg") == "ndcg"
     with pytest.raises(ConfigError, match="task"):
         from_dict({"task": "regression"})
     with pytest.raises(ConfigError, match="needs task: rating"):

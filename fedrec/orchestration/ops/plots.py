@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedrec.coordinator.report import RoundRecord
+from fedrec.core.objectives import Objective, objective
 
 
 def _pyplot():
@@ -32,12 +33,12 @@ def training_curves(history: list[RoundRecord], k: int):
     fig, (loss_ax, hr_ax, ndcg_ax) = plt.subplots(1, 3, figsize=(13, 3.8))
     loss_ax.plot([h.round for h in history], [h.loss for h in history], marker=".", color="tab:red")
     loss_ax.set_title("training loss (sample-weighted)")
-    rating = _rating(evaluated)  # task: rating: RMSE and MAE of the held-out ratings
-    for ax, metric in ((hr_ax, "rmse"), (ndcg_ax, "mae")) if rating else ((hr_ax, f"hr@{k}"), (ndcg_ax, f"ndcg@{k}")):
+    task = _task(history)  # HR/NDCG@k against sampled negatives, or RMSE and MAE of the held-out ratings
+    for ax, metric in zip((hr_ax, ndcg_ax), task.curve_keys(k)):
         rounds = [h.round for h in evaluated]
         ax.plot(rounds, [h.val[metric] for h in evaluated], marker=".", label="validation item")
         ax.plot(rounds, [h.test[metric] for h in evaluated], "--", marker=".", label="test item")
-        ax.set_title(f"{metric} (held-out ratings)" if rating else f"{metric} (sampled negatives)")
+        ax.set_title(f"{metric} ({task.scored_against})")
     for ax in (loss_ax, hr_ax, ndcg_ax):
         _rounds_axis(ax)
     hr_ax.legend()
@@ -50,7 +51,7 @@ def per_silo_hr(history: list[RoundRecord], k: int, selected_round: int | None =
     next to the federation's (right)."""
     plt = _pyplot()
     evaluated = [h for h in history if h.per_silo_test]
-    metric = "rmse" if _rating(evaluated) else f"hr@{k}"  # task: rating: each silo's RMSE
+    metric = _task(history).headline(k)  # HR@k, or each silo's RMSE (task: rating)
     silos = sorted({s for h in evaluated for s in h.per_silo_test})
     fig, (line_ax, bar_ax) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     colours = plt.get_cmap("tab10" if len(silos) <= 10 else "tab20").colors  # one colour per silo
@@ -78,9 +79,9 @@ def per_silo_hr(history: list[RoundRecord], k: int, selected_round: int | None =
     return fig
 
 
-def _rating(evaluated: list[RoundRecord]) -> bool:
-    """task: rating (the rounds' metrics are RMSE/MAE)."""
-    return any("rmse" in h.val for h in evaluated)
+def _task(history: list[RoundRecord]) -> Objective:
+    """The rounds' learning task (fedrec.core.objectives)."""
+    return objective(history[0].task if history else "ranking")
 
 
 def figures(history: list[RoundRecord], k: int, selected_round: int | None = None) -> dict[str, object]:

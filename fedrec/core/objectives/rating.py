@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
 
 from fedrec.core.metrics import RatingSums
+from fedrec.core.objectives.base import Objective
 from fedrec.models.rating import RATING_MAX, RATING_MIN
 
 if TYPE_CHECKING:
@@ -110,3 +111,36 @@ def rating_baselines(data: "SiloData") -> dict[str, dict]:
     best = min(fits, key=lambda b: RatingSums.from_errors(b.predict(users, data.val_items), data.val_ratings).sse)
     result["bias"] = {"reg_user": best.reg_user, "reg_item": best.reg_item, **scores(best.predict)}
     return result
+
+
+class Rating(Objective):
+    """Explicit ratings: MSE on the observed ratings; RMSE and MAE of the held-out ratings (lower is better);
+    the global-mean and bias baselines."""
+
+    name = "rating"
+    selectable = ("rmse", "mae")
+    scored_against = "held-out ratings"
+    uses_ratings = True
+    sums_type = RatingSums
+
+    def training_rows(self, data: "SiloData", n_negatives: int, rng: np.random.Generator):
+        return data.rating_samples(rng)
+
+    def evaluate(self, model, data: "SiloData", k: int, targets: tuple[str, ...] = ("val", "test"),
+                 full: bool = True, device: torch.device | None = None, chunk_users: int = 256) -> dict[str, RatingSums]:
+        return evaluate_ratings(model, data, targets, device)
+
+    def empty_sums(self) -> RatingSums:
+        return RatingSums()
+
+    def report_keys(self, k: int) -> tuple[str, ...]:
+        return ("rmse", "mae")
+
+    def metric_name(self, metric: str, k: int) -> str:
+        return metric
+
+    def score(self, metrics: Mapping[str, float], metric: str, k: int) -> float:
+        return -metrics[metric]
+
+    def baselines(self, data: "SiloData") -> dict[str, dict]:
+        return rating_baselines(data)
