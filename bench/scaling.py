@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import (
+from benchkit import (
     RESULTS,
     ROOT,
     BadArgument,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import (
+from benchkit import (
     RESULTS,
     ROOT,
     ROW_TIMEOUT_S,
