@@ -28,7 +28,9 @@ from fedrec.coordinator.summary import better, evaluation_due, register_model, s
 from fedrec.core import diagnostics as faults
 from fedrec.core.config import Config, load_config
 from fedrec.core.errors import ConfigError, FederationError
+from fedrec.core.item_text import item_features
 from fedrec.core.objectives import objective
+from fedrec.core.progress import bar
 from fedrec.flows.silo_agent import silo_agent
 from fedrec.orchestration.launch import (
     DeploymentLauncher,
@@ -265,8 +267,6 @@ def _round_progress(enabled: bool, total: int):
         return nullcontext(None)
     from rich.console import Console
 
-    from fedrec.core.progress import bar
-
     progress = bar("federated rounds", Console(stderr=True))
     progress.add_task("federated rounds", total=total, status="starting silo agents")
     return progress
@@ -287,8 +287,6 @@ def run_demo(params_path: str = "params.yaml", overrides: dict[str, Any] | None 
     cfg = load_config(params_path, overrides)
     silos = pipeline.ensure_partitioned(cfg)
     if cfg.model.name == "hybrid":  # the public item text embeddings, once, before the silos read them
-        from fedrec.core.item_text import item_features
-
         item_features(cfg)
     if cfg.federation.silos:
         silos = [s for s in silos if s in cfg.federation.silos]

@@ -18,6 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from fedrec.core import env
 from fedrec.core.config import load_config
+from fedrec.flows.federated import run_demo
+from fedrec.orchestration.ops.retention import cleanup
 
 
 def _run_name() -> str:
@@ -27,8 +29,6 @@ def _run_name() -> str:
 @task(name="retention", cache_policy=NO_CACHE)
 def apply_retention(older_than_days: int) -> dict[str, Any]:
     """Delete the Prefect flow runs (with their task runs and artifacts) that ended before the retention window."""
-    from fedrec.orchestration.ops.retention import cleanup
-
     report = cleanup(older_than_days)
     get_run_logger().info("retention: %s", report.sentence())
     return report.to_dict()
@@ -39,8 +39,6 @@ def scheduled_retraining(params_path: str = "params.yaml", overrides: dict[str, 
                          retention_days: int | None = None) -> dict[str, Any]:
     """Retrain the federation on every silo's latest data, write its reports, then apply the retention policy
     (``retention_days``, default operations.retention_days). Returns counts, metrics and run ids only."""
-    from fedrec.flows.federated import run_demo
-
     env.apply_defaults(Path.cwd())  # what `fedrec run` gets, unless the worker's environment says otherwise
     cfg = load_config(params_path, overrides)
     summary = run_demo(params_path=params_path, overrides=overrides)

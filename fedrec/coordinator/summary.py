@@ -10,7 +10,10 @@ import torch
 
 from fedrec.coordinator.report import RoundRecord
 from fedrec.core.config import Config
+from fedrec.core.item_text import model_features  # hybrid: the tower scores with the public item text
 from fedrec.core.objectives import objective
+from fedrec.core.training import model_config
+from fedrec.models import build_model
 
 PHASES = ("train", "encrypt", "wait_updates", "aggregate", "decrypt", "evaluate")
 
@@ -60,12 +63,6 @@ def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], b
 
 def register_model(cfg: Config, n_items: int, state: dict[str, torch.Tensor], run) -> str:
     """Log and register a global item tower (no user embeddings: those stay in the silos)."""
-    from fedrec.core.item_text import (
-        model_features,  # hybrid: the tower scores with the public item text
-    )
-    from fedrec.core.training import model_config
-    from fedrec.models import build_model
-
     model = build_model(model_config(cfg.model, 1, n_items, task=cfg.task, item_features=model_features(cfg)))
     model.load_shared_state(state)
     return run.log_torch_model(model.items, "global_item_tower", registered_model_name=cfg.tracking.registered_model)

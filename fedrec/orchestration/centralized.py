@@ -7,6 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+import torch
+
 from fedrec.core.coldstart import cold_metrics
 from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError
@@ -144,3 +147,42 @@ def ensure_ratings(cfg: Config, silos: list[str], data: SiloData) -> SiloData:
     for silo in silos:
         pipeline.split_silo(cfg, silo)
     return pipeline.load_union(cfg, silos)
+
+
+class UsersOf:
+    """A pooled model seen from one silo: the silo's user index ``i`` is the pooled model's user ``index[i]``, so
+    the silo's own :class:`SiloData` (its held-out items and candidates) scores the pooled model on its users."""
+
+    def __init__(self, model, index: np.ndarray):
+        self.model, self.task = model, getattr(model, "task", "ranking")
+        self.index = torch.as_tensor(np.asarray(index, dtype=np.int64))
+
+    def eval(self) -> "UsersOf":
+        if hasattr(self.model, "eval"):
+            self.model.eval()
+        return self
+
+    def _users(self, users: torch.Tensor) -> torch.Tensor:
+        return self.index.to(users.device)[users]
+
+    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(self._users(users), items)
+
+    def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.full_sort_predict(self._users(users))
+
+    def predict_rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.model.predict_rating(self._users(users), items)
+
+
+def per_silo_sums(model, union: SiloData, silos: dict[str, SiloData], k: int, full: bool = True,
+                  device: torch.device | None = None) -> dict[str, dict]:
+    """The pooled ``model``'s test metric sums on each silo's users, each scored with that silo's own held-out
+    items and candidates (they add up to the pooled evaluation: every user is in exactly one silo)."""
+    out = {}
+    for silo, data in silos.items():
+        index = np.searchsorted(union.user_ids, data.user_ids)
+        if not np.array_equal(union.user_ids[np.minimum(index, len(union.user_ids) - 1)], data.user_ids):
+            raise ValueError(f"silo {silo}'s users are not all in the pooled data")
+        out[silo] = evaluate_targets(UsersOf(model, index), data, k, ("test",), full, device)["test"]
+    return out

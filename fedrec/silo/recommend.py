@@ -18,6 +18,7 @@ import torch
 
 from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError, FedrecError
+from fedrec.core.item_text import model_features  # hybrid: the public item text embeddings
 from fedrec.core.training import SiloData, model_config, resolve_device
 from fedrec.models import build_model
 from fedrec.protocol.reads import load_global
@@ -125,10 +126,6 @@ class SiloRecommender:
         if not store.model_path.exists():
             raise NoTrainedModelError(f"silo {self.silo_id!r} has no saved state of run {run_id!r}")
         data: SiloData = pipeline.load_silo_data(self.cfg, self.silo_id)  # the users the run trained
-        from fedrec.core.item_text import (
-            model_features,  # hybrid: the public item text embeddings
-        )
-
         model = build_model(model_config(self.cfg.model, data.n_users, data.n_items, task=self.cfg.task,
                                          item_features=model_features(self.cfg))).to(self.device)
         saved = torch.load(store.model_path, map_location=self.device, weights_only=True)

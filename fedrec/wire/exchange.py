@@ -15,15 +15,13 @@ import os
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from fedrec.core.errors import ConfigError, PayloadError
-
-if TYPE_CHECKING:
-    from fedrec.wire.trust import Identity, PublicIdentity
+from fedrec.wire.trust import Identity, PublicIdentity, open_envelope, seal_envelope
 
 
 class ExchangeConflictError(PayloadError):
@@ -107,15 +105,11 @@ class Exchange:
 
     def post(self, key: str, body: bytes, author: "Identity") -> int:
         """Write ``body`` under ``key``, signed by ``author`` (bound to this run and key)."""
-        from fedrec.wire.trust import seal_envelope
-
         return self.put(key, seal_envelope(body, run_id=self.run_id, key=key, author=author))
 
     def read(self, key: str, author: "PublicIdentity") -> bytes:
         """The body under ``key`` if ``author`` signed it for this run and key, else
         :class:`~fedrec.wire.trust.SignatureError`."""
-        from fedrec.wire.trust import open_envelope
-
         return open_envelope(self.get(key), run_id=self.run_id, key=key, author=author)
 
     @_with_io_retries
