@@ -553,6 +553,9 @@ class SiloAgent:
             unmask = Unmask.from_json(self._read_coordinator(unmask_key(server_round)), unmask_key(server_round))
             if sorted(unmask.survivors) != sorted(contributors):
                 raise PayloadError(f"{key}: a sum of {contributors}, but the survivors are {unmask.survivors}")
+            # its own shares count towards the threshold too: reveal them (once per round) before waiting for the
+            # others', also when the decrypt request was seen before the survivors were named
+            self.reveal(server_round)
         with COMPUTE:
             updates = [read_update(self.exchange, self.roster, server_round, s, self.codec, self.cfg.crypto,
                                    aggregate.layout, None, ins.total_samples) for s in sorted(contributors)]

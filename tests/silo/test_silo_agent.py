@@ -18,7 +18,7 @@ from fedrec.crypto import masking
 from fedrec.protocol.reads import load_global
 from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
-from fedrec.wire.exchange import hello_key, update_key
+from fedrec.wire.exchange import hello_key, mean_key, reveal_key, update_key, verdict_key
 from fedrec.wire.messages import Hello
 from fedrec.wire.payload import EncryptedUpdate
 from fedrec.wire.trust import peek_envelope
@@ -266,3 +266,22 @@ def test_a_silo_refuses_an_admission_that_swaps_keys_and_a_stop_not_signed_by_th
     coord.exchange.post(STOP_KEY, Stop(reason="forged", last_round=0).to_json(), agents["1"].identity)
     with pytest.raises(SignatureError, match="expected 'coordinator'"):
         agents["2"].next_instructions(0)
+
+
+def test_a_decryptor_asked_before_it_saw_the_survivors_named_reveals_its_own_shares_first(cfg):
+    # Prepare: one masked round up to the coordinator's sum; the decryptor (silo 0) takes the decrypt request before
+    # it has looked at unmask.json (both appear between two of its polls); the other survivors reveal
+    cfg = cfg.replace(**{"federation.round_timeout_s": 5.0})
+    coord, agents = _opened(cfg, "run-decrypt-first")
+    participants, ins, _ = roundkit.fit_all(coord, agents, 1)
+    collected = coord.collect_updates(1, coord.fix_mask_set(1, participants), participants)
+    coord.aggregate(1, collected.updates)
+    for s in ("1", "2"):
+        agents[s].reveal(1)
+
+    # Act
+    agents["0"].decrypt(1, ins["0"])
+
+    # Assert: its own shares are among the reveals (3 of 3 are needed), so the sum opens: a mean, no verdict
+    assert coord.exchange.exists(reveal_key(1, "0"))
+    assert coord.exchange.exists(mean_key(1, 0)) and not coord.exchange.exists(verdict_key(1, 0))
