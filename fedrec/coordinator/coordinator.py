@@ -110,8 +110,8 @@ def checkpoint_extra(cfg: Config, run_id: str) -> dict | None:
     path = checkpoint_file(cfg, run_id)
     if not path.exists():
         return None
-    saved = torch.load(path, weights_only=False)
-    return dict(saved.get("extra") or {}) | {"rounds_done": int(saved["round"])}
+    state, extra = RunState.load(path)
+    return dict(extra) | {"rounds_done": state.round}
 
 
 @dataclass(frozen=True)
