@@ -126,6 +126,13 @@ class SiloData:
                         else np.concatenate([self.train_ratings, self.val_ratings]),
                         val_ratings=self.val_ratings, test_ratings=self.test_ratings, cold=self.cold)
 
+    def without_test(self) -> "SiloData":
+        """A copy with no test items or ratings (None): what a hyper-parameter search gets, so nothing it runs can
+        read the test item (any read fails)."""
+        import dataclasses
+
+        return dataclasses.replace(self, test_items=None, test_ratings=None)
+
     def seen_mask(self, local_users: np.ndarray) -> np.ndarray:
         """bool [len(local_users), n_items]: items in each user's training data."""
         mask = np.zeros((len(local_users), self.n_items), dtype=bool)
@@ -301,8 +308,10 @@ def train_centralized(
     seed: int,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    evaluate_test: bool = True,
 ) -> CentralizedResult:
-    """Train with early stopping on the validation item; test metrics come from the selected epoch only."""
+    """Train with early stopping on the validation item; test metrics come from the selected epoch only.
+    ``evaluate_test=False`` (a hyper-parameter search) never reads the test items: ``test`` is then empty."""
     device = resolve_device(cfg.training.device)
     cfg = for_device(cfg, device, data.n_train)
     ev = cfg.evaluation
@@ -333,8 +342,10 @@ def train_centralized(
     model.load_state_dict(best_state)
     if cfg.training.refit:
         model = refit(data, cfg, seed, best_epoch, device, on_batch)
-    test = evaluate(model, data, ev.k, "test", ev.full_ranking, device).means(ev.k)
-    test |= cold_metrics(model, data, ev.k, ev.full_ranking, device)  # cold-start items ({} when none)
+    test: dict[str, float] = {}
+    if evaluate_test:
+        test = evaluate(model, data, ev.k, "test", ev.full_ranking, device).means(ev.k)
+        test |= cold_metrics(model, data, ev.k, ev.full_ranking, device)  # cold-start items ({} when none)
     return CentralizedResult(
         model_name=cfg.model.name, seed=seed, best_epoch=best_epoch,
         selection_metric=task.selection_label(ev.selection_metric, ev.k),
