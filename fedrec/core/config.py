@@ -156,6 +156,16 @@ class ModelConfig(Section):
     adapter_hidden: int = checked(64, "model.adapter_hidden must be >= 0 (0: a linear projection)", ge=0)
     #: hybrid: the chance that a training row drops the item's ID embedding (see model.adapter_hidden)
     id_dropout: float = checked(0.2, "model.id_dropout must be in [0, 1)", ge=0, lt=1)
+    #: personalisation inside each silo (fedrec.silo.personal): none = every silo scores its users with the global
+    #: item tower; finetune = Ditto/FedPer-style, each silo scores its users with its own view of the global item tower,
+    #: fine-tuned on its own data after every round (with its users' private vectors) and never sent
+    personalisation: Literal["none", "finetune"] = "none"
+    #: finetune: epochs over the silo's data from each round's global model
+    personal_epochs: int = checked(1, "model.personal_epochs must be >= 1", ge=1)
+    #: finetune: Ditto's proximal weight, mu/2 ||w_personal - w_global||^2 (0: plain fine-tuning)
+    personal_mu: float = checked(0.0, "model.personal_mu must be >= 0", ge=0)
+    #: finetune: the fine-tuning learning rate (0: training.lr)
+    personal_lr: float = checked(0.0, "model.personal_lr must be >= 0 (0: training.lr)", ge=0)
 
 
 class TrainingConfig(Section):

@@ -65,7 +65,7 @@ from fedrec.crypto.updates import (
 from fedrec.models import RecModel, build_model
 from fedrec.protocol.reads import gather_masks, load_global, read_mask_keys, read_update
 from fedrec.silo import data as pipeline
-from fedrec.silo import privacy
+from fedrec.silo import personal, privacy
 from fedrec.silo.store import SiloStore, silo_seed
 from fedrec.wire.exchange import (
     ADMISSION_KEY,
@@ -189,6 +189,7 @@ class SiloAgent:
         self._global: tuple[int, dict[str, torch.Tensor]] | None = None
         self._masks: RoundMasks | None = None  # this round's mask secrets and the shares this silo holds
         self._sigma = 0.0  # the DP noise multiplier (privacy.enabled), set in setup()
+        self._personal: dict | None = None  # model.personalisation: the last evaluated round's personal towers
 
     def __repr__(self) -> str:  # Prefect may print task inputs: never the state
         return f"SiloAgent(silo={self.silo_id!r}, run={self.run_id!r})"
@@ -584,14 +585,21 @@ class SiloAgent:
             culprits={s: why[:300] for s, why in culprits.items()}).to_json())
 
     def evaluate(self, server_round: int) -> MetricReport:
-        """HR/NDCG of the round's global model on this silo's users: only sums leave the silo."""
+        """HR/NDCG of the round's global model on this silo's users (model.personalisation: of this silo's personal
+        view of it, fedrec.silo.personal): only sums leave the silo."""
         state = self.global_state(server_round)
         ev = self.cfg.evaluation
         with COMPUTE:
             start = time.perf_counter()
             self.model.load_shared_state(state)
-            sums = evaluate_targets(self.model, self.data, ev.k, ("val", "test"), ev.full_ranking, self.device)
-            cold = evaluate_cold(self.model, self.data, ev.k, ev.full_ranking, self.device)  # cold-start items
+            scorer = self.model
+            if personal.enabled(self.cfg):  # this silo's own fine-tuned view scores its users; it is never sent
+                rng = np.random.default_rng(silo_seed(self.cfg.federation.seed, self.silo_id, server_round,
+                                                      personal.PERSONAL_STREAM))
+                scorer = personal.personalise(self.model, self.data, state, self.cfg, rng, self.device)
+                self._personal = personal.personal_state(scorer, server_round)
+            sums = evaluate_targets(scorer, self.data, ev.k, ("val", "test"), ev.full_ranking, self.device)
+            cold = evaluate_cold(scorer, self.data, ev.k, ev.full_ranking, self.device)  # cold-start items
             seconds = time.perf_counter() - start
         report = MetricReport(silo_id=self.silo_id, round=server_round, val=dataclasses.asdict(sums["val"]),
                               test=dataclasses.asdict(sums["test"]), seconds=seconds,
@@ -609,5 +617,8 @@ class SiloAgent:
     def save(self) -> None:
         """Keep the trained user tower (and optimizer) in the silo's store (0600 in 0700), for recommendations, and
         the coordinator key this silo trusted during the run: recommendations verify the global model with it."""
-        self.store.save_model({"users": self.model.users.state_dict(), "optimizer": self.optimizer.state_dict()})
+        state = {"users": self.model.users.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self._personal is not None:  # model.personalisation: the last round's personal view, for recommendations
+            state["personal"] = self._personal
+        self.store.save_model(state)
         self.store.save_coordinator(self.coordinator.to_dict())

@@ -116,7 +116,7 @@ class SiloRecommender:
         self.seen = pd.Series(items[ok].astype(np.int64)).groupby(users[ok]).agg(lambda s: s.to_numpy())
         counts = np.bincount(items[ok].astype(np.int64), minlength=len(self.catalogue)).astype(np.float64)
         self.popularity = counts / max(1.0, counts.sum())
-        self.run_id, self.model, self.model_users = run_id, None, {}
+        self.run_id, self.model, self.model_users, self.personalised = run_id, None, {}, False
         if run_id is not None:
             self._load_model(run_id)
         self._loaded = stamp
@@ -133,7 +133,13 @@ class SiloRecommender:
         exchange = run_exchange(self.cfg, run_id)
         coordinator = PublicIdentity.from_dict(json.loads(store.coordinator_path.read_text()),
                                                str(store.coordinator_path))
-        model.load_shared_state(load_global(exchange, _last_round(exchange), coordinator))
+        last = _last_round(exchange)
+        model.load_shared_state(load_global(exchange, last, coordinator))
+        kept = saved.get("personal")
+        if kept is not None and kept["round"] == last:  # model.personalisation: this silo's view of that model
+            model.users.load_state_dict(kept["users"])
+            model.items.load_state_dict(kept["items"])
+        self.personalised = kept is not None and kept["round"] == last
         self.model = model.eval()
         self.model_users = {int(u): i for i, u in enumerate(data.user_ids)}
 

@@ -306,3 +306,75 @@ def test_refit_phase_retrains_for_the_selected_rounds(prefect_harness, tmp_path)
     run = mlflow.MlflowClient(params["tracking"]["uri"]).get_run(summary["mlflow_run_id"])
     assert run.data.metrics["refit_test_hr_at_10"] == summary["hr@10"]
     assert run.data.metrics["selected_test_hr_at_10"] == summary["hr@10"]
+
+
+@pytest.fixture(scope="module")
+def personal_run(prefect_harness, tmp_path_factory):
+    return _run_flow(tmp_path_factory.mktemp("personal"), {"model.personalisation": "finetune",
+                                                           "model.personal_epochs": 2})
+
+
+def _personal_item_rows(cfg, summary) -> list[np.ndarray]:
+    """Each silo's personal item vectors (model.personalisation) that differ from the last global model's."""
+    exchange = run_exchange(cfg, summary["run_id"])
+    last = load_global(exchange, summary["rounds"])
+    rows = []
+    for silo in summary["silos"]:
+        kept = torch.load(SiloStore.of(cfg, silo, summary["run_id"]).model_path, weights_only=True)["personal"]
+        assert kept["round"] == summary["rounds"]
+        for name, table in kept["items"].items():
+            if name.startswith("item_"):  # the item embedding tables
+                moved = (table != last[name]).any(dim=1)
+                rows += list(table[moved].numpy())
+    return rows
+
+
+def test_personalised_run_shares_exactly_what_a_plain_run_shares(he_run, personal_run):
+    """model.personalisation: finetune changes what each silo scores its users with, not what it sends: the global
+    models are bit-identical to a run without personalisation, and the metrics differ."""
+    he_summary, _, he_path = he_run
+    summary, _, path = personal_run
+    he_ex = run_exchange(load_config(he_path), he_summary["run_id"])
+    ex = run_exchange(load_config(path), summary["run_id"])
+
+    for r in (1, 2):
+        mine, theirs = load_global(ex, r), load_global(he_ex, r)
+        assert all(torch.equal(mine[name], theirs[name]) for name in theirs), r
+    assert [h["val_hr@10"] for h in summary["history"]] != [h["val_hr@10"] for h in he_summary["history"]] or \
+        [h["val_ndcg@10"] for h in summary["history"]] != [h["val_ndcg@10"] for h in he_summary["history"]]
+
+
+def test_a_silos_personal_parameters_never_leave_it(personal_run):
+    # Prepare: the personal item vectors each silo kept (those its fine-tuning moved away from the global model)
+    summary, _, path = personal_run
+    cfg = load_config(path)
+    rows = _personal_item_rows(cfg, summary)
+    needles = [leakscan.Needle("personal", n.pattern, n.numeric) for n in leakscan.embedding_needles(rows)]
+    places = _written_by_the_run(cfg, summary)
+
+    # Execute
+    findings = leakscan.scan(places, needles)
+    control = leakscan.scan([SiloStore.of(cfg, summary["silos"][0], summary["run_id"]).model_path], needles)
+
+    # Assert: many moved rows; none anywhere the run wrote outside the silos; the scan does find them at home
+    assert len(rows) > 10
+    assert any("round-0002" in str(p) for p in leakscan.files_under(*places))
+    assert findings == [], "\n".join(map(str, findings))
+    assert control, "the needles must be findable where the personal model is stored"
+
+
+def test_recommendations_use_the_silos_personal_model(personal_run):
+    from fedrec.silo.recommend import SiloRecommender
+
+    summary, _, path = personal_run
+    cfg = load_config(path)
+    silo = summary["silos"][0]
+    kept = torch.load(SiloStore.of(cfg, silo, summary["run_id"]).model_path, weights_only=True)["personal"]
+
+    rec = SiloRecommender(cfg, silo)
+
+    assert rec.personalised is True
+    for name, value in kept["items"].items():
+        assert torch.equal(rec.model.items.state_dict()[name].cpu(), value), name
+    user = next(iter(rec.model_users))
+    assert len(rec.recommend(user, k=5).items) == 5
