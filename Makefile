@@ -14,7 +14,8 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export FEDREC_DATA_DIR ?= $(wildcard $(abspath $(CURDIR)/../shared/datasets/ml-100k))
 
-.PHONY: install run centralized test test-fast lint bench acceptance repro exps clean ui
+.PHONY: install run centralized test test-fast lint bench acceptance repro exps clean ui tune quality
+SEEDS ?= 0,1,2,3,4
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,13 @@ bench: $(STAMP)  ## fedrec HE / plaintext / Flower (FLOWER_VENV) / centralized +
 
 acceptance: $(STAMP)  ## quality figures of README "Results" on ML-100K (~16 min on 2 cores): results/
 	bench/acceptance.sh
+
+tune: $(STAMP)  ## Optuna search of the centralized models and ALS on the validation item (~35 min) -> results/tune.json
+	$(PY) bench/tune.py
+
+quality: $(STAMP)  ## the quality table (pop, tuned ALS, centralized, federated, personalised; SEEDS) + each silo vs alone
+	$(PY) bench/quality.py --seeds $(SEEDS)
+	$(PY) bench/local_only.py --seeds $(SEEDS)
 
 clean:
 	rm -rf data state mlflow.db mlartifacts .prefect reports
