@@ -24,7 +24,7 @@ from fedrec.core.config import load_config, parse_overrides
 
 ROWS = ("pop", "als", "centralized", "federated", "personalised")
 LABELS = {"pop": "popularity", "als": "ALS (implicit, tuned on validation)", "centralized": "centralized {model}",
-          "federated": "federated {model}, CKKS + masks", "personalised": "personalised federated {model} (finetune)"}
+          "federated": "federated {model}, CKKS + masks", "personalised": "personalised federated {model} ({personalisation})"}
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--tune", default="results/tune.json", help="bench/tune.py's output (the ALS it chose)")
     ap.add_argument("--out", default="results/quality.json")
+    ap.add_argument("--personalisation", default="recency", help="the personalised row's model.personalisation")
     args = ap.parse_args()
     from fedrec.core.training import evaluate_targets, train_centralized
     from fedrec.flows.federated import run_demo
@@ -70,7 +71,7 @@ def main() -> None:
             else:
                 more = {"federation.seed": seed, "training.seeds": [seed]}
                 if row == "personalised":
-                    more["model.personalisation"] = "finetune"
+                    more["model.personalisation"] = args.personalisation
                 summary = run_demo(params_path=args.params, overrides=overrides | more)
                 test, extra = {m: summary[m] for m in keys}, {"selected": summary["selected_round"],
                                                               "run_id": summary["run_id"]}
@@ -78,7 +79,7 @@ def main() -> None:
                       "seconds": time.perf_counter() - t0}
             per_seed[row].append(record)
             print(json.dumps({"row": row, **record}), flush=True)
-            result = {"seeds": seeds, "overrides": overrides, "als": als_params, "per_seed": per_seed,
+            result = {"seeds": seeds, "overrides": overrides, "personalisation": args.personalisation, "als": als_params, "per_seed": per_seed,
                       "summary": {r: {m: tuning.seeds_stats([x[m] for x in v]) for m in keys}
                                   for r, v in per_seed.items() if v},
                       "wall_seconds": time.perf_counter() - started}
@@ -88,14 +89,14 @@ def main() -> None:
         run.log_metrics({f"{r}_{m.replace('@', '_at_')}": s["mean"] for r, v in result["summary"].items()
                          for m, s in v.items()})
         run.log_dict(result, "quality.json")
-    print(markdown(result, keys, cfg.model.name))
+    print(markdown(result, keys, cfg.model.name, args.personalisation))
 
 
-def markdown(result: dict, keys: list[str], model: str) -> str:
+def markdown(result: dict, keys: list[str], model: str, personalisation: str = "recency") -> str:
     lines = ["| model | " + " | ".join(keys) + " | seeds |", "|---|" + "---|" * (len(keys) + 1)]
     for row, stats in result["summary"].items():
         cells = " | ".join(f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" for m in keys)
-        lines.append(f"| {LABELS[row].format(model=model)} | {cells} | {len(result['per_seed'][row])} |")
+        lines.append(f"| {LABELS[row].format(model=model, personalisation=personalisation)} | {cells} | {len(result['per_seed'][row])} |")
     return "\n".join(lines)
 
 

@@ -158,14 +158,22 @@ class ModelConfig(Section):
     id_dropout: float = checked(0.2, "model.id_dropout must be in [0, 1)", ge=0, lt=1)
     #: personalisation inside each silo (fedrec.silo.personal): none = every silo scores its users with the global
     #: item tower; finetune = Ditto/FedPer-style, each silo scores its users with its own view of the global item tower,
-    #: fine-tuned on its own data after every round (with its users' private vectors) and never sent
-    personalisation: Literal["none", "finetune"] = "none"
+    #: fine-tuned on its own data after every round (with its users' private vectors) and never sent; recency = each
+    #: user's last items, compared in the global item space, add to the model's score (fedrec.core.recency: a private
+    #: per-user head from the silo's own history; nothing trained or sent); finetune+recency = both
+    personalisation: Literal["none", "finetune", "recency", "finetune+recency"] = "none"
     #: finetune: epochs over the silo's data from each round's global model
     personal_epochs: int = checked(1, "model.personal_epochs must be >= 1", ge=1)
     #: finetune: Ditto's proximal weight, mu/2 ||w_personal - w_global||^2 (0: plain fine-tuning)
     personal_mu: float = checked(0.0, "model.personal_mu must be >= 0", ge=0)
     #: finetune: the fine-tuning learning rate (0: training.lr)
     personal_lr: float = checked(0.0, "model.personal_lr must be >= 0 (0: training.lr)", ge=0)
+    #: recency: how many of a user's most recent items make the profile (chosen on the validation item)
+    recency_length: int = checked(10, "model.recency_length must be >= 1", ge=1)
+    #: recency: weight of the a-th most recent item is recency_decay**a (1: all L items alike)
+    recency_decay: float = checked(0.5, "model.recency_decay must be in (0, 1]", gt=0, le=1)
+    #: recency: weight of the head's standardised score beside the model's (0: the model alone)
+    recency_weight: float = checked(0.5, "model.recency_weight must be >= 0", ge=0)
 
 
 class TrainingConfig(Section):
@@ -430,6 +438,8 @@ class Config(Section):
              "evaluation.selection_metric rmse/mae needs task: rating"),
             (self.task == "ranking" or not self.privacy.enabled,
              "privacy.enabled supports task: ranking only (the rating task has no user-level DP update yet)"),
+            (self.task == "ranking" or "recency" not in self.model.personalisation,
+             "model.personalisation recency supports task: ranking only (it re-ranks items, it predicts no rating)"),
         ]
 
     def replace(self, **overrides: Any) -> "Config":

@@ -593,11 +593,13 @@ class SiloAgent:
             start = time.perf_counter()
             self.model.load_shared_state(state)
             scorer = self.model
-            if personal.enabled(self.cfg):  # this silo's own fine-tuned view scores its users; it is never sent
+            if personal.finetunes(self.cfg):  # this silo's own fine-tuned view scores its users; it is never sent
                 rng = np.random.default_rng(silo_seed(self.cfg.federation.seed, self.silo_id, server_round,
                                                       personal.PERSONAL_STREAM))
                 scorer = personal.personalise(self.model, self.data, state, self.cfg, rng, self.device)
                 self._personal = personal.personal_state(scorer, server_round)
+            if personal.uses_recency(self.cfg):  # each user's own recent items (kept here) re-rank the scores
+                scorer = personal.evaluation_scorer(scorer, self.data, self.cfg)
             sums = evaluate_targets(scorer, self.data, ev.k, ("val", "test"), ev.full_ranking, self.device)
             cold = evaluate_cold(scorer, self.data, ev.k, ev.full_ranking, self.device)  # cold-start items
             seconds = time.perf_counter() - start

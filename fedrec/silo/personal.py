@@ -1,4 +1,6 @@
-"""Personalisation inside a silo (model.personalisation: finetune), the cross-silo form of FedPer / Ditto / PFedRec.
+"""Personalisation inside a silo (model.personalisation), the cross-silo form of FedPer / Ditto / PFedRec.
+
+``finetune``:
 
 The federation trains one shared item tower through masks + CKKS, unchanged. After each round, a silo copies its
 model (its users' private vectors plus the new global item tower) and fine-tunes the copy for
@@ -7,6 +9,10 @@ model (its users' private vectors plus the new global item tower) and fine-tunes
 ``fedrec serve``. It is never sent: it lives in the silo's process and its 0600 store, like the user vectors, so it
 costs no privacy; the update the silo sends is computed from the global model exactly as without personalisation,
 so the shared part (and HE == plaintext) is untouched.
+
+``recency`` (fedrec.core.recency): each user's last ``model.recency_length`` items of the silo's own history, compared
+with every item in the global item space, add a per-user item-to-item score to the model's. The history stays in the
+silo; nothing is trained or sent. ``finetune+recency`` puts the head on the fine-tuned view.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import copy
 import numpy as np
 import torch
 
+from fedrec.core import recency
 from fedrec.core.config import Config
 from fedrec.core.training import SiloData, make_optimizer, train_epoch
 from fedrec.models import RecModel
@@ -26,6 +33,28 @@ PERSONAL_STREAM = 7919
 
 def enabled(cfg: Config) -> bool:
     return cfg.model.personalisation != "none"
+
+
+def finetunes(cfg: Config) -> bool:
+    return "finetune" in cfg.model.personalisation
+
+
+def uses_recency(cfg: Config) -> bool:
+    return "recency" in cfg.model.personalisation
+
+
+def recency_head(model, history: np.ndarray, cfg: Config,
+                 targets: dict[str, np.ndarray] | None = None) -> recency.RecencyScorer:
+    """``model`` with the recency head over ``history`` (int64 [n_users, L], most recent first)."""
+    m = cfg.model
+    return recency.RecencyScorer(model, history, m.recency_decay, m.recency_weight, targets)
+
+
+def evaluation_scorer(model, data: SiloData, cfg: Config) -> recency.RecencyScorer:
+    """The recency head for evaluating ``data``'s held-out items: the training rows are the history of the
+    validation item; the validation item, which came before the test item, is the newest of the test item's."""
+    history = recency.recent_items(data.train_users, data.train_items, data.n_users, cfg.model.recency_length)
+    return recency_head(model, history, cfg, {"val": history, "test": recency.with_latest(history, data.val_items)})
 
 
 def personalise(model: RecModel, data: SiloData, global_state: dict[str, torch.Tensor], cfg: Config,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedrec.core import recency
 from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError, FedrecError
 from fedrec.core.item_text import model_features  # hybrid: the public item text embeddings
@@ -23,6 +24,7 @@ from fedrec.core.training import SiloData, model_config, resolve_device
 from fedrec.models import build_model
 from fedrec.protocol.reads import load_global
 from fedrec.silo import data as pipeline
+from fedrec.silo import personal
 from fedrec.silo.store import SiloStore
 from fedrec.wire.exchange import check_run_id, check_silo_id, run_exchange
 from fedrec.wire.trust import PublicIdentity
@@ -119,6 +121,8 @@ class SiloRecommender:
         self.run_id, self.model, self.model_users, self.personalised = run_id, None, {}, False
         if run_id is not None:
             self._load_model(run_id)
+            if personal.uses_recency(self.cfg):  # each user's latest items, feedback since training included
+                self.model = self._with_recency(interactions, item_index)
         self._loaded = stamp
 
     def _load_model(self, run_id: str) -> None:
@@ -142,6 +146,17 @@ class SiloRecommender:
         self.personalised = kept is not None and kept["round"] == last
         self.model = model.eval()
         self.model_users = {int(u): i for i, u in enumerate(data.user_ids)}
+
+    def _with_recency(self, interactions: pd.DataFrame, item_index: pd.Series):
+        """The loaded model with the recency head (model.personalisation: recency) over each trained user's own
+        history in this silo, in time order: its training rows, held-out items and feedback since."""
+        ordered = interactions.sort_values("timestamp", kind="mergesort")
+        local = pd.Series(self.model_users, dtype="int64").reindex(ordered["user_id"].to_numpy(np.int64)).to_numpy()
+        items = item_index.reindex(ordered["item_id"].to_numpy(np.int64)).to_numpy()
+        ok = ~np.isnan(local) & ~np.isnan(items)
+        history = recency.recent_items(local[ok].astype(np.int64), items[ok].astype(np.int64), len(self.model_users),
+                                       self.cfg.model.recency_length)
+        return personal.recency_head(self.model, history, self.cfg)
 
     def recommend(self, user_id: int, k: int = 10) -> Recommendations:
         if k < 1:

@@ -308,10 +308,13 @@ def test_refit_phase_retrains_for_the_selected_rounds(prefect_harness, tmp_path)
     assert run.data.metrics["selected_test_hr_at_10"] == summary["hr@10"]
 
 
+#: both personalisations at once (fedrec.silo.personal): a fine-tuned view, and the recency head over it
+PERSONAL = {"model.personalisation": "finetune+recency", "model.personal_epochs": 2}
+
+
 @pytest.fixture(scope="module")
 def personal_run(prefect_harness, tmp_path_factory):
-    return _run_flow(tmp_path_factory.mktemp("personal"), {"model.personalisation": "finetune",
-                                                           "model.personal_epochs": 2})
+    return _run_flow(tmp_path_factory.mktemp("personal"), PERSONAL)
 
 
 def _personal_item_rows(cfg, summary) -> list[np.ndarray]:
@@ -364,17 +367,24 @@ def test_a_silos_personal_parameters_never_leave_it(personal_run):
 
 
 def test_recommendations_use_the_silos_personal_model(personal_run):
+    from fedrec.core.recency import RecencyScorer
     from fedrec.silo.recommend import SiloRecommender
 
     summary, _, path = personal_run
-    cfg = load_config(path)
+    cfg = load_config(path, PERSONAL)
     silo = summary["silos"][0]
     kept = torch.load(SiloStore.of(cfg, silo, summary["run_id"]).model_path, weights_only=True)["personal"]
 
     rec = SiloRecommender(cfg, silo)
 
     assert rec.personalised is True
+    assert isinstance(rec.model, RecencyScorer)  # finetune+recency: the head over the fine-tuned view
     for name, value in kept["items"].items():
-        assert torch.equal(rec.model.items.state_dict()[name].cpu(), value), name
+        assert torch.equal(rec.model.model.items.state_dict()[name].cpu(), value), name
     user = next(iter(rec.model_users))
     assert len(rec.recommend(user, k=5).items) == 5
+    # the head's history is the user's own, newest last: the silo's latest interaction of that user leads it
+    own = pipeline.silo_interactions(cfg, silo)
+    own = own[own["user_id"] == user].sort_values("timestamp", kind="mergesort")
+    latest = int(np.flatnonzero(rec.catalogue["item_id"].to_numpy() == own["item_id"].iloc[-1])[0])
+    assert rec.model.history[rec.model_users[user], 0] == latest

@@ -40,16 +40,22 @@ class Ranking(Objective):
             model.eval()
         device = device or torch.device("cpu")
         items_of = {"val": data.val_items, "test": data.test_items}
+        # a scorer that knows what was known before each target (fedrec.core.recency: the val item precedes test)
+        scorer_of = {t: model.for_target(t) if hasattr(model, "for_target") else model for t in targets}
         sums = {t: MetricSums() for t in targets}
         for start in range(0, data.n_users, chunk_users):
             local = np.arange(start, min(start + chunk_users, data.n_users))
             users_t = torch.from_numpy(local).to(device)
-            all_scores = model.full_sort_predict(users_t).cpu().numpy() if full else None
+            full_of: dict[int, np.ndarray] = {}  # each distinct scorer scores the catalogue once per chunk
             for target in targets:
+                scorer = scorer_of[target]
+                if full and id(scorer) not in full_of:
+                    full_of[id(scorer)] = scorer.full_sort_predict(users_t).cpu().numpy()
+                all_scores = full_of.get(id(scorer))
                 wanted = items_of[target][local]
                 cand = np.concatenate([wanted[:, None], data.negatives[local]], axis=1)
-                scores = model.predict(users_t.repeat_interleave(cand.shape[1]),
-                                       torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
+                scores = scorer.predict(users_t.repeat_interleave(cand.shape[1]),
+                                        torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
                 full_ranks = None
                 if full:
                     excluded = data.seen_mask(local)

@@ -1,0 +1,124 @@
+"""The recency head (model.personalisation: recency): a user's own recent items, compared in the shared item space.
+
+A per-user score head in the spirit of PFedRec's private score function, fitted to cross-silo: the shared item tower
+the federation trained (masks + CKKS, unchanged) gives every item a vector ``e_i`` (its embedding rows, concatenated
+and L2-normalised); a user's *profile* is the decayed sum of the vectors of the ``L`` items they touched last,
+``p_u = sum_a decay**a * e_{h_a}`` (``h_0`` the most recent); its item-to-item score is ``p_u . e_i`` (item kNN
+over the learned space). The final score adds both, each standardised over the catalogue for that user::
+
+    score(u, i) = z_u(model(u, i)) + weight * z_u(p_u . e_i)
+
+Nothing new is trained or sent: the history is the silo's own (it never leaves the silo, like the user vectors),
+the item vectors are the global model's, so the head costs no privacy and leaves the shared part (and HE ==
+plaintext) untouched. It captures what a static user vector cannot: that ML-100K users rate in sessions, so the next
+item is close to the last few.
+
+History order: a silo's training rows are in time order within each user (fedrec.core.data.split sorts them by
+user and timestamp); for a user's *test* item the validation item, which came before it, is the most recent item
+of the history, as in sequential recommendation's leave-one-out protocol. The test item is never in a history.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: standardisation floor (a user whose scores are all equal gets zeros, not NaN)
+EPS = 1e-6
+
+
+def recent_items(users: np.ndarray, items: np.ndarray, n_users: int, length: int) -> np.ndarray:
+    """int64 [n_users, length]: each user's last ``length`` items, most recent first, -1 where the user has fewer.
+
+    ``users``/``items`` are interaction rows whose order within a user is chronological (rows of different users may
+    interleave)."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    out = np.full((n_users, length), -1, dtype=np.int64)
+    if len(users) == 0 or length == 0:
+        return out
+    order = np.argsort(users, kind="stable")  # keeps each user's rows in time order
+    u, it = users[order], items[order]
+    ends = np.cumsum(np.bincount(u, minlength=n_users))
+    age = ends[u] - 1 - np.arange(len(u))  # 0 = the user's last row
+    keep = age < length
+    out[u[keep], age[keep]] = it[keep]
+    return out
+
+
+def with_latest(history: np.ndarray, latest: np.ndarray) -> np.ndarray:
+    """``history`` [n_users, L] with ``latest`` [n_users] pushed in front as each user's most recent item."""
+    return np.concatenate([np.asarray(latest, dtype=np.int64)[:, None], history[:, :-1]], axis=1)
+
+
+def item_space(model) -> torch.Tensor:
+    """[n_items, D]: every item's vectors from the model's (shared) item tower, concatenated and L2-normalised."""
+    items = model.items
+    with torch.no_grad():
+        ids = torch.arange(items.num_items, device=next(model.parameters()).device)
+        vecs = items.item_vectors(ids)
+        space = torch.cat([vecs[k] for k in sorted(vecs)], dim=1).float()
+    return torch.nn.functional.normalize(space, dim=1)
+
+
+def standardise(scores: torch.Tensor) -> torch.Tensor:
+    """Each row to mean 0, standard deviation 1."""
+    mean = scores.mean(dim=1, keepdim=True)
+    std = scores.std(dim=1, keepdim=True).clamp_min(EPS)
+    return (scores - mean) / std
+
+
+class RecencyScorer:
+    """A Scorer (predict / full_sort_predict) that adds the recency head to ``model``'s scores.
+
+    ``history``: int64 [n_users, L] of catalogue indices, most recent first, -1 padding (see :func:`recent_items`);
+    ``targets``: optional per-evaluation-target histories (``{"val": ..., "test": ...}``) that
+    :meth:`for_target` switches to."""
+
+    def __init__(self, model, history: np.ndarray, decay: float, weight: float,
+                 targets: dict[str, np.ndarray] | None = None):
+        self.model = model
+        self.decay, self.weight = float(decay), float(weight)
+        self.task = getattr(model, "task", "ranking")
+        self._targets = targets or {}
+        self._space = item_space(model)
+        self.history = np.asarray(history, dtype=np.int64)
+        self._profiles = self._profile(self.history)
+
+    def _profile(self, history: np.ndarray) -> torch.Tensor:
+        device = self._space.device
+        h = torch.from_numpy(history).to(device)
+        ages = torch.arange(h.shape[1], device=device, dtype=torch.float32)
+        w = (self.decay ** ages)[None, :] * (h >= 0).float()
+        return torch.einsum("ua,uad->ud", w, self._space[h.clamp_min(0)])
+
+    def for_target(self, target: str) -> "RecencyScorer":
+        """The scorer whose histories are those known when ``target`` is predicted (itself if none was given)."""
+        history = self._targets.get(target)
+        if history is None:
+            return self
+        return RecencyScorer(self.model, history, self.decay, self.weight)
+
+    def eval(self) -> "RecencyScorer":
+        self.model.eval()
+        return self
+
+    def parameters(self):
+        return self.model.parameters()
+
+    @torch.no_grad()
+    def recency_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """[batch, n_items]: ``p_u . e_i`` of each user (the head alone, unstandardised)."""
+        return self._profiles[users.to(self._profiles.device)] @ self._space.T
+
+    @torch.no_grad()
+    def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
+        base = standardise(self.model.full_sort_predict(users).float())
+        if self.weight == 0:
+            return base
+        return base + self.weight * standardise(self.recency_scores(users)).to(base.device)
+
+    @torch.no_grad()
+    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        unique, row = torch.unique(users, return_inverse=True)
+        return self.full_sort_predict(unique)[row, items.to(unique.device)]
