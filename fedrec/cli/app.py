@@ -320,7 +320,7 @@ def recommend(
     user: int = typer.Option(..., "--user", help="user id (as in the silo's data)"),
     k: int = typer.Option(10, "-k", "--k", min=1, help="how many items"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="federated run (default: the silo's latest)"),
-    as_json: bool = typer.Option(False, "--json", help='{"silo", "user", "items": [{"item_id", "title", "score"}]}'),
+    as_json: bool = typer.Option(False, "--json", help='{"silo", "user", "items": [{"item_id", "title", "score", "because"}]}'),
     params: Path = ParamsOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -334,10 +334,10 @@ def recommend(
         return
     title = f"top-{k} for user {user} (silo {silo}, run {recs.run_id})"
     table = Table(title=title + (f"\n{recs.note}" if recs.note else ""))
-    for col in ("rank", "item_id", "title", "score"):
+    for col in ("rank", "item_id", "title", "score", "because you liked"):
         table.add_column(col)
     for rank, r in enumerate(recs.items, 1):
-        table.add_row(str(rank), str(r.item_id), r.title, f"{r.score:.4g}")
+        table.add_row(str(rank), str(r.item_id), r.title, f"{r.score:.4g}", "; ".join(b.title for b in r.because))
     out.print(table)
 
 

@@ -122,3 +122,22 @@ class RecencyScorer:
     def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         unique, row = torch.unique(users, return_inverse=True)
         return self.full_sort_predict(unique)[row, items.to(unique.device)]
+
+
+def explain(space: torch.Tensor, history: np.ndarray, item: int, decay: float, n: int = 3) -> list[tuple[int, float]]:
+    """The items of ``history`` (one user's, newest first, -1 padding) that most support ``item`` in the learned item
+    space: ``(history item, decay**age * cos(e_h, e_item))`` by decreasing contribution, positive ones only, at most
+    ``n``. Under model.personalisation: recency these are the terms of the head's score ``p_u . e_item``; otherwise
+    they are the user's own items closest to it."""
+    known = [(a, int(h)) for a, h in enumerate(history) if h >= 0]
+    if not known:
+        return []
+    ages = np.array([a for a, _ in known], dtype=np.float64)
+    rows = torch.tensor([h for _, h in known], device=space.device)
+    cos = (space[rows] @ space[item]).double().cpu().numpy()
+    weight = decay ** ages * cos
+    best: dict[int, float] = {}
+    for (_, h), w in zip(known, weight):  # an item seen twice counts once, at its strongest
+        best[h] = max(best.get(h, -np.inf), float(w))
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(h, w) for h, w in ranked if w > 0][:n]

@@ -1,6 +1,6 @@
 """`fedrec serve`: a silo's recommendations over HTTP (FastAPI), on loopback by default.
 
-    GET /recommend/{user}?k=10  ->  200 {"silo", "user", "items": [{"item_id", "title", "score"}], "source", "run_id"}
+    GET /recommend/{user}?k=10  ->  200 {"silo", "user", "items": [{"item_id", "title", "score", "because": [{"item_id", "title", "weight"}]}], "source", "run_id"}
     GET /health                 ->  200 {"silo", "run_id"}   (run_id: the run answers come from; null before one)
 
 The same code as `fedrec recommend`; it runs at the silo, next to the users' embeddings, and picks up a newer

@@ -30,6 +30,8 @@ from fedrec.wire.exchange import check_run_id, check_silo_id, run_exchange
 from fedrec.wire.trust import PublicIdentity
 
 MODEL, POPULARITY = "model", "popularity"
+#: how many of a user's latest items an explanation looks at, and how many it names
+EXPLAIN_HISTORY, EXPLAIN_ITEMS = 50, 3
 
 
 class UnknownSiloError(FedrecError):
@@ -45,10 +47,21 @@ class NoTrainedModelError(FedrecError):
 
 
 @dataclass(frozen=True)
+class Because:
+    """An item of the user's own history that supports a recommendation (fedrec.core.recency.explain)."""
+
+    item_id: int
+    title: str
+    weight: float
+
+
+@dataclass(frozen=True)
 class Recommendation:
     item_id: int
     title: str
     score: float
+    #: the user's own items that most support this one, computed inside the silo (model recommendations only)
+    because: tuple[Because, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class Recommendations:
     note: str = ""
 
     def to_dict(self) -> dict:
-        body = {"silo": self.silo, "user": self.user, "items": [asdict(r) for r in self.items],
+        body = {"silo": self.silo, "user": self.user, "items": [asdict(r) | {"because": [asdict(b) for b in r.because]} for r in self.items],
                 "source": self.source, "run_id": self.run_id}
         return body | ({"note": self.note} if self.note else {})
 
@@ -116,9 +129,13 @@ class SiloRecommender:
         items = item_index.reindex(interactions["item_id"].to_numpy(np.int64)).to_numpy()
         ok = ~np.isnan(items)
         self.seen = pd.Series(items[ok].astype(np.int64)).groupby(users[ok]).agg(lambda s: s.to_numpy())
+        newest = np.argsort(-interactions["timestamp"].to_numpy()[ok], kind="stable")  # each user's history, newest first
+        self.history = pd.Series(items[ok].astype(np.int64)[newest]).groupby(users[ok][newest]).agg(
+            lambda s: s.to_numpy()[:EXPLAIN_HISTORY])
         counts = np.bincount(items[ok].astype(np.int64), minlength=len(self.catalogue)).astype(np.float64)
         self.popularity = counts / max(1.0, counts.sum())
         self.run_id, self.model, self.model_users, self.personalised = run_id, None, {}, False
+        self._space = None  # the loaded model's item space, for explanations (made on first use)
         if run_id is not None:
             self._load_model(run_id)
             if personal.uses_recency(self.cfg):  # each user's latest items, feedback since training included
@@ -158,6 +175,18 @@ class SiloRecommender:
                                        self.cfg.model.recency_length)
         return personal.recency_head(self.model, history, self.cfg)
 
+    def _because(self, history: np.ndarray | None, item: int) -> tuple[Because, ...]:
+        """The user's own items that most support ``item`` in the global item space (fedrec.core.recency.explain)."""
+        if history is None or not len(history):
+            return ()
+        if self._space is None:
+            inner = getattr(self.model, "model", self.model)  # the recency head wraps the model
+            self._space = recency.item_space(inner)
+        return tuple(Because(item_id=int(self.catalogue["item_id"].iloc[h]), title=str(self.catalogue["title"].iloc[h]),
+                             weight=round(w, 6))
+                     for h, w in recency.explain(self._space, history, item, self.cfg.model.recency_decay,
+                                                 EXPLAIN_ITEMS))
+
     def recommend(self, user_id: int, k: int = 10) -> Recommendations:
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
@@ -178,8 +207,10 @@ class SiloRecommender:
         if user_id in self.seen.index:  # everything the user interacted with, feedback since training included
             scores[self.seen[user_id]] = -np.inf
         top = [i for i in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[i])]
+        history = self.history.get(user_id) if source == MODEL else None
         items = [Recommendation(item_id=int(self.catalogue["item_id"].iloc[i]),
-                                title=str(self.catalogue["title"].iloc[i]), score=float(scores[i])) for i in top]
+                                title=str(self.catalogue["title"].iloc[i]), score=float(scores[i]),
+                                because=self._because(history, i)) for i in top]
         return Recommendations(silo=self.silo_id, user=int(user_id), items=items, source=source,
                                run_id=self.run_id, note=note)
 

@@ -90,3 +90,18 @@ def test_recency_needs_the_ranking_task_and_checked_settings(tiny_params):
         from_dict(tiny_params | {"model": model | {"recency_decay": 0.0}})
     with pytest.raises(ConfigError, match="model.recency_length"):
         from_dict(tiny_params | {"model": model | {"recency_length": 0}})
+
+
+def test_an_explanation_names_the_users_own_items_by_their_share_of_the_heads_score(silo):
+    cfg, data, model = silo
+    space = recency.item_space(model)
+    history = np.array([3, 8, 3, 11, -1])  # newest first; item 3 twice
+
+    named = recency.explain(space, history, item=20, decay=0.5, n=3)
+
+    contribution = {h: max(0.5 ** a * float(space[h] @ space[20]) for a, x in enumerate(history) if x == h)
+                    for h in (3, 8, 11)}
+    expected = sorted(((h, w) for h, w in contribution.items() if w > 0), key=lambda kv: -kv[1])
+    assert [h for h, _ in named] == [h for h, _ in expected]
+    assert np.allclose([w for _, w in named], [w for _, w in expected])
+    assert recency.explain(space, np.array([-1, -1]), 20, 0.5) == []

@@ -68,8 +68,13 @@ def test_recommend_json_lists_k_unseen_items_with_titles(trained):
     body = json.loads(result.stdout)
     assert body["silo"] == SILO and body["user"] == user and body["source"] == "model"
     assert body["run_id"] == summary["run_id"]
-    assert len(body["items"]) == 5 and set(body["items"][0]) == {"item_id", "title", "score"}
+    assert len(body["items"]) == 5 and set(body["items"][0]) == {"item_id", "title", "score", "because"}
     assert not seen & {i["item_id"] for i in body["items"]}
+    # each explanation names only items of this user's own history, strongest first
+    named = [b for i in body["items"] for b in i["because"]]
+    assert named and {b["item_id"] for b in named} <= seen
+    assert all([b["weight"] for b in i["because"]] == sorted((b["weight"] for b in i["because"]), reverse=True)
+               for i in body["items"])
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     titles = pipeline.read_catalogue(pipeline.Paths.of(cfg).catalogue).set_index("item_id")["title"]
