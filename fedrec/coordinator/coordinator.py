@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 from fedrec.coordinator.state import RunState
@@ -135,6 +136,22 @@ class Opened:
     attempts: int = 1
 
 
+def slot(server_round: int, group: int) -> int | tuple[int, int]:
+    """Where a round's per-group bookkeeping lives: group 0 under the round's number, group g > 0 under (round, g)."""
+    return server_round if group == 0 else (server_round, group)
+
+
+def split_groups(silos: list[str], groups: int, min_silos: int, seed: int, server_round: int) -> list[list[str]]:
+    """federation.groups: ``silos`` in a random order (seeded by the run's seed and the round) cut into as many
+    groups as asked that each hold >= ``min_silos`` (sizes differ by at most one); one group of every silo when
+    they cannot fill two."""
+    n = max(1, min(groups, len(silos) // max(min_silos, 1)))
+    if n == 1:
+        return [list(silos)]
+    order = [silos[i] for i in np.random.default_rng([seed, server_round, 0x9A0]).permutation(len(silos))]
+    return [sorted(order[g::n]) for g in range(n)]
+
+
 class Coordinator:
     """One federation run at the coordinator (see the module docstring)."""
 
@@ -150,8 +167,10 @@ class Coordinator:
         self._launcher_gone = gone or (lambda: set())  # silos whose agent's process or flow run ended
         self._left: dict[str, str] = {}
         # the round in progress: who decrypts it and who takes part (instructions sent fix both)
-        self.decryptors: dict[int, str] = {}
-        self._participants: dict[int, list[str]] = {}
+        # (federation.groups: one of each per group; group 0 under the round's number, group g > 0 under (round, g))
+        self.decryptors: dict[int | tuple[int, int], str] = {}
+        self._participants: dict[int | tuple[int, int], list[str]] = {}
+        self.groups: dict[int, list[list[str]]] = {}  # each round's groups (one: every participant)
         self._invited: list[str] = []  # the silos asked to join, until the admission names who did
         self._declared: dict[str, int] = {}  # each admitted silo's samples as its signed hello declared them
         self._left_checked = 0.0
@@ -354,28 +373,38 @@ class Coordinator:
         """Instructions for every admitted silo that is still around (they fix the round's participant set,
         which the masks are made for); returns them. A resumed run reuses the round's instructions if it had
         sent them before its crash."""
+        sent_before: dict[int, list[str]] = {}
         for silo in self.admission.silos:
             if self.exchange.exists(instruction_key(server_round, silo)):
                 key = instruction_key(server_round, silo)
                 sent = FitInstructions.from_json(self.exchange.read(key, self.identity.public), key)
-                self.decryptors[server_round] = sent.decryptor
-                self._participants[server_round] = list(sent.silos)
-                return list(sent.silos)
+                self.decryptors[slot(server_round, sent.group)] = sent.decryptor
+                self._participants[slot(server_round, sent.group)] = list(sent.silos)
+                sent_before[sent.group] = list(sent.silos)
+        if sent_before:  # a resumed round: its groups as sent
+            self.groups[server_round] = [sent_before[g] for g in sorted(sent_before)]
+            return sorted({s for group in sent_before.values() for s in group})
         gone = self.gone()
         silos = [s for s in self.admission.silos if s not in gone and s not in self.banned]
-        self._participants[server_round] = silos
-        self.decryptors[server_round] = self.decryptor()
-        for silo, ins in self.strategy.configure_fit(server_round, silos).items():
-            ins = dataclasses.replace(ins, silos=silos, evaluate=evaluate, decryptor=self.decryptors[server_round],
-                                      total_samples=self.total_samples(silos))
-            self._post(instruction_key(server_round, silo), ins.to_json())
+        self.groups[server_round] = groups = split_groups(silos, self.cfg.federation.groups,
+                                                          self.cfg.federation.min_silos, self.cfg.federation.seed,
+                                                          server_round)
+        configured = self.strategy.configure_fit(server_round, silos)
+        for g, members in enumerate(groups):
+            self._participants[slot(server_round, g)] = members
+            self.decryptors[slot(server_round, g)] = self.decryptor(members if len(groups) > 1 else None)
+            for silo in members:
+                ins = dataclasses.replace(configured[silo], silos=members, evaluate=evaluate, group=g,
+                                          decryptor=self.decryptors[slot(server_round, g)],
+                                          total_samples=self.total_samples(members))
+                self._post(instruction_key(server_round, silo), ins.to_json())
         return silos
 
     def total_samples(self, silos: list[str]) -> int:
         """The samples ``silos`` declared when they joined: the denominator of their updates' weights."""
         return sum(self.n_train[s] for s in silos)
 
-    def fix_mask_set(self, server_round: int, silos: list[str]) -> list[str]:
+    def fix_mask_set(self, server_round: int, silos: list[str], group: int = 0) -> list[str]:
         """With masking: wait for the participants' round mask keys (each verified: signed, one sealed share per
         other participant, a threshold they can meet) and name those that arrived; every update of the round is
         masked against exactly them. Without masking: the participants."""
@@ -392,10 +421,11 @@ class Coordinator:
                 continue  # refused again, by name, when its update is collected
             if set(keys.shares) == set(silos) - {silo} and keys.threshold <= len(silos):
                 ready.append(silo)
-        posted = self._post(mask_set_key(server_round), MaskSet(round=server_round, silos=ready).to_json())
-        return MaskSet.from_json(posted, mask_set_key(server_round)).silos  # a resumed run's
+        posted = self._post(mask_set_key(server_round, group), MaskSet(round=server_round, silos=ready).to_json())
+        return MaskSet.from_json(posted, mask_set_key(server_round, group)).silos  # a resumed run's
 
-    def collect_updates(self, server_round: int, silos: list[str], participants: list[str] | None = None) -> Collected:
+    def collect_updates(self, server_round: int, silos: list[str], participants: list[str] | None = None,
+                        group: int = 0) -> Collected:
         """Updates of the mask set ``silos`` that arrive before the round's deadline, each verified (signature,
         round, context, layout, encoding, every ciphertext parsed, declared n_samples); a late, missing, forged or
         malformed one is that silo's failure. With masking, the survivors and the dropped are then named
@@ -404,7 +434,7 @@ class Coordinator:
         fed = self.cfg.federation
         layout = layout_of(self.global_state)
         participants = list(participants if participants is not None
-                            else self._participants.get(server_round, silos))
+                            else self._participants.get(slot(server_round, group), silos))
         total = self.total_samples(participants)
         failures = {s: self._mask_failure(server_round, s) for s in participants if s not in silos}
         arrived = self.exchange.wait_all({s: update_key(server_round, s) for s in silos},
@@ -433,9 +463,9 @@ class Coordinator:
                                   f"federation.min_silos={fed.min_silos}")
             updates = {}
         elif fed.masking:
-            posted = self._post(unmask_key(server_round), Unmask(
+            posted = self._post(unmask_key(server_round, group), Unmask(
                 round=server_round, survivors=sorted(updates), dropped=sorted(set(silos) - set(updates))).to_json())
-            survivors = Unmask.from_json(posted, unmask_key(server_round)).survivors  # a resumed run's
+            survivors = Unmask.from_json(posted, unmask_key(server_round, group)).survivors  # a resumed run's
             updates = {s: u for s, u in updates.items() if s in survivors}
         reports = {s: r for s, r in reports.items() if s in updates}
         return Collected([updates[s] for s in sorted(updates)], reports, failures, list(silos))
@@ -451,54 +481,55 @@ class Coordinator:
             return str(exc)
         return "mask keys refused (shares not for every other participant, or a threshold above their number)"
 
-    def aggregate(self, server_round: int, updates: list[EncryptedUpdate]) -> EncryptedUpdate | None:
+    def aggregate(self, server_round: int, updates: list[EncryptedUpdate], group: int = 0) -> EncryptedUpdate | None:
         """Add the ciphertexts (no decryption here) and publish the sum for the key holder."""
         if not updates:
-            self._post(no_aggregate_key(server_round), b"{}")
+            self._post(no_aggregate_key(server_round, group), b"{}")
             return None
         aggregate = aggregate_updates(updates, self.codec, server_round, self.cfg.crypto)
-        posted = self._post(aggregate_key(server_round), aggregate.to_bytes())
-        return EncryptedUpdate.from_bytes(posted, expect_kind="aggregate", source=aggregate_key(server_round))
+        posted = self._post(aggregate_key(server_round, group), aggregate.to_bytes())
+        return EncryptedUpdate.from_bytes(posted, expect_kind="aggregate", source=aggregate_key(server_round, group))
 
     def open_sum(self, server_round: int, aggregate: EncryptedUpdate | None,
-                 updates: list[EncryptedUpdate] = ()) -> Opened:
+                 updates: list[EncryptedUpdate] = (), group: int = 0) -> Opened:
         """The round's mean update: decrypted by a decryptor silo (HE; when it is gone or silent, the next
         survivor is asked), or opened here (plaintext). A sum that cannot be opened skips the round, never the
         run: the silos whose update was no valid encoding are named (and left out from then on)."""
         if aggregate is None:
             return Opened(None, {}, 0)
         if not self.cfg.federation.he:
-            return self._open_here(server_round, aggregate, list(updates))
+            return self._open_here(server_round, aggregate, list(updates), group)
         fed = self.cfg.federation
-        first = self.decryptors.get(server_round) or self.decryptor(list(aggregate.contributors))
+        first = self.decryptors.get(slot(server_round, group)) or self.decryptor(list(aggregate.contributors))
         failures: dict[str, str] = {}
         attempt = 0
         while True:
             gone = self.gone()
             asked = [first] + [s for s in aggregate.contributors if s != first]
             candidates = [s for s in asked if s not in gone and s not in failures]
-            if self.exchange.exists(decrypt_key(server_round, attempt)):  # a resumed run's request
-                key = decrypt_key(server_round, attempt)
+            if self.exchange.exists(decrypt_key(server_round, attempt, group)):  # a resumed run's request
+                key = decrypt_key(server_round, attempt, group)
                 decryptor = DecryptRequest.from_json(self.exchange.read(key, self.identity.public), key).decryptor
             elif candidates:
                 decryptor = candidates[0]
-                self._post(decrypt_key(server_round, attempt),
+                self._post(decrypt_key(server_round, attempt, group),
                            DecryptRequest(round=server_round, attempt=attempt, decryptor=decryptor).to_json())
             else:
                 return Opened(None, {s: "round skipped: no decryptor left among the round's survivors"
                                      for s in aggregate.contributors} | failures, attempt)
-            found = self.exchange.wait_any([mean_key(server_round, attempt), verdict_key(server_round, attempt)],
+            found = self.exchange.wait_any([mean_key(server_round, attempt, group),
+                                            verdict_key(server_round, attempt, group)],
                                            timeout=fed.round_timeout_s, poll=fed.poll_interval_s,
                                            give_up=lambda d=decryptor: d in self.gone())
             try:
-                if found == mean_key(server_round, attempt):
+                if found == mean_key(server_round, attempt, group):
                     result = decode_mean(EncryptedUpdate.from_bytes(
                         self.exchange.read(found, self.roster.get(decryptor)), expect_kind="mean", source=found),
                         server_round)
                     if result.contributors != aggregate.contributors or result.total_samples != aggregate.n_samples:
                         raise PayloadError(f"{found}: the mean is not of this round's aggregate")
                     return Opened(result, failures, attempt + 1)
-                if found == verdict_key(server_round, attempt):
+                if found == verdict_key(server_round, attempt, group):
                     verdict = Verdict.from_json(self.exchange.read(found, self.roster.get(decryptor)), found)
                     return Opened(None, failures | self._ban(server_round, verdict.culprits, verdict.reason,
                                                              aggregate.contributors), attempt + 1)
@@ -509,17 +540,18 @@ class Coordinator:
             failures[decryptor] = f"as round {server_round}'s decryptor: {why}"
             attempt += 1
 
-    def _open_here(self, server_round: int, aggregate: EncryptedUpdate, updates: list[EncryptedUpdate]) -> Opened:
+    def _open_here(self, server_round: int, aggregate: EncryptedUpdate, updates: list[EncryptedUpdate],
+                   group: int = 0) -> Opened:
         """Plaintext runs: this coordinator removes the masks with the survivors' reveals and decodes the sum."""
         fed = self.cfg.federation
         try:
             masks = None
             if fed.masking:
-                unmask = Unmask.from_json(self.exchange.read(unmask_key(server_round), self.identity.public),
-                                          unmask_key(server_round))
+                unmask = Unmask.from_json(self.exchange.read(unmask_key(server_round, group), self.identity.public),
+                                          unmask_key(server_round, group))
                 masks = gather_masks(self.exchange, self.roster, self.run_id, unmask,
                                      secagg.share_points(self._participants.get(
-                                         server_round, sorted(set(unmask.survivors) | set(unmask.dropped)))),
+                                         slot(server_round, group), sorted(set(unmask.survivors) | set(unmask.dropped)))),
                                      time.monotonic() + fed.round_timeout_s, fed.poll_interval_s)
             return Opened(decrypt_aggregate(aggregate, self.codec, masks), {})
         except PayloadError as exc:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from fedrec.coordinator.coordinator import Coordinator
+from fedrec.coordinator import robust
+from fedrec.coordinator.coordinator import Collected, Coordinator
 from fedrec.coordinator.report import RoundRecord
 from fedrec.coordinator.state import RunState
 from fedrec.core.errors import FederationError
@@ -28,24 +29,30 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
     start = time.perf_counter()
     coord.state = state
     silos = coord.start_round(server_round, evaluate)
-    mask_set = coord.fix_mask_set(server_round, silos)
-    collected = coord.collect_updates(server_round, mask_set, silos)
+    groups = coord.groups[server_round]  # federation.groups: one secure sum per group (one group: every silo)
+    mask_sets = [coord.fix_mask_set(server_round, members, g) for g, members in enumerate(groups)]
+    parts = [coord.collect_updates(server_round, mask_sets[g], members, g) for g, members in enumerate(groups)]
+    collected = Collected([u for c in parts for u in c.updates], {s: r for c in parts for s, r in c.reports.items()},
+                          {s: why for c in parts for s, why in c.failures.items()},
+                          [s for c in parts for s in c.mask_set])
     # admitted silos no longer around are this round's failures too (dropouts are data)
     collected.failures.update({s: coord.why_gone(s) if s in coord.gone() else f"left out: {state.banned[s]}"
                                for s in coord.admission.silos if s not in silos})
     t_collect = time.perf_counter()
-    aggregate = coord.aggregate(server_round, collected.updates)
+    aggregates = [coord.aggregate(server_round, c.updates, g) for g, c in enumerate(parts)]
     t_aggregate = time.perf_counter()
-    opened = coord.open_sum(server_round, aggregate, collected.updates)
+    opened = [coord.open_sum(server_round, a, c.updates, g) for g, (a, c) in enumerate(zip(aggregates, parts))]
     t_mean = time.perf_counter()
-    failures = collected.failures | opened.failures
-    coord.step(server_round, opened.result, failures)
-    reports = collected.reports if opened.result is not None else {}
+    failures = collected.failures | {s: why for o in opened for s, why in o.failures.items()}
+    result = robust.combine([o.result for o in opened], coord.cfg.federation.robust_rule)
+    coord.step(server_round, result, failures)
+    in_result = set(result.contributors) if result is not None else set()
+    reports = {s: r for s, r in collected.reports.items() if s in in_result}
     n = sum(r.n_samples for r in reports.values())
     record = RoundRecord(
         round=server_round, task=coord.cfg.task,
         loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
-        contributors=sorted(reports), failures=failures, attempts=opened.attempts,
+        contributors=sorted(reports), failures=failures, attempts=sum(o.attempts for o in opened),
         bytes_per_silo={s: r.bytes_sent for s, r in collected.reports.items()},
         seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt}
                           for s, r in collected.reports.items()},

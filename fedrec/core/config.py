@@ -284,6 +284,15 @@ class FederationConfig(Section):
     #: model's change is that silo's update; with two, each learns the other's. Refused below 2.
     min_silos: int = checked(3, "federation.min_silos must be >= 2: with one contributor the global model's change "
                                 "is that silo's update in the clear", ge=2)
+    #: robust aggregation under encryption (issue #20): the round's silos are split at random (seeded by the round)
+    #: into this many groups of >= min_silos, each one its own masked, encrypted sum, decrypted by one of its members:
+    #: the coordinator then sees each group's mean (a sum over >= min_silos silos) and combines them by
+    #: federation.robust_rule. 1 = one sum of every silo (no group mean is revealed); fewer groups are made when
+    #: the round's silos cannot fill them
+    groups: int = checked(1, "federation.groups must be >= 1", ge=1)
+    #: how group means combine: mean (weighted by their silos' samples: FedAvg) | median (coordinate-wise median of
+    #: the group means: a malicious silo moves one group's mean, never the median of three or more)
+    robust_rule: Literal["mean", "median"] = "mean"
     #: SecAgg double masks under the encryption (a key holder who decrypts one silo's ciphertext sees noise; a
     #: dropout is unmasked by the survivors' reveals, never by a second encryption of an update)
     masking: bool = True

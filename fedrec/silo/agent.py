@@ -190,6 +190,7 @@ class SiloAgent:
         self._masks: RoundMasks | None = None  # this round's mask secrets and the shares this silo holds
         self._sigma = 0.0  # the DP noise multiplier (privacy.enabled), set in setup()
         self._personal: dict | None = None  # model.personalisation: the last evaluated round's personal towers
+        self._groups: dict[int, int] = {}  # federation.groups: round -> the secure sum this silo's update joins
 
     def __repr__(self) -> str:  # Prefect may print task inputs: never the state
         return f"SiloAgent(silo={self.silo_id!r}, run={self.run_id!r})"
@@ -396,9 +397,10 @@ class SiloAgent:
         if not self.admission.masking:
             return None
         state = self._masks
-        if self._wait([mask_set_key(r)], self.cfg.federation.round_timeout_s) is None:
+        key = mask_set_key(r, self._groups.get(r, 0))
+        if self._wait([key], self.cfg.federation.round_timeout_s) is None:
             raise FederationError(f"silo {self.silo_id}: no mask set for round {r}")
-        mask_set = MaskSet.from_json(self._read_coordinator(mask_set_key(r)), mask_set_key(r))
+        mask_set = MaskSet.from_json(self._read_coordinator(key), key)
         if (problem := self._participants_problem(mask_set.silos)) is None and not set(mask_set.silos) <= set(
                 state.participants):
             problem = f"the mask set {mask_set.silos} names silos that were not the round's participants"
@@ -426,6 +428,7 @@ class SiloAgent:
         small report (loss, counts, seconds, bytes). None: this silo sits out the round (it refused the
         participant or mask set, or a forger wrote its keys first)."""
         cfg, r = self.cfg, ins.round
+        self._groups[r] = ins.group
         if problem := self._participants_problem(ins.silos):
             log.warning("silo %s sits out round %d: %s", self.silo_id, r, problem)
             return None
@@ -483,21 +486,22 @@ class SiloAgent:
     def settle(self, ins: FitInstructions) -> dict[str, int | bool]:
         """Until the round's global model appears: reveal this silo's shares once the survivors are named (masking),
         and decrypt the sum whenever the coordinator asks this silo to (the first decryptor, or one after it)."""
-        r, fed = ins.round, self.cfg.federation
+        r, fed, g = ins.round, self.cfg.federation, ins.group
+        self._groups[r] = g
         attempt, decrypted = 0, False
         while True:
             keys = [global_key(r), STOP_KEY]
             if self._masks is not None and self._masks.round == r and not self._masks.revealed:
-                keys.append(unmask_key(r))
+                keys.append(unmask_key(r, g))
             if fed.he:
-                keys.append(decrypt_key(r, attempt))
+                keys.append(decrypt_key(r, attempt, g))
             key = self._wait(keys, 3 * fed.round_timeout_s)
             if key is None:
                 raise FederationError(f"silo {self.silo_id}: round {r} did not finish within "
                                       f"{3 * fed.round_timeout_s:.0f}s; the coordinator seems gone")
             if key == global_key(r) or (key == STOP_KEY and self._stopped()):
                 break
-            if key == unmask_key(r):
+            if key == unmask_key(r, g):
                 self.reveal(r)
             else:
                 request = DecryptRequest.from_json(self._read_coordinator(key), key)
@@ -511,7 +515,7 @@ class SiloAgent:
     def reveal(self, server_round: int) -> Reveal | None:
         """Once per round: this silo's shares of the survivors' self-mask seeds and of the dropped silos' mask keys,
         never both for one silo. Refuses survivors that are too few, not of its mask set, or without it."""
-        state, key = self._masks, unmask_key(server_round)
+        state, key = self._masks, unmask_key(server_round, self._groups.get(server_round, 0))
         if state is None or state.round != server_round or state.revealed:
             return None  # one reveal per round, whatever the exchange shows later
         unmask = Unmask.from_json(self._read_coordinator(key), key)
@@ -539,8 +543,9 @@ class SiloAgent:
         the coordinator's aggregate is that sum, decrypt it, remove the masks with the survivors' reveals and publish
         the mean; when the sum cannot be opened, a signed verdict names whose update was no valid encoding."""
         faults.crash_point(f"silo-{self.silo_id}-decrypt", server_round)  # tests: the decryptor's host dies here
-        fed, key = self.cfg.federation, aggregate_key(server_round)
-        if self._wait([key, no_aggregate_key(server_round)], fed.round_timeout_s) != key:
+        g = ins.group
+        fed, key = self.cfg.federation, aggregate_key(server_round, g)
+        if self._wait([key, no_aggregate_key(server_round, g)], fed.round_timeout_s) != key:
             return
         aggregate = EncryptedUpdate.from_bytes(self._read_coordinator(key), expect_kind="aggregate", source=key)
         contributors = list(aggregate.contributors)
@@ -551,7 +556,7 @@ class SiloAgent:
                                f"federation.min_silos={fed.min_silos})")
         unmask = None
         if self.admission.masking:
-            unmask = Unmask.from_json(self._read_coordinator(unmask_key(server_round)), unmask_key(server_round))
+            unmask = Unmask.from_json(self._read_coordinator(unmask_key(server_round, g)), unmask_key(server_round, g))
             if sorted(unmask.survivors) != sorted(contributors):
                 raise PayloadError(f"{key}: a sum of {contributors}, but the survivors are {unmask.survivors}")
             # its own shares count towards the threshold too: reveal them (once per round) before waiting for the
@@ -563,7 +568,7 @@ class SiloAgent:
             rebuilt = aggregate_updates(updates, self.codec, server_round, self.cfg.crypto)
         if rebuilt.chunks != aggregate.chunks or rebuilt.n_samples != aggregate.n_samples:
             return self._verdict(server_round, attempt, "the coordinator's aggregate is not the sum of the named "
-                                 "survivors' signed updates", {})
+                                 "survivors' signed updates", {}, g)
         try:
             masks = None
             if unmask is not None:
@@ -575,12 +580,13 @@ class SiloAgent:
         except PayloadError as exc:
             with COMPUTE:
                 culprits = invalid_encodings(updates, self.codec)
-            return self._verdict(server_round, attempt, str(exc), culprits)
-        self._post_once(mean_key(server_round, attempt), encode_mean(mean, server_round).to_bytes())
+            return self._verdict(server_round, attempt, str(exc), culprits, g)
+        self._post_once(mean_key(server_round, attempt, g), encode_mean(mean, server_round).to_bytes())
 
-    def _verdict(self, server_round: int, attempt: int, reason: str, culprits: dict[str, str]) -> None:
+    def _verdict(self, server_round: int, attempt: int, reason: str, culprits: dict[str, str],
+                 group: int = 0) -> None:
         log.warning("silo %s cannot open round %d's sum: %s %s", self.silo_id, server_round, reason, culprits or "")
-        self._post_once(verdict_key(server_round, attempt), Verdict(
+        self._post_once(verdict_key(server_round, attempt, group), Verdict(
             round=server_round, attempt=attempt, decryptor=self.silo_id, reason=reason[:300],
             culprits={s: why[:300] for s, why in culprits.items()}).to_json())
 

@@ -181,14 +181,21 @@ def mask_keys_key(round_: int, silo_id: str) -> str:
     return f"round-{round_:04d}/masks/{check_silo_id(silo_id)}.json"
 
 
-def mask_set_key(round_: int) -> str:
+def _group(group: int) -> str:
+    """federation.groups: the suffix of group ``group``'s keys (group 0 keeps the names of a one-sum round)."""
+    if group < 0:
+        raise ValueError(f"group must be >= 0, got {group}")
+    return f"-g{group}" if group else ""
+
+
+def mask_set_key(round_: int, group: int = 0) -> str:
     """The participants whose mask keys arrived: the set every update of the round is masked against."""
-    return f"round-{round_:04d}/mask-set.json"
+    return f"round-{round_:04d}/mask-set{_group(group)}.json"
 
 
-def unmask_key(round_: int) -> str:
+def unmask_key(round_: int, group: int = 0) -> str:
     """The coordinator names the survivors (updates in the sum) and the dropped silos."""
-    return f"round-{round_:04d}/unmask.json"
+    return f"round-{round_:04d}/unmask{_group(group)}.json"
 
 
 def reveal_key(round_: int, silo_id: str) -> str:
@@ -196,14 +203,14 @@ def reveal_key(round_: int, silo_id: str) -> str:
     return f"round-{round_:04d}/reveals/{check_silo_id(silo_id)}.json"
 
 
-def decrypt_key(round_: int, attempt: int) -> str:
+def decrypt_key(round_: int, attempt: int, group: int = 0) -> str:
     """The coordinator asks a silo to decrypt the round's sum (attempt > 0: the previous decryptor failed)."""
-    return f"round-{round_:04d}/decrypt-{attempt}.json"
+    return f"round-{round_:04d}/decrypt{_group(group)}-{attempt}.json"
 
 
-def verdict_key(round_: int, attempt: int) -> str:
+def verdict_key(round_: int, attempt: int, group: int = 0) -> str:
     """A decryptor could not open the sum: why, and whose update was not a valid encoding."""
-    return f"round-{round_:04d}/verdict-{attempt}.json"
+    return f"round-{round_:04d}/verdict{_group(group)}-{attempt}.json"
 
 
 def fit_report_key(round_: int, silo_id: str) -> str:
@@ -218,18 +225,18 @@ def instruction_key(round_: int, silo_id: str) -> str:
     return f"round-{round_:04d}/instructions/{check_silo_id(silo_id)}.json"
 
 
-def aggregate_key(round_: int) -> str:
-    return f"round-{round_:04d}/aggregate.bin"
+def aggregate_key(round_: int, group: int = 0) -> str:
+    return f"round-{round_:04d}/aggregate{_group(group)}.bin"
 
 
-def no_aggregate_key(round_: int) -> str:
+def no_aggregate_key(round_: int, group: int = 0) -> str:
     """Written instead of the aggregate when no update arrived: the key holder stops waiting."""
-    return f"round-{round_:04d}/no-aggregate.json"
+    return f"round-{round_:04d}/no-aggregate{_group(group)}.json"
 
 
-def mean_key(round_: int, attempt: int = 0) -> str:
+def mean_key(round_: int, attempt: int = 0, group: int = 0) -> str:
     """The decryptor's decryption of the sum: the round's mean update (never one silo's)."""
-    return f"round-{round_:04d}/mean-{attempt}.bin"
+    return f"round-{round_:04d}/mean{_group(group)}-{attempt}.bin"
 
 
 def hello_key(silo_id: str) -> str:

@@ -155,10 +155,14 @@ class FitInstructions(Message):
     decryptor: str = ""
     #: the participants' declared samples: each silo weights its update by n_samples / total_samples
     total_samples: int = 0
+    #: federation.groups: which of the round's secure sums this silo's update joins (``silos``, ``decryptor`` and
+    #: ``total_samples`` are then that group's)
+    group: int = 0
 
     def _checked(self, source: str) -> "FitInstructions":
-        if self.round < 1 or self.local_epochs < 1:
-            raise PayloadError(f"{source}: round {self.round} / local_epochs {self.local_epochs} out of range")
+        if self.round < 1 or self.local_epochs < 1 or not isinstance(self.group, int) or self.group < 0:
+            raise PayloadError(f"{source}: round {self.round} / local_epochs {self.local_epochs} / group {self.group!r} "
+                               "out of range")
         return self
 
 
