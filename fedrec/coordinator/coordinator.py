@@ -51,7 +51,7 @@ from fedrec.crypto.updates import (
     invalid_encodings,
 )
 from fedrec.models import build_model
-from fedrec.protocol.reads import gather_masks, read_mask_keys, read_update
+from fedrec.protocol.reads import gather_masks, load_global, read_mask_keys, read_update
 from fedrec.wire.exchange import (
     ADMISSION_KEY,
     COORDINATOR_KEY,
@@ -390,11 +390,13 @@ class Coordinator:
                                                           self.cfg.federation.min_silos, self.cfg.federation.seed,
                                                           server_round)
         configured = self.strategy.configure_fit(server_round, silos)
+        base = self.state.base_round  # federation.guard_drop: after a roll-back, the model the round starts from
+        base = base if 0 <= base < server_round - 1 else -1
         for g, members in enumerate(groups):
             self._participants[slot(server_round, g)] = members
             self.decryptors[slot(server_round, g)] = self.decryptor(members if len(groups) > 1 else None)
             for silo in members:
-                ins = dataclasses.replace(configured[silo], silos=members, evaluate=evaluate, group=g,
+                ins = dataclasses.replace(configured[silo], silos=members, evaluate=evaluate, group=g, base_round=base,
                                           decryptor=self.decryptors[slot(server_round, g)],
                                           total_samples=self.total_samples(members))
                 self._post(instruction_key(server_round, silo), ins.to_json())
@@ -571,13 +573,19 @@ class Coordinator:
         state after it is round ``server_round``'s."""
         new_state, server_state = self.strategy.aggregate_fit(
             server_round, dict(self.global_state), result, sorted(failures.items()), self.server_state)
-        self.state = self.state.replace(round=server_round, server_state=server_state,
+        self.state = self.state.replace(round=server_round, server_state=server_state, base_round=-1,
                                         global_state=self.global_state if new_state is None else new_state)
         payload = encode_global(dict(self.global_state), server_round).to_bytes()
         if self._post(global_key(server_round), payload) != payload:  # a resumed round must agree
             raise FederationError(f"round {server_round}: the global model on the exchange differs from the one "
                                   "recomputed on resume; the run's exchange or checkpoint was changed")
         return new_state is not None
+
+    def roll_back(self, base_round: int) -> None:
+        """federation.guard_drop: the silos refused the last round's model; the next round starts again from round
+        ``base_round``'s global model (read back from the exchange, where this coordinator signed it)."""
+        restored = load_global(self.exchange, base_round, self.identity.public)
+        self.state = self.state.replace(global_state=restored, base_round=base_round)
 
     def collect_metrics(self, server_round: int, silos: list[str]) -> tuple[list[MetricReport], dict[str, str]]:
         arrived = self.exchange.wait_all({s: metrics_key(server_round, s) for s in silos},

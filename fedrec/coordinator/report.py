@@ -35,6 +35,11 @@ class RoundRecord:
     cold: dict[str, float] = field(default_factory=dict)
     #: the learning task (``ranking`` | ``rating``): which metrics the silos' sums hold
     task: str = "ranking"
+    #: the round whose global model this round trained from (federation.guard_drop; -1: the previous round)
+    base_round: int = -1
+    #: federation.guard_drop: the silos that refused this round's model, and whether the round was rolled back
+    refused: list[str] = field(default_factory=list)
+    rolled_back: bool = False
 
     def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":
         """This record with the silos' metric sums added up (the federation's metrics) and each silo's means."""

@@ -53,6 +53,7 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
         round=server_round, task=coord.cfg.task,
         loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
         contributors=sorted(reports), failures=failures, attempts=sum(o.attempts for o in opened),
+        base_round=state.round if state.base_round < 0 else state.base_round,
         bytes_per_silo={s: r.bytes_sent for s, r in collected.reports.items()},
         seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt}
                           for s, r in collected.reports.items()},
@@ -75,6 +76,14 @@ def evaluate_round(state: RunState, coord: Coordinator, record: RoundRecord) -> 
     start = time.perf_counter()
     reports, _ = coord.collect_metrics(record.round, record.contributors)
     evaluated = record.with_evaluation(reports, coord.cfg.evaluation.k)
+    fed = coord.cfg.federation
+    if fed.guard_drop > 0:  # the silos' guard: more than guard_quorum of them refuse -> the round is rolled back
+        refused = sorted(r.silo_id for r in reports if r.refuse)
+        rolled = bool(reports) and len(refused) > fed.guard_quorum * len(reports)
+        if rolled:
+            coord.roll_back(record.base_round)
+            state = state.replace(global_state=coord.state.global_state, base_round=record.base_round)
+        evaluated = dataclasses.replace(evaluated, refused=refused, rolled_back=rolled)
     spent = time.perf_counter() - start
     evaluated = dataclasses.replace(evaluated, seconds=evaluated.seconds | {
         "evaluate": spent, "round": evaluated.seconds["round"] + spent})

@@ -33,6 +33,9 @@ class RunState:
     #: silos whose update made a round's sum undecodable (a decryptor's signed verdict): left out from then on
     banned: Mapping[str, str] = field(default_factory=dict)
     history: tuple[RoundRecord, ...] = field(default=(), repr=False)
+    #: the round whose model ``global_state`` is (federation.guard_drop: earlier than ``round`` after a roll-back;
+    #: -1: ``round`` itself)
+    base_round: int = -1
 
     def __post_init__(self) -> None:  # read-only views: a transition builds a new state, never edits this one
         for name in ("global_state", "n_train", "banned"):
@@ -48,6 +51,7 @@ class RunState:
         torch.save({"round": self.round, "global_state": dict(self.global_state),
                     "momentum": self.server_state.momentum, "n_train": dict(self.n_train),
                     "banned": dict(self.banned), "history": [dataclasses.asdict(h) for h in self.history],
+                    "base_round": self.base_round,
                     "extra": extra or {}}, tmp)
         tmp.replace(path)
 
@@ -59,4 +63,5 @@ class RunState:
         records = saved.get("history", extra.get("history", []))  # older checkpoints kept it in extra
         return cls(round=int(saved["round"]), global_state=saved["global_state"],
                    server_state=ServerState(momentum=saved["momentum"]), n_train=saved["n_train"],
-                   banned=saved.get("banned", {}), history=tuple(RoundRecord(**r) for r in records)), extra
+                   banned=saved.get("banned", {}), history=tuple(RoundRecord(**r) for r in records),
+                   base_round=int(saved.get("base_round", -1))), extra

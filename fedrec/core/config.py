@@ -293,6 +293,13 @@ class FederationConfig(Section):
     #: how group means combine: mean (weighted by their silos' samples: FedAvg) | median (coordinate-wise median of
     #: the group means: a malicious silo moves one group's mean, never the median of three or more)
     robust_rule: Literal["mean", "median"] = "mean"
+    #: the silos' own guard (issue #20): a silo refuses an evaluated round whose global model scores its own
+    #: validation users this much lower (the selection metric, absolute) than the model the round started from;
+    #: 0 = off. When more than federation.guard_quorum of the round's evaluating silos refuse, the round is rolled
+    #: back: the next round starts again from that model (a silo that refuses everything is one vote)
+    guard_drop: float = checked(0.0, "federation.guard_drop must be >= 0 (0: no guard)", ge=0)
+    #: the share of a round's evaluating silos whose refusals roll the round back (more than this share)
+    guard_quorum: float = checked(0.5, "federation.guard_quorum must be in [0.5, 1)", ge=0.5, lt=1)
     #: SecAgg double masks under the encryption (a key holder who decrypts one silo's ciphertext sees noise; a
     #: dropout is unmasked by the survivors' reveals, never by a second encryption of an update)
     masking: bool = True

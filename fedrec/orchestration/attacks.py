@@ -156,7 +156,7 @@ def exposure(agents: dict[str, SiloAgent], global_state: dict[str, torch.Tensor]
 
 def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, rounds: int | None = None,
                    on_round: Callable[[object], None] | None = None, target: int = -1,
-                   agents_out: dict | None = None) -> dict:
+                   agents_out: dict | None = None, agent_classes: dict[str, type[SiloAgent]] | None = None) -> dict:
     """One federation of every silo of ``cfg``'s partition, agents in threads (``malicious``: silo -> attack);
     evaluation every round. Returns the test metrics at the round chosen on validation, the last round's, and
     (``target`` >= 0) the target item's exposure ER@k under the last global model. ``agents_out`` receives the
@@ -165,8 +165,8 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
     rounds = rounds or cfg.federation.rounds
     run_id = f"attack-{uuid.uuid4().hex[:12]}"
     coord = Coordinator(cfg, run_id, n_items=len(pipeline.catalogue_ids(cfg)))
-    agents = {s: (malicious_agent(malicious[s]) if s in (malicious or {}) else SiloAgent)(cfg, s, run_id)
-              for s in silos}
+    classes = {s: malicious_agent(a) for s, a in (malicious or {}).items()} | (agent_classes or {})
+    agents = {s: classes.get(s, SiloAgent)(cfg, s, run_id) for s in silos}
     if agents_out is not None:
         agents_out.update(agents)
     for agent in agents.values():

@@ -36,6 +36,7 @@ from fedrec.core.errors import FederationError, FedrecError, PayloadError, Polic
 from fedrec.core.item_text import (
     model_features,  # the hybrid model's (public) item text embeddings
 )
+from fedrec.core.objectives import objective
 from fedrec.core.state import state_delta
 from fedrec.core.training import (
     SiloData,
@@ -191,6 +192,8 @@ class SiloAgent:
         self._sigma = 0.0  # the DP noise multiplier (privacy.enabled), set in setup()
         self._personal: dict | None = None  # model.personalisation: the last evaluated round's personal towers
         self._groups: dict[int, int] = {}  # federation.groups: round -> the secure sum this silo's update joins
+        self._bases: dict[int, int] = {}  # federation.guard_drop: round -> the round whose model it started from
+        self._own_val: dict[int, float] = {}  # federation.guard_drop: round -> its model's score on this silo's val
 
     def __repr__(self) -> str:  # Prefect may print task inputs: never the state
         return f"SiloAgent(silo={self.silo_id!r}, run={self.run_id!r})"
@@ -433,7 +436,8 @@ class SiloAgent:
             log.warning("silo %s sits out round %d: %s", self.silo_id, r, problem)
             return None
         self.announce(ins)  # before training: the others' masks need this silo's key
-        start_global = self.global_state(r - 1)
+        self._bases[r] = ins.base_round if ins.base_round >= 0 else r - 1  # after a roll-back: an earlier model
+        start_global = self.global_state(self._bases[r])
         with COMPUTE:
             start = time.perf_counter()
             update, loss = (self._train_private(ins, start_global) if cfg.privacy.enabled
@@ -611,9 +615,20 @@ class SiloAgent:
             seconds = time.perf_counter() - start
         report = MetricReport(silo_id=self.silo_id, round=server_round, val=dataclasses.asdict(sums["val"]),
                               test=dataclasses.asdict(sums["test"]), seconds=seconds,
-                              cold=dataclasses.asdict(cold) if cold is not None else None)
+                              cold=dataclasses.asdict(cold) if cold is not None else None,
+                              refuse=self._guard(server_round, sums["val"]))
         self._post(metrics_key(server_round, self.silo_id), report.to_json())
         return report
+
+    def _guard(self, server_round: int, val) -> bool:
+        """federation.guard_drop: does this round's model score this silo's validation users more than the bound
+        below the model the round started from? (Its own users only: a sum, like its metric report.)"""
+        ev, fed = self.cfg.evaluation, self.cfg.federation
+        task = objective(self.cfg.task)
+        score = task.score(val.means(ev.k), task.selection(ev.selection_metric), ev.k)
+        self._own_val[server_round] = score
+        before = self._own_val.get(self._bases.get(server_round, server_round - 1))
+        return fed.guard_drop > 0 and before is not None and score < before - fed.guard_drop
 
     def leave(self, after_round: int, exc: BaseException) -> None:
         """Tell the coordinator this agent stops (it then stops waiting for it). Named fedrec errors carry their

@@ -158,9 +158,13 @@ class FitInstructions(Message):
     #: federation.groups: which of the round's secure sums this silo's update joins (``silos``, ``decryptor`` and
     #: ``total_samples`` are then that group's)
     group: int = 0
+    #: the round whose global model this round trains from (-1: the previous round; federation.guard_drop: an
+    #: earlier one when the previous round was refused and rolled back)
+    base_round: int = -1
 
     def _checked(self, source: str) -> "FitInstructions":
-        if self.round < 1 or self.local_epochs < 1 or not isinstance(self.group, int) or self.group < 0:
+        if (self.round < 1 or self.local_epochs < 1 or not isinstance(self.group, int) or self.group < 0
+                or not isinstance(self.base_round, int) or not -1 <= self.base_round < self.round):
             raise PayloadError(f"{source}: round {self.round} / local_epochs {self.local_epochs} / group {self.group!r} "
                                "out of range")
         return self
@@ -297,6 +301,8 @@ class MetricReport(Message):
     seconds: float = 0.0
     #: cold-start items (fedrec.core.coldstart): the same sums for each user's held-out cold item; None: none held out
     cold: dict[str, int | float] | None = None
+    #: federation.guard_drop: this silo refuses the round's model (it harms its own validation users beyond the bound)
+    refuse: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from fedrec.core.state import flatten_state
 from fedrec.crypto.updates import AggregateResult
 from fedrec.orchestration.attacks import Attack, run_in_process
 from fedrec.protocol.reads import load_global
+from fedrec.silo.agent import SiloAgent
 from fedrec.wire.exchange import mean_key, run_exchange
 
 from conftest import make_tiny_params
@@ -84,3 +85,38 @@ def test_a_malicious_silo_moves_the_median_of_group_means_no_further_than_the_ho
     with_median, without = np.abs(_moved(from_dict(cfg), defended)).max(), np.abs(_moved(from_dict(cfg), undefended)).max()
     assert without > 5 * honest, (honest, without)  # without the median: the attack lands
     assert with_median < 1.5 * honest, (honest, with_median)
+
+
+class RefusesEverything(SiloAgent):
+    """A silo that refuses every round (the guard must not let one silo stall the federation)."""
+
+    def _guard(self, server_round, val) -> bool:
+        super()._guard(server_round, val)
+        return True
+
+
+def test_the_silos_guard_rolls_back_a_round_that_harms_most_of_them(cfg):
+    guarded = from_dict(cfg | {"federation": cfg["federation"] | {"guard_drop": 0.01}})
+    records: list = []
+    run_in_process(guarded, {"0": Attack("scale", factor=-100.0)}, rounds=4, on_round=records.append)
+
+    rolled = [r for r in records if r.rolled_back]
+    assert rolled, [(r.round, r.refused) for r in records]
+    first = rolled[0]
+    assert len(first.refused) > len(first.contributors) / 2
+    if first.round < 4:  # the next round trains again from the model the refused round started from
+        assert records[first.round].base_round == first.base_round
+    assert [r.base_round for r in records[:2]] == [0, 1]
+
+    plain: list = []  # the same attack without the guard: never rolled back
+    run_in_process(from_dict(cfg), {"0": Attack("scale", factor=-100.0)}, rounds=4, on_round=plain.append)
+    assert not any(r.rolled_back or r.refused for r in plain)
+
+
+def test_one_silo_that_refuses_everything_is_one_vote(cfg):
+    guarded = from_dict(cfg | {"federation": cfg["federation"] | {"guard_drop": 0.5}})
+    records: list = []
+    run_in_process(guarded, rounds=3, on_round=records.append, agent_classes={"3": RefusesEverything})
+
+    assert all("3" in r.refused for r in records) and not any(r.rolled_back for r in records)
+    assert [r.base_round for r in records] == [0, 1, 2]
