@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,7 @@ class Coordinator:
         self.decryptors: dict[int | tuple[int, int], str] = {}
         self._participants: dict[int | tuple[int, int], list[str]] = {}
         self.groups: dict[int, list[list[str]]] = {}  # each round's groups (one: every participant)
+        self._ban_lock = threading.Lock()
         self._invited: list[str] = []  # the silos asked to join, until the admission names who did
         self._declared: dict[str, int] = {}  # each admitted silo's samples as its signed hello declared them
         self._left_checked = 0.0
@@ -563,8 +565,9 @@ class Coordinator:
     def _ban(self, server_round: int, culprits: dict[str, str], reason: str, contributors) -> dict[str, str]:
         """The failures of a round whose sum could not be opened; culprits are left out of the following rounds."""
         named = {s: why for s, why in culprits.items() if s in contributors}
-        self.state = self.state.replace(banned={**self.state.banned,
-                                                **{s: f"round {server_round}: {why}" for s, why in named.items()}})
+        with self._ban_lock:  # federation.groups: the groups' sums are opened in threads
+            self.state = self.state.replace(banned={**self.state.banned,
+                                                    **{s: f"round {server_round}: {why}" for s, why in named.items()}})
         skipped = f"round skipped: its sum could not be opened ({reason})"
         return {s: (f"{named[s]}; left out from now on" if s in named else skipped) for s in contributors}
 

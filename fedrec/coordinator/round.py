@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from fedrec.coordinator import robust
 from fedrec.coordinator.coordinator import Collected, Coordinator
@@ -41,7 +42,12 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
     t_collect = time.perf_counter()
     aggregates = [coord.aggregate(server_round, c.updates, g) for g, c in enumerate(parts)]
     t_aggregate = time.perf_counter()
-    opened = [coord.open_sum(server_round, a, c.updates, g) for g, (a, c) in enumerate(zip(aggregates, parts))]
+    if len(groups) == 1:
+        opened = [coord.open_sum(server_round, aggregates[0], parts[0].updates)]
+    else:  # each group's decryptor works at once (the waits are on the exchange)
+        with ThreadPoolExecutor(len(groups)) as pool:
+            opened = list(pool.map(lambda g: coord.open_sum(server_round, aggregates[g], parts[g].updates, g),
+                                   range(len(groups))))
     t_mean = time.perf_counter()
     failures = collected.failures | {s: why for o in opened for s, why in o.failures.items()}
     result = robust.combine([o.result for o in opened], coord.cfg.federation.robust_rule)
