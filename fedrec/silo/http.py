@@ -1,6 +1,9 @@
 """`fedrec serve`: a silo's recommendations over HTTP (FastAPI), on loopback by default.
 
     GET /recommend/{user}?k=10  ->  200 {"silo", "user", "items": [{"item_id", "title", "score", "because": [{"item_id", "title", "weight"}]}], "source", "run_id"}
+    POST /feedback              ->  200 {"silo", "rows", "batch", "data_version", "folded_in"}: new interactions
+                                    {"interactions": [{"user_id", "item_id", "rating", "timestamp"?}]}, validated,
+                                    appended (a DVC data version) and folded into those users' vectors at once
     GET /health                 ->  200 {"silo", "run_id"}   (run_id: the run answers come from; null before one)
 
 The same code as `fedrec recommend`; it runs at the silo, next to the users' embeddings, and picks up a newer
@@ -9,19 +12,40 @@ federated run or new feedback without a restart. Every error is ``{"error": <nam
 * 404 ``UnknownUserError`` (a user the silo does not know), 503 ``NoTrainedModelError`` (no finished run yet);
 * 422 ``RequestValidationError`` (``user`` not an integer, ``k`` not an integer in 1..1000): the detail names the
   parameter and the rule, never the value sent;
-* 404 ``NotFound`` (no such path), 405 ``MethodNotAllowed`` (only GET is served).
+* 404 ``NotFound`` (no such path), 405 ``MethodNotAllowed`` (another method than the route serves);
+* POST /feedback: 422 ``InvalidFeedbackError`` (rows the silo's suite refuses: nothing appended).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from http import HTTPStatus
+
+import pandas as pd
+from pydantic import BaseModel, Field
 
 from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError, FedrecError
+from fedrec.silo.feedback import FeedbackError, InvalidFeedbackError, append_feedback
 from fedrec.silo.recommend import NoTrainedModelError, SiloRecommender, UnknownUserError
 
-ROUTES = "GET /recommend/{user}?k=10, GET /health"
+ROUTES = "GET /recommend/{user}?k=10, POST /feedback, GET /health"
+
+
+class Interaction(BaseModel):
+    """One new interaction of POST /feedback (timestamp: now when left out)."""
+
+    user_id: int
+    item_id: int
+    rating: float
+    timestamp: int | None = None
+
+
+class Feedback(BaseModel):
+    """POST /feedback's body: 1 to 10,000 interactions."""
+
+    interactions: list[Interaction] = Field(min_length=1, max_length=10_000)
 
 
 def error_body(name: str, detail: str) -> dict:
@@ -84,6 +108,24 @@ def make_app(cfg: Config, silo_id: str, run_id: str | None = None):
         except NoTrainedModelError as exc:
             return error(503, exc)
         except ConfigError as exc:
+            return error(422, exc)
+        except FedrecError as exc:
+            return error(500, exc)
+
+    @app.post("/feedback")
+    def feedback(body: Feedback):
+        """New interactions: validated with the silo's suite, appended as a batch (a DVC data version), and folded
+        into those users' vectors at once: their next answer reflects them."""
+        now = int(time.time())
+        frame = pd.DataFrame([{"user_id": i.user_id, "item_id": i.item_id, "rating": i.rating,
+                               "timestamp": now if i.timestamp is None else i.timestamp} for i in body.interactions])
+        try:
+            with lock:
+                result = append_feedback(cfg, silo_id, frame)
+                recommender.refresh()
+            return {"silo": silo_id, "rows": result.rows, "batch": result.batch.name,
+                    "data_version": result.data_version, "folded_in": recommender.folded_in}
+        except (InvalidFeedbackError, FeedbackError) as exc:
             return error(422, exc)
         except FedrecError as exc:
             return error(500, exc)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedrec.core import recency
+from fedrec.core import foldin, recency
 from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError, FedrecError
 from fedrec.core.item_text import model_features  # hybrid: the public item text embeddings
@@ -136,8 +136,10 @@ class SiloRecommender:
         self.popularity = counts / max(1.0, counts.sum())
         self.run_id, self.model, self.model_users, self.personalised = run_id, None, {}, False
         self._space = None  # the loaded model's item space, for explanations (made on first use)
+        self.folded_in: list[int] = []  # users whose feedback since the run was folded into their vectors
         if run_id is not None:
             self._load_model(run_id)
+            self._fold_in_feedback(run_id)
             if personal.uses_recency(self.cfg):  # each user's latest items, feedback since training included
                 self.model = self._with_recency(interactions, item_index)
         self._loaded = stamp
@@ -163,6 +165,20 @@ class SiloRecommender:
         self.personalised = kept is not None and kept["round"] == last
         self.model = model.eval()
         self.model_users = {int(u): i for i, u in enumerate(data.user_ids)}
+
+    def _fold_in_feedback(self, run_id: str) -> None:
+        """Feedback that arrived after the run's model was saved, folded into those users' private vectors at once
+        (fedrec.core.foldin: their whole history, the item tower frozen); the next run trains on it as before."""
+        saved = SiloStore.of(self.cfg, self.silo_id, run_id).model_path.stat().st_mtime
+        fresh = [p for p in pipeline.feedback_batches(self.cfg, self.silo_id) if p.stat().st_mtime >= saved]
+        users = sorted({int(u) for p in fresh for u in pd.read_parquet(p, columns=["user_id"])["user_id"]}
+                       & set(self.model_users))
+        if not users:
+            return
+        inner = getattr(self.model, "model", self.model)
+        foldin.fold_in(inner, np.array([self.model_users[u] for u in users]), [self.seen[u] for u in users],
+                       seed=len(fresh))
+        self.folded_in = users
 
     def _with_recency(self, interactions: pd.DataFrame, item_index: pd.Series):
         """The loaded model with the recency head (model.personalisation: recency) over each trained user's own

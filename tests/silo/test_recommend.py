@@ -188,7 +188,7 @@ def test_serve_answers_every_error_as_error_and_detail_without_echoing_the_input
                 "k=abc": (422, "RequestValidationError", "k (query): Input should be a valid integer"),
                 "k=1001": (422, "RequestValidationError", "k (query): Input should be less than or equal to 1000"),
                 "user=abc": (422, "RequestValidationError", "user (path): Input should be a valid integer"),
-                "unknown path": (404, "NotFound", "no such path; served: GET /recommend/{user}?k=10, GET /health"),
+                "unknown path": (404, "NotFound", "no such path; served: GET /recommend/{user}?k=10, POST /feedback, GET /health"),
                 "POST": (405, "MethodNotAllowed", "method not allowed; served: GET /recommend/{user}?k=10"),
                 "no model yet": (503, "NoTrainedModelError", f"silo '{SILO}' has no trained state")}
     for case, (status, name, detail) in expected.items():
@@ -264,3 +264,42 @@ def test_feedback_feeds_the_next_run_and_changes_the_users_recommendations(train
     # the retrained split holds the feedback: its newest interaction is the test item
     holdout = pd.read_parquet(Path(cfg.data.work_dir) / "split" / SILO / "holdout.parquet")
     assert int(holdout.query("user_id == @user")["test_item"].iloc[0]) == before.items[2].item_id
+
+
+@pytest.fixture(scope="module")
+def trained_for_feedback(prefect_harness, tmp_path_factory):
+    """Its own tiny federation: the feedback test appends to the silo's data."""
+    from fedrec.flows.federated import run_demo
+
+    base = tmp_path_factory.mktemp("foldin")
+    path = base / "params.yaml"
+    path.write_text(yaml.safe_dump(make_tiny_params(base)))
+    run_demo(params_path=str(path))
+    return path
+
+
+def test_posted_feedback_is_folded_into_the_users_vector_and_the_next_answer_reflects_it_within_a_second(
+        trained_for_feedback):
+    from fedrec.silo.http import make_app
+
+    cfg = load_config(trained_for_feedback)
+    user = _a_user(cfg)
+    with _serving(make_app(cfg, SILO)) as client:
+        before = client.get(f"/recommend/{user}", params={"k": 10}).json()["items"]
+        liked = [i["item_id"] for i in before[5:8]]  # the user now interacts with three of their lower picks
+        posted = client.post("/feedback", json={"interactions": [
+            {"user_id": user, "item_id": item, "rating": 5.0} for item in liked]})
+        start = time.perf_counter()
+        after = client.get(f"/recommend/{user}", params={"k": 10}).json()["items"]
+        seconds = time.perf_counter() - start
+        refused = client.post("/feedback", json={"interactions": [{"user_id": user, "item_id": 10**9, "rating": 5}]})
+
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["rows"] == 3 and posted.json()["folded_in"] == [user]
+    assert seconds < 1.0
+    assert not set(liked) & {i["item_id"] for i in after}  # now seen
+    still = {i["item_id"]: i["score"] for i in after} & {i["item_id"]: i["score"] for i in before}.keys()
+    assert still and any(abs({i["item_id"]: i["score"] for i in after}[j] - {i["item_id"]: i["score"] for i in
+                                                                              before}[j]) > 1e-6 for j in still)
+    assert refused.status_code == 422 and refused.json()["error"] == "InvalidFeedbackError"
+    assert len(pipeline.feedback_batches(cfg, SILO)) == 1  # the refused rows appended nothing
