@@ -1,6 +1,8 @@
 """`fedrec serve`: a silo's recommendations over HTTP (FastAPI), on loopback by default.
 
     GET /recommend/{user}?k=10  ->  200 {"silo", "user", "items": [{"item_id", "title", "score", "because": [{"item_id", "title", "weight"}]}], "source", "run_id"}
+    POST /recommend             ->  200 {"results": [answer, ...], "errors": {user: {"error", "detail"}}}: many users
+                                    {"users": [...], "k": 10} in one request
     POST /feedback              ->  200 {"silo", "rows", "batch", "data_version", "folded_in"}: new interactions
                                     {"interactions": [{"user_id", "item_id", "rating", "timestamp"?}]}, validated,
                                     appended (a DVC data version) and folded into those users' vectors at once
@@ -18,6 +20,8 @@ federated run or new feedback without a restart. Every error is ``{"error": <nam
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from http import HTTPStatus
@@ -30,7 +34,11 @@ from fedrec.core.errors import ConfigError, FedrecError
 from fedrec.silo.feedback import FeedbackError, InvalidFeedbackError, append_feedback
 from fedrec.silo.recommend import NoTrainedModelError, SiloRecommender, UnknownUserError
 
-ROUTES = "GET /recommend/{user}?k=10, POST /feedback, GET /health"
+log = logging.getLogger(__name__)
+
+ROUTES = "GET /recommend/{user}?k=10, POST /recommend, POST /feedback, GET /health"
+#: the HTTP status of each named error a request can meet
+STATUS = {UnknownUserError: 404, NoTrainedModelError: 503, ConfigError: 422}
 
 
 class Interaction(BaseModel):
@@ -40,6 +48,13 @@ class Interaction(BaseModel):
     item_id: int
     rating: float
     timestamp: int | None = None
+
+
+class ManyUsers(BaseModel):
+    """POST /recommend's body: 1 to 1,000 users and k."""
+
+    users: list[int] = Field(min_length=1, max_length=1_000)
+    k: int = Field(10, ge=1, le=1000)
 
 
 class Feedback(BaseModel):
@@ -69,15 +84,63 @@ def status_name(status: int) -> str:
         return f"HTTP{status}"
 
 
-def make_app(cfg: Config, silo_id: str, run_id: str | None = None):
+class LiveRecommender:
+    """The recommender requests read, swapped whole when a newer run or new feedback appears. The check runs off the
+    request path (a watcher thread every ``interval`` seconds, and at once after POST /feedback): a request takes
+    ``.current`` and never waits on a lock, and a request in flight during a swap finishes on the model it started
+    with. A reload that fails keeps the current recommender (logged)."""
+
+    def __init__(self, cfg: Config, silo_id: str, run_id: str | None = None, interval: float = 0.5):
+        self.cfg, self.silo_id, self.run_id, self.interval = cfg, silo_id, run_id, interval
+        self.current = SiloRecommender(cfg, silo_id, run_id)  # an unknown silo fails here, before serving
+        self._reloading = threading.Lock()  # only reloads take it
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def reload(self) -> SiloRecommender:
+        """A fresh recommender when the run or the silo's data changed (swapped in atomically); else the current."""
+        with self._reloading:
+            current = self.current
+            if current._stamp() != current._loaded:
+                self.current = SiloRecommender(self.cfg, self.silo_id, self.run_id)
+            return self.current
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.reload()
+            except Exception:  # noqa: BLE001 - keep serving the current model
+                log.exception("silo %s: reloading the recommender failed; serving the current one", self.silo_id)
+
+    def start(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name=f"fedrec-serve-{self.silo_id}", daemon=True)
+            self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+
+
+def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interval: float = 0.5):
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    recommender = SiloRecommender(cfg, silo_id, run_id)  # an unknown silo fails here, before serving
-    lock = threading.Lock()
-    app = FastAPI(title=f"fedrec silo {silo_id}", description="Top-K recommendations computed inside the silo")
+    live = LiveRecommender(cfg, silo_id, run_id, reload_interval)  # an unknown silo fails here, before serving
+    feedback_lock = threading.Lock()  # appends are serialised; answers never wait on it
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        live.start()
+        yield
+        live.stop()
+
+    app = FastAPI(title=f"fedrec silo {silo_id}", description="Top-K recommendations computed inside the silo",
+                  lifespan=lifespan)
+    app.state.live = live
 
     def error(status: int, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=status, content=error_body(type(exc).__name__, str(exc)))
@@ -95,22 +158,25 @@ def make_app(cfg: Config, silo_id: str, run_id: str | None = None):
 
     @app.get("/health")
     def health() -> dict:
-        return {"silo": silo_id, "run_id": recommender.run_id}
+        return {"silo": silo_id, "run_id": live.current.run_id}
 
     @app.get("/recommend/{user}")
     def recommend(user: int, k: int = Query(10, ge=1, le=1000)):
         try:
-            with lock:
-                recommender.refresh()
-                return recommender.recommend(user, k).to_dict()
-        except UnknownUserError as exc:
-            return error(404, exc)
-        except NoTrainedModelError as exc:
-            return error(503, exc)
-        except ConfigError as exc:
-            return error(422, exc)
+            return live.current.recommend(user, k).to_dict()
         except FedrecError as exc:
-            return error(500, exc)
+            return error(STATUS.get(type(exc), 500), exc)
+
+    @app.post("/recommend")
+    def recommend_many(body: ManyUsers):
+        """Top-k for many users in one request: {"results": [answer, ...], "errors": {user: {"error", "detail"}}}."""
+        rec, results, errors = live.current, [], {}
+        for user in body.users:
+            try:
+                results.append(rec.recommend(user, body.k).to_dict())
+            except FedrecError as exc:
+                errors[str(user)] = error_body(type(exc).__name__, str(exc))
+        return {"results": results, "errors": errors}
 
     @app.post("/feedback")
     def feedback(body: Feedback):
@@ -120,11 +186,11 @@ def make_app(cfg: Config, silo_id: str, run_id: str | None = None):
         frame = pd.DataFrame([{"user_id": i.user_id, "item_id": i.item_id, "rating": i.rating,
                                "timestamp": now if i.timestamp is None else i.timestamp} for i in body.interactions])
         try:
-            with lock:
+            with feedback_lock:
                 result = append_feedback(cfg, silo_id, frame)
-                recommender.refresh()
+                rec = live.reload()  # the next answer comes from a recommender that folded this batch in
             return {"silo": silo_id, "rows": result.rows, "batch": result.batch.name,
-                    "data_version": result.data_version, "folded_in": recommender.folded_in}
+                    "data_version": result.data_version, "folded_in": rec.folded_in}
         except (InvalidFeedbackError, FeedbackError) as exc:
             return error(422, exc)
         except FedrecError as exc:

@@ -222,13 +222,23 @@ class SiloRecommender:
             scores, source, note = scores.astype(np.float64), MODEL, ""
         if user_id in self.seen.index:  # everything the user interacted with, feedback since training included
             scores[self.seen[user_id]] = -np.inf
-        top = [i for i in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[i])]
+        top = [i for i in top_k(scores, k) if np.isfinite(scores[i])]
         history = self.history.get(user_id) if source == MODEL else None
         items = [Recommendation(item_id=int(self.catalogue["item_id"].iloc[i]),
                                 title=str(self.catalogue["title"].iloc[i]), score=float(scores[i]),
                                 because=self._because(history, i)) for i in top]
         return Recommendations(silo=self.silo_id, user=int(user_id), items=items, source=source,
                                run_id=self.run_id, note=note)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k largest scores, best first (ties: the lower index first), in O(n + k log k)."""
+    if k >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, k - 1)[:k]
+    kth = scores[part].min()
+    tied = np.flatnonzero(scores >= kth)  # every item tied with the k-th competes, as in a full stable sort
+    return tied[np.argsort(-scores[tied], kind="stable")][:k]
 
 
 def recommend(cfg: Config, silo_id: str, user_id: int, k: int = 10, run_id: str | None = None) -> Recommendations:

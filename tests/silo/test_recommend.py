@@ -12,6 +12,7 @@ from typing import Iterator
 
 import httpx
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -188,7 +189,7 @@ def test_serve_answers_every_error_as_error_and_detail_without_echoing_the_input
                 "k=abc": (422, "RequestValidationError", "k (query): Input should be a valid integer"),
                 "k=1001": (422, "RequestValidationError", "k (query): Input should be less than or equal to 1000"),
                 "user=abc": (422, "RequestValidationError", "user (path): Input should be a valid integer"),
-                "unknown path": (404, "NotFound", "no such path; served: GET /recommend/{user}?k=10, POST /feedback, GET /health"),
+                "unknown path": (404, "NotFound", "no such path; served: GET /recommend/{user}?k=10, POST /recommend, POST /feedback, GET /health"),
                 "POST": (405, "MethodNotAllowed", "method not allowed; served: GET /recommend/{user}?k=10"),
                 "no model yet": (503, "NoTrainedModelError", f"silo '{SILO}' has no trained state")}
     for case, (status, name, detail) in expected.items():
@@ -303,3 +304,50 @@ def test_posted_feedback_is_folded_into_the_users_vector_and_the_next_answer_ref
                                                                               before}[j]) > 1e-6 for j in still)
     assert refused.status_code == 422 and refused.json()["error"] == "InvalidFeedbackError"
     assert len(pipeline.feedback_batches(cfg, SILO)) == 1  # the refused rows appended nothing
+
+
+def test_top_k_is_the_stable_full_sort_cut_at_k():
+    from fedrec.silo.recommend import top_k
+
+    rng = np.random.default_rng(0)
+    for n, k in ((50, 10), (50, 50), (50, 80), (1000, 1)):
+        scores = rng.integers(0, 8, n).astype(float)  # many ties
+        scores[rng.integers(0, n, 5)] = -np.inf
+        assert top_k(scores, k).tolist() == np.argsort(-scores, kind="stable")[:k].tolist()
+
+
+def test_serve_answers_many_users_in_one_request_and_swaps_models_without_losing_a_request(trained):
+    from fedrec.silo.http import make_app
+
+    _, path = trained
+    cfg = load_config(path)
+    user = _a_user(cfg)
+    app = make_app(cfg, SILO)
+    with _serving(app) as client:
+        many = client.post("/recommend", json={"users": [user, 987654], "k": 3})
+        live = app.state.live
+        first = live.current
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                answers.append(client.get(f"/recommend/{user}", params={"k": 5}).status_code)
+
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        swapped = []
+        for _ in range(3):  # the model is swapped under load (as when a newer run lands)
+            live.current._loaded = None  # stale: the next reload builds a fresh recommender
+            swapped.append(live.reload())
+        stop.set()
+        for t in threads:
+            t.join()
+
+    assert many.status_code == 200
+    body = many.json()
+    assert [r["user"] for r in body["results"]] == [user] and len(body["results"][0]["items"]) == 3
+    assert body["errors"]["987654"]["error"] == "UnknownUserError"
+    assert len({id(r) for r in swapped + [first]}) == 4
+    assert answers and set(answers) == {200}
