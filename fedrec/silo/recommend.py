@@ -32,6 +32,8 @@ from fedrec.wire.trust import PublicIdentity
 MODEL, POPULARITY = "model", "popularity"
 #: how many of a user's latest items an explanation looks at, and how many it names
 EXPLAIN_HISTORY, EXPLAIN_ITEMS = 50, 3
+#: answers a recommender keeps per snapshot (cleared when full)
+ANSWER_CACHE = 200_000
 
 
 class UnknownSiloError(FedrecError):
@@ -137,6 +139,7 @@ class SiloRecommender:
         self.run_id, self.model, self.model_users, self.personalised = run_id, None, {}, False
         self._space = None  # the loaded model's item space, for explanations (made on first use)
         self.folded_in: list[int] = []  # users whose feedback since the run was folded into their vectors
+        self._answers: dict[tuple[int, int], Recommendations] = {}  # this snapshot's answers (it never changes)
         if run_id is not None:
             self._load_model(run_id)
             self._fold_in_feedback(run_id)
@@ -204,6 +207,17 @@ class SiloRecommender:
                                                  EXPLAIN_ITEMS))
 
     def recommend(self, user_id: int, k: int = 10) -> Recommendations:
+        """The k best unseen items for ``user_id``; answers are kept until the next reload (a snapshot's model, data
+        and feedback never change in between), so a repeated request is a dictionary lookup."""
+        answer = self._answers.get((user_id, k))
+        if answer is None:
+            answer = self._recommend(user_id, k)
+            if len(self._answers) >= ANSWER_CACHE:
+                self._answers.clear()
+            self._answers[(user_id, k)] = answer
+        return answer
+
+    def _recommend(self, user_id: int, k: int = 10) -> Recommendations:
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         if user_id not in self.known_users:
