@@ -349,13 +349,53 @@ def serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Serve this silo's recommendations over HTTP: GET /recommend/{user}?k=10 (JSON). Ctrl-C stops it."""
     from fedrec.silo.http import make_app
+    from fedrec.silo.serve_auth import check_exposure
 
     with user_errors():
-        app_ = make_app(command_config(params, set_), silo, run_id)
+        cfg = command_config(params, set_)
+        check_exposure(cfg, silo, host)  # beyond loopback only with API keys
+        app_ = make_app(cfg, silo, run_id)
     import uvicorn
 
     err.print(f"silo {silo}: http://{host}:{port}/recommend/<user>?k=10 (Ctrl-C to stop)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+serve_keys_app = typer.Typer(no_args_is_help=True, help="API keys of `fedrec serve` (hashed at rest, per client).")
+app.add_typer(serve_keys_app, name="serve-keys")
+
+
+@serve_keys_app.command("add")
+def serve_keys_add(silo: str = typer.Option(..., "--silo"), client: str = typer.Option(..., "--client"),
+                   params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """A new key for CLIENT, printed once (only its SHA-256 is kept, 0600 in the silo's state)."""
+    from fedrec.silo.serve_auth import add_key
+
+    with user_errors():
+        token = add_key(command_config(params, set_), silo, client)
+    sys.stdout.write(token + "\n")
+    err.print(f"key for client {client!r} of silo {silo}: shown once, send it as 'Authorization: Bearer <key>'")
+
+
+@serve_keys_app.command("revoke")
+def serve_keys_revoke(silo: str = typer.Option(..., "--silo"), client: str = typer.Option(..., "--client"),
+                      params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Revoke CLIENT's key (a running server refuses it from its next request)."""
+    from fedrec.silo.serve_auth import revoke_key
+
+    with user_errors():
+        revoke_key(command_config(params, set_), silo, client)
+    err.print(f"revoked client {client!r} of silo {silo}")
+
+
+@serve_keys_app.command("list")
+def serve_keys_list(silo: str = typer.Option(..., "--silo"), params: Path = ParamsOpt,
+                    set_: Optional[list[str]] = SetOpt) -> None:
+    """The clients with keys (never the keys): JSON."""
+    from fedrec.silo.serve_auth import list_keys
+
+    with user_errors():
+        sys.stdout.write(json.dumps(list_keys(command_config(params, set_), silo)) + "\n")
 
 
 @app.command()

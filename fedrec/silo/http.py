@@ -15,7 +15,9 @@ federated run or new feedback without a restart. Every error is ``{"error": <nam
 * 422 ``RequestValidationError`` (``user`` not an integer, ``k`` not an integer in 1..1000): the detail names the
   parameter and the rule, never the value sent;
 * 404 ``NotFound`` (no such path), 405 ``MethodNotAllowed`` (another method than the route serves);
-* POST /feedback: 422 ``InvalidFeedbackError`` (rows the silo's suite refuses: nothing appended).
+* POST /feedback: 422 ``InvalidFeedbackError`` (rows the silo's suite refuses: nothing appended);
+* with API keys (fedrec.silo.serve_auth; required beyond loopback): 401 ``Unauthorized`` without a valid
+  ``Authorization: Bearer <key>`` (GET /health is open), 429 ``TooManyRequests`` past the key's rate limit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError, FedrecError
 from fedrec.silo.feedback import FeedbackError, InvalidFeedbackError, append_feedback
 from fedrec.silo.recommend import NoTrainedModelError, SiloRecommender, UnknownUserError
+from fedrec.silo.serve_auth import Gate
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,8 @@ class LiveRecommender:
             self._watcher.join(timeout=5)
 
 
-def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interval: float = 0.5):
+def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interval: float = 0.5,
+             rate_limit: float = 200.0, burst: int = 400):
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -141,6 +145,22 @@ def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interv
     app = FastAPI(title=f"fedrec silo {silo_id}", description="Top-K recommendations computed inside the silo",
                   lifespan=lifespan)
     app.state.live = live
+    gate = Gate(cfg, silo_id, rate_limit, burst)  # API keys (fedrec serve-keys) and each key's rate limit
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if request.url.path == "/health" or not gate.required:
+            return await call_next(request)
+        client = gate.client(request.headers.get("authorization"))
+        if client is None:
+            return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"}, content=error_body(
+                "Unauthorized", "a valid API key is required: Authorization: Bearer <key> (fedrec serve-keys add)"))
+        wait = gate.allow(client)
+        if wait > 0:
+            return JSONResponse(status_code=429, headers={"Retry-After": str(max(1, round(wait)))},
+                                content=error_body("TooManyRequests", f"rate limit of {gate.rate:g} requests/s per "
+                                                                      "key reached; retry later"))
+        return await call_next(request)
 
     def error(status: int, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=status, content=error_body(type(exc).__name__, str(exc)))

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-import httpx
 import mlflow
 import numpy as np
 import pandas as pd
@@ -21,7 +18,6 @@ from typer.testing import CliRunner
 from fedrec.cli.app import app
 from fedrec.core.config import load_config
 from fedrec.core.errors import SiloValidationError
-from fedrec.orchestration.ops.procs import free_port
 from fedrec.silo import data as pipeline
 from fedrec.silo.feedback import FeedbackError, append_feedback, read_feedback
 from fedrec.silo.recommend import (
@@ -32,6 +28,7 @@ from fedrec.silo.recommend import (
 )
 
 from conftest import make_tiny_params
+from support.serving import serving
 
 SILO = "1"
 
@@ -124,33 +121,13 @@ def test_a_new_user_of_the_silo_gets_its_popular_items(trained):
     assert [int(counts[i["item_id"]]) for i in body["items"]] == counts.iloc[:3].tolist()  # ties in any order
 
 
-@contextmanager
-def _serving(app) -> Iterator[httpx.Client]:
-    """``app`` served by uvicorn on a free loopback port, as `fedrec serve` does; a client of it."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_serve_answers_over_http_on_loopback(trained):
     from fedrec.silo.http import make_app
 
     _, path = trained
     cfg = load_config(path)
     user = _a_user(cfg)
-    with _serving(make_app(cfg, SILO)) as client:
+    with serving(make_app(cfg, SILO)) as client:
         ok = client.get(f"/recommend/{user}", params={"k": 4})
         unknown = client.get("/recommend/987654")
         bad_k = client.get(f"/recommend/{user}", params={"k": 0})
@@ -171,7 +148,7 @@ def test_serve_answers_every_error_as_error_and_detail_without_echoing_the_input
     user = _a_user(tiny_cfg)
 
     # Execute
-    with _serving(make_app(tiny_cfg, SILO)) as client:
+    with serving(make_app(tiny_cfg, SILO)) as client:
         answers = {
             "k=0": client.get(f"/recommend/{user}", params={"k": 0}),
             "k=abc": client.get(f"/recommend/{user}", params={"k": "abc"}),
@@ -285,7 +262,7 @@ def test_posted_feedback_is_folded_into_the_users_vector_and_the_next_answer_ref
 
     cfg = load_config(trained_for_feedback)
     user = _a_user(cfg)
-    with _serving(make_app(cfg, SILO)) as client:
+    with serving(make_app(cfg, SILO)) as client:
         before = client.get(f"/recommend/{user}", params={"k": 10}).json()["items"]
         liked = [i["item_id"] for i in before[5:8]]  # the user now interacts with three of their lower picks
         posted = client.post("/feedback", json={"interactions": [
@@ -323,7 +300,7 @@ def test_serve_answers_many_users_in_one_request_and_swaps_models_without_losing
     cfg = load_config(path)
     user = _a_user(cfg)
     app = make_app(cfg, SILO)
-    with _serving(app) as client:
+    with serving(app) as client:
         many = client.post("/recommend", json={"users": [user, 987654], "k": 3})
         live = app.state.live
         first = live.current
