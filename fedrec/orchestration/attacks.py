@@ -7,6 +7,9 @@ honest update's scale ×10 in its place), ``stale`` (the silo resends the update
 Targeted item promotion: ``promote`` (FedRecAttack/PipAttack-style model poisoning: each of the silo's users also
 "likes" the target item in training, and the target item's rows of the update are boosted), ``fakeusers`` (data
 poisoning: fake users, each with the target item and popular filler items, trained into the silo's update).
+An attacker who knows the defence: ``lie`` (Little Is Enough, Baruch et al. NeurIPS'19: each value moved against its
+own descent direction by ``factor`` times the tensor's mean magnitude, small enough to stay inside the spread of
+honest updates that a median or a guard tolerates, every round).
 
 The in-process harness (:func:`run_in_process`) drives one coordinator and every silo agent in threads, as
 tests/support/roundkit does, through the same protocol code a deployment runs (signed payloads, SecAgg masks, CKKS).
@@ -35,7 +38,7 @@ from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
 from fedrec.wire.messages import FitInstructions
 
-ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers")
+ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers", "lie")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,8 @@ def malicious_agent(attack: Attack) -> type[SiloAgent]:
             elif attack.kind == "noise":
                 delta = {k: torch.from_numpy(rng.normal(0.0, attack.factor * float(v.std()) + 1e-12, v.shape))
                          .to(v.dtype) for k, v in delta.items()}
+            elif attack.kind == "lie":
+                delta = {k: v - attack.factor * v.abs().mean() * torch.sign(v) for k, v in delta.items()}
             elif attack.kind == "stale":
                 if self._first is None:
                     self._first = delta
