@@ -7,7 +7,9 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
 * ``mean``: weighted by the groups' samples, which is FedAvg over every silo (the grouping changes only rounding);
 * ``median``: the coordinate-wise median of the group means. One malicious silo sits in one group; whatever it sends
   (scaled x100, sign-flipped, noise, a stale update, a promoted item's rows), it moves only its group's mean, and the
-  median of three or more group means stays between honest groups' values on every coordinate.
+  median of three or more group means stays between honest groups' values on every coordinate;
+* ``federation.norm_filter`` (with either rule): group means longer than that multiple of the median group norm are
+  dropped first, so a scaled or noisy update's group does not even bias the median towards it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,22 @@ import torch
 from fedrec.crypto.updates import AggregateResult
 
 
-def combine(results: list[AggregateResult], rule: str) -> AggregateResult | None:
+def norm(result: AggregateResult) -> float:
+    return float(np.sqrt(sum(float(t.double().pow(2).sum()) for t in result.mean_delta.values())))
+
+
+def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0) -> AggregateResult | None:
     """One round's result from its groups' means (groups whose sum could not be opened are left out). ``median``
-    needs three groups; with fewer it is the weighted mean (a median of two is their mean anyway)."""
+    needs three groups; with fewer it is the weighted mean (a median of two is their mean anyway). ``norm_filter``
+    > 0 first drops each group mean whose L2 norm exceeds that multiple of the groups' median norm (a scaled or noisy
+    update makes its group's mean far longer than honest ones; a median alone would still lean towards it)."""
     results = [r for r in results if r is not None]
     if not results:
         return None
+    if norm_filter > 0 and len(results) >= 3:
+        norms = [norm(r) for r in results]
+        bound = norm_filter * float(np.median(norms))
+        results = [r for r, n in zip(results, norms) if n <= bound] or results
     if len(results) == 1:
         return results[0]
     total = sum(r.total_samples for r in results)

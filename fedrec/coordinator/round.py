@@ -50,7 +50,7 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
                                    range(len(groups))))
     t_mean = time.perf_counter()
     failures = collected.failures | {s: why for o in opened for s, why in o.failures.items()}
-    result = robust.combine([o.result for o in opened], coord.cfg.federation.robust_rule)
+    result = robust.combine([o.result for o in opened], coord.cfg.federation.robust_rule, coord.cfg.federation.norm_filter)
     coord.step(server_round, result, failures)
     in_result = set(result.contributors) if result is not None else set()
     reports = {s: r for s, r in collected.reports.items() if s in in_result}

@@ -293,6 +293,9 @@ class FederationConfig(Section):
     #: how group means combine: mean (weighted by their silos' samples: FedAvg) | median (coordinate-wise median of
     #: the group means: a malicious silo moves one group's mean, never the median of three or more)
     robust_rule: Literal["mean", "median"] = "mean"
+    #: > 0 (with groups >= 3): drop the group means whose L2 norm exceeds this multiple of the median group norm
+    #: before combining them (a scaled or noisy update lengthens its group's mean); 0 = keep every group
+    norm_filter: float = checked(0.0, "federation.norm_filter must be >= 0 (0: off)", ge=0)
     #: the silos' own guard (issue #20): a silo refuses an evaluated round whose global model scores its own
     #: validation users this much lower (the selection metric, absolute) than the model the round started from;
     #: 0 = off. When more than federation.guard_quorum of the round's evaluating silos refuse, the round is rolled

@@ -45,6 +45,10 @@ def test_the_median_of_group_means_ignores_one_outlying_group_the_mean_weighs_th
     assert combine(groups, "median").contributors == ("a", "b", "c")
     assert combine(groups[:2], "median").mean_delta["w"].tolist() == pytest.approx([1.75, 0.75])  # two: the mean
     assert combine([None, groups[0]], "median") is groups[0]
+    # the norm filter drops the long group first: the median of what is left (two groups) is their weighted mean
+    filtered = combine(groups, "median", norm_filter=3.0).mean_delta["w"].numpy()
+    assert np.allclose(filtered, [(1.0 * 10 + 2.0 * 30) / 40, (0.0 * 10 + 1.0 * 30) / 40])
+    assert combine(groups, "median", norm_filter=3.0).contributors == ("a", "b")
 
 
 @pytest.fixture()
