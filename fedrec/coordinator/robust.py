@@ -8,7 +8,9 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
 * ``median``: the coordinate-wise median of the group means. One malicious silo sits in one group; whatever it sends
   (scaled x100, sign-flipped, noise, a stale update, a promoted item's rows), it moves only its group's mean, and the
   median of three or more group means stays between honest groups' values on every coordinate;
-* ``federation.norm_filter`` (with either rule): group means longer than that multiple of the median group norm are
+* ``krum``: Multi-Krum over the group means (the n - 1 that agree most, averaged by samples): with three groups the
+  two that are closest, so a sign-flipped or scaled group is left out whole instead of pulling the median;
+* ``federation.norm_filter`` (with any rule): group means longer than that multiple of the median group norm are
   dropped first, so a scaled or noisy update's group does not even bias the median towards it.
 """
 
@@ -22,6 +24,19 @@ from fedrec.crypto.updates import AggregateResult
 
 def norm(result: AggregateResult) -> float:
     return float(np.sqrt(sum(float(t.double().pow(2).sum()) for t in result.mean_delta.values())))
+
+
+def multi_krum(results: list[AggregateResult], byzantine: int = 1) -> list[AggregateResult]:
+    """Multi-Krum (Blanchard et al. NeurIPS'17) over group means: each scored by its squared distances to its
+    n - byzantine - 2 nearest others (at least one), the n - byzantine best kept. With three groups: the closest
+    pair, i.e. the two groups that agree, whatever the third sends."""
+    flat = [np.concatenate([t.double().numpy().ravel() for t in r.mean_delta.values()]) for r in results]
+    n = len(flat)
+    dist = np.array([[float(((a - b) ** 2).sum()) for b in flat] for a in flat])
+    near = max(1, n - byzantine - 2)
+    scores = [float(np.sort(np.delete(dist[i], i))[:near].sum()) for i in range(n)]
+    keep = sorted(np.argsort(scores, kind="stable")[:n - byzantine].tolist())
+    return [results[i] for i in keep]
 
 
 def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0) -> AggregateResult | None:
@@ -41,10 +56,15 @@ def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0)
     total = sum(r.total_samples for r in results)
     contributors = tuple(sorted(s for r in results for s in r.contributors))
     names = list(results[0].mean_delta)
+    if rule == "krum" and len(results) >= 3:
+        results = multi_krum(results)
+        total = sum(r.total_samples for r in results)
+        contributors = tuple(sorted(s for r in results for s in r.contributors))
+        rule = "mean"
     if rule == "median" and len(results) >= 3:
         mean = {k: torch.from_numpy(np.median(np.stack([r.mean_delta[k].double().numpy() for r in results]), axis=0))
                 .to(results[0].mean_delta[k].dtype) for k in names}
-    elif rule in ("mean", "median"):
+    elif rule in ("mean", "median", "krum"):
         mean = {k: sum(r.mean_delta[k].double() * (r.total_samples / total) for r in results)
                 .to(results[0].mean_delta[k].dtype) for k in names}
     else:

@@ -291,8 +291,9 @@ class FederationConfig(Section):
     #: the round's silos cannot fill them
     groups: int = checked(1, "federation.groups must be >= 1", ge=1)
     #: how group means combine: mean (weighted by their silos' samples: FedAvg) | median (coordinate-wise median of
-    #: the group means: a malicious silo moves one group's mean, never the median of three or more)
-    robust_rule: Literal["mean", "median"] = "mean"
+    #: the group means: a malicious silo moves one group's mean, never the median of three or more) | krum
+    #: (Multi-Krum: the group means that agree most, averaged; with three groups the closest two)
+    robust_rule: Literal["mean", "median", "krum"] = "mean"
     #: > 0 (with groups >= 3): drop the group means whose L2 norm exceeds this multiple of the median group norm
     #: before combining them (a scaled or noisy update lengthens its group's mean); 0 = keep every group
     norm_filter: float = checked(0.0, "federation.norm_filter must be >= 0 (0: off)", ge=0)

@@ -49,6 +49,11 @@ def test_the_median_of_group_means_ignores_one_outlying_group_the_mean_weighs_th
     filtered = combine(groups, "median", norm_filter=3.0).mean_delta["w"].numpy()
     assert np.allclose(filtered, [(1.0 * 10 + 2.0 * 30) / 40, (0.0 * 10 + 1.0 * 30) / 40])
     assert combine(groups, "median", norm_filter=3.0).contributors == ("a", "b")
+    # Multi-Krum keeps the two groups that agree: a flipped third group is left out whole
+    flipped = [_result([1.0, 0.5], 10, "a"), _result([1.2, 0.4], 30, "b"), _result([-1.1, -0.5], 60, "c")]
+    kept = combine(flipped, "krum")
+    assert kept.contributors == ("a", "b") and kept.total_samples == 40
+    assert np.allclose(kept.mean_delta["w"].numpy(), [(1.0 * 10 + 1.2 * 30) / 40, (0.5 * 10 + 0.4 * 30) / 40])
 
 
 @pytest.fixture()
@@ -77,11 +82,12 @@ def test_grouped_sums_give_fedavg_and_each_decrypted_mean_is_of_at_least_min_sil
         assert ex.exists(mean_key(1, 0, g))
 
 
-def test_a_malicious_silo_moves_the_median_of_group_means_no_further_than_the_honest_groups(cfg):
+@pytest.mark.parametrize("rule", ["median", "krum"])
+def test_a_malicious_silo_moves_the_robust_rule_no_further_than_the_honest_groups(cfg, rule):
     grouped = {"federation": cfg["federation"] | {"groups": 3}}
     clean = run_in_process(from_dict(cfg | grouped), rounds=1)
     attack = {"0": Attack("scale", factor=-100.0)}
-    defended = run_in_process(from_dict(cfg | {"federation": grouped["federation"] | {"robust_rule": "median"}}),
+    defended = run_in_process(from_dict(cfg | {"federation": grouped["federation"] | {"robust_rule": rule}}),
                               attack, rounds=1)
     undefended = run_in_process(from_dict(cfg | grouped), attack, rounds=1)
 
