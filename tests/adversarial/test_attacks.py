@@ -16,6 +16,8 @@ from fedrec.wire.exchange import run_exchange
 
 from conftest import make_tiny_params
 
+pytestmark = pytest.mark.slow  # whole (tiny) federations in one process
+
 
 @pytest.fixture()
 def cfg(tmp_path):

@@ -70,6 +70,7 @@ def _moved(cfg, result) -> np.ndarray:
     return flatten_state(load_global(ex, 1)).astype(np.float64) - flatten_state(load_global(ex, 0)).astype(np.float64)
 
 
+@pytest.mark.slow
 def test_grouped_sums_give_fedavg_and_each_decrypted_mean_is_of_at_least_min_silos(cfg):
     one = from_dict(cfg)
     grouped = from_dict(cfg | {"federation": cfg["federation"] | {"groups": 3}})
@@ -82,6 +83,7 @@ def test_grouped_sums_give_fedavg_and_each_decrypted_mean_is_of_at_least_min_sil
         assert ex.exists(mean_key(1, 0, g))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["median", "krum"])
 def test_a_malicious_silo_moves_the_robust_rule_no_further_than_the_honest_groups(cfg, rule):
     grouped = {"federation": cfg["federation"] | {"groups": 3}}
@@ -105,6 +107,7 @@ class RefusesEverything(SiloAgent):
         return True
 
 
+@pytest.mark.slow
 def test_the_silos_guard_rolls_back_a_round_that_harms_most_of_them(cfg):
     guarded = from_dict(cfg | {"federation": cfg["federation"] | {"guard_drop": 0.01}})
     records: list = []
@@ -123,6 +126,7 @@ def test_the_silos_guard_rolls_back_a_round_that_harms_most_of_them(cfg):
     assert not any(r.rolled_back or r.refused for r in plain)
 
 
+@pytest.mark.slow
 def test_one_silo_that_refuses_everything_is_one_vote(cfg):
     guarded = from_dict(cfg | {"federation": cfg["federation"] | {"guard_drop": 0.5}})
     records: list = []

@@ -256,6 +256,7 @@ def trained_for_feedback(prefect_harness, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_posted_feedback_is_folded_into_the_users_vector_and_the_next_answer_reflects_it_within_a_second(
         trained_for_feedback):
     from fedrec.silo.http import make_app
