@@ -40,6 +40,9 @@ class RoundRecord:
     #: federation.guard_drop: the silos that refused this round's model, and whether the round was rolled back
     refused: list[str] = field(default_factory=list)
     rolled_back: bool = False
+    #: federation.robust_rule krum / norm_filter: the contributors whose group's mean is in the model, when the rule
+    #: left a group out (empty: every contributor's)
+    kept: list[str] = field(default_factory=list)
 
     def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":
         """This record with the silos' metric sums added up (the federation's metrics) and each silo's means."""

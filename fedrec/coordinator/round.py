@@ -52,14 +52,18 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
     failures = collected.failures | {s: why for o in opened for s, why in o.failures.items()}
     result = robust.combine([o.result for o in opened], coord.cfg.federation.robust_rule, coord.cfg.federation.norm_filter)
     coord.step(server_round, result, failures)
-    in_result = set(result.contributors) if result is not None else set()
-    reports = {s: r for s, r in collected.reports.items() if s in in_result}
+    # every silo of an opened group took part (and evaluates the round); the robust rule may still leave a group's
+    # mean out of the model (krum, norm_filter): ``kept`` names whose updates are in it
+    opened_silos = {s for o in opened if o.result is not None for s in o.result.contributors}
+    reports = {s: r for s, r in collected.reports.items() if s in opened_silos}
+    kept = sorted(result.contributors) if result is not None else []
     n = sum(r.n_samples for r in reports.values())
     record = RoundRecord(
         round=server_round, task=coord.cfg.task,
         loss=sum(r.loss * r.n_samples for r in reports.values()) / max(n, 1),
         contributors=sorted(reports), failures=failures, attempts=sum(o.attempts for o in opened),
         base_round=state.round if state.base_round < 0 else state.base_round,
+        kept=kept if kept != sorted(reports) else [],
         bytes_per_silo={s: r.bytes_sent for s, r in collected.reports.items()},
         seconds_per_silo={s: {"train": r.seconds_train, "encrypt": r.seconds_encrypt}
                           for s, r in collected.reports.items()},

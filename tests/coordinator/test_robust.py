@@ -89,10 +89,13 @@ def test_a_malicious_silo_moves_the_robust_rule_no_further_than_the_honest_group
     grouped = {"federation": cfg["federation"] | {"groups": 3}}
     clean = run_in_process(from_dict(cfg | grouped), rounds=1)
     attack = {"0": Attack("scale", factor=-100.0)}
+    records: list = []
     defended = run_in_process(from_dict(cfg | {"federation": grouped["federation"] | {"robust_rule": rule}}),
-                              attack, rounds=1)
+                              attack, rounds=1, on_round=records.append)
     undefended = run_in_process(from_dict(cfg | grouped), attack, rounds=1)
 
+    assert len(records[0].per_silo_test) == 9  # every silo evaluates, also those whose group the rule left out
+    assert len(records[0].kept) == (6 if rule == "krum" else 0)  # krum keeps two groups of three
     honest = np.abs(_moved(from_dict(cfg), clean)).max()
     with_median, without = np.abs(_moved(from_dict(cfg), defended)).max(), np.abs(_moved(from_dict(cfg), undefended)).max()
     assert without > 5 * honest, (honest, without)  # without the median: the attack lands
