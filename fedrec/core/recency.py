@@ -76,12 +76,12 @@ class RecencyScorer:
     :meth:`for_target` switches to."""
 
     def __init__(self, model, history: np.ndarray, decay: float, weight: float,
-                 targets: dict[str, np.ndarray] | None = None):
+                 targets: dict[str, np.ndarray] | None = None, space: torch.Tensor | None = None):
         self.model = model
         self.decay, self.weight = float(decay), float(weight)
         self.task = getattr(model, "task", "ranking")
         self._targets = targets or {}
-        self._space = item_space(model)
+        self._space = item_space(model) if space is None else space
         self.history = np.asarray(history, dtype=np.int64)
         self._profiles = self._profile(self.history)
 
@@ -97,7 +97,7 @@ class RecencyScorer:
         history = self._targets.get(target)
         if history is None:
             return self
-        return RecencyScorer(self.model, history, self.decay, self.weight)
+        return RecencyScorer(self.model, history, self.decay, self.weight, space=self._space)
 
     def eval(self) -> "RecencyScorer":
         self.model.eval()

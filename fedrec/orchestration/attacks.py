@@ -138,6 +138,21 @@ def malicious_agent(attack: Attack) -> type[SiloAgent]:
     return MaliciousAgent
 
 
+def agent_loop(agent: SiloAgent, errors: dict) -> None:
+    """What the silo_agent flow does per round, without Prefect; an error is kept in ``errors`` and the agent leaves."""
+    rounds = 0
+    try:
+        while (ins := agent.next_instructions(rounds)) is not None:
+            if agent.fit(ins) is not None:
+                agent.settle(ins)
+            if ins.evaluate:
+                agent.evaluate(ins.round)
+            rounds = ins.round
+    except BaseException as exc:  # noqa: BLE001 - recorded for the caller to look at
+        errors[agent.silo_id] = exc
+        agent.leave(rounds, exc)
+
+
 def exposure(agents: dict[str, SiloAgent], global_state: dict[str, torch.Tensor], target: int, k: int) -> float:
     """ER@k of ``target``: the share of the honest silos' users (those who never touched it) with it in their top k
     of ``global_state`` (full ranking over unseen items). Simulation only: it reads every silo's model in one
@@ -185,20 +200,7 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
     coord.init_global()
     errors: dict[str, BaseException] = {}
 
-    def loop(agent: SiloAgent) -> None:
-        done = 0
-        try:
-            while (ins := agent.next_instructions(done)) is not None:
-                if agent.fit(ins) is not None:
-                    agent.settle(ins)
-                if ins.evaluate:
-                    agent.evaluate(ins.round)
-                done = ins.round
-        except BaseException as exc:  # noqa: BLE001 - reported in the result
-            errors[agent.silo_id] = exc
-            agent.leave(done, exc)
-
-    threads = [threading.Thread(target=loop, args=(a,), daemon=True) for a in agents.values()]
+    threads = [threading.Thread(target=agent_loop, args=(a, errors), daemon=True) for a in agents.values()]
     for t in threads:
         t.start()
     best = last = None

@@ -7,6 +7,7 @@ import threading
 
 from fedrec.coordinator.coordinator import Coordinator
 from fedrec.coordinator.round import run_round
+from fedrec.orchestration.attacks import agent_loop
 from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
 
@@ -25,21 +26,6 @@ def opened(cfg, run_id: str, silos=("0", "1", "2"), agent_cls=None, gone=None):
     coord.open_context()
     coord.init_global()
     return coord, agents
-
-
-def agent_loop(agent: SiloAgent, errors: dict) -> None:
-    """What the silo_agent flow does per round, without Prefect; an error is kept and the agent leaves."""
-    rounds = 0
-    try:
-        while (ins := agent.next_instructions(rounds)) is not None:
-            if agent.fit(ins) is not None:
-                agent.settle(ins)
-            if ins.evaluate:
-                agent.evaluate(ins.round)
-            rounds = ins.round
-    except BaseException as exc:  # noqa: BLE001 - recorded for the test to look at
-        errors[agent.silo_id] = exc
-        agent.leave(rounds, exc)
 
 
 def run_rounds(coord: Coordinator, agents: dict[str, SiloAgent], rounds: int, evaluate: bool = False):

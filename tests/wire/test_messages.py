@@ -218,6 +218,17 @@ def test_a_well_typed_message_still_meets_its_checks():
         Unmask.from_json(data, KEY)
 
 
+@pytest.mark.parametrize("fields", [{"group": -1}, {"base_round": 3}, {"base_round": -2}, {"base_round": 7}])
+def test_instructions_naming_no_group_or_a_base_round_not_before_the_round_are_refused(fields):
+    """federation.groups / guard_drop: a coordinator may not send a negative group, nor a round that trains from a
+    model of its own round or later (or a negative one other than -1: the previous round)."""
+    data = _posted(BY_CLASS[FitInstructions], round=3, **fields)
+
+    with pytest.raises(PayloadError, match="out of range"):
+        FitInstructions.from_json(data, KEY)
+    assert FitInstructions.from_json(_posted(BY_CLASS[FitInstructions], round=3, group=2, base_round=1), KEY).group == 2
+
+
 def test_a_parsed_message_is_frozen_and_replaceable():
     # Prepare
     ins = FitInstructions.from_json(BY_CLASS[FitInstructions].to_json(), KEY)
