@@ -237,8 +237,11 @@ class Coordinator:
         (looked up at most twice a second)."""
         if time.monotonic() - self._left_checked > 0.5:
             self._left_checked = time.monotonic()
-            for silo in (self.admission.silos if self.admission is not None else self._invited):
-                if silo not in self._left and silo in self.roster and self.exchange.exists(left_key(silo)):
+            watched = [s for s in (self.admission.silos if self.admission is not None else self._invited)
+                       if s not in self._left and s in self.roster]
+            left = self.exchange.present(left_key(s) for s in watched)  # one listing per silo prefix at most
+            for silo in watched:
+                if left_key(silo) in left:
                     try:
                         self._left[silo] = Left.from_json(self.exchange.read(left_key(silo), self.roster.get(silo)),
                                                           left_key(silo)).reason

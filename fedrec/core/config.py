@@ -334,6 +334,9 @@ class FederationConfig(Section):
     round_timeout_s: float = checked(600.0, "federation.round_timeout_s must be > 0", gt=0)
     #: how often parties look for each other's payloads on the exchange
     poll_interval_s: float = checked(0.02, "federation.poll_interval_s must be in (0, 60]", gt=0, le=60)
+    #: on object storage (s3://, gs://) a waiting party doubles its pause from poll_interval_s up to this: every look
+    #: there is a paid request (a local exchange always polls at poll_interval_s)
+    poll_max_interval_s: float = checked(1.0, "federation.poll_max_interval_s must be in (0, 60]", gt=0, le=60)
     #: the largest object any party reads from the exchange (an update of ML-100K's NeuMF is 3.7 MB)
     max_payload_bytes: int = checked(268_435_456, "federation.max_payload_bytes must be >= 4096", ge=4096)
 

@@ -58,9 +58,11 @@ def gather_masks(exchange: Exchange, roster: Roster, run_id: str, unmask: Unmask
     r = unmask.round
     keys = {s: read_mask_keys(exchange, roster, r, s) for s in (*unmask.survivors, *unmask.dropped)}
     reveals: dict[str, Reveal] = {}
-    while True:
-        for silo in unmask.survivors:
-            if silo not in reveals and exchange.exists(reveal_key(r, silo)):
+    for delay in exchange.pauses(poll):
+        waiting = [s for s in unmask.survivors if s not in reveals]
+        arrived = exchange.present(reveal_key(r, s) for s in waiting)
+        for silo in waiting:
+            if reveal_key(r, silo) in arrived:
                 try:
                     reveal = Reveal.from_json(exchange.read(reveal_key(r, silo), roster.get(silo)), reveal_key(r, silo))
                 except PayloadError:
@@ -71,7 +73,8 @@ def gather_masks(exchange: Exchange, roster: Roster, run_id: str, unmask: Unmask
         except secagg.MaskRecoveryError:
             if time.monotonic() >= deadline or len(reveals) == len(unmask.survivors):
                 raise
-        pause(poll)
+        pause(delay)
+    raise AssertionError("unreachable: Exchange.pauses never ends")
 
 
 def _shares_of(reveals: dict[str, Reveal], points: dict[str, int], silo: str, kind: str) -> dict[int, int]:

@@ -1,17 +1,22 @@
 """Where payloads travel between silos and the coordinator: any fsspec URL.
 
 A local directory by default (``state/exchange``); ``s3://bucket/fedrec``, ``gs://...`` or
-``memory://`` work the same, so silos on other machines share one bucket instead of an RPC.
-Writes go to a temporary key first and are then moved, so a reader never sees half a payload.
-Keys are write-once: a second write to a key is refused (:class:`ExchangeConflictError`); on a local
-directory atomically (hard link), elsewhere by a look first (make the bucket immutable too, e.g. S3 Object
-Lock, against parties that bypass fedrec). Parties write signed envelopes (:meth:`Exchange.post`) and
+``memory://`` work the same, so silos on other machines share one bucket instead of an RPC (S3 endpoint and
+credentials the usual way: ``AWS_*`` variables, ``FSSPEC_S3_ENDPOINT_URL`` for an S3-compatible server).
+A reader never sees half a payload and keys are write-once: a second write to a key is refused
+(:class:`ExchangeConflictError`), atomically. On a local directory a payload is written to a temporary file and
+hard-linked into place (the link refuses an existing target); on S3 it is one conditional PUT
+(``If-None-Match: *``: the store itself lets exactly one of two racing writers win, no copy + delete); other
+stores get fsspec's create mode (a look first: make such a bucket immutable too, against parties that bypass fedrec).
+Waiting parties list each awaited prefix once per poll and, on object storage, back off from
+``federation.poll_interval_s`` to ``federation.poll_max_interval_s`` (every look is a paid request there). Parties write signed envelopes (:meth:`Exchange.post`) and
 read them back verified against the expected author (:meth:`Exchange.read`), see :mod:`fedrec.wire.trust`.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import time
 import uuid
@@ -74,10 +79,14 @@ class PayloadTooLargeError(PayloadError):
 
 
 class Exchange:
-    def __init__(self, url: str, run_id: str = "", max_bytes: int = 2 ** 30):
+    def __init__(self, url: str, run_id: str = "", max_bytes: int = 2 ** 30, max_poll_s: float = 1.0):
         self.url, self.run_id, self.max_bytes = url, run_id, max_bytes
         self.fs, self.root = fsspec.core.url_to_fs(url)
-        self.fs.makedirs(self.root, exist_ok=True)
+        self.local = isinstance(self.fs, LocalFileSystem)
+        #: waiting on object storage backs off up to this many seconds between looks (locally looks are free)
+        self.max_poll_s = max_poll_s
+        if self.local:
+            self.fs.makedirs(self.root, exist_ok=True)
 
     def _path(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key}"
@@ -85,23 +94,33 @@ class Exchange:
     @_with_io_retries
     def put(self, key: str, data: bytes) -> int:
         path = self._path(key)
+        try:
+            if self.local:
+                self._put_local(path, data)
+            else:  # s3fs: a PUT with If-None-Match: *; other stores: fsspec's create mode
+                self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            if self._same(path, data):  # our own earlier try landed before a transient error: not a conflict
+                return len(data)
+            raise ExchangeConflictError(f"{self.url}/{key} exists already: exchange keys are write-once") from None
+        return len(data)
+
+    def _put_local(self, path: str, data: bytes) -> None:
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-        if not isinstance(self.fs, LocalFileSystem) and self.fs.exists(path):
-            raise ExchangeConflictError(f"{self.url}/{key} exists already: exchange keys are write-once")
-        with self.fs.open(tmp, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
-        if isinstance(self.fs, LocalFileSystem):
-            try:
-                os.link(tmp, path)  # atomic and refuses an existing target
-            except FileExistsError:
-                raise ExchangeConflictError(f"{self.url}/{key} exists already: exchange keys are write-once") from None
-            finally:
-                os.unlink(tmp)
-        else:
-            self.fs.mv(tmp, path)
-        return len(data)
+        try:
+            os.link(tmp, path)  # atomic and refuses an existing target
+        finally:
+            os.unlink(tmp)
+
+    def _same(self, path: str, data: bytes) -> bool:
+        try:
+            return self.fs.size(path) == len(data) and self.fs.cat_file(path) == data
+        except OSError:
+            return False
 
     def post(self, key: str, body: bytes, author: "Identity") -> int:
         """Write ``body`` under ``key``, signed by ``author`` (bound to this run and key)."""
@@ -116,8 +135,11 @@ class Exchange:
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; never more than ``max_bytes`` are read (a larger object is refused)."""
         try:
-            with self.fs.open(self._path(key), "rb") as fh:
-                data = fh.read(self.max_bytes + 1)
+            if self.local:
+                with open(self._path(key), "rb") as fh:
+                    data = fh.read(self.max_bytes + 1)
+            else:  # one ranged GET (opening a file on object storage costs a HEAD first)
+                data = self.fs.cat_file(self._path(key), start=0, end=self.max_bytes + 1)
         except FileNotFoundError as exc:
             raise PayloadError(f"{self.url}/{key} does not exist (was the producing task run?)") from exc
         if len(data) > self.max_bytes:
@@ -125,9 +147,46 @@ class Exchange:
                                        f"{self.max_bytes}: not read")
         return data
 
-    @_with_io_retries
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self._path(key))
+        return key in self.present([key])
+
+    def present(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` exist. On object storage one listing per distinct prefix (a missing key's
+        ``exists`` costs a HEAD and a LIST there), locally one ``stat`` per key."""
+        keys = list(keys)
+        if self.local:
+            return {k for k in keys if os.path.exists(self._path(k))}
+        by_prefix: dict[str, list[str]] = {}
+        for key in keys:
+            by_prefix.setdefault(key.rpartition("/")[0], []).append(key)
+        common = posixpath.commonpath(list(by_prefix)) if by_prefix else ""
+        if len(by_prefix) > 2 and common and all(posixpath.dirname(p) == common for p in by_prefix):
+            return set(keys) & set(self.keys(common))  # silos/<id>/left.json of every silo: one listing of silos/
+        found = set()
+        for prefix, group in by_prefix.items():
+            names = self._names(prefix)
+            found.update(k for k in group if k.rpartition("/")[2] in names)
+        return found
+
+    @_with_io_retries
+    def _names(self, prefix: str) -> set[str]:
+        path = self._path(prefix) if prefix else self.root
+        try:
+            listed = self.fs.ls(path, detail=False, refresh=True)
+        except FileNotFoundError:
+            return set()
+        finally:
+            self.fs.invalidate_cache(path)  # a cached listing would hide keys written after it
+        return {p.rstrip("/").rpartition("/")[2] for p in listed}
+
+    def pauses(self, poll: float):
+        """The pauses between looks of one wait: ``poll`` each locally; on object storage doubling from ``poll``
+        up to ``max_poll_s`` (a party waiting a minute for a slow silo makes ~60 requests, not 3,000)."""
+        delay = poll
+        while True:
+            yield delay
+            if not self.local:
+                delay = min(delay * 2, max(poll, self.max_poll_s))
 
     def wait_any(self, keys: Iterable[str], *, timeout: float, poll: float,
                  give_up: Callable[[], bool] | None = None,
@@ -136,13 +195,14 @@ class Exchange:
         after ``timeout`` s or as soon as ``give_up()`` says waiting is pointless (e.g. the producer died)."""
         keys = list(keys)
         deadline = time.monotonic() + timeout
-        while True:
+        for delay in self.pauses(poll):
+            found = self.present(keys)
             for key in keys:
-                if self.exists(key):
+                if key in found:
                     return key
             if time.monotonic() >= deadline or (give_up is not None and give_up()):
                 return None
-            pause(poll)
+            pause(delay)
 
     def wait_all(self, keys: dict[str, str], *, timeout: float, poll: float,
                  gone: Callable[[], set[str]] | None = None) -> set[str]:
@@ -150,16 +210,17 @@ class Exchange:
         name has either arrived or is in ``gone()`` (producers known to be dead)."""
         pending, arrived = dict(keys), set()
         deadline = time.monotonic() + timeout
-        while pending:
+        for delay in self.pauses(poll):
+            found = self.present(pending.values())
             for name, key in list(pending.items()):
-                if self.exists(key):
+                if key in found:
                     arrived.add(name)
                     del pending[name]
             if not pending or time.monotonic() >= deadline:
                 break
             if gone is not None and set(pending) <= gone():
                 break
-            time.sleep(poll)
+            time.sleep(delay)
         return arrived
 
     def keys(self, prefix: str = "") -> list[str]:
@@ -168,6 +229,8 @@ class Exchange:
             found = self.fs.find(self._path(prefix) if prefix else self.root)
         except FileNotFoundError:
             return []
+        finally:
+            self.fs.invalidate_cache()
         return sorted(p[len(base):] if p.startswith(base) else p for p in found)
 
 
@@ -269,4 +332,5 @@ PUBLIC_CONTEXT_KEY = "context/public.ctx"
 def run_exchange(cfg, run_id: str) -> Exchange:
     """The exchange of one federation run: ``federation.exchange_url``/<run_id>."""
     check_run_id(run_id)
-    return Exchange(f"{cfg.federation.exchange_url.rstrip('/')}/{run_id}", run_id, cfg.federation.max_payload_bytes)
+    fed = cfg.federation
+    return Exchange(f"{fed.exchange_url.rstrip('/')}/{run_id}", run_id, fed.max_payload_bytes, fed.poll_max_interval_s)

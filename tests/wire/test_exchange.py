@@ -94,16 +94,16 @@ def test_transient_io_errors_are_retried_and_named_errors_are_not(tmp_path, monk
     from fedrec.wire import exchange as exchange_module
 
     monkeypatch.setattr(exchange_module, "IO_RETRY_DELAYS", (0.0, 0.0))
-    ex = Exchange(str(tmp_path / "ex"))
-    real_open, failures = ex.fs.open, []
+    ex = Exchange(f"memory://fedrec-flaky-{uuid.uuid4().hex}")  # object storage: one write call per payload
+    real_pipe, failures = ex.fs.pipe_file, []
 
-    def flaky_open(path, mode="rb", **kw):
+    def flaky_pipe(path, data, **kw):
         if len(failures) < 2:  # the object store blips twice
             failures.append(path)
             raise OSError(5, "Input/output error")
-        return real_open(path, mode, **kw)
+        return real_pipe(path, data, **kw)
 
-    monkeypatch.setattr(ex.fs, "open", flaky_open)
+    monkeypatch.setattr(ex.fs, "pipe_file", flaky_pipe)
     ex.put(update_key(1, "a"), b"alpha")
 
     assert len(failures) == 2 and ex.get(update_key(1, "a")) == b"alpha"
