@@ -1,5 +1,6 @@
-"""`fedrec demo-db` (the demo silos written into per-silo SQL databases) and `fedrec snapshot` (every database silo's
-rows into its Parquet data: the DVC stage); registered on fedrec.cli.app's app."""
+"""`fedrec demo-db` (the demo silos written into per-silo SQL databases), `fedrec example-data` (an own-data example
+in the data.source: files layout) and `fedrec snapshot` (every database silo's rows into its Parquet data: the DVC
+stage); registered on fedrec.cli.app's app."""
 
 from __future__ import annotations
 
@@ -42,6 +43,24 @@ def register(app: typer.Typer) -> None:
         err.print(f"each run snapshots the rows into {Path(cfg.data.work_dir) / 'snapshots'}/<silo>/interactions.parquet",
                   **plain)
         typer.echo(source)
+
+    @app.command("example-data")
+    def example_data(out_dir: Path = typer.Argument(Path("."), help="where to write (created when missing)"),
+                     silos: int = typer.Option(3, "--silos", min=2, help="silos shop-a, shop-b, ..."),
+                     force: bool = typer.Option(False, "--force", help="overwrite an existing params.yaml")) -> None:
+        """Write a small own-data example: catalogue.csv, interactions/<silo>.csv and a params.yaml mapping them
+        (data.source: files). Then, in that directory: `fedrec run`, `fedrec recommend --silo shop-a --user ...`."""
+        from fedrec.core.data.files import write_example
+
+        if (out_dir / "params.yaml").exists() and not force:
+            err.print(f"{out_dir / 'params.yaml'} exists: not overwritten (--force to replace it)")
+            raise typer.Exit(2)
+        with user_errors():
+            rows = write_example(out_dir, n_silos=silos)
+        plain = dict(soft_wrap=True, markup=False, highlight=False)
+        err.print(f"wrote {out_dir}/catalogue.csv, params.yaml and interactions/<silo>.csv: "
+                  + ", ".join(f"{s} ({n} rows)" for s, n in rows.items()), **plain)
+        err.print(f"next: cd {out_dir} && fedrec run", **plain)
 
     @app.command("snapshot")
     def snapshot_cmd(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:

@@ -94,10 +94,38 @@ class SyntheticConfig(Section):
     seed: int = 0
 
 
+class FilesConfig(Section):
+    """Your own data (data.source: files, fedrec.core.data.files); `fedrec example-data DIR` writes an example."""
+    #: the public item catalogue, CSV or Parquet: one row per item
+    catalogue: str = ""
+    #: the catalogue's column of item ids (integers)
+    item_column: str = "item_id"
+    #: the catalogue's column of item titles
+    title_column: str = "title"
+    #: the catalogue's column of "|"-separated categories ("" = none)
+    category_column: str = ""
+    #: the catalogue's free-text columns, part of each item's text for the language-model features
+    text_columns: Listed[str] = ()
+    #: interactions, CSV or Parquet: a path with {silo} (one file per silo) or one file with silo_column
+    interactions: str = ""
+    #: the silos of a {silo} path ([] = every file that matches it)
+    silos: Listed[str] = ()
+    #: the column naming each row's silo when data.files.interactions is one file
+    silo_column: str = "silo"
+    #: the interactions' column of user ids (integers; a user belongs to one silo)
+    user_column: str = "user_id"
+    #: the interactions' column of item ids (the catalogue's ids)
+    interaction_item_column: str = "item_id"
+    #: the interactions' column of ratings ("" = implicit feedback: every row counts as 1)
+    rating_column: str = "rating"
+    #: the interactions' column of times, Unix seconds or date-times ("" = the file's row order)
+    timestamp_column: str = "timestamp"
+
+
 class DataConfig(Section):
     #: movielens: MovieLens-100K (raw_dir / FEDREC_DATA_DIR, else downloaded, checksum verified); synthetic: generated
-    #: (data.synthetic.*), for tests and demos without data
-    source: Literal["movielens", "synthetic"] = "movielens"
+    #: (data.synthetic.*), for tests and demos without data; files: your own catalogue and interactions (data.files.*)
+    source: Literal["movielens", "synthetic", "files"] = "movielens"
     #: directory holding u.data/u.item/u.user; env FEDREC_DATA_DIR wins over it; None -> download
     raw_dir: str | None = None
     #: where MovieLens-100K is downloaded and unpacked when no local directory is set
@@ -107,6 +135,7 @@ class DataConfig(Section):
     #: users with fewer interactions are dropped when preparing (leave-one-out needs train, validation and test items)
     min_user_interactions: int = 5
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
 
 
 class PartitionConfig(Section):

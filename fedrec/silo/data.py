@@ -25,7 +25,7 @@ import pandas as pd
 
 from fedrec.core import coldstart
 from fedrec.core.config import Config
-from fedrec.core.data import synthetic
+from fedrec.core.data import files, synthetic
 from fedrec.core.data.movielens import (
     check_local_dir,
     load_movielens_100k,
@@ -50,6 +50,8 @@ from fedrec.wire.exchange import check_silo_id
 def load_dataset(cfg: Config) -> Dataset:
     if cfg.data.source == "synthetic":
         return synthetic.generate(cfg.data.synthetic)
+    if cfg.data.source == "files":
+        return files.load(cfg)
     return load_movielens_100k(resolve_raw_dir(cfg.resolved_raw_dir(), cfg.data.download_dir, cfg.raw_dir_setting()))
 
 
@@ -85,7 +87,9 @@ def partition(cfg: Config) -> dict[str, dict[str, int]]:
     dataset = read_prepared(cfg)
     paths = Paths.of(cfg)
     paths.feedback.mkdir(parents=True, exist_ok=True)
-    return write_silos(dataset, assign_silos(dataset, cfg.partition), paths.silos)
+    given = cfg.data.source == "files"  # own data: the files say which silo holds which user
+    assignment = files.assignment(dataset.users) if given else assign_silos(dataset, cfg.partition)
+    return write_silos(dataset, assignment, paths.silos)
 
 
 INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
