@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -64,6 +64,9 @@ class Measured:
     processes_seen: int
     timed_out: bool
     stderr_tail: str = ""
+    #: the largest RSS any single process of the tree reached, by role: "root" (the command itself) and, when the
+    #: tree has them, "silo_host" (fedrec.cli.silo_host processes, each running several silos' agents)
+    peak_rss_by_role: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -115,8 +118,10 @@ def run_measured(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: f
         start = time.perf_counter()
         popen = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         root = psutil.Process(popen.pid)
+        by_role: dict[str, int] = {}
         while popen.poll() is None:
             peak = max(peak, tree_rss(root, seen))
+            _role_peaks(root, by_role)
             if time.perf_counter() - start > timeout_s:
                 timed_out = True
                 _kill_tree(root)
@@ -125,7 +130,22 @@ def run_measured(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: f
         popen.wait()
         wall = time.perf_counter() - start
     return Measured(cmd=[str(c) for c in cmd], returncode=popen.returncode, wall_s=wall, peak_rss_bytes=peak,
-                    processes_seen=len(seen), timed_out=timed_out, stderr_tail=_tail(log_dir / "stderr.log"))
+                    processes_seen=len(seen), timed_out=timed_out, stderr_tail=_tail(log_dir / "stderr.log"),
+                    peak_rss_by_role=by_role)
+
+
+def _role_peaks(root: psutil.Process, peaks: dict[str, int]) -> None:
+    try:
+        procs = [(root, "root"), *((p, None) for p in root.children(recursive=True))]
+    except psutil.Error:
+        return
+    for proc, role in procs:
+        try:
+            role = role or ("silo_host" if "fedrec.cli.silo_host" in " ".join(proc.cmdline()) else None)
+            if role:
+                peaks[role] = max(peaks.get(role, 0), proc.memory_info().rss)
+        except psutil.Error:
+            pass
 
 
 def read_json(path: Path, what: str) -> dict:
