@@ -198,6 +198,10 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
             check_run_id(run_id)
         overrides = merged_overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_params(params, overrides)
+        from fedrec.coordinator.preflight import coordinator_ready
+
+        for line in coordinator_ready(cfg, roster):  # fail fast, named, before any flow run starts
+            err.print(f"ok  {line}", soft_wrap=True, markup=False, highlight=False)
         from fedrec.flows.federated import run_federation
 
         summary = run_federation(params_path=str(params), overrides=overrides, silos=roster,
@@ -226,7 +230,11 @@ def silo_serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
     with user_errors():
         check_silo_id(silo)
         overrides = merged_overrides(set_)
-        load_params(params, overrides)
+        cfg = load_params(params, overrides)
+        from fedrec.silo.preflight import silo_ready
+
+        for line in silo_ready(cfg, silo):  # fail fast, named: not when the first run comes
+            err.print(f"ok  {line}", soft_wrap=True, markup=False, highlight=False)
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(poll))
     from prefect import serve
 

@@ -27,6 +27,7 @@ import pandas as pd
 from fedrec.core.config import Config, FilesConfig
 from fedrec.core.data.types import Dataset
 from fedrec.core.errors import DataNotFoundError, FedrecError
+from fedrec.core.ids import check_silo_id
 
 EXAMPLES = 5
 log = logging.getLogger(__name__)
@@ -96,8 +97,6 @@ def load_catalogue(fc: FilesConfig) -> pd.DataFrame:
 
 def silo_files(fc: FilesConfig) -> dict[str, Path]:
     """{silo id: its interactions file} for a ``{silo}`` pattern (the listed silos, else every file found)."""
-    from fedrec.wire.exchange import check_silo_id
-
     pattern = fc.interactions
     if fc.silos:
         found = {s: Path(pattern.replace("{silo}", check_silo_id(s))) for s in fc.silos}
