@@ -63,12 +63,14 @@ def register(app: typer.Typer) -> None:
         err.print(f"next: cd {out_dir} && fedrec run", **plain)
 
     @app.command("snapshot")
-    def snapshot_cmd(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    def snapshot_cmd(params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+                     silo: Optional[str] = typer.Option(None, "--silo", help="only this silo (on its own machine)")
+                     ) -> None:
         """Snapshot each database silo's rows (silo.source) into data/snapshots/<silo>/interactions.parquet, which
         DVC versions (the `snapshot` stage); nothing to do without silo.source. Every run also snapshots anew."""
         from fedrec.silo import data as pipeline
 
         with user_errors():
-            silos = pipeline.snapshot_all(command_config(params, set_, data=True))
+            silos = pipeline.snapshot_all(command_config(params, set_, data=True), silo)
         err.print(f"snapshots of {len(silos)} database silo(s)" + (f": {', '.join(silos)}" if silos else
                                                                     " (silo.source is not set)"))

@@ -406,6 +406,8 @@ class SiloConfig(Section):
     #: SQLAlchemy URL, "{silo}" replaced by the silo's id: sqlite:///data/db/{silo}.sqlite, postgresql://u@h/db.
     #: Each run snapshots the rows into the silo's Parquet data (its hash goes to MLflow).
     source: str = ""
+    #: per-silo database URLs on one machine, "<silo>=<URL>" each ("{silo}" replaced): win over silo.source there
+    sources: Listed[str] = ()
     #: the table to read from silo.source (when no query)
     table: str = "interactions"
     #: a SELECT to run instead of reading ``table`` ("{silo}" replaced); its columns are mapped like the table's
@@ -420,7 +422,18 @@ class SiloConfig(Section):
     timestamp_column: str = "timestamp"
 
     def _rules(self) -> list[tuple[bool, str]]:
-        return [(bool(self.table or self.query), "silo.table or silo.query must be set")]
+        return [(bool(self.table or self.query), "silo.table or silo.query must be set"),
+                (all("=" in e and e.split("=", 1)[0] and e.split("=", 1)[1] for e in self.sources),
+                 "silo.sources entries must read <silo>=<database URL>")]
+
+    @property
+    def source_map(self) -> dict[str, str]:
+        """silo.sources as {silo id: URL}."""
+        return dict(e.split("=", 1) for e in self.sources)
+
+    def source_of(self, silo_id: str) -> str:
+        """The database URL this silo reads ("" = its Parquet files): its silo.sources entry, else silo.source."""
+        return self.source_map.get(silo_id, self.source)
 
 
 _PORTS = "operations.prefect_port and operations.mlflow_port must be ports (1..65535)"

@@ -99,20 +99,34 @@ def silo_interactions(cfg: Config, silo_id: str, *, refresh: bool = False) -> pd
     """One silo's interactions as it trains on them: its base data (the Parquet of the demo partition, or, with
     ``silo.source`` a database URL, the snapshot of its rows, taken anew when ``refresh``) plus every batch of
     feedback appended since (``fedrec feedback``)."""
-    if refresh and cfg.silo.source:
+    if refresh and cfg.silo.source_of(silo_id):
         source.snapshot(cfg, silo_id)
     frames = [pd.read_parquet(silo_base_file(cfg, silo_id))]
     frames += [pd.read_parquet(p) for p in feedback_batches(cfg, silo_id)]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def snapshot_all(cfg: Config) -> list[str]:
-    """`fedrec snapshot` (the DVC stage): every silo's database rows into data/snapshots; none without silo.source."""
-    listed = [check_silo_id(s) for s in cfg.federation.silos]  # before anything is written
+def snapshot_all(cfg: Config, only: str | None = None) -> list[str]:
+    """`fedrec snapshot` (the DVC stage): each database silo's rows into data/snapshots/<silo>; ``only``: just that
+    silo (what a silo's operator runs on its machine). Silos without a source (silo.source, silo.sources) are skipped.
+    Refused before anything is written when several silos would read the very same rows (one URL, table and query
+    without "{silo}"): each silo's snapshot would hold them all."""
+    listed = [check_silo_id(s) for s in ([only] if only else cfg.federation.silos)]  # before anything is written
     Paths.of(cfg).snapshots.mkdir(parents=True, exist_ok=True)
-    if not cfg.silo.source:
+    if not cfg.silo.source and not cfg.silo.sources:
         return []
-    silos = listed or ensure_partitioned(cfg)
+    silos = listed or (sorted(cfg.silo.source_map) if not cfg.silo.source else ensure_partitioned(cfg))
+    silos = [s for s in silos if cfg.silo.source_of(s)]
+    same: dict[tuple[str, str, str], list[str]] = {}
+    for silo_id in silos:
+        read = (cfg.silo.source_of(silo_id).replace("{silo}", silo_id), cfg.silo.table.replace("{silo}", silo_id),
+                cfg.silo.query.replace("{silo}", silo_id))
+        same.setdefault(read, []).append(silo_id)
+    shared = next((group for group in same.values() if len(group) > 1), None)
+    if shared:
+        raise source.SourceError(shared[0], "silo.source", f"silos {shared} would all read the same rows (no "
+                                 "'{silo}' in silo.source, silo.table or silo.query): give each silo its own with "
+                                 "silo.sources, or run `fedrec snapshot --silo <id>` on each silo's machine")
     for silo_id in silos:
         source.snapshot(cfg, silo_id)
     return silos

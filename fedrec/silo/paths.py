@@ -64,4 +64,4 @@ class Paths:
 def silo_base_file(cfg: Config, silo_id: str) -> Path:
     """The silo's base interactions: its database snapshot (``silo.source`` set) or its demo partition file."""
     paths = Paths.of(cfg)
-    return (paths.silo_snapshot(silo_id) if cfg.silo.source else paths.silo_data(silo_id)) / "interactions.parquet"
+    return (paths.silo_snapshot(silo_id) if cfg.silo.source_of(silo_id) else paths.silo_data(silo_id)) / "interactions.parquet"

@@ -9,7 +9,7 @@ from fedrec.silo.paths import silo_base_file
 
 
 def check_silo_data(cfg: Config, silo_id: str) -> str:
-    if cfg.silo.source:
+    if cfg.silo.source_of(silo_id):
         return "interactions from silo.source (snapshotted at each run)"
     path = silo_base_file(cfg, silo_id)
     if not path.is_file():

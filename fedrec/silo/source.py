@@ -1,8 +1,10 @@
 """A silo's interactions from its own SQL database (silo.source), snapshotted into its Parquet data.
 
 ``silo.source`` is a SQLAlchemy URL with ``{silo}`` replaced by the silo's id (``sqlite:///data/db/{silo}.sqlite``,
-``postgresql://user:password@host:5432/db``; a relative SQLite path is resolved against the working directory;
-``postgresql://`` uses psycopg 3). The silo reads ``silo.table`` (``schema.table`` accepted, ``{silo}`` replaced)
+``postgresql://user:password@host:5432/db``, ``mysql://user:password@host/db`` for MariaDB or MySQL; a relative
+SQLite path is resolved against the working directory; ``postgresql://`` uses psycopg 3, ``mysql://`` PyMySQL);
+``silo.sources`` gives single silos their own URL on one machine. The silo reads ``silo.table`` (``schema.table``
+accepted, ``{silo}`` replaced)
 or, when set, runs ``silo.query`` (one SELECT, ``{silo}`` replaced), maps ``silo.*_column`` onto user_id, item_id,
 rating, timestamp, coerces them to the Parquet schema of the demo partition (int64; a fractional rating stays
 float64, a column holding NULLs stays float64 so the validation suite reports it; a date-time timestamp becomes
@@ -72,12 +74,13 @@ class SourceQueryError(SourceError):
 
 
 def source_url(cfg: Config, silo_id: str):
-    """``cfg.silo.source`` with ``{silo}`` replaced, as a SQLAlchemy URL (a named error when it is not one)."""
+    """The silo's source (``silo.sources[silo]`` else ``silo.source``) with ``{silo}`` replaced, as a SQLAlchemy
+    URL (a named error when it is not one)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(cfg.silo.source.replace("{silo}", silo_id))
+        return make_url(cfg.silo.source_of(silo_id).replace("{silo}", silo_id))
     except (ArgumentError, ValueError):  # the text itself may hold a password: not quoted
         raise SourceError(silo_id, "silo.source", "not a database URL (dialect[+driver]://user:password@host/db, "
                                                   "sqlite:///path/{silo}.sqlite)") from None
@@ -129,7 +132,8 @@ def read_interactions(cfg: Config, silo_id: str, url=None) -> pd.DataFrame:
 
 def read_only_engine(silo_id: str, url, shown: str):
     """A SQLAlchemy engine on the silo's database that cannot write: SQLite opened ``mode=ro`` with ``PRAGMA
-    query_only`` and :func:`_read_only_authorizer`; PostgreSQL with read-only sessions and transactions. A missing
+    query_only`` and :func:`_read_only_authorizer`; PostgreSQL and MariaDB/MySQL with read-only sessions and
+    transactions. A missing
     SQLite file is a :class:`SourceUnavailableError` (sqlite3 would create an empty database)."""
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
@@ -151,6 +155,12 @@ def read_only_engine(silo_id: str, url, shown: str):
         given = " ".join(given) if isinstance(given, tuple) else given
         connect_args["options"] = f"{given} -c default_transaction_read_only=on".strip()
         options["postgresql_readonly"] = True
+    elif backend in ("mysql", "mariadb"):
+        if "+" not in url.drivername:  # the driver this project tests (PyMySQL, pure Python: pip install '.[mysql]')
+            url = url.set(drivername=f"{backend}+pymysql")
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        # the session's transactions read-only: the server refuses writes (ERROR 1792), the snapshot's own one too
+        connect_args["init_command"] = "SET SESSION TRANSACTION READ ONLY"
     try:
         return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args, execution_options=options,
                                 **creator)
@@ -159,7 +169,7 @@ def read_only_engine(silo_id: str, url, shown: str):
             from None
     except sa.exc.NoSuchModuleError:
         raise SourceUnavailableError(silo_id, shown, f"no SQLAlchemy dialect {url.drivername!r} "
-                                                     "(supported: sqlite, postgresql)") from None
+                                                     "(supported: sqlite, postgresql, mysql/mariadb)") from None
 
 
 def _sqlite_read_only(silo_id: str, url, shown: str):
