@@ -376,9 +376,14 @@ def test_deploy_registers_a_cron_starting_with_a_star_as_given(params_file, monk
     assert "on cron */30 * * * *" in result.stderr
 
 
-def test_silo_serve_pins_its_own_overrides_on_the_silos_side(params_file, monkeypatch):
-    # Prepare: prefect.serve replaced by a recorder of the deployment it would serve
+def test_silo_serve_pins_its_own_overrides_on_the_silos_side(params_file, tiny_cfg, monkeypatch):
+    # Prepare: the silo's data in place (serve checks it first), prefect.serve replaced by a recorder of the
+    # deployment it would serve
     import prefect
+
+    from fedrec.silo import data as pipeline
+
+    pipeline.ensure_partitioned(tiny_cfg)
 
     from fedrec.flows.silo_agent import SERVING_ENV, check_pinned
 
