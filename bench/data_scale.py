@@ -64,8 +64,7 @@ def measure(n_interactions: float, n_silos: int, rounds: int, timeout_s: float) 
         point["coordinator_peak_rss_mb"] = roles.get("root", 0) / 2 ** 20
         point["silo_host_peak_rss_mb"] = roles.get("silo_host", 0) / 2 ** 20
         point["hr@10"] = summary.get("hr@10")
-        point["phase_seconds"] = summary.get("phase_seconds") or summary.get("phases")
-        point["hosts"] = summary.get("silo_hosts")
+        point["seconds_per_phase"] = summary.get("seconds_per_phase")
     except (RunFailed, BenchError, KeyError) as exc:
         point["error"] = str(exc)[-2000:]
     finally:
