@@ -104,10 +104,25 @@ def main(argv: list[str] | None = None) -> dict:
               "points": sorted(kept.values(), key=lambda p: p["interactions_target"]), "fits": fits}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
-    for key, fit in fits.items():
-        if fit:
-            print(f"[data_scale] {key} ~ interactions^{fit['b']:.2f}", flush=True)
+    print(markdown(result), flush=True)
     return result
+
+
+
+def markdown(result: dict) -> str:
+    """The BENCHMARKS.md section for ``result``."""
+    rows = ["| interactions | users | provision (s) | whole run (s) | mean round (s) | bytes/silo/round | peak RSS all "
+            "(MB) | silo host (MB) | coordinator (MB) | HR@10 | status |", "|" + " --- |" * 11]
+    for p in result["points"]:
+        n = p["interactions_target"]
+        if p.get("error"):
+            rows.append(f"| {n:,.0f} | | | | | | | | | | failed: {p['error'][:80]} |")
+            continue
+        rows.append(f"| {n:,.0f} | {round(n / PER_USER):,} | {p['provision_s']:.0f} | {p['total_wall_s']:.0f} | "
+                    f"{p['median_round_s']:.1f} | {p['bytes_per_silo_round'] / 1e6:.2f} MB | {p['peak_rss_mb']:,.0f} | "
+                    f"{p['silo_host_peak_rss_mb']:,.0f} | {p['coordinator_peak_rss_mb']:,.0f} | {p['hr@10']:.4f} | ok |")
+    fits = ", ".join(f"{k} b = {f['b']:.2f}" for k, f in result["fits"].items() if f)
+    return "\n".join(rows) + f"\n\nGrowth exponents over interactions (y ≈ a·x^b): {fits}.\n"
 
 
 if __name__ == "__main__":
@@ -115,4 +130,3 @@ if __name__ == "__main__":
         main()
     except BenchError as exc:
         sys.exit(f"data_scale: {exc}")
-
