@@ -50,6 +50,10 @@ def check_exchange(cfg: Config) -> str:
             fs.makedirs(root, exist_ok=True)
         fs.ls(root, detail=False)
     except FileNotFoundError:
+        bucket = root.strip("/").split("/")[0]
+        if not fs.exists(bucket):
+            raise SetupError(f"federation.exchange_url {url}: {bucket} does not exist (create the bucket first)") \
+                from None
         return f"exchange {url} (empty)"
     except ImportError as exc:
         raise SetupError(f"federation.exchange_url {url}: {exc} (pip install -e '.[s3]' for s3://)") from exc

@@ -105,3 +105,12 @@ def test_a_whole_encrypted_federation_runs_over_s3_and_states_its_requests_per_r
     # 3 silos + a coordinator waiting on one another: bounded by the backoff, not by the 0.02 s poll
     assert max(total) < 1500, per_round
 
+
+
+def test_a_partys_preflight_names_a_missing_bucket_and_passes_on_an_existing_one(s3, tiny_params):
+    from fedrec.protocol.preflight import SetupError, check_exchange
+
+    missing = from_dict(tiny_params | {"federation": tiny_params["federation"] | {"exchange_url": "s3://no-such-bucket/x"}})
+    with pytest.raises(SetupError, match="no-such-bucket does not exist"):
+        check_exchange(missing)
+    assert check_exchange(from_dict(tiny_params | {"federation": tiny_params["federation"] | {"exchange_url": _url()}}))
