@@ -9,8 +9,9 @@ hard-linked into place (the link refuses an existing target); on S3 it is one co
 (``If-None-Match: *``: the store itself lets exactly one of two racing writers win, no copy + delete); other
 stores get fsspec's create mode (a look first: make such a bucket immutable too, against parties that bypass fedrec).
 Waiting parties list each awaited prefix once per poll and, on object storage, back off from
-``federation.poll_interval_s`` to ``federation.poll_max_interval_s`` (every look is a paid request there). Parties write signed envelopes (:meth:`Exchange.post`) and
-read them back verified against the expected author (:meth:`Exchange.read`), see :mod:`fedrec.wire.trust`.
+``federation.poll_interval_s`` to ``federation.poll_max_interval_s`` (every look is a paid request there).
+Parties write signed envelopes (:meth:`Exchange.post`) and read them back verified against the expected author
+(:meth:`Exchange.read`), see :mod:`fedrec.wire.trust`.
 """
 
 from __future__ import annotations
