@@ -329,3 +329,50 @@ def test_serve_answers_many_users_in_one_request_and_swaps_models_without_losing
     assert body["errors"]["987654"]["error"] == "UnknownUserError"
     assert len({id(r) for r in swapped + [first]}) == 4
     assert answers and set(answers) == {200}
+
+
+
+@pytest.mark.slow
+def test_no_input_the_openapi_schema_allows_or_breaks_gets_a_5xx_or_a_traceback(trained, tmp_path):
+    """schemathesis generates requests from `fedrec serve`'s own OpenAPI schema, valid ones (positive) and ones that
+    break it (negative), for every route: each answer is < 500 and each error is ``{"error", "detail"}`` without a
+    traceback. It runs over a copy of the trained silo (fuzzed feedback must not touch ``trained``)."""
+    import shutil
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    from fedrec.silo.http import make_app
+
+    _, path = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(path.parent, copy, ignore=shutil.ignore_patterns("mlflow.db*", "params.yaml"))
+    params = copy / "params.yaml"
+    params.write_text(yaml.safe_dump(make_tiny_params(copy)))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", make_app(load_config(params), SILO))
+    seen: dict[str, list[int]] = {}
+
+    user = _a_user(load_config(params))
+    for operation in [result.ok() for result in schema.get_all_operations()]:
+        strategies = [operation.as_strategy()]
+        if operation.path != "/health":  # a route without parameters or body has nothing to break
+            strategies.append(operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE))
+        if operation.path == "/recommend/{user}":  # a user the silo knows, so that k's values reach the model
+            strategies.append(operation.as_strategy(path_parameters={"user": user}))
+        for strategy in strategies:
+            @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(case=strategy)
+            def check(case):
+                response = case.call()
+                seen.setdefault(f"{case.method} {case.path}", []).append(response.status_code)
+                assert response.status_code < 500, (case.method, case.formatted_path, response.text)
+                if response.status_code >= 400:
+                    body = response.json()
+                    assert set(body) == {"error", "detail"} and "Traceback" not in body["detail"], body
+
+            check()
+
+    print({route: sorted(set(codes)) for route, codes in seen.items()})
+    assert set(seen) == {"GET /health", "GET /recommend/{user}", "POST /recommend", "POST /feedback"}
+    assert all(200 in codes for route, codes in seen.items() if route != "POST /feedback")  # valid ones got through
+    assert all(422 in codes for route, codes in seen.items() if route != "GET /health")  # broken ones were refused
