@@ -354,6 +354,8 @@ def serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
           host: str = typer.Option("127.0.0.1", "--host", help="listen address (loopback by default)"),
           port: int = typer.Option(8000, "--port"),
           run_id: Optional[str] = typer.Option(None, "--run-id", help="pin a federated run (default: the latest)"),
+          answer_cache: int = typer.Option(200_000, "--answer-cache", min=0,
+                                           help="answers kept per model snapshot (0: score every request)"),
           params: Path = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Serve this silo's recommendations over HTTP: GET /recommend/{user}?k=10 (JSON). Ctrl-C stops it."""
     from fedrec.silo.http import make_app
@@ -362,7 +364,7 @@ def serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
     with user_errors():
         cfg = command_config(params, set_)
         check_exposure(cfg, silo, host)  # beyond loopback only with API keys
-        app_ = make_app(cfg, silo, run_id)
+        app_ = make_app(cfg, silo, run_id, answer_cache=answer_cache)
     import uvicorn
 
     err.print(f"silo {silo}: http://{host}:{port}/recommend/<user>?k=10 (Ctrl-C to stop)")

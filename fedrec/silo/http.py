@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from fedrec.core.config import Config
 from fedrec.core.errors import ConfigError, FedrecError
 from fedrec.silo.feedback import FeedbackError, InvalidFeedbackError, append_feedback
-from fedrec.silo.recommend import NoTrainedModelError, SiloRecommender, UnknownUserError
+from fedrec.silo.recommend import ANSWER_CACHE, NoTrainedModelError, SiloRecommender, UnknownUserError
 from fedrec.silo.serve_auth import Gate
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,11 @@ class LiveRecommender:
     ``.current`` and never waits on a lock, and a request in flight during a swap finishes on the model it started
     with. A reload that fails keeps the current recommender (logged)."""
 
-    def __init__(self, cfg: Config, silo_id: str, run_id: str | None = None, interval: float = 0.5):
+    def __init__(self, cfg: Config, silo_id: str, run_id: str | None = None, interval: float = 0.5,
+                 answer_cache: int = ANSWER_CACHE):
         self.cfg, self.silo_id, self.run_id, self.interval = cfg, silo_id, run_id, interval
-        self.current = SiloRecommender(cfg, silo_id, run_id)  # an unknown silo fails here, before serving
+        self.answer_cache = answer_cache
+        self.current = SiloRecommender(cfg, silo_id, run_id, answer_cache)  # an unknown silo fails here, before serving
         self._reloading = threading.Lock()  # only reloads take it
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -105,7 +107,7 @@ class LiveRecommender:
         with self._reloading:
             current = self.current
             if current._stamp() != current._loaded:
-                self.current = SiloRecommender(self.cfg, self.silo_id, self.run_id)
+                self.current = SiloRecommender(self.cfg, self.silo_id, self.run_id, self.answer_cache)
             return self.current
 
     def _watch(self) -> None:
@@ -127,13 +129,13 @@ class LiveRecommender:
 
 
 def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interval: float = 0.5,
-             rate_limit: float = 200.0, burst: int = 400):
+             rate_limit: float = 200.0, burst: int = 400, answer_cache: int = ANSWER_CACHE):
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    live = LiveRecommender(cfg, silo_id, run_id, reload_interval)  # an unknown silo fails here, before serving
+    live = LiveRecommender(cfg, silo_id, run_id, reload_interval, answer_cache)  # an unknown silo fails here, before serving
     feedback_lock = threading.Lock()  # appends are serialised; answers never wait on it
 
     @contextlib.asynccontextmanager
@@ -182,8 +184,8 @@ def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interv
 
     @app.get("/recommend/{user}")
     def recommend(user: int, k: int = Query(10, ge=1, le=1000)):
-        try:
-            return live.current.recommend(user, k).to_dict()
+        try:  # a JSONResponse as is: FastAPI's encoder would walk the plain dict again
+            return JSONResponse(live.current.recommend(user, k).to_dict())
         except FedrecError as exc:
             return error(STATUS.get(type(exc), 500), exc)
 

@@ -93,7 +93,8 @@ class SiloRecommender:
     """One silo's recommender: its data, its users' embeddings and the global item tower of a run. ``refresh()``
     picks up a newer run and new feedback (``fedrec serve`` calls it per request; it reloads only on change)."""
 
-    def __init__(self, cfg: Config, silo_id: str, run_id: str | None = None):
+    def __init__(self, cfg: Config, silo_id: str, run_id: str | None = None, answer_cache: int = ANSWER_CACHE):
+        self.answer_cache = answer_cache  # answers kept per snapshot (0: none, every request is scored)
         try:
             self.silo_id = check_silo_id(silo_id)
         except ConfigError as exc:
@@ -106,6 +107,8 @@ class SiloRecommender:
             raise UnknownSiloError(f"silo {silo_id!r} has no data under {base.parent.parent} (silos here: "
                                    f"{', '.join(known) or 'none'}; run `fedrec partition` or `fedrec run` first)")
         self.catalogue: pd.DataFrame = pipeline.read_catalogue(self.paths.catalogue)
+        self._item_ids = self.catalogue["item_id"].to_numpy(np.int64).tolist()  # plain lists: O(1) per answer item
+        self._titles = self.catalogue["title"].astype(str).tolist()
         self.device = resolve_device(cfg.training.device)
         self._loaded: tuple | None = None
         self.refresh()
@@ -201,18 +204,19 @@ class SiloRecommender:
         if self._space is None:
             inner = getattr(self.model, "model", self.model)  # the recency head wraps the model
             self._space = recency.item_space(inner)
-        return tuple(Because(item_id=int(self.catalogue["item_id"].iloc[h]), title=str(self.catalogue["title"].iloc[h]),
-                             weight=round(w, 6))
+        return tuple(Because(item_id=self._item_ids[h], title=self._titles[h], weight=round(w, 6))
                      for h, w in recency.explain(self._space, history, item, self.cfg.model.recency_decay,
                                                  EXPLAIN_ITEMS))
 
     def recommend(self, user_id: int, k: int = 10) -> Recommendations:
         """The k best unseen items for ``user_id``; answers are kept until the next reload (a snapshot's model, data
         and feedback never change in between), so a repeated request is a dictionary lookup."""
+        if self.answer_cache <= 0:
+            return self._recommend(user_id, k)
         answer = self._answers.get((user_id, k))
         if answer is None:
             answer = self._recommend(user_id, k)
-            if len(self._answers) >= ANSWER_CACHE:
+            if len(self._answers) >= self.answer_cache:
                 self._answers.clear()
             self._answers[(user_id, k)] = answer
         return answer
@@ -238,8 +242,7 @@ class SiloRecommender:
             scores[self.seen[user_id]] = -np.inf
         top = [i for i in top_k(scores, k) if np.isfinite(scores[i])]
         history = self.history.get(user_id) if source == MODEL else None
-        items = [Recommendation(item_id=int(self.catalogue["item_id"].iloc[i]),
-                                title=str(self.catalogue["title"].iloc[i]), score=float(scores[i]),
+        items = [Recommendation(item_id=self._item_ids[i], title=self._titles[i], score=float(scores[i]),
                                 because=self._because(history, i)) for i in top]
         return Recommendations(silo=self.silo_id, user=int(user_id), items=items, source=source,
                                run_id=self.run_id, note=note)
