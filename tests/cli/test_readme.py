@@ -78,16 +78,24 @@ def test_readme_make_targets_exist():
 
 
 @pytest.mark.skipif(not os.environ.get("FEDREC_DATA_DIR"), reason="needs ML-100K (FEDREC_DATA_DIR)")
-def test_the_readme_recommendation_example_names_a_user_of_that_silo(tmp_path):
+def test_the_readme_recommendation_example_names_a_user_of_that_silo(tmp_path, monkeypatch):
     from fedrec.core.config import load_config
+    from fedrec.core.data.files import load, write_example
     from fedrec.silo import data as pipeline
 
     examples = [w for w in _commands("fedrec") if w[0] == "recommend"]
     cfg = load_config(ROOT / "params.yaml", {"data.work_dir": str(tmp_path / "data")})
     pipeline.ensure_partitioned(cfg)
+    # the own-data quickstart's example (`fedrec example-data myfed`): its silos are named, MovieLens's are numbers
+    write_example(tmp_path / "myfed")
+    monkeypatch.chdir(tmp_path / "myfed")  # its params' paths are relative, as the quickstart runs them
+    own = load(load_config("params.yaml")).users
 
-    assert examples
+    assert examples and any(not _parse(w).params["silo"].isdigit() for w in examples)
     for words in examples:
         params = _parse(words).params
-        users = pipeline.silo_interactions(cfg, params["silo"])["user_id"]
-        assert params["user"] in set(users), f"README: user {params['user']} is not in silo {params['silo']}"
+        if params["silo"].isdigit():
+            users = set(pipeline.silo_interactions(cfg, params["silo"])["user_id"])
+        else:
+            users = set(own.loc[own["silo_id"] == params["silo"], "user_id"])
+        assert params["user"] in users, f"README: user {params['user']} is not in silo {params['silo']}"
