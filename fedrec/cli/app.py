@@ -365,7 +365,10 @@ def serve(silo: str = typer.Option(..., "--silo", help="this silo's id"),
         cfg = command_config(params, set_)
         check_exposure(cfg, silo, host)  # beyond loopback only with API keys
         app_ = make_app(cfg, silo, run_id, answer_cache=answer_cache)
+    import torch
     import uvicorn
+
+    torch.set_num_threads(1)  # one user's scores are a small product: threads only contend with the server's own work
 
     err.print(f"silo {silo}: http://{host}:{port}/recommend/<user>?k=10 (Ctrl-C to stop)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")

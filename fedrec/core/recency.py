@@ -129,15 +129,26 @@ def explain(space: torch.Tensor, history: np.ndarray, item: int, decay: float, n
     space: ``(history item, decay**age * cos(e_h, e_item))`` by decreasing contribution, positive ones only, at most
     ``n``. Under model.personalisation: recency these are the terms of the head's score ``p_u . e_item``; otherwise
     they are the user's own items closest to it."""
-    known = [(a, int(h)) for a, h in enumerate(history) if h >= 0]
-    if not known:
-        return []
-    ages = np.array([a for a, _ in known], dtype=np.float64)
-    rows = torch.tensor([h for _, h in known], device=space.device)
-    cos = (space[rows] @ space[item]).double().cpu().numpy()
-    weight = decay ** ages * cos
-    best: dict[int, float] = {}
-    for (_, h), w in zip(known, weight):  # an item seen twice counts once, at its strongest
-        best[h] = max(best.get(h, -np.inf), float(w))
-    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [(h, w) for h, w in ranked if w > 0][:n]
+    return explain_many(space, history, [item], decay, n)[0]
+
+
+def explain_many(space: torch.Tensor, history: np.ndarray, items, decay: float,
+                 n: int = 3) -> list[list[tuple[int, float]]]:
+    """:func:`explain` for several items of one user at once (one matrix product: a top-k answer's explanations)."""
+    history = np.asarray(history)
+    ages = np.flatnonzero(history >= 0)
+    if not len(ages) or not len(items):
+        return [[] for _ in items]
+    known = history[ages].astype(np.int64)
+    cos = (space[torch.from_numpy(known).to(space.device)]
+           @ space[torch.as_tensor(np.asarray(items, dtype=np.int64), device=space.device)].T).double().cpu().numpy()
+    weight = (decay ** ages.astype(np.float64))[:, None] * cos  # [history, items]
+    order = np.argsort(known, kind="stable")
+    starts = np.flatnonzero(np.r_[True, known[order][1:] != known[order][:-1]])
+    unique = known[order][starts]
+    strongest = np.maximum.reduceat(weight[order], starts, axis=0)  # an item seen twice counts once, at its strongest
+    out = []
+    for column in strongest.T:
+        ranked = np.lexsort((unique, -column))[:n]  # by decreasing contribution, ties: the lower item first
+        out.append([(int(unique[j]), float(column[j])) for j in ranked if column[j] > 0])
+    return out

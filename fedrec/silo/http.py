@@ -132,7 +132,7 @@ def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interv
              rate_limit: float = 200.0, burst: int = 400, answer_cache: int = ANSWER_CACHE):
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
 
     live = LiveRecommender(cfg, silo_id, run_id, reload_interval, answer_cache)  # an unknown silo fails here, before serving
@@ -183,9 +183,11 @@ def make_app(cfg: Config, silo_id: str, run_id: str | None = None, reload_interv
         return {"silo": silo_id, "run_id": live.current.run_id}
 
     @app.get("/recommend/{user}")
-    def recommend(user: int, k: int = Query(10, ge=1, le=1000)):
-        try:  # a JSONResponse as is: FastAPI's encoder would walk the plain dict again
-            return JSONResponse(live.current.recommend(user, k).to_dict())
+    async def recommend(user: int, k: int = Query(10, ge=1, le=1000)):
+        """On the event loop itself (a cached answer is a lookup, a fresh one about a millisecond of scoring): no hop
+        to a thread, no lock; the body is the snapshot's JSON bytes as they are."""
+        try:
+            return Response(live.current.recommend_json(user, k), media_type="application/json")
         except FedrecError as exc:
             return error(STATUS.get(type(exc), 500), exc)
 

@@ -10,7 +10,7 @@ items, and the answer says so.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -77,9 +77,15 @@ class Recommendations:
     note: str = ""
 
     def to_dict(self) -> dict:
-        body = {"silo": self.silo, "user": self.user, "items": [asdict(r) | {"because": [asdict(b) for b in r.because]} for r in self.items],
-                "source": self.source, "run_id": self.run_id}
+        items = [{"item_id": r.item_id, "title": r.title, "score": r.score,
+                  "because": [{"item_id": b.item_id, "title": b.title, "weight": b.weight} for b in r.because]}
+                 for r in self.items]
+        body = {"silo": self.silo, "user": self.user, "items": items, "source": self.source, "run_id": self.run_id}
         return body | ({"note": self.note} if self.note else {})
+
+    def to_json(self) -> bytes:
+        """:meth:`to_dict` as compact UTF-8 JSON (what `fedrec serve` answers)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def latest_run_id(cfg: Config, silo_id: str) -> str | None:
@@ -143,6 +149,7 @@ class SiloRecommender:
         self._space = None  # the loaded model's item space, for explanations (made on first use)
         self.folded_in: list[int] = []  # users whose feedback since the run was folded into their vectors
         self._answers: dict[tuple[int, int], Recommendations] = {}  # this snapshot's answers (it never changes)
+        self._bodies: dict[tuple[int, int], bytes] = {}  # and the same as JSON
         if run_id is not None:
             self._load_model(run_id)
             self._fold_in_feedback(run_id)
@@ -197,16 +204,17 @@ class SiloRecommender:
                                        self.cfg.model.recency_length)
         return personal.recency_head(self.model, history, self.cfg)
 
-    def _because(self, history: np.ndarray | None, item: int) -> tuple[Because, ...]:
-        """The user's own items that most support ``item`` in the global item space (fedrec.core.recency.explain)."""
+    def _because(self, history: np.ndarray | None, items: list[int]) -> list[tuple[Because, ...]]:
+        """For each of ``items``, the user's own items that most support it in the global item space
+        (fedrec.core.recency.explain_many: one matrix product for the whole answer)."""
         if history is None or not len(history):
-            return ()
+            return [() for _ in items]
         if self._space is None:
             inner = getattr(self.model, "model", self.model)  # the recency head wraps the model
             self._space = recency.item_space(inner)
-        return tuple(Because(item_id=self._item_ids[h], title=self._titles[h], weight=round(w, 6))
-                     for h, w in recency.explain(self._space, history, item, self.cfg.model.recency_decay,
-                                                 EXPLAIN_ITEMS))
+        return [tuple(Because(item_id=self._item_ids[h], title=self._titles[h], weight=round(w, 6)) for h, w in named)
+                for named in recency.explain_many(self._space, history, items, self.cfg.model.recency_decay,
+                                                  EXPLAIN_ITEMS)]
 
     def recommend(self, user_id: int, k: int = 10) -> Recommendations:
         """The k best unseen items for ``user_id``; answers are kept until the next reload (a snapshot's model, data
@@ -220,6 +228,19 @@ class SiloRecommender:
                 self._answers.clear()
             self._answers[(user_id, k)] = answer
         return answer
+
+    def recommend_json(self, user_id: int, k: int = 10) -> bytes:
+        """:meth:`recommend` as JSON bytes (`fedrec serve`'s body), kept like the answers: a repeated request is a
+        dictionary lookup, nothing encoded again."""
+        if self.answer_cache <= 0:
+            return self._recommend(user_id, k).to_json()
+        body = self._bodies.get((user_id, k))
+        if body is None:
+            body = self.recommend(user_id, k).to_json()
+            if len(self._bodies) >= self.answer_cache:
+                self._bodies.clear()
+            self._bodies[(user_id, k)] = body
+        return body
 
     def _recommend(self, user_id: int, k: int = 10) -> Recommendations:
         if k < 1:
@@ -242,8 +263,8 @@ class SiloRecommender:
             scores[self.seen[user_id]] = -np.inf
         top = [i for i in top_k(scores, k) if np.isfinite(scores[i])]
         history = self.history.get(user_id) if source == MODEL else None
-        items = [Recommendation(item_id=self._item_ids[i], title=self._titles[i], score=float(scores[i]),
-                                because=self._because(history, i)) for i in top]
+        items = [Recommendation(item_id=self._item_ids[i], title=self._titles[i], score=float(scores[i]), because=why)
+                 for i, why in zip(top, self._because(history, top))]
         return Recommendations(silo=self.silo_id, user=int(user_id), items=items, source=source,
                                run_id=self.run_id, note=note)
 

@@ -105,3 +105,20 @@ def test_an_explanation_names_the_users_own_items_by_their_share_of_the_heads_sc
     assert [h for h, _ in named] == [h for h, _ in expected]
     assert np.allclose([w for _, w in named], [w for _, w in expected])
     assert recency.explain(space, np.array([-1, -1]), 20, 0.5) == []
+
+
+def test_explanations_of_a_whole_answer_at_once_equal_each_items_own(silo):
+    _, _, model = silo
+    space = recency.item_space(model)
+    rng = np.random.default_rng(1)
+    history = np.r_[rng.integers(0, space.shape[0], 30), -1, -1]  # repeats likely, padding at the end
+    items = rng.choice(space.shape[0], 8, replace=False)
+
+    many = recency.explain_many(space, history, items, decay=0.9, n=3)
+
+    for item, named in zip(items, many):
+        contribution = {int(h): max(0.9 ** a * float(space[h] @ space[item]) for a, x in enumerate(history) if x == h)
+                        for h in set(history[history >= 0].tolist())}
+        expected = sorted(((h, w) for h, w in contribution.items() if w > 0), key=lambda kv: (-kv[1], kv[0]))[:3]
+        assert [h for h, _ in named] == [h for h, _ in expected]
+        assert np.allclose([w for _, w in named], [w for _, w in expected])
