@@ -11,7 +11,8 @@ request is any socket error, timeout or non-2xx answer wrk counts.
 
 Catalogues (``--catalogue``): ``ml-100k`` (the region silos, 1,682 items) and ``27k`` (synthetic, 27,278 items as
 ML-20M, 4,000 users in 11 IID silos). Each is measured with the server's answer cache (the default: an answer is
-kept until the next swap) and without it (``--answer-cache 0``: every request scored, top-K, explanations).
+kept until the next swap, and a new snapshot answers the latest cached requests before it is swapped in) and
+without it (``--answer-cache 0``: every request scored, top-K, explanations), each steady (no swap) and with swaps.
 Writes results/serve_load.json and the ``serve_load`` section of BENCHMARKS.md.
 
 Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k .venv/bin/python bench/serve_load.py [--seconds 10]
@@ -100,7 +101,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> N
 
 
 def measure(ws: Workspace, sets: list[str], silo: str, users: list[int], model_file: Path, args, cache: int,
-            log: Path) -> dict:
+            swap_every: float, log: Path) -> dict:
     from fedrec.orchestration.ops.procs import free_port
 
     port = free_port()
@@ -117,13 +118,13 @@ def measure(ws: Workspace, sets: list[str], silo: str, users: list[int], model_f
         swaps, stop = [], threading.Event()
 
         def swapper() -> None:  # a newer saved state: the watcher rebuilds and swaps the recommender in
-            while not stop.wait(args.swap_every):
+            while not stop.wait(swap_every):
                 now = time.time()
                 os.utime(model_file, (now, now))
                 swaps.append(now)
 
         thread = threading.Thread(target=swapper, daemon=True)
-        if args.swap_every > 0:
+        if swap_every > 0:
             thread.start()
         out = subprocess.run(wrk, check=True, capture_output=True, text=True).stdout
         stop.set()
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--silo", default="0")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the run that is served")
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--swap-every", type=float, default=1.0, help="seconds between model swaps (0: none)")
     ap.add_argument("--seed", type=int, default=0)
@@ -170,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         model_file = SiloStore.of(cfg, args.silo, summary["run_id"]).model_path
         items = len(pipeline.catalogue_ids(cfg))
         for cache in (200_000, 0):
-            row = measure(ws, sets, args.silo, users, model_file, args, cache, logs / f"serve-{cache}.log")
-            row.update(catalogue=name, items=items, users=len(users), silo=args.silo)
-            rows.append(row)
-            print(json.dumps(row))
+            for swap_every in sorted({0.0, args.swap_every}):
+                row = measure(ws, sets, args.silo, users, model_file, args, cache, swap_every,
+                              logs / f"serve-{cache}-{swap_every:g}.log")
+                row.update(catalogue=name, items=items, users=len(users), silo=args.silo, swap_every_s=swap_every)
+                rows.append(row)
+                print(json.dumps(row))
     result = {"command": command, "machine": machine(), "connections": args.connections, "k": args.k,
               "seconds": args.seconds, "swap_every_s": args.swap_every, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -183,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
          "model swaps", "failed"],
         [[r["catalogue"], f"{r['items']:,}", str(r["users"]), "on" if r["answer_cache"] else "off (every request "
           "scored)", f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-          f"{r['requests']:,}", str(r["swaps"]), str(r["failed"])] for r in rows])
+          f"{r['requests']:,}", f"{r['swaps']} (every {r['swap_every_s']:g} s)" if r["swaps"] else "none",
+          str(r["failed"])] for r in rows])
     replace_section(BENCH_MD, "serve_load", (
         "## Serving under load (issue #23)\n\n"
         f"`{command}` → `results/serve_load.json`: `fedrec serve` (one uvicorn worker) driven by `wrk` (1 thread, "
         f"{args.connections} connections, {args.seconds} s, GET /recommend/<random user of silo {args.silo}>?k="
-        f"{args.k}), the model swapped every {args.swap_every:g} s under load; on this machine "
+        f"{args.k}), steady and with the model swapped every {args.swap_every:g} s under load; on this machine "
         f"({result['machine']['cores']} cores, client and server sharing them).\n\n" + table))
     return 0
 

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 ROUTES = "GET /recommend/{user}?k=10, POST /recommend, POST /feedback, GET /health"
 #: the HTTP status of each named error a request can meet
 STATUS = {UnknownUserError: 404, NoTrainedModelError: 503, ConfigError: 422}
+#: cached answers a new snapshot computes before the watcher swaps it in
+WARM_ANSWERS = 1_000
 
 
 class Interaction(BaseModel):
@@ -102,18 +104,22 @@ class LiveRecommender:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def reload(self) -> SiloRecommender:
-        """A fresh recommender when the run or the silo's data changed (swapped in atomically); else the current."""
+    def reload(self, warm: int = 0) -> SiloRecommender:
+        """A fresh recommender when the run or the silo's data changed (swapped in atomically); else the current.
+        ``warm`` > 0: the fresh one first answers the current one's ``warm`` latest cached requests, so requests after
+        the swap stay lookups (the watcher does; POST /feedback does not wait for it)."""
         with self._reloading:
             current = self.current
             if current._stamp() != current._loaded:
-                self.current = SiloRecommender(self.cfg, self.silo_id, self.run_id, self.answer_cache)
+                fresh = SiloRecommender(self.cfg, self.silo_id, self.run_id, self.answer_cache)
+                fresh.warm(list(current._bodies)[-warm:] if warm > 0 else [])
+                self.current = fresh
             return self.current
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.reload()
+                self.reload(warm=WARM_ANSWERS)
             except Exception:  # noqa: BLE001 - keep serving the current model
                 log.exception("silo %s: reloading the recommender failed; serving the current one", self.silo_id)
 

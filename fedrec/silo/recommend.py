@@ -229,6 +229,14 @@ class SiloRecommender:
             self._answers[(user_id, k)] = answer
         return answer
 
+    def warm(self, requests: list[tuple[int, int]]) -> None:
+        """Answer ``requests`` ((user, k) pairs) ahead into the cache; a request that fails now is left out."""
+        for user_id, k in requests:
+            try:
+                self.recommend_json(user_id, k)
+            except FedrecError:
+                continue
+
     def recommend_json(self, user_id: int, k: int = 10) -> bytes:
         """:meth:`recommend` as JSON bytes (`fedrec serve`'s body), kept like the answers: a repeated request is a
         dictionary lookup, nothing encoded again."""
