@@ -128,7 +128,8 @@ def measure(ws: Workspace, sets: list[str], silo: str, users: list[int], model_f
             thread.start()
         out = subprocess.run(wrk, check=True, capture_output=True, text=True).stdout
         stop.set()
-        thread.join(timeout=5)
+        if thread.is_alive():
+            thread.join(timeout=5)
     finally:
         server.terminate()
         server.wait(timeout=30)
