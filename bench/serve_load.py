@@ -10,7 +10,7 @@ state, builds a fresh recommender off the request path and swaps it in, as when 
 request is any socket error, timeout or non-2xx answer wrk counts.
 
 Catalogues (``--catalogue``): ``ml-100k`` (the region silos, 1,682 items) and ``27k`` (synthetic, 27,278 items as
-ML-20M, 4,000 users in 11 IID silos). Each is measured with the server's answer cache (the default: an answer is
+ML-20M, 4,000 users in 4 IID silos). Each is measured with the server's answer cache (the default: an answer is
 kept until the next swap, and a new snapshot answers the latest cached requests before it is swapped in) and
 without it (``--answer-cache 0``: every request scored, top-K, explanations), each steady (no swap) and with swaps.
 Writes results/serve_load.json and the ``serve_load`` section of BENCHMARKS.md.
@@ -54,7 +54,7 @@ CATALOGUES = {
     "ml-100k": [],
     "27k": ["data.source=synthetic", "data.synthetic.n_users=4000", "data.synthetic.n_items=27278",
             "data.synthetic.interactions_per_user=40", "data.synthetic.n_factors=16", "partition.scheme=iid",
-            "partition.n_silos=11"],
+            "partition.n_silos=4"],
 }
 LUA = """
 local users = {%s}
@@ -114,7 +114,7 @@ def measure(ws: Workspace, sets: list[str], silo: str, users: list[int], model_f
         script.write_text(LUA % (", ".join(map(str, users)), args.seed, args.k))
         wrk = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "--timeout", "5s",
                "-s", str(script), f"http://127.0.0.1:{port}"]
-        subprocess.run([*wrk[:3], "-d2s", *wrk[4:]], check=True, capture_output=True)  # warm-up (not counted)
+        subprocess.run([*wrk[:3], "-d5s", *wrk[4:]], check=True, capture_output=True)  # warm-up (not counted)
         swaps, stop = [], threading.Event()
 
         def swapper() -> None:  # a newer saved state: the watcher rebuilds and swaps the recommender in
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--catalogue", action="append", choices=sorted(CATALOGUES), help="default: both")
     ap.add_argument("--silo", default="0")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the run that is served")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the run that is served")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--k", type=int, default=10)
