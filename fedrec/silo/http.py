@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 ROUTES = "GET /recommend/{user}?k=10, POST /recommend, POST /feedback, GET /health"
 #: the HTTP status of each named error a request can meet
 STATUS = {UnknownUserError: 404, NoTrainedModelError: 503, ConfigError: 422}
-#: cached answers a new snapshot computes before the watcher swaps it in
-WARM_ANSWERS = 1_000
+#: cached answers (the latest first) a new snapshot computes before the watcher swaps it in, and for how long at most
+#: (a POST /feedback arriving meanwhile waits on it)
+WARM_ANSWERS, WARM_SECONDS = 1_000, 0.25
 
 
 class Interaction(BaseModel):
@@ -112,7 +113,7 @@ class LiveRecommender:
             current = self.current
             if current._stamp() != current._loaded:
                 fresh = SiloRecommender(self.cfg, self.silo_id, self.run_id, self.answer_cache)
-                fresh.warm(list(current._bodies)[-warm:] if warm > 0 else [])
+                fresh.warm(list(reversed(current._bodies))[:warm] if warm > 0 else [], WARM_SECONDS)
                 self.current = fresh
             return self.current
 

@@ -10,6 +10,7 @@ items, and the answer says so.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,13 +230,19 @@ class SiloRecommender:
             self._answers[(user_id, k)] = answer
         return answer
 
-    def warm(self, requests: list[tuple[int, int]]) -> None:
-        """Answer ``requests`` ((user, k) pairs) ahead into the cache; a request that fails now is left out."""
+    def warm(self, requests: list[tuple[int, int]], budget_s: float = 0.25) -> int:
+        """Answer ``requests`` ((user, k) pairs, the first first) ahead into the cache for at most ``budget_s``
+        seconds; a request that fails now is left out. Returns how many were answered."""
+        deadline, done = time.perf_counter() + budget_s, 0
         for user_id, k in requests:
+            if time.perf_counter() > deadline:
+                break
+            done += 1
             try:
                 self.recommend_json(user_id, k)
             except FedrecError:
                 continue
+        return done
 
     def recommend_json(self, user_id: int, k: int = 10) -> bytes:
         """:meth:`recommend` as JSON bytes (`fedrec serve`'s body), kept like the answers: a repeated request is a

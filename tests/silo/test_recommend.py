@@ -376,3 +376,21 @@ def test_no_input_the_openapi_schema_allows_or_breaks_gets_a_5xx_or_a_traceback(
     assert set(seen) == {"GET /health", "GET /recommend/{user}", "POST /recommend", "POST /feedback"}
     assert all(200 in codes for route, codes in seen.items() if route != "POST /feedback")  # valid ones got through
     assert all(422 in codes for route, codes in seen.items() if route != "GET /health")  # broken ones were refused
+
+
+def test_a_new_snapshot_answers_the_latest_requests_before_it_is_swapped_in_and_cache_0_keeps_nothing(trained):
+    from fedrec.silo.http import LiveRecommender
+
+    _, path = trained
+    cfg = load_config(path)
+    user = _a_user(cfg)
+    live = LiveRecommender(cfg, SILO)
+    first = live.current
+    body = first.recommend_json(user, 5)
+    first._loaded = None  # stale: as when a newer run lands
+    fresh = live.reload(warm=10)
+    uncached = LiveRecommender(cfg, SILO, answer_cache=0).current
+
+    assert fresh is not first and fresh._bodies == {(user, 5): body}  # answered before anyone asked it
+    assert json.loads(body) == first.recommend(user, 5).to_dict() == json.loads(uncached.recommend_json(user, 5))
+    assert not uncached._bodies and not uncached._answers
