@@ -10,6 +10,8 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
   median of three or more group means stays between honest groups' values on every coordinate;
 * ``krum``: Multi-Krum over the group means (the n - 1 that agree most, averaged by samples): with three groups the
   two that are closest, so a sign-flipped or scaled group is left out whole instead of pulling the median;
+* ``outlier``: Multi-Krum's odd group left out only when it lies beyond ``federation.outlier_ratio`` times the
+  kept groups' spread from their mean; otherwise every group (FedAvg), so a clean run loses nothing to it;
 * ``federation.norm_filter`` (with any rule): group means longer than that multiple of the median group norm are
   dropped first, so a scaled or noisy update's group does not even bias the median towards it.
 """
@@ -39,7 +41,23 @@ def multi_krum(results: list[AggregateResult], byzantine: int = 1) -> list[Aggre
     return [results[i] for i in keep]
 
 
-def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0) -> AggregateResult | None:
+def odd_one_out(results: list[AggregateResult], ratio: float) -> list[AggregateResult]:
+    """Multi-Krum only when it is needed: the group mean Krum would leave out is left out only if it lies farther
+    from the kept groups' mean than ``ratio`` times the kept groups' own spread (their mean distance to that mean).
+    Honest groups of random silos differ by sampling and data heterogeneity alone, so a clean round keeps every
+    group (FedAvg: no clean cost); a scaled, sign-flipped, noisy or stale group lies far out and is dropped whole."""
+    kept = multi_krum(results)
+    if len(kept) == len(results):
+        return results
+    (odd,) = [r for r in results if all(r is not k for k in kept)]
+    flat = {id(r): np.concatenate([t.double().numpy().ravel() for t in r.mean_delta.values()]) for r in results}
+    center = np.mean([flat[id(r)] for r in kept], axis=0)
+    spread = float(np.mean([np.linalg.norm(flat[id(r)] - center) for r in kept]))
+    return kept if np.linalg.norm(flat[id(odd)] - center) > ratio * max(spread, 1e-12) else results
+
+
+def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0,
+            outlier_ratio: float = 3.0) -> AggregateResult | None:
     """One round's result from its groups' means (groups whose sum could not be opened are left out). ``median``
     needs three groups; with fewer it is the weighted mean (a median of two is their mean anyway). ``norm_filter``
     > 0 first drops each group mean whose L2 norm exceeds that multiple of the groups' median norm (a scaled or noisy
@@ -56,15 +74,15 @@ def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0)
     total = sum(r.total_samples for r in results)
     contributors = tuple(sorted(s for r in results for s in r.contributors))
     names = list(results[0].mean_delta)
-    if rule == "krum" and len(results) >= 3:
-        results = multi_krum(results)
+    if rule in ("krum", "outlier") and len(results) >= 3:
+        results = multi_krum(results) if rule == "krum" else odd_one_out(results, outlier_ratio)
         total = sum(r.total_samples for r in results)
         contributors = tuple(sorted(s for r in results for s in r.contributors))
         rule = "mean"
     if rule == "median" and len(results) >= 3:
         mean = {k: torch.from_numpy(np.median(np.stack([r.mean_delta[k].double().numpy() for r in results]), axis=0))
                 .to(results[0].mean_delta[k].dtype) for k in names}
-    elif rule in ("mean", "median", "krum"):
+    elif rule in ("mean", "median", "krum", "outlier"):
         mean = {k: sum(r.mean_delta[k].double() * (r.total_samples / total) for r in results)
                 .to(results[0].mean_delta[k].dtype) for k in names}
     else:

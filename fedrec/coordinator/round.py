@@ -50,7 +50,8 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
                                    range(len(groups))))
     t_mean = time.perf_counter()
     failures = collected.failures | {s: why for o in opened for s, why in o.failures.items()}
-    result = robust.combine([o.result for o in opened], coord.cfg.federation.robust_rule, coord.cfg.federation.norm_filter)
+    fed = coord.cfg.federation
+    result = robust.combine([o.result for o in opened], fed.robust_rule, fed.norm_filter, fed.outlier_ratio)
     coord.step(server_round, result, failures)
     # every silo of an opened group took part (and evaluates the round); the robust rule may still leave a group's
     # mean out of the model (krum, norm_filter): ``kept`` names whose updates are in it

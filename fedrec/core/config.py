@@ -322,7 +322,11 @@ class FederationConfig(Section):
     #: how group means combine: mean (weighted by their silos' samples: FedAvg) | median (coordinate-wise median of
     #: the group means: a malicious silo moves one group's mean, never the median of three or more) | krum
     #: (Multi-Krum: the group means that agree most, averaged; with three groups the closest two)
-    robust_rule: Literal["mean", "median", "krum"] = "mean"
+    #: | outlier (Krum's odd group left out only when it lies beyond outlier_ratio x the kept groups' spread)
+    robust_rule: Literal["mean", "median", "krum", "outlier"] = "mean"
+    #: robust_rule outlier: how far (in multiples of the kept groups' spread around their mean) the odd group mean
+    #: must lie to be left out
+    outlier_ratio: float = checked(3.0, "federation.outlier_ratio must be > 1", gt=1)
     #: > 0 (with groups >= 3): drop the group means whose L2 norm exceeds this multiple of the median group norm
     #: before combining them (a scaled or noisy update lengthens its group's mean); 0 = keep every group
     norm_filter: float = checked(0.0, "federation.norm_filter must be >= 0 (0: off)", ge=0)

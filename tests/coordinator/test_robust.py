@@ -56,6 +56,22 @@ def test_the_median_of_group_means_ignores_one_outlying_group_the_mean_weighs_th
     assert np.allclose(kept.mean_delta["w"].numpy(), [(1.0 * 10 + 1.2 * 30) / 40, (0.5 * 10 + 0.4 * 30) / 40])
 
 
+def test_the_outlier_rule_leaves_out_only_a_group_far_beyond_the_others_spread():
+    rng = np.random.default_rng(0)
+    honest = [_result((1.0 + 0.1 * rng.standard_normal(50)).tolist(), n, who)
+              for n, who in ((10, "a"), (30, "b"), (20, "c"))]
+    fedavg = combine(honest, "mean")
+    clean = combine(honest, "outlier")  # three honest groups: every one kept, FedAvg exactly
+    flipped = honest[:2] + [_result((-1.0 + 0.1 * rng.standard_normal(50)).tolist(), 20, "c")]
+    defended = combine(flipped, "outlier")
+
+    assert clean.contributors == ("a", "b", "c") and torch.equal(clean.mean_delta["w"], fedavg.mean_delta["w"])
+    assert combine(honest, "krum").contributors != ("a", "b", "c")  # Krum would have dropped an honest group
+    assert defended.contributors == ("a", "b")
+    assert torch.allclose(defended.mean_delta["w"], combine(flipped[:2], "mean").mean_delta["w"])
+    assert combine(flipped, "outlier", outlier_ratio=1e9).contributors == ("a", "b", "c")  # the bound is the defence
+
+
 @pytest.fixture()
 def cfg(tmp_path):
     raw = make_tiny_params(tmp_path)
@@ -84,7 +100,7 @@ def test_grouped_sums_give_fedavg_and_each_decrypted_mean_is_of_at_least_min_sil
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["median", "krum"])
+@pytest.mark.parametrize("rule", ["median", "krum", "outlier"])
 def test_a_malicious_silo_moves_the_robust_rule_no_further_than_the_honest_groups(cfg, rule):
     grouped = {"federation": cfg["federation"] | {"groups": 3}}
     clean = run_in_process(from_dict(cfg | grouped), rounds=1)
@@ -95,7 +111,7 @@ def test_a_malicious_silo_moves_the_robust_rule_no_further_than_the_honest_group
     undefended = run_in_process(from_dict(cfg | grouped), attack, rounds=1)
 
     assert len(records[0].per_silo_test) == 9  # every silo evaluates, also those whose group the rule left out
-    assert len(records[0].kept) == (6 if rule == "krum" else 0)  # krum keeps two groups of three
+    assert len(records[0].kept) == (0 if rule == "median" else 6)  # krum and outlier keep two groups of three
     honest = np.abs(_moved(from_dict(cfg), clean)).max()
     with_median, without = np.abs(_moved(from_dict(cfg), defended)).max(), np.abs(_moved(from_dict(cfg), undefended)).max()
     assert without > 5 * honest, (honest, without)  # without the median: the attack lands
