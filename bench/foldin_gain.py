@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     catalogue = pipeline.catalogue_ids(cfg)
     plan = {}  # silo -> (feedback rows, users, their test items, their negatives)
-    for silo in sorted(pipeline.silo_sizes(cfg), key=int):
+    for silo in sorted(pipeline.silo_sizes(cfg)):
         base = pipeline.silo_base_file(cfg, silo)
         full = pd.read_parquet(base)
         kept, feedback = held_out_feedback(full, args.m, args.share, args.min_history, cfg.evaluation.seed, rng)
