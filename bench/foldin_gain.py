@@ -7,9 +7,11 @@ The feedback loop as a silo lives it, on ML-100K region silos, through the real 
    random; their ``--m`` latest interactions before their validation and test items (the last two by time, as the
    leave-one-out split orders them) are taken out of the silo's data and kept back as their feedback.
 3. Run A (`fedrec run`, the project's defaults, CKKS + masks): the model before the feedback.
-4. The kept rows go in through the real feedback path (`append_feedback`: validated with the silo's suite,
-   appended as a batch), and a fresh recommender folds them into those users' private vectors with the item tower
-   frozen (what `fedrec serve` does on POST /feedback): "folded in".
+4. "Folded in": the feedback users' private vectors refitted by `fedrec serve`'s fold-in (fedrec.core.foldin with
+   its defaults, the item tower frozen) on their history plus the feedback, without their validation and test
+   items (serving folds in everything a user did; here that would include the item the evaluation hides). Then
+   the kept rows go in through the real feedback path (`append_feedback`: validated with the silo's suite,
+   appended as a batch), and a fresh recommender is checked to fold them into exactly those users' vectors.
 5. Run B (`fedrec run` again): the next federated run trains on the batch: "retrained".
 
 Each feedback user's test item is ranked among 99 items the user never touched (drawn once, the same for the three
@@ -98,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import pandas as pd
 
-    from fedrec.core import env
+    from fedrec.core import env, foldin
     from fedrec.core.config import load_config, parse_overrides
     from fedrec.core.data.split import leave_one_out, sample_user_negatives
     from fedrec.silo import data as pipeline
+    from fedrec.silo import personal
     from fedrec.silo.feedback import append_feedback
     from fedrec.silo.recommend import SiloRecommender
 
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     provision_data(ws, sets, logs)
     init_store(ws.mlflow_db, logs / "store")
     cfg = load_config(str(ROOT / "params.yaml"), parse_overrides(ws.overrides()[1::2] + as_sets(sets)[1::2]))
+    if personal.uses_recency(cfg) or cfg.model.personalisation != "none":
+        raise SystemExit("foldin_gain.py measures the shared model's fold-in: model.personalisation none")
     rng = np.random.default_rng(args.seed)
     catalogue = pipeline.catalogue_ids(cfg)
     plan = {}  # silo -> (feedback rows, users, their test items, their negatives)
@@ -134,12 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     for silo, (feedback, users, holdout, negatives, fb_users) in plan.items():
         rec = SiloRecommender(cfg, silo)
         before[silo] = ranks(rec, users, holdout.loc[users, "test_item"], [negatives[u] for u in users])
-        if len(feedback):
+        # the fold-in `fedrec serve` runs on POST /feedback (fedrec.core.foldin, its defaults), on each feedback user's
+        # history without the validation and test items: serving folds in everything the user did, which here would
+        # include the very item the evaluation hides
+        index = pd.Series(np.arange(len(rec.catalogue)), index=rec.catalogue["item_id"].to_numpy(np.int64))
+        held = set(zip(holdout.index, holdout["val_item"])) | set(zip(holdout.index, holdout["test_item"]))
+        full = pd.concat([pd.read_parquet(pipeline.silo_base_file(cfg, silo)), feedback], ignore_index=True)
+        keep = [(u, i) not in held for u, i in zip(full["user_id"], full["item_id"])]
+        histories = full[keep].groupby("user_id")["item_id"].agg(lambda s: index[s.to_numpy(np.int64)].to_numpy())
+        who = sorted(fb_users)
+        foldin.fold_in(rec.model, np.array([rec.model_users[u] for u in who]), [histories[u] for u in who],
+                       seed=1)
+        folded[silo] = ranks(rec, users, holdout.loc[users, "test_item"], [negatives[u] for u in users])
+        if len(feedback):  # the real feedback path: validated, appended; the next run trains on it
             append_feedback(cfg, silo, feedback[["user_id", "item_id", "rating", "timestamp"]],
                             record_dvc=False)  # the scratch workspace is not the project's DVC data
-        rec = SiloRecommender(cfg, silo)  # folds the new batch into those users' vectors, as serve does
-        assert set(rec.folded_in) == fb_users, (silo, len(rec.folded_in), len(fb_users))
-        folded[silo] = ranks(rec, users, holdout.loc[users, "test_item"], [negatives[u] for u in users])
+        served = SiloRecommender(cfg, silo)  # and serving folds the new batch into exactly those users' vectors
+        assert set(served.folded_in) == fb_users, (silo, len(served.folded_in), len(fb_users))
     summary_b, _ = run_fedrec_summary(args.rounds, True, ws, sets, logs / "run_b", ROW_TIMEOUT_S)
     for silo, (feedback, users, holdout, negatives, fb_users) in plan.items():
         rec = SiloRecommender(cfg, silo)  # run B: its model trained on the feedback
