@@ -15,11 +15,13 @@ The feedback loop as a silo lives it, on ML-100K region silos, through the real 
 5. Run B (`fedrec run` again): the next federated run trains on the batch: "retrained".
 
 Each feedback user's test item is ranked among 99 items the user never touched (drawn once, the same for the three
-models); HR@10 / NDCG@10 before, folded in and retrained, and share = (folded − before) / (retrained − before).
+models); HR@10 / NDCG@10 before, folded in and retrained, and share = (folded − before) / (retrained − before)
+of the seeds' mean gains. A control refits the same users' vectors the same way without the feedback (how much of
+the fold-in's gain is the refit itself).
 Users without feedback are reported too (the retrain moves them as well). Writes results/foldin_gain.json.
 
 Usage: FEDREC_DATA_DIR=../shared/datasets/ml-100k .venv/bin/python bench/foldin_gain.py [--m 10] [--share 0.5]
-       [--rounds 40] [-S key=value ...]
+       [--rounds 40] [--seeds 0,1,2] [-S key=value ...]
 """
 
 from __future__ import annotations
@@ -62,14 +64,14 @@ def held_out_feedback(frame, m: int, share: float, min_history: int, seed: int, 
     return frame[kept["_fb"].isna().to_numpy()].reset_index(drop=True), feedback.reset_index(drop=True)
 
 
-def ranks(rec, users, test_items, negatives) -> list[int]:
-    """The rank (0 = best) of each user's test item among its negatives under ``rec``'s model."""
+def ranks(rec, users, test_items, negatives, model=None) -> list[int]:
+    """The rank (0 = best) of each user's test item among its negatives under ``model`` (default: ``rec``'s)."""
     import numpy as np
     import torch
 
     index = {int(i): j for j, i in enumerate(rec.catalogue["item_id"].to_numpy(np.int64))}
     with torch.no_grad():
-        scores = rec.model.full_sort_predict(torch.tensor([rec.model_users[u] for u in users]))
+        scores = (model or rec.model).full_sort_predict(torch.tensor([rec.model_users[u] for u in users]))
     scores = scores.cpu().numpy()
     out = []
     for row, test, negs in zip(scores, test_items, negatives):
@@ -85,22 +87,14 @@ def metrics(rank_list, k: int) -> dict:
     return {"hr@10": float((r < k).mean()), "ndcg@10": float(np.where(r < k, 1 / np.log2(r + 2), 0).mean())}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--m", type=int, default=10, help="feedback interactions per feedback user")
-    ap.add_argument("--share", type=float, default=0.5, help="share of eligible users who give feedback")
-    ap.add_argument("--min-history", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
-    ap.add_argument("--out", default=str(RESULTS / "foldin_gain.json"))
-    args = ap.parse_args(argv)
-    command = begin(WORK, "foldin_gain.py", argv)
+def run_seed(seed: int, args) -> dict:
+    """One seed: provision, hold the feedback back, run A, fold in, feed back, run B; the three models' metrics."""
+    import copy
 
     import numpy as np
     import pandas as pd
 
-    from fedrec.core import env, foldin
+    from fedrec.core import foldin
     from fedrec.core.config import load_config, parse_overrides
     from fedrec.core.data.split import leave_one_out, sample_user_negatives
     from fedrec.silo import data as pipeline
@@ -108,16 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     from fedrec.silo.feedback import append_feedback
     from fedrec.silo.recommend import SiloRecommender
 
-    env.apply_defaults()
-    ws = Workspace.under(WORK)
-    logs = WORK / "logs"
-    sets = [f"training.seeds=[{args.seed}]", *args.sets]
+    ws = Workspace.under(WORK / f"seed-{seed}")
+    logs = WORK / f"seed-{seed}" / "logs"
+    sets = [f"training.seeds=[{seed}]", *args.sets]
     provision_data(ws, sets, logs)
     init_store(ws.mlflow_db, logs / "store")
     cfg = load_config(str(ROOT / "params.yaml"), parse_overrides(ws.overrides()[1::2] + as_sets(sets)[1::2]))
     if personal.uses_recency(cfg) or cfg.model.personalisation != "none":
         raise SystemExit("foldin_gain.py measures the shared model's fold-in: model.personalisation none")
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     catalogue = pipeline.catalogue_ids(cfg)
     plan = {}  # silo -> (feedback rows, users, their test items, their negatives)
     for silo in sorted(pipeline.silo_sizes(cfg)):
@@ -128,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         holdout = holdout.set_index("user_id")
         users = sorted(int(u) for u in holdout.index)
         negatives = {u: sample_user_negatives(full.loc[full["user_id"] == u, "item_id"].to_numpy(np.int64),
-                                              catalogue, 99, args.seed + 1, u) for u in users}
+                                              catalogue, 99, seed + 1, u) for u in users}
         kept.to_parquet(base, index=False)  # the silo's data before the feedback
         plan[silo] = (feedback, users, holdout, negatives, set(feedback["user_id"].astype(int)))
     for marker in (pipeline.Paths.of(cfg).validation / "summary.json",):
         marker.unlink(missing_ok=True)  # validated and split again from the reduced data
     started = time.perf_counter()
     summary_a, _ = run_fedrec_summary(args.rounds, True, ws, sets, logs / "run_a", ROW_TIMEOUT_S)
-    before, folded, retrained = {}, {}, {}
+    before, refit, folded, retrained = {}, {}, {}, {}
     for silo, (feedback, users, holdout, negatives, fb_users) in plan.items():
         rec = SiloRecommender(cfg, silo)
         before[silo] = ranks(rec, users, holdout.loc[users, "test_item"], [negatives[u] for u in users])
@@ -145,12 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         index = pd.Series(np.arange(len(rec.catalogue)), index=rec.catalogue["item_id"].to_numpy(np.int64))
         held = set(zip(holdout.index, holdout["val_item"])) | set(zip(holdout.index, holdout["test_item"]))
         full = pd.concat([pd.read_parquet(pipeline.silo_base_file(cfg, silo)), feedback], ignore_index=True)
-        keep = [(u, i) not in held for u, i in zip(full["user_id"], full["item_id"])]
+        keep = np.array([(u, i) not in held for u, i in zip(full["user_id"], full["item_id"])])
         histories = full[keep].groupby("user_id")["item_id"].agg(lambda s: index[s.to_numpy(np.int64)].to_numpy())
+        without = full[keep & ~np.r_[np.zeros(len(full) - len(feedback), bool), np.ones(len(feedback), bool)]]
+        histories_before = without.groupby("user_id")["item_id"].agg(
+            lambda s: index[s.to_numpy(np.int64)].to_numpy())
         who = sorted(fb_users)
-        foldin.fold_in(rec.model, np.array([rec.model_users[u] for u in who]), [histories[u] for u in who],
-                       seed=1)
-        folded[silo] = ranks(rec, users, holdout.loc[users, "test_item"], [negatives[u] for u in users])
+        local = np.array([rec.model_users[u] for u in who])
+        control, model = copy.deepcopy(rec.model), copy.deepcopy(rec.model)
+        foldin.fold_in(control, local, [histories_before[u] for u in who], seed=1)  # the same refit, no feedback
+        foldin.fold_in(model, local, [histories[u] for u in who], seed=1)
+        refit[silo] = ranks(rec, users, holdout.loc[users, "test_item"], [negatives[u] for u in users], control)
+        folded[silo] = ranks(rec, users, holdout.loc[users, "test_item"], [negatives[u] for u in users], model)
         if len(feedback):  # the real feedback path: validated, appended; the next run trains on it
             append_feedback(cfg, silo, feedback[["user_id", "item_id", "rating", "timestamp"]],
                             record_dvc=False)  # the scratch workspace is not the project's DVC data
@@ -166,21 +165,57 @@ def main(argv: list[str] | None = None) -> int:
         return [r for silo, (_, users, _, _, fb) in plan.items() for u, r in zip(users, table[silo]) if who(u, fb)]
 
     groups = {"feedback users": lambda u, fb: u in fb, "other users": lambda u, fb: u not in fb}
-    result = {"command": command, "m": args.m, "share": args.share, "min_history": args.min_history,
-              "rounds": args.rounds, "seed": args.seed, "runs": [summary_a["run_id"], summary_b["run_id"]],
+    result = {"m": args.m, "share": args.share, "min_history": args.min_history,
+              "rounds": args.rounds, "seed": seed, "runs": [summary_a["run_id"], summary_b["run_id"]],
               "feedback_rows": int(sum(len(p[0]) for p in plan.values())), "wall_s": time.perf_counter() - started}
     for name, who in groups.items():
         row = {"users": len(pooled(before, who))}
-        for label, table in (("before", before), ("folded_in", folded), ("retrained", retrained)):
+        for label, table in (("before", before), ("refit_without_feedback", refit), ("folded_in", folded),
+                             ("retrained", retrained)):
             row[label] = metrics(pooled(table, who), 10)
         for metric in ("hr@10", "ndcg@10"):
             gain = row["retrained"][metric] - row["before"][metric]
             row[f"share_of_retrain_gain_{metric}"] = (
                 (row["folded_in"][metric] - row["before"][metric]) / gain if abs(gain) > 1e-12 else None)
         result[name] = row
+    print(json.dumps({k: v for k, v in result.items() if k != "command"}, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--m", type=int, default=10, help="feedback interactions per feedback user")
+    ap.add_argument("--share", type=float, default=0.5, help="share of eligible users who give feedback")
+    ap.add_argument("--min-history", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2])
+    ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
+    ap.add_argument("--out", default=str(RESULTS / "foldin_gain.json"))
+    args = ap.parse_args(argv)
+    command = begin(WORK, "foldin_gain.py", argv)
+
+    import numpy as np
+
+    from fedrec.core import env
+
+    env.apply_defaults()
+    per_seed = [run_seed(seed, args) for seed in args.seeds]
+    summary = {}
+    for group in ("feedback users", "other users"):
+        summary[group] = {}
+        for label in ("before", "refit_without_feedback", "folded_in", "retrained"):
+            for metric in ("hr@10", "ndcg@10"):
+                values = [r[group][label][metric] for r in per_seed]
+                summary[group][f"{label} {metric}"] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+        for metric in ("hr@10", "ndcg@10"):
+            gains = [(r[group]["folded_in"][metric] - r[group]["before"][metric],
+                      r[group]["retrained"][metric] - r[group]["before"][metric]) for r in per_seed]
+            fold, full = float(np.mean([g[0] for g in gains])), float(np.mean([g[1] for g in gains]))
+            summary[group][f"share_of_retrain_gain {metric}"] = fold / full if abs(full) > 1e-12 else None
+    result = {"command": command, "seeds": args.seeds, "summary": summary, "per_seed": per_seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "command"}, indent=1))
+    print(json.dumps(summary, indent=1))
     return 0
 
 
