@@ -12,6 +12,8 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
   two that are closest, so a sign-flipped or scaled group is left out whole instead of pulling the median;
 * ``outlier``: Multi-Krum's odd group left out only when it lies beyond ``federation.outlier_ratio`` times the
   kept groups' spread from their mean; otherwise every group (FedAvg), so a clean run loses nothing to it;
+  A silo whose group is left out in nearly every round it takes part in (``federation.outlier_ban_rounds`` rounds
+  at least) is left out from then on (:func:`repeated_outliers`): its honest group mates stop paying for it;
 * ``federation.norm_filter`` (with any rule): group means longer than that multiple of the median group norm are
   dropped first, so a scaled or noisy update's group does not even bias the median towards it.
 """
@@ -54,6 +56,23 @@ def odd_one_out(results: list[AggregateResult], ratio: float) -> list[AggregateR
     center = np.mean([flat[id(r)] for r in kept], axis=0)
     spread = float(np.mean([np.linalg.norm(flat[id(r)] - center) for r in kept]))
     return kept if np.linalg.norm(flat[id(odd)] - center) > ratio * max(spread, 1e-12) else results
+
+
+def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str, str]:
+    """Group testing across rounds (robust_rule outlier): groups are drawn afresh every round, so an honest silo shares
+    the attacker's group now and then, while the attacker's own group is left out whenever it attacks. The silos
+    whose group was left out in at least ``share`` of the >= ``min_rounds`` rounds they took part in (from the round
+    records' ``contributors`` and ``kept``), with why; no single update is looked at."""
+    taken: dict[str, int] = {}
+    flagged: dict[str, int] = {}
+    for record in history:
+        for silo in record.contributors:
+            taken[silo] = taken.get(silo, 0) + 1
+        if record.kept:
+            for silo in set(record.contributors) - set(record.kept):
+                flagged[silo] = flagged.get(silo, 0) + 1
+    return {silo: f"its group's mean was left out as an outlier in {flagged.get(silo, 0)} of its {n} rounds"
+            for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n}
 
 
 def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0,

@@ -13,6 +13,7 @@ The Prefect flow runs the two halves (:func:`fit_round`, :func:`evaluate_round`)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,8 @@ from fedrec.coordinator.coordinator import Collected, Coordinator
 from fedrec.coordinator.report import RoundRecord
 from fedrec.coordinator.state import RunState
 from fedrec.core.errors import FederationError
+
+log = logging.getLogger(__name__)
 
 
 def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: bool) -> tuple[RunState, RoundRecord]:
@@ -75,6 +78,14 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
                  "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start},
     )
     after = coord.state.replace(history=state.history + (record,))
+    if fed.robust_rule == "outlier" and fed.outlier_ban_rounds > 0:  # group testing across rounds
+        culprits = {s: why for s, why in robust.repeated_outliers(after.history, fed.outlier_ban_rounds).items()
+                    if s not in after.banned}
+        if culprits:
+            log.warning("round %d: left out from now on: %s", server_round, "; ".join(
+                f"silo {s} ({why})" for s, why in culprits.items()))
+            after = after.replace(banned={**after.banned, **{s: f"round {server_round}: {why}"
+                                                              for s, why in culprits.items()}})
     coord.state = after
     return after, record
 

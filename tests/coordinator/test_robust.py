@@ -72,6 +72,26 @@ def test_the_outlier_rule_leaves_out_only_a_group_far_beyond_the_others_spread()
     assert combine(flipped, "outlier", outlier_ratio=1e9).contributors == ("a", "b", "c")  # the bound is the defence
 
 
+def test_group_testing_across_rounds_names_the_silo_whose_group_is_always_left_out():
+    from types import SimpleNamespace
+
+    from fedrec.coordinator.robust import repeated_outliers
+
+    silos = [str(i) for i in range(9)]
+    rng = np.random.default_rng(0)
+    history = []
+    for _ in range(8):  # fresh random groups of three each round; silo 4's group is always the outlier
+        order = rng.permutation(silos).tolist()
+        odd = next(g for g in (order[:3], order[3:6], order[6:]) if "4" in g)
+        history.append(SimpleNamespace(contributors=silos, kept=sorted(set(silos) - set(odd))))
+    clean = [SimpleNamespace(contributors=silos, kept=[]) for _ in range(8)]
+
+    named = repeated_outliers(history, min_rounds=8)
+    assert list(named) == ["4"] and "8 of its 8 rounds" in named["4"]
+    assert repeated_outliers(history[:7], min_rounds=8) == {}  # too few rounds to tell
+    assert repeated_outliers(clean, min_rounds=8) == {}  # nothing left out, nobody named
+
+
 @pytest.fixture()
 def cfg(tmp_path):
     raw = make_tiny_params(tmp_path)
@@ -153,3 +173,19 @@ def test_one_silo_that_refuses_everything_is_one_vote(cfg):
 
     assert all("3" in r.refused for r in records) and not any(r.rolled_back for r in records)
     assert [r.base_round for r in records] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_the_outlier_rule_leaves_out_a_silo_whose_group_is_left_out_round_after_round(cfg):
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "outlier", "outlier_ban_rounds": 2}
+    records: list = []
+    run_in_process(from_dict(cfg | {"federation": fed}), {"0": Attack("scale", factor=-100.0)}, rounds=3,
+                   on_round=records.append)
+    undefended: list = []
+    run_in_process(from_dict(cfg | {"federation": fed | {"outlier_ban_rounds": 0}}),
+                   {"0": Attack("scale", factor=-100.0)}, rounds=3, on_round=undefended.append)
+
+    assert [("0" in r.kept) for r in records[:2]] == [False, False]  # its group left out both rounds
+    assert "0" not in records[2].contributors and "left out" in records[2].failures["0"]
+    assert records[2].kept == []  # without it the round keeps every group: FedAvg of the honest silos
+    assert "0" in undefended[2].contributors  # with the ban off it keeps taking part
