@@ -47,13 +47,14 @@ WORK = ROOT / ".bench" / "foldin_gain"
 
 
 def held_out_feedback(frame, m: int, share: float, min_history: int, seed: int, rng):
-    """(the silo's rows without the feedback, the feedback rows): ``m`` latest training rows of a drawn ``share`` of
-    the users with at least ``min_history`` interactions (the last two, validation and test, stay)."""
+    """(the silo's rows without the feedback, the feedback rows, its users' validation and test items by user): ``m``
+    latest training rows of a drawn ``share`` of the users with at least ``min_history`` interactions (the last two,
+    validation and test, stay)."""
     import numpy as np
 
     from fedrec.core.data.split import leave_one_out
 
-    train, _ = leave_one_out(frame, seed)  # ordered by user, time, tie-break
+    train, holdout = leave_one_out(frame, seed)  # ordered by user, time, tie-break
     sizes = frame.groupby("user_id").size()
     eligible = np.sort(sizes[sizes >= min_history].index.to_numpy())
     chosen = rng.choice(eligible, int(round(share * len(eligible))), replace=False)
@@ -61,7 +62,8 @@ def held_out_feedback(frame, m: int, share: float, min_history: int, seed: int, 
     feedback = train[train["user_id"].isin(chosen) & (rank_from_end < m)]
     key = ["user_id", "item_id", "timestamp"]
     kept = frame.merge(feedback[key].assign(_fb=True), on=key, how="left")
-    return frame[kept["_fb"].isna().to_numpy()].reset_index(drop=True), feedback.reset_index(drop=True)
+    return (frame[kept["_fb"].isna().to_numpy()].reset_index(drop=True), feedback.reset_index(drop=True),
+            holdout.set_index("user_id"))
 
 
 def ranks(rec, users, test_items, negatives, model=None) -> list[int]:
@@ -96,7 +98,7 @@ def run_seed(seed: int, args) -> dict:
 
     from fedrec.core import foldin
     from fedrec.core.config import load_config, parse_overrides
-    from fedrec.core.data.split import leave_one_out, sample_user_negatives
+    from fedrec.core.data.split import sample_user_negatives
     from fedrec.silo import data as pipeline
     from fedrec.silo import personal
     from fedrec.silo.feedback import append_feedback
@@ -116,9 +118,8 @@ def run_seed(seed: int, args) -> dict:
     for silo in sorted(pipeline.silo_sizes(cfg)):
         base = pipeline.silo_base_file(cfg, silo)
         full = pd.read_parquet(base)
-        kept, feedback = held_out_feedback(full, args.m, args.share, args.min_history, cfg.evaluation.seed, rng)
-        _, holdout = leave_one_out(full, cfg.evaluation.seed)
-        holdout = holdout.set_index("user_id")
+        kept, feedback, holdout = held_out_feedback(full, args.m, args.share, args.min_history, cfg.evaluation.seed,
+                                                    rng)
         users = sorted(int(u) for u in holdout.index)
         negatives = {u: sample_user_negatives(full.loc[full["user_id"] == u, "item_id"].to_numpy(np.int64),
                                               catalogue, 99, seed + 1, u) for u in users}

@@ -30,17 +30,24 @@ def norm(result: AggregateResult) -> float:
     return float(np.sqrt(sum(float(t.double().pow(2).sum()) for t in result.mean_delta.values())))
 
 
+def _flat(result: AggregateResult) -> np.ndarray:
+    return np.concatenate([t.double().numpy().ravel() for t in result.mean_delta.values()])
+
+
 def multi_krum(results: list[AggregateResult], byzantine: int = 1) -> list[AggregateResult]:
     """Multi-Krum (Blanchard et al. NeurIPS'17) over group means: each scored by its squared distances to its
     n - byzantine - 2 nearest others (at least one), the n - byzantine best kept. With three groups: the closest
     pair, i.e. the two groups that agree, whatever the third sends."""
-    flat = [np.concatenate([t.double().numpy().ravel() for t in r.mean_delta.values()]) for r in results]
+    return [results[i] for i in _krum_keep([_flat(r) for r in results], byzantine)]
+
+
+def _krum_keep(flat: list[np.ndarray], byzantine: int = 1) -> list[int]:
+    """The indices Multi-Krum keeps among the flattened group means ``flat``."""
     n = len(flat)
     dist = np.array([[float(((a - b) ** 2).sum()) for b in flat] for a in flat])
     near = max(1, n - byzantine - 2)
     scores = [float(np.sort(np.delete(dist[i], i))[:near].sum()) for i in range(n)]
-    keep = sorted(np.argsort(scores, kind="stable")[:n - byzantine].tolist())
-    return [results[i] for i in keep]
+    return sorted(np.argsort(scores, kind="stable")[:n - byzantine].tolist())
 
 
 def odd_one_out(results: list[AggregateResult], ratio: float) -> list[AggregateResult]:
@@ -48,14 +55,14 @@ def odd_one_out(results: list[AggregateResult], ratio: float) -> list[AggregateR
     from the kept groups' mean than ``ratio`` times the kept groups' own spread (their mean distance to that mean).
     Honest groups of random silos differ by sampling and data heterogeneity alone, so a clean round keeps every
     group (FedAvg: no clean cost); a scaled, sign-flipped, noisy or stale group lies far out and is dropped whole."""
-    kept = multi_krum(results)
-    if len(kept) == len(results):
+    flat = [_flat(r) for r in results]
+    keep = _krum_keep(flat)
+    if len(keep) == len(results):
         return results
-    (odd,) = [r for r in results if all(r is not k for k in kept)]
-    flat = {id(r): np.concatenate([t.double().numpy().ravel() for t in r.mean_delta.values()]) for r in results}
-    center = np.mean([flat[id(r)] for r in kept], axis=0)
-    spread = float(np.mean([np.linalg.norm(flat[id(r)] - center) for r in kept]))
-    return kept if np.linalg.norm(flat[id(odd)] - center) > ratio * max(spread, 1e-12) else results
+    (odd,) = set(range(len(results))) - set(keep)
+    center = np.mean([flat[i] for i in keep], axis=0)
+    spread = float(np.mean([np.linalg.norm(flat[i] - center) for i in keep]))
+    return [results[i] for i in keep] if np.linalg.norm(flat[odd] - center) > ratio * max(spread, 1e-12) else results
 
 
 def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str, str]:

@@ -220,15 +220,7 @@ class SiloRecommender:
     def recommend(self, user_id: int, k: int = 10) -> Recommendations:
         """The k best unseen items for ``user_id``; answers are kept until the next reload (a snapshot's model, data
         and feedback never change in between), so a repeated request is a dictionary lookup."""
-        if self.answer_cache <= 0:
-            return self._recommend(user_id, k)
-        answer = self._answers.get((user_id, k))
-        if answer is None:
-            answer = self._recommend(user_id, k)
-            if len(self._answers) >= self.answer_cache:
-                self._answers.clear()
-            self._answers[(user_id, k)] = answer
-        return answer
+        return self._kept(self._answers, user_id, k, lambda: self._recommend(user_id, k))
 
     def warm(self, requests: list[tuple[int, int]], budget_s: float = 0.25) -> int:
         """Answer ``requests`` ((user, k) pairs, the first first) ahead into the cache for at most ``budget_s``
@@ -247,15 +239,19 @@ class SiloRecommender:
     def recommend_json(self, user_id: int, k: int = 10) -> bytes:
         """:meth:`recommend` as JSON bytes (`fedrec serve`'s body), kept like the answers: a repeated request is a
         dictionary lookup, nothing encoded again."""
+        return self._kept(self._bodies, user_id, k, lambda: self._recommend(user_id, k).to_json())
+
+    def _kept(self, cache: dict, user_id: int, k: int, make):
+        """``cache[(user_id, k)]``, made once per snapshot (``answer_cache`` entries at most; 0: never kept)."""
         if self.answer_cache <= 0:
-            return self._recommend(user_id, k).to_json()
-        body = self._bodies.get((user_id, k))
-        if body is None:
-            body = self.recommend(user_id, k).to_json()
-            if len(self._bodies) >= self.answer_cache:
-                self._bodies.clear()
-            self._bodies[(user_id, k)] = body
-        return body
+            return make()
+        value = cache.get((user_id, k))
+        if value is None:
+            value = make()
+            if len(cache) >= self.answer_cache:
+                cache.clear()
+            cache[(user_id, k)] = value
+        return value
 
     def _recommend(self, user_id: int, k: int = 10) -> Recommendations:
         if k < 1:

@@ -22,6 +22,7 @@ from fedrec.silo import data as pipeline
 
 from conftest import make_tiny_params
 from support import isolation
+from support.procs import terminate_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not isolation.can_switch_users(),
                                                     reason="needs root to run parties as other users")]
@@ -106,13 +107,7 @@ def parties(prefect_harness):
         assert not dead, f"silo serve ended: {(base / f'serve-{dead[0]}.log').read_text(errors='replace')[-3000:]}"
         yield base, homes, api
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        terminate_all(procs)
         if not os.environ.get("FEDREC_KEEP_ISOLATION"):
             shutil.rmtree(base, ignore_errors=True)
 

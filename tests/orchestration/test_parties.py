@@ -22,6 +22,7 @@ from fedrec.wire.trust import peek_envelope
 
 from conftest import make_tiny_params
 from support import leakscan
+from support.procs import terminate_all
 
 pytestmark = pytest.mark.slow  # real servers, subprocess CLIs or whole federations: not in `make test-fast`
 
@@ -92,13 +93,7 @@ def served_silos(prefect_harness, tmp_path):
         _wait_for_deployments([f"silo_agent/silo-{s}" for s in SILOS])
         yield cfg, path, env
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        terminate_all(procs)
 
 
 def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_keys(served_silos, tmp_path):
