@@ -189,9 +189,11 @@ class ModelConfig(Section):
     #: item tower; finetune = Ditto/FedPer-style, each silo scores its users with its own view of the global item tower,
     #: fine-tuned on its own data after every round (with its users' private vectors) and never sent; recency = each
     #: user's last items, compared in the global item space, add to the model's score (fedrec.core.recency: a private
-    #: per-user head from the silo's own history; nothing trained or sent); finetune+recency = both
-    personalisation: Literal["none", "finetune", "recency", "finetune+recency"] = "none"
-    #: finetune: epochs over the silo's data from each round's global model
+    #: per-user head from the silo's own history; nothing trained or sent); finetune+recency = both; ditto = Ditto
+    #: proper (Li et al. ICML'21): the silo's personal model is kept across rounds, each round trained on from where it
+    #: was, pulled towards the new global model by personal_mu (ditto+recency: with the head)
+    personalisation: Literal["none", "finetune", "recency", "finetune+recency", "ditto", "ditto+recency"] = "none"
+    #: finetune / ditto: epochs over the silo's data per round (from the round's global model / the kept personal one)
     personal_epochs: int = checked(1, "model.personal_epochs must be >= 1", ge=1)
     #: finetune: Ditto's proximal weight, mu/2 ||w_personal - w_global||^2 (0: plain fine-tuning)
     personal_mu: float = checked(0.0, "model.personal_mu must be >= 0", ge=0)

@@ -191,6 +191,7 @@ class SiloAgent:
         self._masks: RoundMasks | None = None  # this round's mask secrets and the shares this silo holds
         self._sigma = 0.0  # the DP noise multiplier (privacy.enabled), set in setup()
         self._personal: dict | None = None  # model.personalisation: the last evaluated round's personal towers
+        self._kept_model = None  # model.personalisation: ditto: the personal model carried from round to round
         self._groups: dict[int, int] = {}  # federation.groups: round -> the secure sum this silo's update joins
         self._bases: dict[int, int] = {}  # federation.guard_drop: round -> the round whose model it started from
         self._own_val: dict[int, float] = {}  # federation.guard_drop: round -> its model's score on this silo's val
@@ -606,8 +607,11 @@ class SiloAgent:
             if personal.finetunes(self.cfg):  # this silo's own fine-tuned view scores its users; it is never sent
                 rng = np.random.default_rng(silo_seed(self.cfg.federation.seed, self.silo_id, server_round,
                                                       personal.PERSONAL_STREAM))
-                scorer = personal.personalise(self.model, self.data, state, self.cfg, rng, self.device)
+                scorer = personal.personalise(self.model, self.data, state, self.cfg, rng, self.device,
+                                              kept=self._kept_model)
                 self._personal = personal.personal_state(scorer, server_round)
+                if personal.keeps(self.cfg):  # ditto: next round trains on from this one
+                    self._kept_model = scorer
             if personal.uses_recency(self.cfg):  # each user's own recent items (kept here) re-rank the scores
                 scorer = personal.evaluation_scorer(scorer, self.data, self.cfg)
             sums = evaluate_targets(scorer, self.data, ev.k, ("val", "test"), ev.full_ranking, self.device)

@@ -10,6 +10,12 @@ model (its users' private vectors plus the new global item tower) and fine-tunes
 costs no privacy; the update the silo sends is computed from the global model exactly as without personalisation,
 so the shared part (and HE == plaintext) is untouched.
 
+``ditto`` (Ditto, Li et al. ICML'21, as published): the personal model is kept across rounds instead of copied
+afresh: each round it trains ``model.personal_epochs`` more epochs on the silo's data from where it was, pulled
+towards the new global model by ``model.personal_mu``. Over a run it sees as many epochs as the shared model, so it
+can fit the silo's own users where a round's short fine-tuning cannot (under user-level DP, where the shared model
+is coarse, this is what keeps recommendations useful: the personal model never leaves the silo and costs no epsilon).
+
 ``recency`` (fedrec.core.recency): each user's last ``model.recency_length`` items of the silo's own history, compared
 with every item in the global item space, add a per-user item-to-item score to the model's. The history stays in the
 silo; nothing is trained or sent. ``finetune+recency`` puts the head on the fine-tuned view.
@@ -36,7 +42,13 @@ def enabled(cfg: Config) -> bool:
 
 
 def finetunes(cfg: Config) -> bool:
-    return "finetune" in cfg.model.personalisation
+    """A personal view is trained (finetune: afresh each round; ditto: kept across rounds)."""
+    return "finetune" in cfg.model.personalisation or keeps(cfg)
+
+
+def keeps(cfg: Config) -> bool:
+    """ditto: the personal model carries over from round to round."""
+    return "ditto" in cfg.model.personalisation
 
 
 def uses_recency(cfg: Config) -> bool:
@@ -58,12 +70,14 @@ def evaluation_scorer(model, data: SiloData, cfg: Config) -> recency.RecencyScor
 
 
 def personalise(model: RecModel, data: SiloData, global_state: dict[str, torch.Tensor], cfg: Config,
-                rng: np.random.Generator, device: torch.device) -> RecModel:
+                rng: np.random.Generator, device: torch.device, kept: RecModel | None = None) -> RecModel:
     """A copy of ``model`` (the silo's user tower) with ``global_state`` as its item tower, fine-tuned on ``data``;
-    ``model`` itself is not changed. Returns the copy in eval mode."""
+    ``model`` itself is not changed. With ``kept`` (ditto: the previous round's personal model) training goes on from
+    that model instead, still pulled towards ``global_state``. Returns the copy in eval mode."""
     m, t = cfg.model, cfg.training
-    personal = copy.deepcopy(model)
-    personal.load_shared_state(global_state)
+    personal = copy.deepcopy(kept if kept is not None else model)
+    if kept is None:
+        personal.load_shared_state(global_state)
     tcfg = t.model_copy(update={"lr": m.personal_lr or t.lr})
     optimizer = make_optimizer(personal, tcfg)
     reference = {k: v.to(device) for k, v in global_state.items()}
