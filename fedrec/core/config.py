@@ -478,6 +478,27 @@ class TrackingConfig(Section):
     registered_model: str = "fedrec-item-tower"
 
 
+class RatingConfig(Section):
+    """task: rating's own defaults, chosen once on ML-100K's validation ratings (bench/rating.py), not per dataset.
+    Where params are read with task: rating, each replaces the ranking key named in its comment, unless an
+    override names that key itself (``-S model.name=neumf`` still wins)."""
+    #: task: rating's model.name (matrix factorisation with biases: NeuMF's MLP overfits a few ratings per user)
+    model: Literal["gmf", "neumf", "hybrid"] = "gmf"
+    #: task: rating's training.embedding_l2 (a strong L2 on the rows a batch touches)
+    embedding_l2: float = checked(0.1, "rating.embedding_l2 must be >= 0", ge=0)
+    #: task: rating's training.epochs
+    epochs: int = checked(60, "rating.epochs must be >= 1", ge=1)
+    #: task: rating's training.patience
+    patience: int = checked(8, "rating.patience must be >= 1", ge=1)
+    #: task: rating's federation.rounds
+    rounds: int = checked(100, "rating.rounds must be >= 1", ge=1)
+
+
+#: which key each rating default replaces
+RATING_KEYS = {"model": "model.name", "embedding_l2": "training.embedding_l2", "epochs": "training.epochs",
+               "patience": "training.patience", "rounds": "federation.rounds"}
+
+
 class ItemTextConfig(Section):
     """Language-model item features (fedrec.core.item_text, the `embed_items` stage): the public catalogue's text encoded
     once by a frozen sentence encoder, offline."""
@@ -505,6 +526,7 @@ class Config(Section):
     operations: OperationsConfig = Field(default_factory=OperationsConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     item_text: ItemTextConfig = Field(default_factory=ItemTextConfig)  # model.name: hybrid
+    rating: RatingConfig = Field(default_factory=RatingConfig)  # task: rating's own defaults
 
     def _rules(self) -> list[tuple[bool, str]]:
         return [  # task: rating (explicit ratings)
@@ -521,6 +543,8 @@ class Config(Section):
         raw = to_dict(self)
         for dotted, value in overrides.items():
             _set_dotted(raw, dotted, value)
+        if overrides.get("task") == "rating" and self.task != "rating":
+            _task_defaults(raw, overrides)
         return from_dict(raw)
 
     def resolved_raw_dir(self) -> str | None:
@@ -566,9 +590,10 @@ def known_keys() -> list[str]:
 
 
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
-    if not close and "." not in key:  # a bare leaf name: the section's key of that name
-        close = [k for k in known_keys() if k.endswith("." + key)][:1]
+    close = []
+    if "." not in key:  # a bare leaf name: the section's key of that name (task: rating's own default last)
+        close = sorted((k for k in known_keys() if k.endswith("." + key)), key=lambda k: k.startswith("rating."))[:1]
+    close = close or difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else "; `fedrec config --schema` lists the keys"
 
 
@@ -620,6 +645,16 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     for part in path:
         node = node.setdefault(part, {})
     node[leaf] = parsed
+
+
+def _task_defaults(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """task: rating: each ``rating`` default set on the key it replaces in ``raw`` (a validated config's dict),
+    except keys ``overrides`` name."""
+    if raw.get("task") != "rating":
+        return
+    for name, dotted in RATING_KEYS.items():
+        if dotted not in overrides:
+            _set_dotted(raw, dotted, raw["rating"][name])
 
 
 def from_dict(raw: dict[str, Any] | None) -> Config:
@@ -773,5 +808,11 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
             raise ConfigError(f"{path} is not valid YAML: {exc}{hint}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping at top level")
-    cfg = from_dict(raw)
-    return cfg.replace(**overrides) if overrides else cfg
+    cfg = from_dict(raw)  # the file alone first: its own errors name its keys
+    if not overrides and cfg.task != "rating":
+        return cfg
+    raw, overrides = to_dict(cfg), dict(overrides or {})
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    _task_defaults(raw, overrides)
+    return from_dict(raw)

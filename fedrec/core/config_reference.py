@@ -19,6 +19,7 @@ import yaml
 
 from fedrec.core.config import (
     DATA_DIR_ENV,
+    RATING_KEYS,
     Config,
     flatten,
     is_section,
@@ -161,11 +162,14 @@ def effective(params: str | Path, overrides: dict[str, Any] | None) -> list[tupl
     cfg = load_config(path, overrides)
     in_file = flatten(yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     values = flatten(to_dict(cfg))
+    from_rating = {dotted: f"rating.{name}" for name, dotted in RATING_KEYS.items()} if cfg.task == "rating" else {}
     rows = []
     for key, value in values.items():
         source = "default"
         if key in in_file:
             source = str(path)
+        if key in from_rating:  # task: rating's own default replaced the key
+            source = from_rating[key] + (f" ({path})" if from_rating[key] in in_file else "")
         if overrides and key in overrides:
             source = "-S"
         if key == "data.raw_dir" and os.environ.get(DATA_DIR_ENV):

@@ -246,3 +246,19 @@ def test_an_unquoted_cron_in_params_yaml_says_to_quote_it(tmp_path):
         load_config(path)
     path.write_text("operations:\n  schedule: '*/30 * * * *'\n")
     assert load_config(path).operations.schedule == "*/30 * * * *"
+
+
+def test_the_rating_task_takes_its_own_defaults_unless_an_override_names_the_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": "neumf"}, "rating": {"model": "gmf", "rounds": 7}}))
+
+    ranking = load_config(path)
+    rating = load_config(path, {"task": "rating"})
+    named = load_config(path, {"task": "rating", "model.name": "neumf", "federation.rounds": "3"})
+
+    assert (ranking.model.name, ranking.federation.rounds, ranking.training.embedding_l2) == ("neumf", 40, 0.001)
+    assert (rating.model.name, rating.federation.rounds, rating.training.embedding_l2) == ("gmf", 7, 0.1)
+    assert (named.model.name, named.federation.rounds) == ("neumf", 3)
+    assert ranking.replace(task="rating") == rating  # switching the task in code reads the same defaults
+    with pytest.raises(ConfigError, match="rating.rounds must be >= 1"):
+        load_config(path, {"rating.rounds": "0"})

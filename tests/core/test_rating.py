@@ -235,7 +235,7 @@ def test_federated_rating_run_reports_rmse_and_mae(prefect_harness, tmp_path):
     params = make_tiny_params(tmp_path)
     params["task"] = "rating"
     params["training"]["lr"] = 0.01
-    params["federation"]["rounds"] = 3
+    params["rating"] = {"model": params["model"]["name"], "rounds": 3}  # task: rating's own defaults, kept tiny
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
 
