@@ -152,3 +152,13 @@ def explain_many(space: torch.Tensor, history: np.ndarray, items, decay: float,
         ranked = np.lexsort((unique, -column))[:n]  # by decreasing contribution, ties: the lower item first
         out.append([(int(unique[j]), float(column[j])) for j in ranked if column[j] > 0])
     return out
+
+
+def for_evaluation(model, data, cfg) -> RecencyScorer:
+    """``model`` with the recency head (``cfg.model``'s length, decay, weight) for evaluating ``data``'s held-out
+    items: the training rows are the history of the validation item; the validation item, which came before the
+    test item, is the newest of the test item's."""
+    m = cfg.model
+    history = recent_items(data.train_users, data.train_items, data.n_users, m.recency_length)
+    return RecencyScorer(model, history, m.recency_decay, m.recency_weight,
+                         {"val": history, "test": with_latest(history, data.val_items)})

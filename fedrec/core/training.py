@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedrec.core import recency
 from fedrec.core.coldstart import (  # cold-start items
     ColdItems,
     cold_items_of,
@@ -302,6 +303,12 @@ def refit(data: SiloData, cfg: Config, seed: int, epochs: int, device: torch.dev
     return model
 
 
+def _scorer(model: RecModel, data: SiloData, cfg: Config) -> Scorer:
+    """What scores held-out items: the model, with the recency head when model.personalisation has it (the head
+    reads the data's own histories, so a pooled or silo-alone model gets the same head a federated silo uses)."""
+    return recency.for_evaluation(model, data, cfg) if "recency" in cfg.model.personalisation else model
+
+
 def train_centralized(
     data: SiloData,
     cfg: Config,
@@ -326,8 +333,8 @@ def train_centralized(
         loss = train_epoch(model, optimizer, data, cfg.training, rng, device, on_batch=on_batch)
         scheduler.step()
         train_seconds += time.perf_counter() - start
-        val = evaluate(model, data, ev.k, "val", ev.full_ranking or ev.selection_metric.startswith("full"),
-                       device).means(ev.k)
+        val = evaluate(_scorer(model, data, cfg), data, ev.k, "val",
+                       ev.full_ranking or ev.selection_metric.startswith("full"), device).means(ev.k)
         record = EpochRecord(epoch, loss, time.perf_counter() - start, val)
         history.append(record)
         if on_epoch is not None:
@@ -344,8 +351,9 @@ def train_centralized(
         model = refit(data, cfg, seed, best_epoch, device, on_batch)
     test: dict[str, float] = {}
     if evaluate_test:
-        test = evaluate(model, data, ev.k, "test", ev.full_ranking, device).means(ev.k)
-        test |= cold_metrics(model, data, ev.k, ev.full_ranking, device)  # cold-start items ({} when none)
+        scorer = _scorer(model, data, cfg)
+        test = evaluate(scorer, data, ev.k, "test", ev.full_ranking, device).means(ev.k)
+        test |= cold_metrics(scorer, data, ev.k, ev.full_ranking, device)  # cold-start items ({} when none)
     return CentralizedResult(
         model_name=cfg.model.name, seed=seed, best_epoch=best_epoch,
         selection_metric=task.selection_label(ev.selection_metric, ev.k),

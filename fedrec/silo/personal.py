@@ -63,10 +63,8 @@ def recency_head(model, history: np.ndarray, cfg: Config,
 
 
 def evaluation_scorer(model, data: SiloData, cfg: Config) -> recency.RecencyScorer:
-    """The recency head for evaluating ``data``'s held-out items: the training rows are the history of the
-    validation item; the validation item, which came before the test item, is the newest of the test item's."""
-    history = recency.recent_items(data.train_users, data.train_items, data.n_users, cfg.model.recency_length)
-    return recency_head(model, history, cfg, {"val": history, "test": recency.with_latest(history, data.val_items)})
+    """The recency head for evaluating ``data``'s held-out items (:func:`fedrec.core.recency.for_evaluation`)."""
+    return recency.for_evaluation(model, data, cfg)
 
 
 def personalise(model: RecModel, data: SiloData, global_state: dict[str, torch.Tensor], cfg: Config,
