@@ -36,7 +36,10 @@ def main() -> None:
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[])
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--out", default="results/local_only.json")
+    ap.add_argument("--kinds", default="local_only,federated,centralized",
+                    help="which of local_only, federated, centralized to run (e.g. local_only alone under -S)")
     args = ap.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
     from fedrec.core.training import train_centralized
     from fedrec.flows.federated import run_demo
     from fedrec.orchestration.centralized import per_silo_sums
@@ -52,44 +55,52 @@ def main() -> None:
     union = pipeline.load_union(cfg, silos)
     datas = {s: pipeline.load_silo_data(cfg, s) for s in silos}
     runs: dict[str, dict[str, dict[str, list[float]]]] = {
-        kind: {s: {m: [] for m in keys} for s in silos} for kind in ("local_only", "federated", "centralized")}
+        kind: {s: {m: [] for m in keys} for s in silos} for kind in kinds}
     started = time.perf_counter()
     for seed in seeds:
-        print(f"[local_only] seed {seed}: federated run", flush=True)
-        summary = run_demo(params_path=args.params, overrides=overrides | {"federation.seed": seed})
-        for s in silos:
-            for m in keys:
-                runs["federated"][s][m].append(summary["per_silo_test"][s][m])
-        print(f"[local_only] seed {seed}: each silo alone", flush=True)
-        for s in silos:
-            alone = train_alone(cfg, s, seed)
-            for m in keys:
-                runs["local_only"][s][m].append(alone.test[m])
-        print(f"[local_only] seed {seed}: centralized on the pooled data, scored per silo", flush=True)
-        pooled = train_centralized(union, cfg, seed)
-        for s, sums in per_silo_sums(pooled.model, union, datas, k).items():
-            for m, v in sums.means(k).items():
-                runs["centralized"][s][m].append(v)
+        if "federated" in kinds:
+            print(f"[local_only] seed {seed}: federated run", flush=True)
+            summary = run_demo(params_path=args.params, overrides=overrides | {"federation.seed": seed})
+            for s in silos:
+                for m in keys:
+                    runs["federated"][s][m].append(summary["per_silo_test"][s][m])
+        if "local_only" in kinds:
+            print(f"[local_only] seed {seed}: each silo alone", flush=True)
+            for s in silos:
+                alone = train_alone(cfg, s, seed)
+                for m in keys:
+                    runs["local_only"][s][m].append(alone.test[m])
+        if "centralized" in kinds:
+            print(f"[local_only] seed {seed}: centralized on the pooled data, scored per silo", flush=True)
+            pooled = train_centralized(union, cfg, seed)
+            for s, sums in per_silo_sums(pooled.model, union, datas, k).items():
+                for m, v in sums.means(k).items():
+                    runs["centralized"][s][m].append(v)
     rows = []
     for s in sorted(silos, key=lambda s: -datas[s].n_users):
         row = {"silo": s, "users": datas[s].n_users, "interactions": datas[s].n_train}
         for kind in runs:
             row[kind] = {m: _stats(runs[kind][s][m]) for m in keys}
-        row["gain_hr"] = row["federated"][keys[0]]["mean"] - row["local_only"][keys[0]]["mean"]
+        if "federated" in kinds and "local_only" in kinds:
+            row["gain_hr"] = row["federated"][keys[0]]["mean"] - row["local_only"][keys[0]]["mean"]
         rows.append(row)
-    smallest = sorted(rows, key=lambda r: r["users"])[:3]
     result = {
-        "seeds": seeds, "overrides": overrides, "k": k, "wall_seconds": time.perf_counter() - started,
-        "rows": rows,
-        "mean_gain_hr": statistics.fmean(r["gain_hr"] for r in rows),
-        "smallest_silos_gain_hr": {r["silo"]: r["gain_hr"] for r in smallest},
-        "every_silo_gains": all(r["gain_hr"] >= 0 for r in rows),
+        "seeds": seeds, "overrides": overrides, "kinds": kinds, "k": k,
+        "wall_seconds": time.perf_counter() - started, "rows": rows,
         "users_weighted": {kind: {m: sum(r["users"] * r[kind][m]["mean"] for r in rows) / sum(r["users"] for r in rows)
                                   for m in keys} for kind in runs},
     }
+    if "gain_hr" in rows[0]:
+        smallest = sorted(rows, key=lambda r: r["users"])[:3]
+        result |= {"mean_gain_hr": statistics.fmean(r["gain_hr"] for r in rows),
+                   "smallest_silos_gain_hr": {r["silo"]: r["gain_hr"] for r in smallest},
+                   "every_silo_gains": all(r["gain_hr"] >= 0 for r in rows)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    if len(kinds) < 3:  # a part of the comparison: its figures only
+        print(json.dumps(result["users_weighted"], indent=2), flush=True)
+        return
     plot(result, out.with_suffix(".png"), keys[0])
     log_mlflow(cfg, result, keys)
     print(markdown(result, keys), flush=True)
