@@ -199,6 +199,9 @@ class ModelConfig(Section):
     personal_mu: float = checked(0.0, "model.personal_mu must be >= 0", ge=0)
     #: finetune: the fine-tuning learning rate (0: training.lr)
     personal_lr: float = checked(0.0, "model.personal_lr must be >= 0 (0: training.lr)", ge=0)
+    #: finetune / ditto: the global model's score, standardised per user, added with this weight to the personal
+    #: model's (an APFL-style mixture: what the federation knows beside what the silo fitted alone; 0: personal only)
+    personal_blend: float = checked(0.0, "model.personal_blend must be >= 0", ge=0)
     #: recency: how many of a user's most recent items make the profile (chosen on the validation item)
     recency_length: int = checked(10, "model.recency_length must be >= 1", ge=1)
     #: recency: weight of the a-th most recent item is recency_decay**a (1: all L items alike)

@@ -68,6 +68,33 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
     return (scores - mean) / std
 
 
+class BlendScorer:
+    """A Scorer whose scores are ``model``'s plus ``weight`` times ``other``'s, each standardised per user (a
+    silo's personal model beside the global one, model.personal_blend). Its item space is ``model``'s."""
+
+    def __init__(self, model, other, weight: float):
+        self.model, self.other, self.weight = model, other, float(weight)
+        self.items, self.task = model.items, getattr(model, "task", "ranking")
+
+    def eval(self) -> "BlendScorer":
+        self.model.eval()
+        self.other.eval()
+        return self
+
+    def parameters(self):
+        return self.model.parameters()
+
+    @torch.no_grad()
+    def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
+        own = standardise(self.model.full_sort_predict(users).float())
+        return own + self.weight * standardise(self.other.full_sort_predict(users).float()).to(own.device)
+
+    @torch.no_grad()
+    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        unique, row = torch.unique(users, return_inverse=True)
+        return self.full_sort_predict(unique)[row, items.to(unique.device)]
+
+
 class RecencyScorer:
     """A Scorer (predict / full_sort_predict) that adds the recency head to ``model``'s scores.
 

@@ -612,6 +612,7 @@ class SiloAgent:
                 self._personal = personal.personal_state(scorer, server_round)
                 if personal.keeps(self.cfg):  # ditto: next round trains on from this one
                     self._kept_model = scorer
+                scorer = personal.blended(scorer, self.model, self.cfg)
             if personal.uses_recency(self.cfg):  # each user's own recent items (kept here) re-rank the scores
                 scorer = personal.evaluation_scorer(scorer, self.data, self.cfg)
             sums = evaluate_targets(scorer, self.data, ev.k, ("val", "test"), ev.full_ranking, self.device)

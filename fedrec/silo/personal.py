@@ -85,6 +85,12 @@ def personalise(model: RecModel, data: SiloData, global_state: dict[str, torch.T
     return personal.eval()
 
 
+def blended(view: RecModel, global_model: RecModel, cfg: Config):
+    """The personal ``view`` with the global model's score beside it (model.personal_blend > 0), else ``view``."""
+    weight = cfg.model.personal_blend
+    return recency.BlendScorer(view, global_model.eval(), weight) if weight > 0 else view
+
+
 def personal_state(personal: RecModel, server_round: int) -> dict:
     """What the silo keeps of its personal model (saved beside its user tower): the round and both towers."""
     return {"round": int(server_round), "users": personal.users.state_dict(), "items": personal.items.state_dict()}

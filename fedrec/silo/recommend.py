@@ -9,6 +9,7 @@ items, and the answer says so.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -173,11 +174,14 @@ class SiloRecommender:
         last = _last_round(exchange)
         model.load_shared_state(load_global(exchange, last, coordinator))
         kept = saved.get("personal")
-        if kept is not None and kept["round"] == last:  # model.personalisation: this silo's view of that model
-            model.users.load_state_dict(kept["users"])
-            model.items.load_state_dict(kept["items"])
         self.personalised = kept is not None and kept["round"] == last
-        self.model = model.eval()
+        scorer = model.eval()
+        if self.personalised:  # model.personalisation: this silo's view of that model
+            view = copy.deepcopy(model)
+            view.users.load_state_dict(kept["users"])
+            view.items.load_state_dict(kept["items"])
+            scorer = personal.blended(view.eval(), model, self.cfg)  # the global model beside it (personal_blend)
+        self.model = scorer
         self.model_users = {int(u): i for i, u in enumerate(data.user_ids)}
 
     def _fold_in_feedback(self, run_id: str) -> None:
