@@ -122,3 +122,21 @@ def test_explanations_of_a_whole_answer_at_once_equal_each_items_own(silo):
         expected = sorted(((h, w) for h, w in contribution.items() if w > 0), key=lambda kv: (-kv[1], kv[0]))[:3]
         assert [h for h, _ in named] == [h for h, _ in expected]
         assert np.allclose([w for _, w in named], [w for _, w in expected])
+
+
+def test_a_blend_adds_the_other_models_standardised_score_and_keeps_the_first_ones_item_space(silo):
+    cfg, data, model = silo
+    other = build_model(model_config(cfg.model, data.n_users, data.n_items), torch.Generator().manual_seed(1)).eval()
+    users = torch.arange(data.n_users)
+
+    alone = recency.BlendScorer(model, other, 0.0)
+    blend = recency.BlendScorer(model, other, 1.0)
+    head = recency.RecencyScorer(blend, recency.recent_items(data.train_users, data.train_items, data.n_users, 3),
+                                 decay=0.5, weight=0.5)
+
+    assert (_ranks(alone.full_sort_predict(users)) == _ranks(model.full_sort_predict(users))).all()
+    expected = recency.standardise(model.full_sort_predict(users)) + recency.standardise(other.full_sort_predict(users))
+    assert torch.allclose(blend.full_sort_predict(users), expected, atol=1e-5)
+    assert (_ranks(blend.full_sort_predict(users)) != _ranks(model.full_sort_predict(users))).any()
+    assert torch.equal(recency.item_space(blend), recency.item_space(model))  # the head compares personal vectors
+    assert head.full_sort_predict(users).shape == (data.n_users, data.n_items)
