@@ -94,6 +94,19 @@ def items_for(params: float, dim: int = DIM) -> int:
     return max(INTERACTIONS_PER_USER + 1, round((params - dim - 1) / dim))
 
 
+def crypto_sets(n_silos: int) -> list[str]:
+    """The crypto settings a sum of ``n_silos`` needs: up to 64 the defaults (scale 2^52 leaves 2^(60-52-2) = 64 of
+    range); beyond, the scale drops a bit per doubling (2^50 for 256) and the lanes with it, keeping 16 bits between
+    the packed lanes and the scale for the CKKS noise of more ciphertexts (14 at 64 silos): 256 silos send 2 lanes
+    of 17 bits on a 2^-16 grid (the mean update within +-1), the same 8 bytes per value."""
+    headroom = max(6, math.ceil(math.log2(n_silos)))
+    if headroom == 6:
+        return []
+    scale = 58 - headroom
+    lane = (scale - 16) // 2
+    return [f"crypto.global_scale_bits={scale}", f"crypto.lane_bits={lane}", f"crypto.quantization_bits={lane - 1}"]
+
+
 def point_sets(n_silos: int, n_users: int, n_items: int) -> list[str]:
     """The config overrides of one point: synthetic data, IID silos, GMF, HE, LIMIT_SETS, and an exchange payload
     limit that fits the point's CKKS update (the default 256 MiB is below the 10M-parameter update, ~330 MB)."""
@@ -104,6 +117,7 @@ def point_sets(n_silos: int, n_users: int, n_items: int) -> list[str]:
         "partition.scheme=iid", f"partition.n_silos={n_silos}", "model.name=gmf", f"model.embedding_dim={DIM}",
         "federation.local_epochs=1", "federation.he=true", "federation.max_parallel_silos=0", *LIMIT_SETS,
         f"federation.max_payload_bytes={max(DEFAULT_PAYLOAD, PAYLOAD_BYTES_PER_PARAM * params)}",
+        *crypto_sets(n_silos),
     ]
 
 
