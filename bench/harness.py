@@ -67,6 +67,8 @@ from benchkit import (  # bench/benchkit.py (this script's directory is on sys.p
     shown_path,
 )
 
+#: the robust row's settings: 3 groups of >= min_silos, each its own masked CKKS sum, combined by the outlier rule
+ROBUST_SETS = ["federation.groups=3", "federation.robust_rule=outlier"]
 WORK = RESULTS / "tmp" / "bench"  # git-ignored scratch: data, state and MLflow store of the benchmark's runs
 
 
@@ -188,7 +190,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def add_ratios(rows: list[Row]) -> None:
     """Median round and total wall of every row against fedrec_plain and against flower (where present)."""
     by_name = {r.name: r for r in rows}
-    for ref in ("fedrec_plain", "flower"):
+    for ref in ("fedrec_plain", "flower", "fedrec_he"):
         base = by_name.get(ref)
         if base is None or base.error:
             continue
@@ -235,6 +237,11 @@ def bench_markdown(result: dict) -> str:
     if hb:
         parts.append(f"- CKKS bytes per silo per round / fp32 shared parameters: **{hb['ratio']:.2f}×** "
                      f"({hb['he_bytes'] / 1e6:.3f} MB vs {hb['shared_params']:,} params × 4 B).")
+    robust = next((r for r in rows if r.name == "fedrec_he_robust" and not r.error), None)
+    if robust is not None and robust.ratios.get("median_round_vs_fedrec_he"):
+        parts.append(f"- robust aggregation ({', '.join(ROBUST_SETS)}) against fedrec_he: median round "
+                     f"**{robust.ratios['median_round_vs_fedrec_he']:.2f}×**, total wall "
+                     f"{robust.ratios['total_wall_vs_fedrec_he']:.2f}×.")
     parts += [f"- {n}" for n in result["notes"]]
     parts += [f"- {r.name}: {n}" for r in rows for n in r.notes]
     return "\n".join(parts)
@@ -303,6 +310,9 @@ def run_rows(args: argparse.Namespace, notes: list[str]) -> list[Row]:
                  f"{provision_data(ws, sets, WORK / 'provision'):.1f} s")
     rows = [attempt(name, lambda he=he, name=name: fedrec_row(name, he, args.rounds, ws, sets, args.timeout))
             for name, he in (("fedrec_he", True), ("fedrec_plain", False))]
+    # robust aggregation under encryption (issue #20): three groups' secure sums, the odd one left out if it lies out
+    rows.append(attempt("fedrec_he_robust", lambda: fedrec_row("fedrec_he_robust", True, args.rounds, ws,
+                                                                [*sets, *ROBUST_SETS], args.timeout)))
     problem = flower_venv_problem(args.flower_venv)
     if problem:
         print(f"[bench] flower, bare_loop: skipped ({problem})", flush=True)
