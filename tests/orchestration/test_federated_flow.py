@@ -308,8 +308,9 @@ def test_refit_phase_retrains_for_the_selected_rounds(prefect_harness, tmp_path)
     assert run.data.metrics["selected_test_hr_at_10"] == summary["hr@10"]
 
 
-#: both personalisations at once (fedrec.silo.personal): a fine-tuned view, and the recency head over it
-PERSONAL = {"model.personalisation": "finetune+recency", "model.personal_epochs": 2}
+#: every personalisation at once (fedrec.silo.personal): a personal model kept across rounds (ditto), blended with
+#: the global one, and the recency head over both
+PERSONAL = {"model.personalisation": "ditto+recency", "model.personal_epochs": 2, "model.personal_blend": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +334,7 @@ def _personal_item_rows(cfg, summary) -> list[np.ndarray]:
 
 
 def test_personalised_run_shares_exactly_what_a_plain_run_shares(he_run, personal_run):
-    """model.personalisation: finetune changes what each silo scores its users with, not what it sends: the global
+    """model.personalisation (ditto, blended, with the head) changes what each silo scores its users with, not what it sends: the global
     models are bit-identical to a run without personalisation, and the metrics differ."""
     he_summary, _, he_path = he_run
     summary, _, path = personal_run
@@ -367,7 +368,7 @@ def test_a_silos_personal_parameters_never_leave_it(personal_run):
 
 
 def test_recommendations_use_the_silos_personal_model(personal_run):
-    from fedrec.core.recency import RecencyScorer
+    from fedrec.core.recency import BlendScorer, RecencyScorer
     from fedrec.silo.recommend import SiloRecommender
 
     summary, _, path = personal_run
@@ -378,9 +379,12 @@ def test_recommendations_use_the_silos_personal_model(personal_run):
     rec = SiloRecommender(cfg, silo)
 
     assert rec.personalised is True
-    assert isinstance(rec.model, RecencyScorer)  # finetune+recency: the head over the fine-tuned view
+    assert isinstance(rec.model, RecencyScorer)  # ditto+recency: the head over the personal view ...
+    assert isinstance(rec.model.model, BlendScorer) and rec.model.model.weight == 0.5  # ... beside the global model
     for name, value in kept["items"].items():
         assert torch.equal(rec.model.model.items.state_dict()[name].cpu(), value), name
+    last = load_global(run_exchange(cfg, summary["run_id"]), summary["rounds"])
+    assert all(torch.equal(rec.model.model.other.items.state_dict()[name].cpu(), value) for name, value in last.items())
     user = next(iter(rec.model_users))
     assert len(rec.recommend(user, k=5).items) == 5
     # the head's history is the user's own, newest last: the silo's latest interaction of that user leads it
