@@ -15,6 +15,7 @@ afresh: each round it trains ``model.personal_epochs`` more epochs on the silo's
 towards the new global model by ``model.personal_mu``. Over a run it sees as many epochs as the shared model, so it
 can fit the silo's own users where a round's short fine-tuning cannot (under user-level DP, where the shared model
 is coarse, this is what keeps recommendations useful: the personal model never leaves the silo and costs no epsilon).
+It lives in the silo agent's memory between rounds: a resumed run starts it afresh from the global model.
 
 ``recency`` (fedrec.core.recency): each user's last ``model.recency_length`` items of the silo's own history, compared
 with every item in the global item space, add a per-user item-to-item score to the model's. The history stays in the
