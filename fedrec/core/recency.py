@@ -68,7 +68,26 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
     return (scores - mean) / std
 
 
-class BlendScorer:
+class _Rescorer:
+    """What a scorer that re-ranks ``self.model``'s full scores shares: ``predict`` read off ``full_sort_predict``,
+    and ``model``'s parameters and eval mode."""
+
+    model: object
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def parameters(self):
+        return self.model.parameters()
+
+    @torch.no_grad()
+    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        unique, row = torch.unique(users, return_inverse=True)
+        return self.full_sort_predict(unique)[row, items.to(unique.device)]
+
+
+class BlendScorer(_Rescorer):
     """A Scorer whose scores are ``model``'s plus ``weight`` times ``other``'s, each standardised per user (a
     silo's personal model beside the global one, model.personal_blend). Its item space is ``model``'s."""
 
@@ -77,25 +96,16 @@ class BlendScorer:
         self.items, self.task = model.items, getattr(model, "task", "ranking")
 
     def eval(self) -> "BlendScorer":
-        self.model.eval()
         self.other.eval()
-        return self
-
-    def parameters(self):
-        return self.model.parameters()
+        return super().eval()
 
     @torch.no_grad()
     def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
         own = standardise(self.model.full_sort_predict(users).float())
         return own + self.weight * standardise(self.other.full_sort_predict(users).float()).to(own.device)
 
-    @torch.no_grad()
-    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        unique, row = torch.unique(users, return_inverse=True)
-        return self.full_sort_predict(unique)[row, items.to(unique.device)]
 
-
-class RecencyScorer:
+class RecencyScorer(_Rescorer):
     """A Scorer (predict / full_sort_predict) that adds the recency head to ``model``'s scores.
 
     ``history``: int64 [n_users, L] of catalogue indices, most recent first, -1 padding (see :func:`recent_items`);
@@ -126,13 +136,6 @@ class RecencyScorer:
             return self
         return RecencyScorer(self.model, history, self.decay, self.weight, space=self._space)
 
-    def eval(self) -> "RecencyScorer":
-        self.model.eval()
-        return self
-
-    def parameters(self):
-        return self.model.parameters()
-
     @torch.no_grad()
     def recency_scores(self, users: torch.Tensor) -> torch.Tensor:
         """[batch, n_items]: ``p_u . e_i`` of each user (the head alone, unstandardised)."""
@@ -144,11 +147,6 @@ class RecencyScorer:
         if self.weight == 0:
             return base
         return base + self.weight * standardise(self.recency_scores(users)).to(base.device)
-
-    @torch.no_grad()
-    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        unique, row = torch.unique(users, return_inverse=True)
-        return self.full_sort_predict(unique)[row, items.to(unique.device)]
 
 
 def explain(space: torch.Tensor, history: np.ndarray, item: int, decay: float, n: int = 3) -> list[tuple[int, float]]:

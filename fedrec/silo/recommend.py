@@ -177,7 +177,7 @@ class SiloRecommender:
         self.personalised = kept is not None and kept["round"] == last
         scorer = model.eval()
         if self.personalised:  # model.personalisation: this silo's view of that model
-            view = copy.deepcopy(model)
+            view = copy.deepcopy(model) if self.cfg.model.personal_blend > 0 else model  # a copy only to blend
             view.users.load_state_dict(kept["users"])
             view.items.load_state_dict(kept["items"])
             scorer = personal.blended(view.eval(), model, self.cfg)  # the global model beside it (personal_blend)
