@@ -13,6 +13,11 @@ class DataNotFoundError(FedrecError, FileNotFoundError):
     """The MovieLens files are neither in the data directory nor downloadable."""
 
 
+class PartitionChangedError(FedrecError):
+    """The silos' demo partition on disk was made with other ``partition.*`` (or data) settings than the ones in
+    force, and feedback batches appended under the old partition would no longer match their silos."""
+
+
 class ChecksumError(FedrecError):
     """A downloaded archive does not match its published checksum."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from fedrec.core.data.partition import (
 )
 from fedrec.core.data.split import Split, split_interactions
 from fedrec.core.data.types import Dataset
+from fedrec.core.errors import PartitionChangedError
 from fedrec.core.training import SiloData
 from fedrec.silo import source
 from fedrec.silo.paths import Paths, silo_base_file
@@ -69,7 +71,42 @@ def prepare(cfg: Config) -> Dataset:
     dataset.interactions.to_parquet(paths.prepared / "interactions.parquet", index=False)
     dataset.users.to_parquet(paths.prepared / "users.parquet", index=False)
     write_catalogue(dataset, paths.catalogue)
+    _write_settings(paths.prepared, prepared_settings(cfg))
     return dataset
+
+
+SETTINGS_FILE = "settings.json"
+
+
+def prepared_settings(cfg: Config) -> dict:
+    """The settings the prepared data depends on (stored beside it: a change prepares anew)."""
+    data = cfg.data
+    settings: dict = {"source": data.source, "min_user_interactions": data.min_user_interactions}
+    if data.source == "synthetic":
+        settings["synthetic"] = data.synthetic.model_dump(mode="json")
+    elif data.source == "files":
+        settings["files"] = data.files.model_dump(mode="json")
+    return settings
+
+
+def partition_settings(cfg: Config) -> dict:
+    """The settings the demo partition depends on: the prepared data's plus ``partition.*`` (own files name
+    their silos themselves)."""
+    settings = {"prepared": prepared_settings(cfg)}
+    if cfg.data.source != "files":
+        settings["partition"] = cfg.partition.model_dump(mode="json")
+    return settings
+
+
+def _write_settings(folder: Path, settings: dict) -> None:
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def _stored_settings(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_prepared(cfg: Config) -> Dataset:
@@ -89,7 +126,11 @@ def partition(cfg: Config) -> dict[str, dict[str, int]]:
     paths.feedback.mkdir(parents=True, exist_ok=True)
     given = cfg.data.source == "files"  # own data: the files say which silo holds which user
     assignment = files.assignment(dataset.users) if given else assign_silos(dataset, cfg.partition)
-    return write_silos(dataset, assignment, paths.silos)
+    if paths.silos.exists():  # derived from prepared/ alone: a stale silo of an earlier partition must not linger
+        shutil.rmtree(paths.silos)
+    manifest = write_silos(dataset, assignment, paths.silos)
+    _write_settings(paths.silos, partition_settings(cfg))
+    return manifest
 
 
 INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
@@ -211,14 +252,38 @@ def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
 
 
 def ensure_partitioned(cfg: Config) -> list[str]:
-    """Prepare and partition when their outputs are missing; returns every silo id."""
+    """Prepare and partition when their outputs are missing or were made with other settings (``data.*``,
+    ``partition.*``: stored beside them in settings.json); returns every silo id. A new partition drops the
+    validation and the splits made from the old one (they are redone). Refused with
+    :class:`PartitionChangedError` when feedback batches were appended under the old partition: nothing is lost."""
     check_data_dir(cfg)
     paths = Paths.of(cfg)
-    if not (paths.prepared / "interactions.parquet").exists():
+    new_prepared = not (paths.prepared / "interactions.parquet").exists()
+    if not new_prepared and _stored_settings(paths.prepared) is None:  # prepared before settings were stored:
+        _write_settings(paths.prepared, prepared_settings(cfg))  # kept (the raw data may be gone), silos redone
+    new_prepared = new_prepared or _stored_settings(paths.prepared) != prepared_settings(cfg)
+    have = (paths.silos / "manifest.json").exists()
+    stored = _stored_settings(paths.silos) if have else None
+    if have and (new_prepared or stored != partition_settings(cfg)) and _feedback_batches(paths):
+        if stored is None:  # made before settings were stored: cannot tell, and the feedback depends on it
+            _write_settings(paths.silos, partition_settings(cfg))
+            return list_silos(paths.silos)
+        raise PartitionChangedError(
+            f"data/silos was partitioned with {json.dumps(stored, sort_keys=True)}, the settings now say "
+            f"{json.dumps(partition_settings(cfg), sort_keys=True)}; {len(_feedback_batches(paths))} feedback "
+            f"batch(es) under {paths.feedback} belong to the old partition's silos. Restore the old settings, "
+            "or move the feedback away (nothing was changed), or use another data.work_dir.")
+    if new_prepared:
         prepare(cfg)
-    if not (paths.silos / "manifest.json").exists():
+    if new_prepared or stored != partition_settings(cfg):
         partition(cfg)
+        for derived in (paths.validation, paths.split):
+            shutil.rmtree(derived, ignore_errors=True)
     return list_silos(paths.silos)
+
+
+def _feedback_batches(paths: Paths) -> list[Path]:
+    return sorted(paths.feedback.glob("*/batch-*.parquet")) if paths.feedback.exists() else []
 
 
 def ensure_data(cfg: Config) -> list[str]:
