@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from fedrec.coordinator import robust
 from fedrec.coordinator.state import RunState
 from fedrec.coordinator.strategy import ServerState, build_strategy
 from fedrec.core.config import Config
@@ -60,6 +62,7 @@ from fedrec.wire.exchange import (
     STOP_KEY,
     ExchangeConflictError,
     aggregate_key,
+    candidate_key,
     check_run_id,
     decrypt_key,
     fit_report_key,
@@ -76,6 +79,8 @@ from fedrec.wire.exchange import (
     unmask_key,
     update_key,
     verdict_key,
+    vet_key,
+    vote_key,
 )
 from fedrec.wire.messages import (
     Admission,
@@ -89,6 +94,8 @@ from fedrec.wire.messages import (
     Stop,
     Unmask,
     Verdict,
+    VetRequest,
+    Vote,
 )
 from fedrec.wire.payload import EncryptedUpdate
 from fedrec.wire.trust import (
@@ -100,6 +107,7 @@ from fedrec.wire.trust import (
     peek_envelope,
 )
 
+log = logging.getLogger(__name__)
 
 def checkpoint_file(cfg: Config, run_id: str) -> Path:
     """Where the coordinator checkpoints run ``run_id`` after each round."""
@@ -586,6 +594,46 @@ class Coordinator:
             raise FederationError(f"round {server_round}: the global model on the exchange differs from the one "
                                   "recomputed on resume; the run's exchange or checkpoint was changed")
         return new_state is not None
+
+    def vet(self, server_round: int, results: list[AggregateResult | None],
+            voters: list[str]) -> tuple[AggregateResult | None, dict[str, float]]:
+        """federation.robust_rule vetted: the candidate models (every opened group; every group but one) are
+        published, the ``voters`` score each on their own validation users (:class:`Vote`), and the round's result
+        is the candidate :func:`robust.pick` chooses on the summed scores. Returns it and each candidate's score
+        (a silo without a vote in time is not counted; with no vote at all every group is kept)."""
+        opened = [r for r in results if r is not None]
+        if len(opened) < 2:
+            return robust.combine(opened, "mean"), {}
+        sets = robust.candidates(len(opened))
+        combined = [robust.combine([opened[g] for g in groups], "mean") for groups in sets]
+        for c, result in enumerate(combined):
+            new_state, _ = self.strategy.aggregate_fit(server_round, dict(self.global_state), result, [],
+                                                       self.server_state)
+            self._post(candidate_key(server_round, c), encode_global(new_state or dict(self.global_state),
+                                                                     server_round).to_bytes())
+        self._post(vet_key(server_round), VetRequest(round=server_round, candidates=len(sets)).to_json())
+        arrived = self.exchange.wait_all({s: vote_key(server_round, s) for s in voters},
+                                         timeout=self.cfg.federation.round_timeout_s, **self._timing)
+        task, ev = objective(self.cfg.task), self.cfg.evaluation
+        totals = [task.empty_sums() for _ in sets]
+        for silo in voters:
+            if silo not in arrived:
+                continue
+            try:
+                key = vote_key(server_round, silo)
+                vote = Vote.from_json(self.exchange.read(key, self.roster.get(silo)), key)
+                if vote.round != server_round or vote.silo_id != silo or len(vote.val) != len(sets):
+                    raise PayloadError(f"{key}: not silo {silo}'s vote on the {len(sets)} candidates of round "
+                                       f"{server_round}")
+                sums = [task.sums(v) for v in vote.val]
+            except PayloadError as exc:
+                log.warning("round %d: vote of silo %s not counted: %s", server_round, silo, exc)
+                continue
+            totals = [t + v for t, v in zip(totals, sums)]
+        selection = task.selection(ev.selection_metric)
+        scores = [task.score(t.means(ev.k), selection, ev.k) for t in totals]
+        chosen = robust.pick(scores, self.cfg.federation.vet_margin) if arrived else 0
+        return combined[chosen], {f"candidate_{c}": s for c, s in enumerate(scores)}
 
     def roll_back(self, base_round: int) -> None:
         """federation.guard_drop: the silos refused the last round's model; the next round starts again from round

@@ -43,6 +43,9 @@ class RoundRecord:
     #: federation.robust_rule krum / norm_filter: the contributors whose group's mean is in the model, when the rule
     #: left a group out (empty: every contributor's)
     kept: list[str] = field(default_factory=list)
+    #: federation.robust_rule vetted: the federation's validation score of each candidate model (candidate_0: every
+    #: group; candidate_g+1: every group but g)
+    vetting: dict[str, float] = field(default_factory=dict)
 
     def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":
         """This record with the silos' metric sums added up (the federation's metrics) and each silo's means."""

@@ -14,6 +14,13 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
   kept groups' spread from their mean; otherwise every group (FedAvg), so a clean run loses nothing to it;
   A silo whose group is left out in nearly every round it takes part in (``federation.outlier_ban_rounds`` rounds
   at least) is left out from then on (:func:`repeated_outliers`): its honest group mates stop paying for it;
+* ``vetted``: the silos vet the round (their own guard, before the model is published): the coordinator makes
+  candidate models from every group (FedAvg) and from every group but one, each silo scores each candidate on its
+  own validation users and sends the sums (a :class:`~fedrec.wire.messages.Vote`), and the group whose leaving out
+  gains the federation's validation metric most (more than ``federation.vet_margin``) is left out. Whatever the
+  attack (scaled, sign-flipped, noisy, stale, a small shift every round), if it harms the silos' users its group
+  is left out; repeated, the silo is banned (:func:`repeated_outliers`). What is revealed: each candidate is a sum
+  over >= min_silos silos, so each group mean (a difference of two candidates) is one too;
 * ``federation.norm_filter`` (with any rule): group means longer than that multiple of the median group norm are
   dropped first, so a scaled or noisy update's group does not even bias the median towards it.
 """
@@ -80,6 +87,22 @@ def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str,
                 flagged[silo] = flagged.get(silo, 0) + 1
     return {silo: f"its group's mean was left out as an outlier in {flagged.get(silo, 0)} of its {n} rounds"
             for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n}
+
+
+def candidates(n_groups: int) -> list[list[int]]:
+    """robust_rule vetted: the groups in each candidate model: 0 = every group, g + 1 = every group but g."""
+    every = list(range(n_groups))
+    return [every] + [[h for h in every if h != g] for g in every]
+
+
+def pick(scores: list[float], margin: float) -> int:
+    """robust_rule vetted: the candidate to publish from the federation's validation score of each (higher is
+    better; candidate 0 has every group): the best leave-one-out candidate when it beats candidate 0 by more than
+    ``margin``, else 0."""
+    if len(scores) < 2:
+        return 0
+    best = 1 + int(np.argmax(scores[1:]))
+    return best if scores[best] > scores[0] + margin else 0
 
 
 def combine(results: list[AggregateResult], rule: str, norm_filter: float = 0.0,

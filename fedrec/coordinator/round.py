@@ -54,11 +54,16 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
     t_mean = time.perf_counter()
     failures = collected.failures | {s: why for o in opened for s, why in o.failures.items()}
     fed = coord.cfg.federation
-    result = robust.combine([o.result for o in opened], fed.robust_rule, fed.norm_filter, fed.outlier_ratio)
-    coord.step(server_round, result, failures)
     # every silo of an opened group took part (and evaluates the round); the robust rule may still leave a group's
-    # mean out of the model (krum, norm_filter): ``kept`` names whose updates are in it
+    # mean out of the model (krum, norm_filter, vetted): ``kept`` names whose updates are in it
     opened_silos = {s for o in opened if o.result is not None for s in o.result.contributors}
+    vetting: dict[str, float] = {}
+    if fed.robust_rule == "vetted":  # the silos score each candidate on their validation users first
+        result, vetting = coord.vet(server_round, [o.result for o in opened], sorted(opened_silos))
+    else:
+        result = robust.combine([o.result for o in opened], fed.robust_rule, fed.norm_filter, fed.outlier_ratio)
+    t_vet = time.perf_counter()
+    coord.step(server_round, result, failures)
     reports = {s: r for s, r in collected.reports.items() if s in opened_silos}
     kept = sorted(result.contributors) if result is not None else []
     n = sum(r.n_samples for r in reports.values())
@@ -75,10 +80,12 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
         seconds={"train": sum(r.seconds_train for r in collected.reports.values()),
                  "encrypt": sum(r.seconds_encrypt for r in collected.reports.values()),
                  "wait_updates": t_collect - start, "aggregate": t_aggregate - t_collect,
-                 "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start},
+                 "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start}
+        | ({"vet": t_vet - t_mean} if vetting else {}),
+        vetting=vetting,
     )
     after = coord.state.replace(history=state.history + (record,))
-    if fed.robust_rule == "outlier" and fed.outlier_ban_rounds > 0:  # group testing across rounds
+    if fed.robust_rule in ("outlier", "vetted") and fed.outlier_ban_rounds > 0:  # group testing across rounds
         culprits = {s: why for s, why in robust.repeated_outliers(after.history, fed.outlier_ban_rounds).items()
                     if s not in after.banned}
         if culprits:

@@ -328,12 +328,18 @@ class FederationConfig(Section):
     #: the group means: a malicious silo moves one group's mean, never the median of three or more) | krum
     #: (Multi-Krum: the group means that agree most, averaged; with three groups the closest two)
     #: | outlier (Krum's odd group left out only when it lies beyond outlier_ratio x the kept groups' spread)
-    robust_rule: Literal["mean", "median", "krum", "outlier"] = "mean"
+    #: | vetted (the silos score candidate models, every group and each group left out, on their own validation
+    #: users before the round's model is published; the group whose leaving out helps most is left out)
+    robust_rule: Literal["mean", "median", "krum", "outlier", "vetted"] = "mean"
+    #: robust_rule vetted: how much higher (the selection metric, absolute) the federation's validation score of a
+    #: candidate without one group must be than the score with every group for that group to be left out
+    vet_margin: float = checked(0.0, "federation.vet_margin must be >= 0", ge=0)
     #: robust_rule outlier: how far (in multiples of the kept groups' spread around their mean) the odd group mean
     #: must lie to be left out
     outlier_ratio: float = checked(3.0, "federation.outlier_ratio must be > 1", gt=1)
-    #: robust_rule outlier: a silo whose group was left out in >= 90 % of at least this many rounds it took part in
-    #: is left out of the following rounds (groups are drawn afresh each round, so honest silos are not); 0 = never
+    #: robust_rule outlier / vetted: a silo whose group was left out in >= 90 % of at least this many rounds it took
+    #: part in is left out of the following rounds (groups are drawn afresh each round, so honest silos are not);
+    #: 0 = never
     outlier_ban_rounds: int = checked(8, "federation.outlier_ban_rounds must be >= 0 (0: never)", ge=0)
     #: > 0 (with groups >= 3): drop the group means whose L2 norm exceeds this multiple of the median group norm
     #: before combining them (a scaled or noisy update lengthens its group's mean); 0 = keep every group

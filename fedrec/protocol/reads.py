@@ -17,6 +17,7 @@ from fedrec.crypto.updates import Masks, decode_global, update_problems
 from fedrec.wire.exchange import (
     COORDINATOR_KEY,
     Exchange,
+    candidate_key,
     global_key,
     mask_keys_key,
     reveal_key,
@@ -109,4 +110,15 @@ def load_global(exchange: Exchange, server_round: int,
     payload = EncryptedUpdate.from_bytes(exchange.read(key, coordinator), expect_kind="global", source=key)
     if payload.round != server_round:
         raise PayloadError(f"{key}: holds the model of round {payload.round}")
+    return decode_global(payload)
+
+
+def load_candidate(exchange: Exchange, server_round: int, index: int,
+                   coordinator: PublicIdentity) -> dict[str, torch.Tensor]:
+    """federation.robust_rule vetted: candidate ``index`` for round ``server_round``'s global model, verified as
+    signed by ``coordinator``."""
+    key = candidate_key(server_round, index)
+    payload = EncryptedUpdate.from_bytes(exchange.read(key, coordinator), expect_kind="global", source=key)
+    if payload.round != server_round:
+        raise PayloadError(f"{key}: holds a candidate of round {payload.round}")
     return decode_global(payload)

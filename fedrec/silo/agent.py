@@ -64,7 +64,7 @@ from fedrec.crypto.updates import (
     invalid_encodings,
 )
 from fedrec.models import RecModel, build_model
-from fedrec.protocol.reads import gather_masks, load_global, read_mask_keys, read_update
+from fedrec.protocol.reads import gather_masks, load_candidate, load_global, read_mask_keys, read_update
 from fedrec.silo import data as pipeline
 from fedrec.silo import personal, privacy
 from fedrec.silo.store import SiloStore, silo_seed
@@ -94,6 +94,8 @@ from fedrec.wire.exchange import (
     unmask_key,
     update_key,
     verdict_key,
+    vet_key,
+    vote_key,
 )
 from fedrec.wire.messages import (
     Admission,
@@ -109,6 +111,8 @@ from fedrec.wire.messages import (
     Stop,
     Unmask,
     Verdict,
+    VetRequest,
+    Vote,
 )
 from fedrec.wire.payload import EncryptedUpdate
 from fedrec.wire.trust import (
@@ -493,13 +497,15 @@ class SiloAgent:
         and decrypt the sum whenever the coordinator asks this silo to (the first decryptor, or one after it)."""
         r, fed, g = ins.round, self.cfg.federation, ins.group
         self._groups[r] = g
-        attempt, decrypted = 0, False
+        attempt, decrypted, voted = 0, False, False
         while True:
             keys = [global_key(r), STOP_KEY]
             if self._masks is not None and self._masks.round == r and not self._masks.revealed:
                 keys.append(unmask_key(r, g))
             if fed.he:
                 keys.append(decrypt_key(r, attempt, g))
+            if fed.robust_rule == "vetted" and not voted:
+                keys.append(vet_key(r))
             key = self._wait(keys, 3 * fed.round_timeout_s)
             if key is None:
                 raise FederationError(f"silo {self.silo_id}: round {r} did not finish within "
@@ -508,6 +514,9 @@ class SiloAgent:
                 break
             if key == unmask_key(r, g):
                 self.reveal(r)
+            elif key == vet_key(r):
+                self.vote(r)
+                voted = True
             else:
                 request = DecryptRequest.from_json(self._read_coordinator(key), key)
                 if (request.round, request.attempt) == (r, attempt) and request.decryptor == self.silo_id:
@@ -594,6 +603,31 @@ class SiloAgent:
         self._post_once(verdict_key(server_round, attempt, group), Verdict(
             round=server_round, attempt=attempt, decryptor=self.silo_id, reason=reason[:300],
             culprits={s: why[:300] for s, why in culprits.items()}).to_json())
+
+    def vote(self, server_round: int) -> Vote:
+        """federation.robust_rule vetted: score each candidate model of the round on this silo's validation users
+        (the selection metric's sums, with this round's user vectors and, model.personalisation recency, the head)
+        and send the sums; the coordinator publishes the candidate the federation's users are best served by."""
+        request = VetRequest.from_json(self._read_coordinator(vet_key(server_round)), vet_key(server_round))
+        ev = self.cfg.evaluation
+        full = ev.selection_metric.startswith("full_")
+        kept = {k: v.clone() for k, v in self.model.shared_state().items()}
+        sums = []
+        try:
+            for c in range(request.candidates):
+                state = load_candidate(self.exchange, server_round, c, self.coordinator)
+                with COMPUTE:
+                    self.model.load_shared_state(state)
+                    scorer = self.model
+                    if personal.uses_recency(self.cfg):
+                        scorer = personal.evaluation_scorer(scorer, self.data, self.cfg)
+                    val = evaluate_targets(scorer, self.data, ev.k, ("val",), full, self.device)["val"]
+                sums.append(dataclasses.asdict(val))
+        finally:
+            self.model.load_shared_state(kept)
+        vote = Vote(silo_id=self.silo_id, round=server_round, val=sums)
+        self._post_once(vote_key(server_round, self.silo_id), vote.to_json())
+        return vote
 
     def evaluate(self, server_round: int) -> MetricReport:
         """HR/NDCG of the round's global model on this silo's users (model.personalisation: of this silo's personal

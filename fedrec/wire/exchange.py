@@ -280,6 +280,22 @@ def mean_key(round_: int, attempt: int = 0, group: int = 0) -> str:
     return f"round-{round_:04d}/mean{_group(group)}-{attempt}.bin"
 
 
+def vet_key(round_: int) -> str:
+    """federation.robust_rule vetted: the coordinator asks the round's silos to score its candidate models."""
+    return f"round-{round_:04d}/vet.json"
+
+
+def candidate_key(round_: int, index: int) -> str:
+    """robust_rule vetted: candidate ``index`` for the round's global model (0: every group; g + 1: all but group
+    g), a plaintext payload like the global model."""
+    return f"round-{round_:04d}/candidates/{int(index):03d}.bin"
+
+
+def vote_key(round_: int, silo_id: str) -> str:
+    """robust_rule vetted: a silo's validation sums for each candidate model of the round."""
+    return f"round-{round_:04d}/votes/{check_silo_id(silo_id)}.json"
+
+
 def hello_key(silo_id: str) -> str:
     return f"silos/{check_silo_id(silo_id)}/hello.json"
 

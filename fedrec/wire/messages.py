@@ -305,6 +305,39 @@ class MetricReport(Message):
     refuse: bool = False
 
 
+#: the most candidate models one vetting may ask a silo to score (every group, and each left out: groups + 1)
+MAX_CANDIDATES = 65
+
+
+@dataclass(frozen=True)
+class VetRequest(Message):
+    """federation.robust_rule vetted: round ``round``'s candidate global models are on the exchange
+    (``candidate_key(round, c)`` for c < ``candidates``); each silo scores them on its own validation users."""
+
+    round: int
+    candidates: int
+
+    def _checked(self, source: str) -> "VetRequest":
+        if not 2 <= self.candidates <= MAX_CANDIDATES:
+            raise PayloadError(f"{source}: {self.candidates} candidates (2..{MAX_CANDIDATES})")
+        return self
+
+
+@dataclass(frozen=True)
+class Vote(Message):
+    """A silo's validation sums (as in :class:`MetricReport`) for each candidate model of a vetted round: sums over
+    its users, like its metric report, never one user's."""
+
+    silo_id: str
+    round: int
+    val: list[dict[str, int | float]]
+
+    def _checked(self, source: str) -> "Vote":
+        if not 1 <= len(self.val) <= MAX_CANDIDATES:
+            raise PayloadError(f"{source}: {len(self.val)} candidate scores (1..{MAX_CANDIDATES})")
+        return self
+
+
 @dataclass(frozen=True)
 class Stop(Message):
     """The federation run is over (``reason``: finished, or why it stopped); agents exit."""

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from fedrec.coordinator.coordinator import split_groups
-from fedrec.coordinator.robust import combine
+from fedrec.coordinator.robust import candidates, combine, pick
 from fedrec.core.config import from_dict
 from fedrec.core.state import flatten_state
 from fedrec.crypto.updates import AggregateResult
 from fedrec.orchestration.attacks import Attack, run_in_process
 from fedrec.protocol.reads import load_global
 from fedrec.silo.agent import SiloAgent
-from fedrec.wire.exchange import mean_key, run_exchange
+from fedrec.wire.exchange import mean_key, run_exchange, vote_key
+from fedrec.wire.messages import Vote
 
 from conftest import make_tiny_params
 
@@ -106,6 +107,14 @@ def _moved(cfg, result) -> np.ndarray:
     return flatten_state(load_global(ex, 1)).astype(np.float64) - flatten_state(load_global(ex, 0)).astype(np.float64)
 
 
+def test_vetting_candidates_are_every_group_and_each_group_left_out_and_only_a_clear_gain_drops_one():
+    assert candidates(3) == [[0, 1, 2], [1, 2], [0, 2], [0, 1]]
+    assert pick([0.60, 0.58, 0.65, 0.61], margin=0.0) == 2  # leaving group 1 out helps most
+    assert pick([0.60, 0.58, 0.65, 0.61], margin=0.05) == 0  # but not by more than the margin
+    assert pick([0.60, 0.60, 0.60, 0.60], margin=0.0) == 0  # a tie keeps every group
+    assert pick([0.60], margin=0.0) == 0
+
+
 @pytest.mark.slow
 def test_grouped_sums_give_fedavg_and_each_decrypted_mean_is_of_at_least_min_silos(cfg):
     one = from_dict(cfg)
@@ -120,7 +129,7 @@ def test_grouped_sums_give_fedavg_and_each_decrypted_mean_is_of_at_least_min_sil
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["median", "krum", "outlier"])
+@pytest.mark.parametrize("rule", ["median", "krum", "outlier", "vetted"])
 def test_a_malicious_silo_moves_the_robust_rule_no_further_than_the_honest_groups(cfg, rule):
     grouped = {"federation": cfg["federation"] | {"groups": 3}}
     clean = run_in_process(from_dict(cfg | grouped), rounds=1)
@@ -131,7 +140,7 @@ def test_a_malicious_silo_moves_the_robust_rule_no_further_than_the_honest_group
     undefended = run_in_process(from_dict(cfg | grouped), attack, rounds=1)
 
     assert len(records[0].per_silo_test) == 9  # every silo evaluates, also those whose group the rule left out
-    assert len(records[0].kept) == (0 if rule == "median" else 6)  # krum and outlier keep two groups of three
+    assert len(records[0].kept) == (0 if rule == "median" else 6)  # krum, outlier, vetted keep two groups of three
     honest = np.abs(_moved(from_dict(cfg), clean)).max()
     with_median, without = np.abs(_moved(from_dict(cfg), defended)).max(), np.abs(_moved(from_dict(cfg), undefended)).max()
     assert without > 5 * honest, (honest, without)  # without the median: the attack lands
@@ -189,3 +198,40 @@ def test_the_outlier_rule_leaves_out_a_silo_whose_group_is_left_out_round_after_
     assert "0" not in records[2].contributors and "left out" in records[2].failures["0"]
     assert records[2].kept == []  # without it the round keeps every group: FedAvg of the honest silos
     assert "0" in undefended[2].contributors  # with the ban off it keeps taking part
+
+
+@pytest.mark.slow
+def test_vetting_leaves_out_a_sign_flipping_silos_group(cfg):
+    fed = cfg["federation"] | {"groups": 3, "outlier_ban_rounds": 0}
+    attack = {"0": Attack("signflip", factor=-1.0)}
+    vetted: list = []
+    run_in_process(from_dict(cfg | {"federation": fed | {"robust_rule": "vetted"}}), attack, rounds=3,
+                   on_round=vetted.append)
+    plain: list = []  # the defence removed: every group's mean is in the model
+    run_in_process(from_dict(cfg | {"federation": fed}), attack, rounds=3, on_round=plain.append)
+
+    assert all(set(r.vetting) == {"candidate_0", "candidate_1", "candidate_2", "candidate_3"} for r in vetted)
+    left_out = [r for r in vetted if r.kept and "0" not in r.kept]
+    assert len(left_out) >= 2, [(r.kept, r.vetting) for r in vetted]
+    for r in left_out:  # chosen on the silos' validation scores: it beats the candidate with every group
+        assert max(r.vetting.values()) > r.vetting["candidate_0"]
+    assert not any(r.kept or r.vetting for r in plain)
+
+
+class VotesForNonsense(SiloAgent):
+    """A silo whose vote scores the wrong number of candidates: not counted, the round goes on."""
+
+    def vote(self, server_round):
+        bad = Vote(silo_id=self.silo_id, round=server_round, val=[{"n": 1, "hr": 1.0}])
+        self._post_once(vote_key(server_round, self.silo_id), bad.to_json())
+        return bad
+
+
+@pytest.mark.slow
+def test_a_malformed_vote_is_not_counted_and_the_round_goes_on(cfg, caplog):
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
+    records: list = []
+    result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=1, on_round=records.append,
+                            agent_classes={"4": VotesForNonsense})
+    assert not result["errors"] and records[0].vetting
+    assert "vote of silo 4 not counted" in caplog.text
