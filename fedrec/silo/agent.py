@@ -515,8 +515,11 @@ class SiloAgent:
             if key == unmask_key(r, g):
                 self.reveal(r)
             elif key == vet_key(r):
-                self.vote(r)
                 voted = True
+                try:
+                    self.vote(r)
+                except PolicyError as exc:  # not scored: the coordinator goes on without this silo's vote
+                    log.warning("%s", exc)
             else:
                 request = DecryptRequest.from_json(self._read_coordinator(key), key)
                 if (request.round, request.attempt) == (r, attempt) and request.decryptor == self.silo_id:
@@ -609,6 +612,10 @@ class SiloAgent:
         (the selection metric's sums, with this round's user vectors and, model.personalisation recency, the head)
         and send the sums; the coordinator publishes the candidate the federation's users are best served by."""
         request = VetRequest.from_json(self._read_coordinator(vet_key(server_round)), vet_key(server_round))
+        if request.candidates > self.cfg.federation.groups + 1:  # each score tells something of its users
+            raise PolicyError(f"silo {self.silo_id}: round {server_round} asks it to score {request.candidates} "
+                              f"candidate models; its federation.groups {self.cfg.federation.groups} allows "
+                              f"{self.cfg.federation.groups + 1}")
         ev = self.cfg.evaluation
         full = ev.selection_metric.startswith("full_")
         kept = {k: v.clone() for k, v in self.model.shared_state().items()}

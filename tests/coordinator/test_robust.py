@@ -235,3 +235,22 @@ def test_a_malformed_vote_is_not_counted_and_the_round_goes_on(cfg, caplog):
                             agent_classes={"4": VotesForNonsense})
     assert not result["errors"] and records[0].vetting
     assert "vote of silo 4 not counted" in caplog.text
+
+
+class AllowsOneGroup(SiloAgent):
+    """A silo whose own params allow one group: it scores at most two candidates (each score tells something)."""
+
+    def __init__(self, cfg, silo_id, run_id, **kw):
+        super().__init__(cfg.replace(**{"federation.groups": 1}), silo_id, run_id, **kw)
+
+
+@pytest.mark.slow
+def test_a_silo_scores_no_more_candidates_than_its_own_params_allow(cfg, caplog):
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
+    records: list = []
+    result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=1, on_round=records.append,
+                            agent_classes={"2": AllowsOneGroup})
+    assert not result["errors"] and records[0].vetting
+    assert "asks it to score 4 candidate models" in caplog.text
+    assert not run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "2"))
+    assert run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "1"))
