@@ -54,6 +54,7 @@ from fedrec.crypto.updates import (
     invalid_encodings,
 )
 from fedrec.models import build_model
+from fedrec.protocol import vetting
 from fedrec.protocol.reads import gather_masks, load_global, read_mask_keys, read_update
 from fedrec.wire.exchange import (
     ADMISSION_KEY,
@@ -604,7 +605,7 @@ class Coordinator:
         opened = [r for r in results if r is not None]
         if len(opened) < 2:
             return robust.combine(opened, "mean"), {}
-        sets = robust.candidates(len(opened))
+        sets = vetting.candidates(len(opened), self.cfg.federation.vet_drop)
         combined = [robust.combine([opened[g] for g in groups], "mean") for groups in sets]
         for c, result in enumerate(combined):
             new_state, _ = self.strategy.aggregate_fit(server_round, dict(self.global_state), result, [],

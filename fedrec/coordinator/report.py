@@ -44,7 +44,7 @@ class RoundRecord:
     #: left a group out (empty: every contributor's)
     kept: list[str] = field(default_factory=list)
     #: federation.robust_rule vetted: the federation's validation score of each candidate model (candidate_0: every
-    #: group; candidate_g+1: every group but g)
+    #: group; the others: the groups of fedrec.protocol.vetting.candidates)
     vetting: dict[str, float] = field(default_factory=dict)
 
     def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":

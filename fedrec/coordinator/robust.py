@@ -89,15 +89,9 @@ def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str,
             for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n}
 
 
-def candidates(n_groups: int) -> list[list[int]]:
-    """robust_rule vetted: the groups in each candidate model: 0 = every group, g + 1 = every group but g."""
-    every = list(range(n_groups))
-    return [every] + [[h for h in every if h != g] for g in every]
-
-
 def pick(scores: list[float], margin: float) -> int:
     """robust_rule vetted: the candidate to publish from the federation's validation score of each (higher is
-    better; candidate 0 has every group): the best leave-one-out candidate when it beats candidate 0 by more than
+    better; candidate 0 has every group): the best of the others when it beats candidate 0 by more than
     ``margin``, else 0."""
     if len(scores) < 2:
         return 0

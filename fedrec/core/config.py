@@ -334,6 +334,9 @@ class FederationConfig(Section):
     #: robust_rule vetted: how much higher (the selection metric, absolute) the federation's validation score of a
     #: candidate without one group must be than the score with every group for that group to be left out
     vet_margin: float = checked(0.0, "federation.vet_margin must be >= 0", ge=0)
+    #: robust_rule vetted: the most groups one round may leave out (the candidates are every way of leaving out up to
+    #: this many, one group always kept): 2 with two malicious silos in two groups
+    vet_drop: int = checked(1, "federation.vet_drop must be in 1..4", ge=1, le=4)
     #: robust_rule outlier: how far (in multiples of the kept groups' spread around their mean) the odd group mean
     #: must lie to be left out
     outlier_ratio: float = checked(3.0, "federation.outlier_ratio must be > 1", gt=1)

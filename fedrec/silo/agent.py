@@ -65,6 +65,7 @@ from fedrec.crypto.updates import (
 )
 from fedrec.models import RecModel, build_model
 from fedrec.protocol.reads import gather_masks, load_candidate, load_global, read_mask_keys, read_update
+from fedrec.protocol.vetting import candidates as robust_candidates
 from fedrec.silo import data as pipeline
 from fedrec.silo import personal, privacy
 from fedrec.silo.store import SiloStore, silo_seed
@@ -612,10 +613,12 @@ class SiloAgent:
         (the selection metric's sums, with this round's user vectors and, model.personalisation recency, the head)
         and send the sums; the coordinator publishes the candidate the federation's users are best served by."""
         request = VetRequest.from_json(self._read_coordinator(vet_key(server_round)), vet_key(server_round))
-        if request.candidates > self.cfg.federation.groups + 1:  # each score tells something of its users
+        fed = self.cfg.federation
+        allowed = len(robust_candidates(fed.groups, fed.vet_drop))
+        if request.candidates > allowed:  # each score tells something of its users
             raise PolicyError(f"silo {self.silo_id}: round {server_round} asks it to score {request.candidates} "
-                              f"candidate models; its federation.groups {self.cfg.federation.groups} allows "
-                              f"{self.cfg.federation.groups + 1}")
+                              f"candidate models; its federation.groups {fed.groups} and vet_drop {fed.vet_drop} "
+                              f"allow {allowed}")
         ev = self.cfg.evaluation
         full = ev.selection_metric.startswith("full_")
         kept = {k: v.clone() for k, v in self.model.shared_state().items()}

@@ -286,8 +286,8 @@ def vet_key(round_: int) -> str:
 
 
 def candidate_key(round_: int, index: int) -> str:
-    """robust_rule vetted: candidate ``index`` for the round's global model (0: every group; g + 1: all but group
-    g), a plaintext payload like the global model."""
+    """robust_rule vetted: candidate ``index`` for the round's global model (0: every group; the others: the groups
+    of fedrec.protocol.vetting.candidates), a plaintext payload like the global model."""
     return f"round-{round_:04d}/candidates/{int(index):03d}.bin"
 
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from fedrec.coordinator.coordinator import split_groups
-from fedrec.coordinator.robust import candidates, combine, pick
+from fedrec.coordinator.robust import combine, pick
 from fedrec.core.config import from_dict
 from fedrec.core.state import flatten_state
 from fedrec.crypto.updates import AggregateResult
 from fedrec.orchestration.attacks import Attack, run_in_process
 from fedrec.protocol.reads import load_global
+from fedrec.protocol.vetting import candidates
 from fedrec.silo.agent import SiloAgent
 from fedrec.wire.exchange import mean_key, run_exchange, vote_key
 from fedrec.wire.messages import Vote
@@ -108,7 +109,9 @@ def _moved(cfg, result) -> np.ndarray:
 
 
 def test_vetting_candidates_are_every_group_and_each_group_left_out_and_only_a_clear_gain_drops_one():
-    assert candidates(3) == [[0, 1, 2], [1, 2], [0, 2], [0, 1]]
+    assert candidates(3) == [[0, 1, 2], [0, 1], [0, 2], [1, 2]]  # every group; each one left out
+    assert candidates(3, drop=2) == [[0, 1, 2], [0, 1], [0, 2], [1, 2], [0], [1], [2]]  # up to two left out
+    assert candidates(2, drop=3) == [[0, 1], [0], [1]]  # one group always kept
     assert pick([0.60, 0.58, 0.65, 0.61], margin=0.0) == 2  # leaving group 1 out helps most
     assert pick([0.60, 0.58, 0.65, 0.61], margin=0.05) == 0  # but not by more than the margin
     assert pick([0.60, 0.60, 0.60, 0.60], margin=0.0) == 0  # a tie keeps every group
