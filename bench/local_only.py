@@ -29,6 +29,31 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def summarise(runs: dict, datas: dict, seeds: list[int], overrides: dict, kinds: list[str], keys, k: int,
+              wall: float) -> dict:
+    """The per-silo table (mean ± std over the seeds run so far) and its summary figures."""
+    rows = []
+    for s in sorted(datas, key=lambda s: -datas[s].n_users):
+        row = {"silo": s, "users": datas[s].n_users, "interactions": datas[s].n_train}
+        for kind in runs:
+            row[kind] = {m: _stats(runs[kind][s][m]) for m in keys}
+        if "federated" in kinds and "local_only" in kinds:
+            row["gain_hr"] = row["federated"][keys[0]]["mean"] - row["local_only"][keys[0]]["mean"]
+        rows.append(row)
+    result = {
+        "seeds": seeds, "overrides": overrides, "kinds": kinds, "k": k,
+        "wall_seconds": wall, "rows": rows,
+        "users_weighted": {kind: {m: sum(r["users"] * r[kind][m]["mean"] for r in rows) / sum(r["users"] for r in rows)
+                                  for m in keys} for kind in runs},
+    }
+    if "gain_hr" in rows[0]:
+        smallest = sorted(rows, key=lambda r: r["users"])[:3]
+        result |= {"mean_gain_hr": statistics.fmean(r["gain_hr"] for r in rows),
+                   "smallest_silos_gain_hr": {r["silo"]: r["gain_hr"] for r in smallest},
+                   "every_silo_gains": all(r["gain_hr"] >= 0 for r in rows)}
+    return result
+
+
 def main() -> None:
     env.apply_defaults()  # before Prefect or MLflow is first imported
     ap = argparse.ArgumentParser()
@@ -76,25 +101,11 @@ def main() -> None:
             for s, sums in per_silo_sums(pooled.model, union, datas, k).items():
                 for m, v in sums.means(k).items():
                     runs["centralized"][s][m].append(v)
-    rows = []
-    for s in sorted(silos, key=lambda s: -datas[s].n_users):
-        row = {"silo": s, "users": datas[s].n_users, "interactions": datas[s].n_train}
-        for kind in runs:
-            row[kind] = {m: _stats(runs[kind][s][m]) for m in keys}
-        if "federated" in kinds and "local_only" in kinds:
-            row["gain_hr"] = row["federated"][keys[0]]["mean"] - row["local_only"][keys[0]]["mean"]
-        rows.append(row)
-    result = {
-        "seeds": seeds, "overrides": overrides, "kinds": kinds, "k": k,
-        "wall_seconds": time.perf_counter() - started, "rows": rows,
-        "users_weighted": {kind: {m: sum(r["users"] * r[kind][m]["mean"] for r in rows) / sum(r["users"] for r in rows)
-                                  for m in keys} for kind in runs},
-    }
-    if "gain_hr" in rows[0]:
-        smallest = sorted(rows, key=lambda r: r["users"])[:3]
-        result |= {"mean_gain_hr": statistics.fmean(r["gain_hr"] for r in rows),
-                   "smallest_silos_gain_hr": {r["silo"]: r["gain_hr"] for r in smallest},
-                   "every_silo_gains": all(r["gain_hr"] >= 0 for r in rows)}
+        partial = summarise(runs, datas, seeds[:seeds.index(seed) + 1], overrides, kinds, keys, k,
+                            time.perf_counter() - started)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(partial, indent=2))  # a run cut short keeps the seeds it finished
+    result = summarise(runs, datas, seeds, overrides, kinds, keys, k, time.perf_counter() - started)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
