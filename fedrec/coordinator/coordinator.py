@@ -162,6 +162,23 @@ def split_groups(silos: list[str], groups: int, min_silos: int, seed: int, serve
     return [sorted(order[g::n]) for g in range(n)]
 
 
+def _vote_problem(sums: list, n_train: int, task: str) -> str | None:
+    """What is impossible about a silo's vote: candidates scored over different numbers of users, more users than
+    its training rows, or (ranking) a hit or NDCG sum outside [0, users]. A silo then moves the pooled score by at
+    most its own users' share."""
+    users = {getattr(x, "n", None) for x in sums}
+    if len(users) != 1:
+        return "the candidates are scored over different numbers of users"
+    n = users.pop()
+    if n is None:
+        return None
+    if not 0 <= n <= n_train:
+        return f"{n} users scored, more than its {n_train} training rows"
+    if task == "ranking" and any(not 0 <= v <= n for x in sums for f, v in dataclasses.asdict(x).items() if f != "n"):
+        return "a sum outside [0, users]"
+    return None
+
+
 class Coordinator:
     """One federation run at the coordinator (see the module docstring)."""
 
@@ -627,6 +644,8 @@ class Coordinator:
                     raise PayloadError(f"{key}: not silo {silo}'s vote on the {len(sets)} candidates of round "
                                        f"{server_round}")
                 sums = [task.sums(v) for v in vote.val]
+                if problem := _vote_problem(sums, self.n_train.get(silo, 0), self.cfg.task):
+                    raise PayloadError(f"{key}: {problem}")
             except PayloadError as exc:
                 log.warning("round %d: vote of silo %s not counted: %s", server_round, silo, exc)
                 continue

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.coordinator.coordinator import split_groups
+from fedrec.coordinator.coordinator import _vote_problem, split_groups
+from fedrec.core.metrics import MetricSums
 from fedrec.coordinator.robust import combine, pick
 from fedrec.core.config import from_dict
 from fedrec.core.state import flatten_state
@@ -116,6 +117,14 @@ def test_vetting_candidates_are_every_group_and_each_group_left_out_and_only_a_c
     assert pick([0.60, 0.58, 0.65, 0.61], margin=0.05) == 0  # but not by more than the margin
     assert pick([0.60, 0.60, 0.60, 0.60], margin=0.0) == 0  # a tie keeps every group
     assert pick([0.60], margin=0.0) == 0
+
+
+def test_an_impossible_vote_is_named():
+    good = [MetricSums(n=10, hr=6.0, ndcg=3.0), MetricSums(n=10, hr=7.0, ndcg=3.5)]
+    assert _vote_problem(good, n_train=200, task="ranking") is None
+    assert "different numbers" in _vote_problem([good[0], MetricSums(n=11, hr=7.0)], 200, "ranking")
+    assert "more than its" in _vote_problem([MetricSums(n=500, hr=1.0)] * 2, 200, "ranking")
+    assert "outside" in _vote_problem([good[0], MetricSums(n=10, hr=70.0)], 200, "ranking")  # 70 hits of 10 users
 
 
 @pytest.mark.slow
