@@ -182,8 +182,9 @@ def explain_many(space: torch.Tensor, history: np.ndarray, items, decay: float,
 def for_evaluation(model, data, cfg) -> RecencyScorer:
     """``model`` with the recency head (``cfg.model``'s length, decay, weight) for evaluating ``data``'s held-out
     items: the training rows are the history of the validation item; the validation item, which came before the
-    test item, is the newest of the test item's."""
+    test item, is the newest of the test item's (in the refit view, where it is a training row already, it is not
+    pushed in twice)."""
     m = cfg.model
     history = recent_items(data.train_users, data.train_items, data.n_users, m.recency_length)
-    return RecencyScorer(model, history, m.recency_decay, m.recency_weight,
-                         {"val": history, "test": with_latest(history, data.val_items)})
+    latest = history if getattr(data, "val_in_train", False) else with_latest(history, data.val_items)
+    return RecencyScorer(model, history, m.recency_decay, m.recency_weight, {"val": history, "test": latest})

@@ -84,6 +84,8 @@ class SiloData:
     test_ratings: np.ndarray | None = None
     #: cold-start items (fedrec.core.coldstart): never training negatives; each user's cold target; None: none held out
     cold: ColdItems | None = None
+    #: the refit view (:meth:`with_validation_in_train`): each user's validation item is its latest training row
+    val_in_train: bool = False
     _seen_codes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -125,7 +127,8 @@ class SiloData:
                         n_items=self.n_items,
                         train_ratings=None if self.train_ratings is None
                         else np.concatenate([self.train_ratings, self.val_ratings]),
-                        val_ratings=self.val_ratings, test_ratings=self.test_ratings, cold=self.cold)
+                        val_ratings=self.val_ratings, test_ratings=self.test_ratings, cold=self.cold,
+                        val_in_train=True)
 
     def without_test(self) -> "SiloData":
         """A copy with no test items or ratings (None): what a hyper-parameter search gets, so nothing it runs can

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fedrec.coordinator.coordinator import _vote_problem, split_groups
-from fedrec.core.metrics import MetricSums
 from fedrec.coordinator.robust import combine, pick
 from fedrec.core.config import from_dict
+from fedrec.core.metrics import MetricSums
 from fedrec.core.state import flatten_state
 from fedrec.crypto.updates import AggregateResult
 from fedrec.orchestration.attacks import Attack, run_in_process

@@ -82,6 +82,16 @@ def test_evaluation_histories_hold_no_target_of_their_own_and_the_test_history_s
     assert sums["test"].n == data.n_users and 0 <= sums["test"].hr <= data.n_users
 
 
+def test_in_the_refit_view_the_val_item_is_the_test_historys_newest_once(silo):
+    cfg, data, model = silo
+    refit = data.with_validation_in_train()
+    test_history = personal.evaluation_scorer(model, refit, cfg).for_target("test").history
+    plain = personal.evaluation_scorer(model, data, cfg).for_target("test").history
+
+    assert (test_history[:, 0] == data.val_items).all()
+    assert (test_history == plain).all()  # the same history as without the refit: the val item not pushed twice
+
+
 def test_recency_needs_the_ranking_task_and_checked_settings(tiny_params):
     model = tiny_params["model"]
     with pytest.raises(ConfigError, match="recency supports task: ranking"):
