@@ -204,10 +204,14 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
     for t in threads:
         t.start()
     best = last = None
+    defence: list[dict] = []  # per round: whose group means the model kept, the vetting scores, who is banned
     try:
         for r in range(1, rounds + 1):
             _, record = run_round(coord.state, coord, r, True)
             last = record
+            defence.append({"round": r, "left_out": sorted(set(record.contributors) - set(record.kept))
+                            if record.kept else [], "vetting": record.vetting,
+                            "banned": sorted(coord.state.banned)})
             if better(cfg, record, best):
                 best = record
             if on_round is not None:
@@ -217,7 +221,7 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
         for t in threads:
             t.join(timeout=120)
     result = {"run_id": run_id, "selected_round": best.round, "selected": best.test, "last": last.test,
-              "errors": {s: repr(e) for s, e in errors.items()}}
+              "errors": {s: repr(e) for s, e in errors.items()}, "defence": defence}
     if target >= 0:
         honest = {s: a for s, a in agents.items() if s not in (malicious or {})}
         result["exposure"] = exposure(honest, dict(coord.global_state), target, cfg.evaluation.k)
