@@ -210,7 +210,7 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
             _, record = run_round(coord.state, coord, r, True)
             last = record
             defence.append({"round": r, "left_out": sorted(set(record.contributors) - set(record.kept))
-                            if record.kept else [], "vetting": record.vetting,
+                            if record.kept else [], "vetting": record.vetting, "groups": coord.groups.get(r, []),
                             "banned": sorted(coord.state.banned)})
             if better(cfg, record, best):
                 best = record
