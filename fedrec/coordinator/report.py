@@ -46,6 +46,8 @@ class RoundRecord:
     #: federation.robust_rule vetted: the federation's validation score of each candidate model (candidate_0: every
     #: group; the others: the groups of fedrec.protocol.vetting.candidates)
     vetting: dict[str, float] = field(default_factory=dict)
+    #: robust_rule vetted: the silos of each opened group, in the order the candidates count them
+    vet_groups: list[list[str]] = field(default_factory=list)
 
     def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":
         """This record with the silos' metric sums added up (the federation's metrics) and each silo's means."""

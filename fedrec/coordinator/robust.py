@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fedrec.crypto.updates import AggregateResult
+from fedrec.protocol.vetting import candidates
 
 
 def norm(result: AggregateResult) -> float:
@@ -87,6 +88,54 @@ def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str,
                 flagged[silo] = flagged.get(silo, 0) + 1
     return {silo: f"its group's mean was left out as an outlier in {flagged.get(silo, 0)} of its {n} rounds"
             for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n}
+
+
+def harm_estimates(history, drop: int = 1) -> dict[str, tuple[float, float]]:
+    """robust_rule vetted, group testing across rounds: each silo's estimated harm (how much the federation's
+    validation score rises when its group is left out) and its t-statistic, by least squares over every vetted round:
+    each candidate's gain over candidate 0 (``record.vetting``) is the sum of the harms of the silos it leaves out
+    (``record.vet_groups``). Groups are drawn afresh each round, so an honest silo that shares the attacker's group
+    now and then is told apart from the attacker, which is in every group it leaves out. Only scores are read: no
+    update, no group mean. Silos seen in fewer than two vetted rounds, or with too few rounds overall, are absent."""
+    rows, gains, silos = [], [], sorted({s for r in history for g in getattr(r, "vet_groups", []) for s in g})
+    index = {s: i for i, s in enumerate(silos)}
+    for record in history:
+        groups = getattr(record, "vet_groups", [])
+        if not groups or not record.vetting:
+            continue
+        sets = candidates(len(groups), drop)
+        base = record.vetting.get("candidate_0")
+        for c, kept in enumerate(sets[1:], start=1):
+            score = record.vetting.get(f"candidate_{c}")
+            if score is None or base is None:
+                continue
+            row = np.zeros(len(silos))
+            for g in set(range(len(groups))) - set(kept):
+                for s in groups[g]:
+                    row[index[s]] = 1.0
+            rows.append(row)
+            gains.append(score - base)
+    if len(rows) <= len(silos) + 1:
+        return {}
+    x, y = np.array(rows), np.array(gains)
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    dof = len(y) - np.linalg.matrix_rank(x)
+    sigma2 = float(((y - x @ beta) ** 2).sum()) / max(dof, 1)
+    cov = sigma2 * np.linalg.pinv(x.T @ x)
+    seen = x.sum(axis=0)
+    return {s: (float(beta[i]), float(beta[i] / np.sqrt(cov[i, i])) if cov[i, i] > 0 else 0.0)
+            for s, i in index.items() if seen[i] >= 2}
+
+
+def harmful_silos(history, drop: int, z: float, min_rounds: int) -> dict[str, str]:
+    """The silos whose estimated harm (:func:`harm_estimates`) is positive with a t-statistic above ``z``, once at
+    least ``min_rounds`` vetted rounds are in, with why."""
+    vetted = [r for r in history if getattr(r, "vet_groups", [])]
+    if len(vetted) < max(min_rounds, 2):
+        return {}
+    return {s: f"leaving its group out raised the silos' validation score by {harm:+.4f} on average over "
+               f"{len(vetted)} vetted rounds (t = {t:.1f} > {z})"
+            for s, (harm, t) in harm_estimates(vetted, drop).items() if harm > 0 and t > z}
 
 
 def pick(scores: list[float], margin: float) -> int:

@@ -83,11 +83,14 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
                  "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start}
         | ({"vet": t_vet - t_mean} if vetting else {}),
         vetting=vetting,
+        vet_groups=[sorted(o.result.contributors) for o in opened if o.result is not None] if vetting else [],
     )
     after = coord.state.replace(history=state.history + (record,))
     if fed.robust_rule in ("outlier", "vetted") and fed.outlier_ban_rounds > 0:  # group testing across rounds
-        culprits = {s: why for s, why in robust.repeated_outliers(after.history, fed.outlier_ban_rounds).items()
-                    if s not in after.banned}
+        culprits = robust.repeated_outliers(after.history, fed.outlier_ban_rounds)
+        if fed.robust_rule == "vetted" and fed.vet_ban_z > 0:  # and the harm each silo's presence did, estimated
+            culprits |= robust.harmful_silos(after.history, fed.vet_drop, fed.vet_ban_z, fed.outlier_ban_rounds)
+        culprits = {s: why for s, why in culprits.items() if s not in after.banned}
         if culprits:
             log.warning("round %d: left out from now on: %s", server_round, "; ".join(
                 f"silo {s} ({why})" for s, why in culprits.items()))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedrec.coordinator.coordinator import _vote_problem, split_groups
-from fedrec.coordinator.robust import combine, pick
+from fedrec.coordinator.robust import combine, harm_estimates, harmful_silos, pick
 from fedrec.core.config import from_dict
 from fedrec.core.metrics import MetricSums
 from fedrec.core.state import flatten_state
@@ -117,6 +117,35 @@ def test_vetting_candidates_are_every_group_and_each_group_left_out_and_only_a_c
     assert pick([0.60, 0.58, 0.65, 0.61], margin=0.05) == 0  # but not by more than the margin
     assert pick([0.60, 0.60, 0.60, 0.60], margin=0.0) == 0  # a tie keeps every group
     assert pick([0.60], margin=0.0) == 0
+
+
+def _vetted_history(rounds: int, harm: dict[str, float], noise: float, seed: int = 0) -> list:
+    """Vetted rounds of 9 silos in 3 random groups: leaving a group out gains the sum of its silos' harms + noise."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    silos = [str(i) for i in range(9)]
+    history = []
+    for _ in range(rounds):
+        order = rng.permutation(silos)
+        groups = [sorted(order[g::3].tolist()) for g in range(3)]
+        scores = {"candidate_0": 0.6}
+        for c, kept in enumerate(candidates(3)[1:], start=1):
+            left = [s for g in set(range(3)) - set(kept) for s in groups[g]]
+            scores[f"candidate_{c}"] = 0.6 + sum(harm.get(s, -0.002) for s in left) + rng.normal(0, noise)
+        history.append(SimpleNamespace(vetting=scores, vet_groups=groups))
+    return history
+
+
+def test_group_testing_on_vetting_scores_names_the_harmful_silo_and_no_honest_one():
+    history = _vetted_history(20, {"0": 0.01}, noise=0.004)
+    estimates = harm_estimates(history)
+    assert max(estimates, key=lambda s: estimates[s][0]) == "0"
+    assert abs(estimates["0"][0] - 0.01) < 0.004
+    assert set(harmful_silos(history, drop=1, z=3.0, min_rounds=8)) == {"0"}
+    assert harmful_silos(history[:5], drop=1, z=3.0, min_rounds=8) == {}  # too few rounds yet
+    clean = _vetted_history(40, {}, noise=0.004, seed=1)
+    assert harmful_silos(clean, drop=1, z=3.0, min_rounds=8) == {}  # honest silos: dropping them only costs
 
 
 def test_an_impossible_vote_is_named():
