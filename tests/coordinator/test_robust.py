@@ -295,3 +295,16 @@ def test_a_silo_scores_no_more_candidates_than_its_own_params_allow(cfg, caplog)
     assert "asks it to score 4 candidate models" in caplog.text
     assert not run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "2"))
     assert run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "1"))
+
+
+@pytest.mark.slow
+def test_vetting_scores_name_a_harmful_silo_across_rounds_and_it_is_left_out(cfg):
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted", "vet_ban_z": 2.0, "outlier_ban_rounds": 4}
+    records: list = []
+    run_in_process(from_dict(cfg | {"federation": fed}), {"0": Attack("scale", factor=-100.0)}, rounds=6,
+                   on_round=records.append)
+    banned = [r for r in records if "0" in r.failures and "left out" in r.failures["0"]]
+    assert banned, [(r.round, r.kept, r.failures) for r in records]
+    assert all("0" not in r.contributors for r in banned)
+    assert "t = " in banned[0].failures["0"]  # named by the harm estimate (its reason says so)
+    assert all(s not in r.failures for r in records for s in map(str, range(1, 9)))  # no honest silo left out
