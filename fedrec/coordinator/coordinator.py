@@ -162,7 +162,7 @@ def split_groups(silos: list[str], groups: int, min_silos: int, seed: int, serve
     return [sorted(order[g::n]) for g in range(n)]
 
 
-def _vote_problem(sums: list, n_train: int, task: str) -> str | None:
+def _vote_problem(sums: list, n_train: int, task: str, auc: list[float] = ()) -> str | None:
     """What is impossible about a silo's vote: candidates scored over different numbers of users, more users than
     its training rows, or (ranking) a hit or NDCG sum outside [0, users]. A silo then moves the pooled score by at
     most its own users' share."""
@@ -176,6 +176,8 @@ def _vote_problem(sums: list, n_train: int, task: str) -> str | None:
         return f"{n} users scored, more than its {n_train} training rows"
     if task == "ranking" and any(not 0 <= v <= n for x in sums for f, v in dataclasses.asdict(x).items() if f != "n"):
         return "a sum outside [0, users]"
+    if any(not 0 <= a <= n for a in auc):
+        return "an AUC sum outside [0, users]"
     return None
 
 
@@ -634,6 +636,7 @@ class Coordinator:
                                          timeout=self.cfg.federation.round_timeout_s, **self._timing)
         task, ev = objective(self.cfg.task), self.cfg.evaluation
         totals = [task.empty_sums() for _ in sets]
+        auc_totals, auc_users = np.zeros(len(sets)), 0  # federation.vet_metric auc: sums over every voter's users
         for silo in voters:
             if silo not in arrived:
                 continue
@@ -644,14 +647,19 @@ class Coordinator:
                     raise PayloadError(f"{key}: not silo {silo}'s vote on the {len(sets)} candidates of round "
                                        f"{server_round}")
                 sums = [task.sums(v) for v in vote.val]
-                if problem := _vote_problem(sums, self.n_train.get(silo, 0), self.cfg.task):
+                if problem := _vote_problem(sums, self.n_train.get(silo, 0), self.cfg.task, vote.auc):
                     raise PayloadError(f"{key}: {problem}")
             except PayloadError as exc:
                 log.warning("round %d: vote of silo %s not counted: %s", server_round, silo, exc)
                 continue
             totals = [t + v for t, v in zip(totals, sums)]
-        selection = task.selection(ev.selection_metric)
-        scores = [task.score(t.means(ev.k), selection, ev.k) for t in totals]
+            if vote.auc:
+                auc_totals, auc_users = auc_totals + np.asarray(vote.auc), auc_users + sums[0].n
+        if self.cfg.federation.vet_metric == "auc" and auc_users > 0:
+            scores = [float(a) / auc_users for a in auc_totals]
+        else:
+            selection = task.selection(ev.selection_metric)
+            scores = [task.score(t.means(ev.k), selection, ev.k) for t in totals]
         chosen = robust.pick(scores, self.cfg.federation.vet_margin) if arrived else 0
         return combined[chosen], {f"candidate_{c}": s for c, s in enumerate(scores)}
 

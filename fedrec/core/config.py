@@ -331,9 +331,13 @@ class FederationConfig(Section):
     #: | vetted (the silos score candidate models, every group and each group left out, on their own validation
     #: users before the round's model is published; the group whose leaving out helps most is left out)
     robust_rule: Literal["mean", "median", "krum", "outlier", "vetted"] = "mean"
-    #: robust_rule vetted: how much higher (the selection metric, absolute) the federation's validation score of a
+    #: robust_rule vetted: how much higher (federation.vet_metric, absolute) the federation's validation score of a
     #: candidate without one group must be than the score with every group for that group to be left out
     vet_margin: float = checked(0.0, "federation.vet_margin must be >= 0", ge=0)
+    #: robust_rule vetted: what the silos score the candidates by: auc (the share of each user's sampled negatives
+    #: ranked below its validation item: smooth, far less noisy than HR@k; task ranking) | selection (the
+    #: evaluation.selection_metric, as the round is selected; a rating run always uses it)
+    vet_metric: Literal["auc", "selection"] = "auc"
     #: robust_rule vetted: the most groups one round may leave out (the candidates are every way of leaving out up to
     #: this many, one group always kept): 2 with two malicious silos in two groups
     vet_drop: int = checked(1, "federation.vet_drop must be in 1..4", ge=1, le=4)

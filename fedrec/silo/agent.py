@@ -45,6 +45,7 @@ from fedrec.core.training import (
     make_optimizer,
     model_config,
     resolve_device,
+    sampled_auc_sum,
     train_epoch,
 )
 from fedrec.crypto import masking, secagg
@@ -621,8 +622,9 @@ class SiloAgent:
                               f"allow {allowed}")
         ev = self.cfg.evaluation
         full = ev.selection_metric.startswith("full_")
+        auc = fed.vet_metric == "auc" and self.cfg.task == "ranking"
         kept = {k: v.clone() for k, v in self.model.shared_state().items()}
-        sums = []
+        sums, aucs = [], []
         try:
             for c in range(request.candidates):
                 state = load_candidate(self.exchange, server_round, c, self.coordinator)
@@ -632,10 +634,12 @@ class SiloAgent:
                     if personal.uses_recency(self.cfg):
                         scorer = personal.evaluation_scorer(scorer, self.data, self.cfg)
                     val = evaluate_targets(scorer, self.data, ev.k, ("val",), full, self.device)["val"]
+                    if auc:
+                        aucs.append(sampled_auc_sum(scorer, self.data, self.device))
                 sums.append(dataclasses.asdict(val))
         finally:
             self.model.load_shared_state(kept)
-        vote = Vote(silo_id=self.silo_id, round=server_round, val=sums)
+        vote = Vote(silo_id=self.silo_id, round=server_round, val=sums, auc=aucs)
         self._post_once(vote_key(server_round, self.silo_id), vote.to_json())
         return vote
 

@@ -331,10 +331,15 @@ class Vote(Message):
     silo_id: str
     round: int
     val: list[dict[str, int | float]]
+    #: federation.vet_metric auc (ranking): per candidate, the sum over its users of the share of sampled negatives
+    #: scored below the validation item; empty otherwise
+    auc: list[float] = field(default_factory=list)
 
     def _checked(self, source: str) -> "Vote":
         if not 1 <= len(self.val) <= MAX_CANDIDATES:
             raise PayloadError(f"{source}: {len(self.val)} candidate scores (1..{MAX_CANDIDATES})")
+        if self.auc and len(self.auc) != len(self.val):
+            raise PayloadError(f"{source}: {len(self.auc)} AUC sums for {len(self.val)} candidates")
         return self
 
 

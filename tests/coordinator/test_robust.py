@@ -154,6 +154,7 @@ def test_an_impossible_vote_is_named():
     assert "different numbers" in _vote_problem([good[0], MetricSums(n=11, hr=7.0)], 200, "ranking")
     assert "more than its" in _vote_problem([MetricSums(n=500, hr=1.0)] * 2, 200, "ranking")
     assert "outside" in _vote_problem([good[0], MetricSums(n=10, hr=70.0)], 200, "ranking")  # 70 hits of 10 users
+    assert "AUC" in _vote_problem(good, 200, "ranking", auc=[5.0, 12.0])  # an AUC sum above its 10 users
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from fedrec.core.training import (
     make_optimizer,
     model_config,
     resolve_device,
+    sampled_auc_sum,
     train_centralized,
     train_epoch,
 )
@@ -126,6 +127,23 @@ def test_evaluate_returns_sane_metrics(silo_data):
         assert sums.n == silo_data.n_users
         assert all(0.0 <= v <= 1.0 for v in means.values())
         assert means["ndcg@10"] <= means["hr@10"]
+
+
+def test_sampled_auc_sums_each_users_share_of_negatives_below_its_val_item(silo_data):
+    class ByItem:  # scores an item by its index: the expected AUC follows from the arrays alone
+        def predict(self, users, items):
+            return items.double()
+
+    val, neg = silo_data.val_items[:, None], silo_data.negatives
+    expected = ((neg < val).mean(axis=1) + 0.5 * (neg == val).mean(axis=1)).sum()
+    assert sampled_auc_sum(ByItem(), silo_data, chunk_users=7) == pytest.approx(expected)
+
+    class Reversed(ByItem):
+        def predict(self, users, items):
+            return -items.double()
+
+    total = sampled_auc_sum(ByItem(), silo_data) + sampled_auc_sum(Reversed(), silo_data)
+    assert total == pytest.approx(silo_data.n_users)  # each user's share below plus above (ties half each) is 1
 
 
 def test_evaluate_rejects_unknown_target(silo_data):
