@@ -67,8 +67,9 @@ from benchkit import (  # bench/benchkit.py (this script's directory is on sys.p
     shown_path,
 )
 
-#: the robust row's settings: 3 groups of >= min_silos, each its own masked CKKS sum, combined by the outlier rule
-ROBUST_SETS = ["federation.groups=3", "federation.robust_rule=outlier"]
+#: the robust row's settings: 3 groups of >= min_silos, each its own masked CKKS sum, vetted by the silos (candidate
+#: models with and without each group scored on their validation users before the round's model is published)
+ROBUST_SETS = ["federation.groups=3", "federation.robust_rule=vetted"]
 WORK = RESULTS / "tmp" / "bench"  # git-ignored scratch: data, state and MLflow store of the benchmark's runs
 
 
@@ -310,7 +311,7 @@ def run_rows(args: argparse.Namespace, notes: list[str]) -> list[Row]:
                  f"{provision_data(ws, sets, WORK / 'provision'):.1f} s")
     rows = [attempt(name, lambda he=he, name=name: fedrec_row(name, he, args.rounds, ws, sets, args.timeout))
             for name, he in (("fedrec_he", True), ("fedrec_plain", False))]
-    # robust aggregation under encryption (issue #20): three groups' secure sums, the odd one left out if it lies out
+    # robust aggregation under encryption (issue #20): three groups' secure sums, vetted by the silos
     rows.append(attempt("fedrec_he_robust", lambda: fedrec_row("fedrec_he_robust", True, args.rounds, ws,
                                                                 [*sets, *ROBUST_SETS], args.timeout)))
     problem = flower_venv_problem(args.flower_venv)
