@@ -59,21 +59,36 @@ def main() -> None:
         start = time.perf_counter()
         result = run_in_process(cfg, attacks, rounds=args.rounds, target=target)
         result["seconds"] = time.perf_counter() - start
+        result["honest_users"] = honest_metrics(result, malicious)
         rows[row] = result
         print(json.dumps({"row": row, "selected_round": result["selected_round"],
                           f"hr@{k}": result["selected"][f"hr@{k}"], f"last_hr@{k}": result["last"][f"hr@{k}"],
+                          f"honest_hr@{k}": result["honest_users"].get(f"hr@{k}"),
                           "exposure": result["exposure"], "seconds": round(result["seconds"], 1)}), flush=True)
         out.write_text(json.dumps({"malicious": malicious, "target_item": target, "target_train_count": 2,
                                    "rounds": args.rounds, "rows": rows}, indent=2))
     print(markdown(rows, k))
 
 
+def honest_metrics(result: dict, malicious: list[str]) -> dict[str, float]:
+    """The selected round's test metrics over the honest silos' users only (the malicious silos' own users left out
+    of every row, the clean one included, so rows compare the same users): what the federation owes its members."""
+    per, users = result.get("per_silo_selected") or {}, result.get("silo_users") or {}
+    honest = [s for s in per if s not in malicious and users.get(s)]
+    total = sum(users[s] for s in honest)
+    if not total:
+        return {}
+    return {m: sum(per[s][m] * users[s] for s in honest) / total for m in per[honest[0]]}
+
+
 def markdown(rows: dict, k: int) -> str:
-    lines = [f"| run | selected round | HR@{k} (selected) | NDCG@{k} | HR@{k} (last round) | target ER@{k} |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| run | selected round | HR@{k} (selected) | NDCG@{k} | HR@{k}, honest silos' users | "
+             f"HR@{k} (last round) | target ER@{k} |", "|---|---|---|---|---|---|---|"]
     for row, r in rows.items():
+        honest = r.get("honest_users", {}).get(f"hr@{k}")
         lines.append(f"| {row} | {r['selected_round']} | {r['selected'][f'hr@{k}']:.4f} | "
-                     f"{r['selected'][f'ndcg@{k}']:.4f} | {r['last'][f'hr@{k}']:.4f} | {r['exposure']:.4f} |")
+                     f"{r['selected'][f'ndcg@{k}']:.4f} | {'–' if honest is None else f'{honest:.4f}'} | "
+                     f"{r['last'][f'hr@{k}']:.4f} | {r['exposure']:.4f} |")
     return "\n".join(lines)
 
 

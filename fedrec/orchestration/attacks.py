@@ -221,7 +221,8 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
         for t in threads:
             t.join(timeout=120)
     result = {"run_id": run_id, "selected_round": best.round, "selected": best.test, "last": last.test,
-              "errors": {s: repr(e) for s, e in errors.items()}, "defence": defence}
+              "errors": {s: repr(e) for s, e in errors.items()}, "defence": defence,
+              "per_silo_selected": best.per_silo_test, "silo_users": {s: a.data.n_users for s, a in agents.items()}}
     if target >= 0:
         honest = {s: a for s, a in agents.items() if s not in (malicious or {})}
         result["exposure"] = exposure(honest, dict(coord.global_state), target, cfg.evaluation.k)
