@@ -520,8 +520,8 @@ class SiloAgent:
                 voted = True
                 try:
                     self.vote(r)
-                except PolicyError as exc:  # not scored: the coordinator goes on without this silo's vote
-                    log.warning("%s", exc)
+                except (PolicyError, PayloadError) as exc:  # not scored (too many, or a candidate not the
+                    log.warning("silo %s does not vote in round %d: %s", self.silo_id, r, exc)  # coordinator's)
             else:
                 request = DecryptRequest.from_json(self._read_coordinator(key), key)
                 if (request.round, request.attempt) == (r, attempt) and request.decryptor == self.silo_id:

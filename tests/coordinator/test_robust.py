@@ -293,7 +293,7 @@ def test_a_silo_scores_no_more_candidates_than_its_own_params_allow(cfg, caplog)
     result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=1, on_round=records.append,
                             agent_classes={"2": AllowsOneGroup})
     assert not result["errors"] and records[0].vetting
-    assert "asks it to score 4 candidate models" in caplog.text
+    assert "asks it to score 4 candidate models" in caplog.text and "silo 2 does not vote" in caplog.text
     assert not run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "2"))
     assert run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "1"))
 
@@ -309,3 +309,22 @@ def test_vetting_scores_name_a_harmful_silo_across_rounds_and_it_is_left_out(cfg
     assert all("0" not in r.contributors for r in banned)
     assert "t = " in banned[0].failures["0"]  # named by the harm estimate (its reason says so)
     assert all(s not in r.failures for r in records for s in map(str, range(1, 9)))  # no honest silo left out
+
+
+class SeesAForgedCandidate(SiloAgent):
+    """A silo that finds a candidate on the exchange not signed by the coordinator (as a forger would leave it)."""
+
+    def vote(self, server_round):
+        from fedrec.core.errors import PayloadError
+
+        raise PayloadError(f"round-{server_round:04d}/candidates/001.bin: not signed by the coordinator")
+
+
+@pytest.mark.slow
+def test_a_silo_that_cannot_read_a_candidate_does_not_vote_and_stays_in_the_run(cfg, caplog):
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
+    records: list = []
+    result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=2, on_round=records.append,
+                            agent_classes={"5": SeesAForgedCandidate})
+    assert not result["errors"] and all("5" in r.contributors for r in records)
+    assert "silo 5 does not vote in round 1" in caplog.text
