@@ -643,6 +643,9 @@ class Coordinator:
             try:
                 key = vote_key(server_round, silo)
                 vote = Vote.from_json(self.exchange.read(key, self.roster.get(silo)), key)
+                if vote.abstain and not vote.val:
+                    log.info("round %d: silo %s abstains: %s", server_round, silo, vote.abstain)
+                    continue
                 if vote.round != server_round or vote.silo_id != silo or len(vote.val) != len(sets):
                     raise PayloadError(f"{key}: not silo {silo}'s vote on the {len(sets)} candidates of round "
                                        f"{server_round}")

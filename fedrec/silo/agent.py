@@ -522,6 +522,8 @@ class SiloAgent:
                     self.vote(r)
                 except (PolicyError, PayloadError) as exc:  # not scored (too many, or a candidate not the
                     log.warning("silo %s does not vote in round %d: %s", self.silo_id, r, exc)  # coordinator's)
+                    self._post_once(vote_key(r, self.silo_id), Vote(silo_id=self.silo_id, round=r, val=[],
+                                                                    abstain=str(exc)[:300]).to_json())
             else:
                 request = DecryptRequest.from_json(self._read_coordinator(key), key)
                 if (request.round, request.attempt) == (r, attempt) and request.decryptor == self.silo_id:

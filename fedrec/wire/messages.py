@@ -334,8 +334,12 @@ class Vote(Message):
     #: federation.vet_metric auc (ranking): per candidate, the sum over its users of the share of sampled negatives
     #: scored below the validation item; empty otherwise
     auc: list[float] = field(default_factory=list)
+    #: an abstention (``val`` empty): why this silo scores nothing this round (nobody waits for its vote)
+    abstain: str = ""
 
     def _checked(self, source: str) -> "Vote":
+        if self.abstain and not self.val:
+            return self
         if not 1 <= len(self.val) <= MAX_CANDIDATES:
             raise PayloadError(f"{source}: {len(self.val)} candidate scores (1..{MAX_CANDIDATES})")
         if self.auc and len(self.auc) != len(self.val):

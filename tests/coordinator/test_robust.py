@@ -280,7 +280,7 @@ def test_a_malformed_vote_is_not_counted_and_the_round_goes_on(cfg, caplog):
 
 
 class AllowsOneGroup(SiloAgent):
-    """A silo whose own params allow one group: it scores at most two candidates (each score tells something)."""
+    """A silo whose own params allow one group: it scores at most one candidate (each score tells something)."""
 
     def __init__(self, cfg, silo_id, run_id, **kw):
         super().__init__(cfg.replace(**{"federation.groups": 1}), silo_id, run_id, **kw)
@@ -290,12 +290,15 @@ class AllowsOneGroup(SiloAgent):
 def test_a_silo_scores_no_more_candidates_than_its_own_params_allow(cfg, caplog):
     fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
     records: list = []
+    agents: dict = {}
     result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=1, on_round=records.append,
-                            agent_classes={"2": AllowsOneGroup})
+                            agent_classes={"2": AllowsOneGroup}, agents_out=agents)
     assert not result["errors"] and records[0].vetting
     assert "asks it to score 4 candidate models" in caplog.text and "silo 2 does not vote" in caplog.text
-    assert not run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "2"))
-    assert run_exchange(from_dict(cfg), result["run_id"]).exists(vote_key(1, "1"))
+    ex = run_exchange(from_dict(cfg), result["run_id"])
+    abstained = Vote.from_json(ex.read(vote_key(1, "2"), agents["2"].identity.public))  # nobody waits for it
+    assert abstained.val == [] and "allow 1" in abstained.abstain
+    assert len(Vote.from_json(ex.read(vote_key(1, "1"), agents["1"].identity.public)).val) == 4
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ from fedrec.wire.messages import (
     Stop,
     Unmask,
     Verdict,
+    VetRequest,
+    Vote,
 )
 
 KEY = "round-3/instructions/1.json"
@@ -45,6 +47,8 @@ SAMPLES: list[Message] = [
     Reveal(silo_id="1", round=3, self_shares={"2": [1, SECRET]}, key_shares={"3": [1, SECRET]}),
     DecryptRequest(round=3, attempt=0, decryptor="1"),
     Verdict(round=3, attempt=1, decryptor="2", reason="not the sum", culprits={"3": "not a valid encoding"}),
+    VetRequest(round=3, candidates=4),
+    Vote(silo_id="2", round=3, val=[{"n": 10, "hr": 6.0}, {"n": 10, "hr": 7.0}], auc=[8.1, 8.4]),
     FitReport(silo_id="1", round=3, n_samples=80, loss=0.5, seconds_train=1.5, seconds_encrypt=0.25, bytes_sent=4096,
               plaintext_bytes=1024),
     MetricReport(silo_id="1", round=3, val={"n": 10, "hr": 0.5, "ndcg": 0.25}, test={"n": 10, "hr": 0.4},
