@@ -17,8 +17,8 @@ from fedrec.orchestration.attacks import Attack, run_in_process
 from fedrec.protocol.reads import load_global
 from fedrec.protocol.vetting import candidates
 from fedrec.silo.agent import SiloAgent
-from fedrec.wire.exchange import mean_key, run_exchange, vote_key
-from fedrec.wire.messages import Vote
+from fedrec.wire.exchange import mean_key, run_exchange, vet_key, vote_key
+from fedrec.wire.messages import VetRequest, Vote
 
 from conftest import make_tiny_params
 
@@ -260,6 +260,14 @@ def test_vetting_leaves_out_a_sign_flipping_silos_group(cfg):
     assert not any(r.kept or r.vetting for r in plain)
 
 
+def _vetted_run(cfg, rounds: int, **kw) -> tuple[dict, list]:
+    """One in-process federation under robust_rule vetted (3 groups); returns its result and round records."""
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
+    records: list = []
+    result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=rounds, on_round=records.append, **kw)
+    return result, records
+
+
 class VotesForNonsense(SiloAgent):
     """A silo whose vote scores the wrong number of candidates: not counted, the round goes on."""
 
@@ -271,10 +279,7 @@ class VotesForNonsense(SiloAgent):
 
 @pytest.mark.slow
 def test_a_malformed_vote_is_not_counted_and_the_round_goes_on(cfg, caplog):
-    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
-    records: list = []
-    result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=1, on_round=records.append,
-                            agent_classes={"4": VotesForNonsense})
+    result, records = _vetted_run(cfg, 1, agent_classes={"4": VotesForNonsense})
     assert not result["errors"] and records[0].vetting
     assert "vote of silo 4 not counted" in caplog.text
 
@@ -288,11 +293,8 @@ class AllowsOneGroup(SiloAgent):
 
 @pytest.mark.slow
 def test_a_silo_scores_no_more_candidates_than_its_own_params_allow(cfg, caplog):
-    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
-    records: list = []
     agents: dict = {}
-    result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=1, on_round=records.append,
-                            agent_classes={"2": AllowsOneGroup}, agents_out=agents)
+    result, records = _vetted_run(cfg, 1, agent_classes={"2": AllowsOneGroup}, agents_out=agents)
     assert not result["errors"] and records[0].vetting
     assert "asks it to score 4 candidate models" in caplog.text and "silo 2 does not vote" in caplog.text
     ex = run_exchange(from_dict(cfg), result["run_id"])
@@ -325,9 +327,23 @@ class SeesAForgedCandidate(SiloAgent):
 
 @pytest.mark.slow
 def test_a_silo_that_cannot_read_a_candidate_does_not_vote_and_stays_in_the_run(cfg, caplog):
-    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted"}
-    records: list = []
-    result = run_in_process(from_dict(cfg | {"federation": fed}), rounds=2, on_round=records.append,
-                            agent_classes={"5": SeesAForgedCandidate})
+    result, records = _vetted_run(cfg, 2, agent_classes={"5": SeesAForgedCandidate})
     assert not result["errors"] and all("5" in r.contributors for r in records)
     assert "silo 5 does not vote in round 1" in caplog.text
+
+
+class SquatsTheVetKey(SiloAgent):
+    """A silo that writes the round's vetting request under its own signature before the coordinator can."""
+
+    def fit(self, ins):
+        report = super().fit(ins)
+        self._post_once(vet_key(ins.round), VetRequest(round=ins.round, candidates=4).to_json())
+        return report
+
+
+@pytest.mark.slow
+def test_a_vetting_key_written_first_by_a_silo_is_refused_and_the_run_goes_on_unvetted(cfg, caplog):
+    result, records = _vetted_run(cfg, 2, agent_classes={"6": SquatsTheVetKey})
+    assert not result["errors"] and len(records) == 2
+    assert all(r.vetting == {} and r.kept == [] for r in records)  # not vetted: every group kept, no crash
+    assert "round 1: not vetted, every group kept" in caplog.text
