@@ -378,8 +378,8 @@ class Coordinator:
                                        give_up=lambda: self.admission.key_holder in self.gone())
         if found is None:
             raise FederationError(f"key holder {self.admission.key_holder} published no public HE context")
-        self.codec = CKKSCodec(self.exchange.read(PUBLIC_CONTEXT_KEY, self.roster.get(self.admission.key_holder)),
-                               self.cfg.crypto.poly_modulus_degree // 2)
+        self.codec = CKKSCodec.of(self.cfg.crypto,
+                                  self.exchange.read(PUBLIC_CONTEXT_KEY, self.roster.get(self.admission.key_holder)))
         if self.codec.can_decrypt:
             raise PayloadError("the published HE context contains a secret key: refusing to run with it")
         return self.codec.context_id

@@ -262,8 +262,16 @@ class CryptoConfig(Section):
     quantization_bits: int = checked(17, "crypto.quantization_bits must be in 0..40", ge=0, le=40)
     #: signed integer lanes of this width hold the round's summed shares: |mean update| < 2^(lane_bits - 1 - bits)
     lane_bits: int = 19
-    #: lanes packed per CKKS slot (BatchCrypt-style): bytes per value = 16 / pack (x 4/pack of fp32)
+    #: lanes packed per slot value (BatchCrypt-style): bytes per value = 16 / (pack * slot_values), halved again
+    #: when seeded (defaults: 4 bytes, x1 of fp32)
     pack: int = 2
+    #: reals per CKKS slot: 2 encodes a pair as one complex number (the same noise per value; at most sqrt(2)
+    #: more on a plaintext coefficient, inside value_limit's margin bit): half the ciphertexts of 1
+    slot_values: int = checked(2, "crypto.slot_values must be 1 (real part only) or 2 (real and imaginary)",
+                               ge=1, le=2)
+    #: symmetric ciphertexts sent seeded (SEAL: the uniformly random polynomial as the seed it was drawn from,
+    #: drawn again on loading): half the bytes, no cost in range, noise or security; sums are sent whole
+    seeded: bool = True
     #: processes in which a silo encrypts and decrypts updates of >= 256 ciphertexts (>= 1M shared parameters) in
     #: parts (TenSEAL holds the GIL: threads do not help; 4M parameters, 2 workers: encrypt 1.5x, decrypt 2.1x
     #: faster); 0 = torch's intra-op threads (1 per local silo host, the cores on a silo's own machine); 1 = none

@@ -312,7 +312,6 @@ class SiloAgent:
         """Keys (the key holder makes the run's CKKS context and seals its secret to each admitted silo; the
         others unseal theirs) and the local model; returns the context fingerprint."""
         cfg = self.cfg
-        slots = cfg.crypto.poly_modulus_degree // 2
         workers = cfg.crypto.workers or torch.get_num_threads()  # processes for large updates (crypto.workers)
         if not cfg.federation.he:
             self.codec = PlainCodec()
@@ -320,7 +319,8 @@ class SiloAgent:
             with COMPUTE:
                 keys = create_keys(cfg.crypto)
             self.store.save_secret_context(keys.secret_context)
-            self.codec = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context, workers=workers)
+            self.codec = CKKSCodec.of(cfg.crypto, keys.secret_context, public_context=keys.public_context,
+                                      workers=workers)
             self._post(PUBLIC_CONTEXT_KEY, keys.public_context)
             for silo in self.admission.silos:
                 if silo != self.silo_id:
@@ -333,7 +333,7 @@ class SiloAgent:
             public = self.exchange.read(PUBLIC_CONTEXT_KEY, holder)
             secret = self.identity.unseal(self.exchange.read(sealed_context_key(self.silo_id), holder),
                                           self._seal_binding(self.silo_id, context_fingerprint(public)))
-            self.codec = CKKSCodec(secret, slots, public_context=public, workers=workers)
+            self.codec = CKKSCodec.of(cfg.crypto, secret, public_context=public, workers=workers)
             if not self.codec.matches(public):
                 raise PayloadError(f"silo {self.silo_id}: the sealed secret context does not belong to the "
                                    "published public context")

@@ -25,11 +25,11 @@ from fedrec.crypto.updates import (
     encrypt_update,
 )
 
-CRYPTO = CryptoConfig()  # 4096 -> 2048 slots per ciphertext
+CRYPTO = CryptoConfig()  # 4096 -> 2048 slots per ciphertext, two reals per slot (complex encoding)
 SLOTS = CRYPTO.poly_modulus_degree // 2
-LENGTH = 2 * SLOTS + 123  # three ciphertexts per vector
+PER_CIPHERTEXT = 2 * SLOTS
+LENGTH = 2 * PER_CIPHERTEXT + 123  # three ciphertexts per vector
 N_SAMPLES = [120, 45, 300]
-CHUNK_WARNING = "does not fit in a single ciphertext"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_key_material_contexts(keys):
     assert repr(keys) == f"KeyMaterial(context_id={context_fingerprint(keys.public_context)})"  # no key bytes
 
 
-def test_ckks_weighted_sum_round_trip(keys, vectors, recwarn, capfd):
+def test_ckks_weighted_sum_round_trip(keys, vectors):
     # Prepare
     silo, coordinator = silo_codec(keys), coordinator_codec(keys)
 
@@ -69,26 +69,45 @@ def test_ckks_weighted_sum_round_trip(keys, vectors, recwarn, capfd):
     total = coordinator.add(payloads)
     average = silo.decrypt(total, LENGTH) / sum(N_SAMPLES)
 
-    # Assert
+    # Assert: both halves of every ciphertext (real and imaginary parts) come back in place
     assert all(len(p) == 3 for p in payloads) and len(total) == 3
     expected = weighted_average(vectors, N_SAMPLES)
     assert average.shape == (LENGTH,)
     np.testing.assert_allclose(average, expected, atol=1e-6)
     assert not np.allclose(average, np.mean(vectors, axis=0), atol=1e-6)  # weights matter
-    assert not [w for w in recwarn if "tenseal" in (w.filename + str(w.message)).lower()]
-    out, err = capfd.readouterr()
-    assert CHUNK_WARNING not in out + err
 
 
-def test_chunk_warning_detector_works(keys, capfd):
-    """Control for the test above: TenSEAL's own chunking prints the warning we look for."""
+@pytest.mark.parametrize(("slot_values", "seeded", "per_value"), [(2, True, 8.1), (1, True, 16.1), (2, False, 16.1),
+                                                                 (1, False, 32.1)])
+def test_bytes_per_value_and_the_same_sum(keys, vectors, slot_values, seeded, per_value):
+    """Complex encoding halves the ciphertexts, seeding halves each one's bytes: 8 bytes per value together (4 per
+    shared parameter with two lanes per value: x1 of fp32) against 32 for one real per slot, unseeded; every form
+    gives the same sum."""
+    silo = CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context, slot_values=slot_values,
+                     seeded=seeded)
+    coordinator = CKKSCodec(keys.public_context, SLOTS, slot_values=slot_values, seeded=seeded)
+
+    payloads = [silo.encrypt(x) for x in vectors]
+    total = silo.decrypt(coordinator.add(payloads), LENGTH)
+
+    sent = sum(len(c) for c in payloads[0])
+    assert len(payloads[0]) == -(-LENGTH // (SLOTS * slot_values))
+    assert per_value - 0.3 < sent / (len(payloads[0]) * SLOTS * slot_values) <= per_value
+    np.testing.assert_allclose(total, np.sum(vectors, axis=0), atol=1e-6)
+
+
+def test_a_ciphertext_off_the_data_level_is_named(keys):
+    """What parses but cannot be added to an honest sum (another scale) is refused before the sum."""
     import tenseal as ts
 
     ctx = ts.context_from(keys.secret_context)
-    ts.ckks_vector(ctx, [0.5] * (SLOTS + 1))
+    ctx.global_scale = 2.0 ** 40
+    forged = CKKSCodec(ctx.serialize(save_secret_key=True), SLOTS).encrypt(np.zeros(10))
 
-    out, err = capfd.readouterr()
-    assert CHUNK_WARNING in out + err
+    problem = coordinator_codec(keys).chunk_problem(forged, 10)
+
+    assert problem is not None and "scale 2^40.0" in problem
+    assert coordinator_codec(keys).chunk_problem(silo_codec(keys).encrypt(np.zeros(10)), 10) is None
 
 
 def test_coordinator_cannot_decrypt(keys, vectors):
@@ -105,7 +124,7 @@ def test_coordinator_cannot_decrypt(keys, vectors):
 def test_add_refuses_different_chunk_counts(keys):
     codec = silo_codec(keys)
     with pytest.raises(PayloadError, match="different numbers of ciphertexts"):
-        codec.add([codec.encrypt(np.zeros(10)), codec.encrypt(np.zeros(SLOTS + 10))])
+        codec.add([codec.encrypt(np.zeros(10)), codec.encrypt(np.zeros(PER_CIPHERTEXT + 10))])
 
 
 def test_garbage_context_and_ciphertext(keys):
@@ -146,7 +165,7 @@ def _updates(vectors, round_=3):
 
 
 @pytest.mark.parametrize("he", [True, False])
-def test_filters_encrypt_aggregate_decrypt(keys, vectors, he, capfd):
+def test_filters_encrypt_aggregate_decrypt(keys, vectors, he):
     # Prepare
     silo = silo_codec(keys) if he else PlainCodec()
     coordinator = coordinator_codec(keys) if he else PlainCodec()
@@ -166,11 +185,9 @@ def test_filters_encrypt_aggregate_decrypt(keys, vectors, he, capfd):
     expected = weighted_average(flats, N_SAMPLES)
     got = flatten_state(result.mean_delta)
     np.testing.assert_allclose(got, expected, atol=2.0 ** -CRYPTO.quantization_bits * len(updates))
-    assert result.mean_delta["item_gmf.weight"].shape == (2 * SLOTS // 8, 8)
-    # two values per slot: LENGTH values in ceil(LENGTH / 2 / SLOTS) = 2 ciphertexts
+    assert result.mean_delta["item_gmf.weight"].shape == (2 * PER_CIPHERTEXT // 8, 8)
+    # two lanes per value, two values per slot: LENGTH values in ceil(LENGTH / 2 / PER_CIPHERTEXT) = 2 ciphertexts
     assert all(len(e.chunks) == (2 if he else 1) for e in encrypted)
-    out, err = capfd.readouterr()
-    assert CHUNK_WARNING not in out + err
 
 
 def test_aggregate_refuses_mismatched_round(keys, vectors):
@@ -241,15 +258,18 @@ def test_a_sum_past_the_value_limit_wraps_silently_which_is_why_contributors_are
     # i.e. at most 64 contributors of values in [-1, 1)
     limit = value_limit(CRYPTO)
     assert limit == 2.0 ** 6
-    inside, outside = np.full(8, limit / 3), np.full(8, limit * 0.9)
+    # (every real part of the ciphertext: a few large values among zeros spread over many coefficients and do not
+    # wrap; a constant real part is one coefficient)
+    inside = np.full(PER_CIPHERTEXT, limit / 3)
+    outside = np.concatenate([np.full(SLOTS, limit * 0.9), np.zeros(SLOTS)])
 
     # Execute: sums of three ciphertexts each (each value alone is fine)
-    sums = [silo_codec(keys).decrypt(coordinator_codec(keys).add([silo_codec(keys).encrypt(v) for _ in range(3)]), 8)
-            for v in (inside, outside)]
+    sums = [silo_codec(keys).decrypt(coordinator_codec(keys).add([silo_codec(keys).encrypt(v) for _ in range(3)]),
+                                     PER_CIPHERTEXT) for v in (inside, outside)]
 
     # Assert: inside the range the sum is exact to the grid; past 2^7 it decrypts to something else, no error
     np.testing.assert_allclose(sums[0], 3 * inside, atol=1e-6)
-    assert np.all(np.abs(sums[1] - 3 * outside) > 1.0)
+    assert np.all(np.abs(sums[1][:SLOTS] - 3 * outside[:SLOTS]) > 1.0)
 
 
 def test_a_silo_refuses_to_encrypt_an_update_that_could_overflow_the_sum(keys):
@@ -295,7 +315,7 @@ def test_large_vectors_are_split_across_worker_processes_with_the_same_result(ke
     # Prepare: 256 ciphertexts' worth of values (crypto.PARALLEL_MIN_CHUNKS), two worker processes per side
     from fedrec.crypto.ckks import PARALLEL_MIN_CHUNKS
 
-    n = PARALLEL_MIN_CHUNKS * SLOTS
+    n = PARALLEL_MIN_CHUNKS * PER_CIPHERTEXT
     x = np.random.default_rng(3).uniform(-1, 1, n)
     silo = CKKSCodec(keys.secret_context, SLOTS, public_context=keys.public_context, workers=2)
     coordinator = CKKSCodec(keys.public_context, SLOTS)
@@ -305,7 +325,7 @@ def test_large_vectors_are_split_across_worker_processes_with_the_same_result(ke
         chunks = silo.encrypt(x)
         total = coordinator.add([chunks, silo_codec(keys).encrypt(x)])
         pooled, single = silo.decrypt(total, n), silo_codec(keys).decrypt(total, n)
-        small.encrypt(x[:SLOTS * (PARALLEL_MIN_CHUNKS - 1)])
+        small.encrypt(x[:PER_CIPHERTEXT * (PARALLEL_MIN_CHUNKS - 1)])
 
         # Assert: the parts come back in order; below the threshold no pool is started
         assert len(chunks) == len(total) == PARALLEL_MIN_CHUNKS and silo._pool is not None
