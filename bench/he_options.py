@@ -39,13 +39,16 @@ from fedrec.crypto.updates import (
 
 LENGTH = 114_465  # NeuMF's shared parameters on ML-100K
 FORMER = CryptoConfig(poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 60), global_scale_bits=50,
-                      quantization_bits=17, lane_bits=32, pack=1)
+                      quantization_bits=17, lane_bits=32, pack=1, slot_values=1, seeded=False)
+TWO_LANES = CryptoConfig(slot_values=1, seeded=False)
 OPTIONS = [  # (name, config, symmetric encryption)
     ("former: N=8192, public-key, 1 value/slot", FORMER, False),
     ("+ symmetric encryption", FORMER, True),
     ("+ smallest 128-bit ring N=4096, [60, 49]", FORMER.model_copy(update={"poly_modulus_degree": 4096,
                                                                          "coeff_mod_bit_sizes": (60, 49)}), True),
-    ("+ 2 values/slot (19-bit lanes): the default", CryptoConfig(), True),
+    ("+ 2 lanes per value (19-bit lanes)", TWO_LANES, True),
+    ("+ seeded ciphertexts", TWO_LANES.model_copy(update={"seeded": True}), True),
+    ("+ 2 values per slot (complex encoding): the default", CryptoConfig(), True),
 ]
 
 
@@ -79,11 +82,10 @@ def updates_of(n_silos: int, length: int, seed: int = 0) -> list[LocalUpdate]:
 
 def measure(cfg: CryptoConfig, symmetric: bool, updates: list[LocalUpdate], repeats: int, workers: int = 1) -> dict:
     keys = create_keys(cfg) if symmetric else public_key_keys(cfg)
-    slots = cfg.poly_modulus_degree // 2
-    silo = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context, workers=workers)
-    coordinator = CKKSCodec(keys.public_context, slots)  # additions stay in one process (cheaper than shipping)
+    silo = CKKSCodec.of(cfg, keys.secret_context, public_context=keys.public_context, workers=workers)
+    coordinator = CKKSCodec.of(cfg, keys.public_context)  # additions stay in one process (cheaper than shipping)
     if workers > 1:  # start the pool outside the timings (once per run in a federation)
-        silo.decrypt(coordinator.add([silo.encrypt(np.zeros(slots * PARALLEL_MIN_CHUNKS))]), 1)
+        silo.decrypt(coordinator.add([silo.encrypt(np.zeros(silo.per_ciphertext * PARALLEL_MIN_CHUNKS))]), 1)
     total = sum(u.n_samples for u in updates)
     encrypt_s, first = best_of(repeats, lambda: encrypt_update(updates[0], silo, cfg, total))
     sent = [first] + [encrypt_update(u, silo, cfg, total) for u in updates[1:]]
