@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from fedrec.core import env
 from fedrec.core.errors import FederationError
 from fedrec.silo.agent import SiloAgent
 from fedrec.wire.messages import (
@@ -66,11 +67,18 @@ def fit_round(run_id: str, silo_id: str, ins: FitInstructions) -> FitReport | No
 
 @task(name="settle", task_run_name="settle-silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
 def settle_round(run_id: str, silo_id: str, ins: FitInstructions) -> dict:
-    """Until the round's global model: reveal shares for the survivors' unmasking (once); decrypt when asked."""
-    return _agent(run_id, silo_id).settle(ins)
+    """Until the round's global model: reveal shares for the survivors' unmasking (once); decrypt when asked.
+    Then the round's transient buffers go back to the system (a silo host serves many rounds)."""
+    try:
+        return _agent(run_id, silo_id).settle(ins)
+    finally:
+        env.trim_heap()
 
 
 @task(name="evaluate", task_run_name="evaluate-silo-{silo_id}-round-{server_round}", cache_policy=NO_CACHE)
 def evaluate_round(run_id: str, silo_id: str, server_round: int) -> MetricReport:
     """HR/NDCG sums over the silo's own users (only sums leave the silo)."""
-    return _agent(run_id, silo_id).evaluate(server_round)
+    try:
+        return _agent(run_id, silo_id).evaluate(server_round)
+    finally:
+        env.trim_heap()

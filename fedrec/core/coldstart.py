@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedrec.core.metrics import MetricSums
+from fedrec.core.metrics import EVAL_CHUNK_USERS, MetricSums
 
 #: holdout columns: each user's cold items, oldest first (the last one is the user's cold target), and the cold
 #: items the target is ranked against in the sampled protocol
@@ -112,7 +112,7 @@ def tie_aware_sums(above: np.ndarray, ties: np.ndarray, k: int) -> tuple[float, 
 
 @torch.no_grad()
 def evaluate_cold(model, data, k: int, full: bool = True, device: torch.device | None = None,
-                  chunk_users: int = 256) -> MetricSums | None:
+                  chunk_users: int = EVAL_CHUNK_USERS) -> MetricSums | None:
     """HR/NDCG sums of each user's cold item among cold candidates (sampled: the user's cold negatives; full: every
     cold item the user never touched); None when the data holds no cold items or the model does not rank
     (task: rating)."""

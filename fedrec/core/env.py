@@ -24,3 +24,40 @@ def apply_defaults(project_dir: str | Path | None = None) -> None:
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    limit_malloc_arenas()
+
+
+#: glibc gives each thread that allocates its own malloc arena (up to 8 per core); a silo host runs one thread per
+#: silo plus Prefect's, and the arenas' free pages are not returned: measured on a 10-round ML-100K run, two
+#: arenas cut the process tree's peak RSS from 3.57 to 2.98 GB at the same speed
+MALLOC_ARENAS = "2"
+
+
+def limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS glibc arenas in this process (from now on) and in the processes it starts (the
+    Prefect server, silo hosts); the user's MALLOC_ARENA_MAX wins. No-op off glibc."""
+    value = os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENAS)
+    libc = _glibc()
+    if libc is not None and value.isdigit():
+        libc.mallopt(-8, int(value))  # M_ARENA_MAX
+
+
+def trim_heap() -> None:
+    """Give free heap pages back to the system (glibc's malloc_trim), e.g. after a round's transient buffers:
+    a long-lived silo host otherwise keeps its peak. No-op off glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None

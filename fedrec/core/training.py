@@ -28,6 +28,7 @@ from fedrec.core.item_text import (
     model_features,  # the hybrid model's item text embeddings
 )
 from fedrec.core.metrics import (
+    EVAL_CHUNK_USERS,
     MetricSums,
 )
 from fedrec.core.objectives import objective, objective_of
@@ -244,7 +245,7 @@ def train_epoch(
 @torch.no_grad()
 def evaluate_targets(model: Scorer, data: SiloData, k: int, targets: tuple[str, ...] = ("val", "test"),
                      full: bool = True, device: torch.device | None = None,
-                     chunk_users: int = 256) -> dict[str, MetricSums]:
+                     chunk_users: int = EVAL_CHUNK_USERS) -> dict[str, MetricSums]:
     """The metric sums of ``model`` on each user's val and/or test item, as the model's task scores them
     (:mod:`fedrec.core.objectives`: ranking ranks the item among fixed negatives and, if ``full``, among all unseen
     items; rating scores the held-out ratings)."""
@@ -255,7 +256,7 @@ def evaluate_targets(model: Scorer, data: SiloData, k: int, targets: tuple[str, 
 
 @torch.no_grad()
 def sampled_auc_sum(model: Scorer, data: SiloData, device: torch.device | None = None,
-                    chunk_users: int = 256) -> float:
+                    chunk_users: int = EVAL_CHUNK_USERS) -> float:
     """Sum over users of the share of its fixed sampled negatives that ``model`` scores below the user's validation
     item (ties count half): a smooth validation score with far less noise than HR@k, for comparing close models
     (federation.robust_rule vetted). Ranking task only."""
@@ -276,7 +277,7 @@ def sampled_auc_sum(model: Scorer, data: SiloData, device: torch.device | None =
 
 
 def evaluate(model: Scorer, data: SiloData, k: int, target: str = "val", full: bool = True,
-             device: torch.device | None = None, chunk_users: int = 256) -> MetricSums:
+             device: torch.device | None = None, chunk_users: int = EVAL_CHUNK_USERS) -> MetricSums:
     """:func:`evaluate_targets` for one target (``val`` or ``test``)."""
     if target not in ("val", "test"):
         raise ValueError("target must be 'val' or 'test'")

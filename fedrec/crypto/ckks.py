@@ -103,8 +103,8 @@ class Codec(Protocol):
 #: below this many ciphertexts a process pool costs more than it saves (measured: bench/he_options.py --workers)
 PARALLEL_MIN_CHUNKS = 256
 
-#: parsed ciphertexts a party keeps (most recent first out last): the chunks of a round's updates, checked on
-#: arrival and summed later, are parsed once (ML-100K: 11 silos x 14 ciphertexts = 10 MB)
+#: the most memory a party's parsed, not yet summed ciphertexts take: a round's updates, checked on arrival and summed
+#: later, are parsed once (ML-100K: 11 silos x 14 ciphertexts = 10 MB); past it the oldest are parsed again
 LOADED_CACHE_BYTES = 64 * 2**20
 
 _WORKER: dict = {}
@@ -153,9 +153,9 @@ class _Seal:
             secret = ctx.secret_key().data
             self.decryptor = sealapi.Decryptor(self.context, secret)
             self.encryptor = sealapi.Encryptor(self.context, secret if self.symmetric else ctx.public_key().data)
-        self._loaded: OrderedDict[bytes, object] = OrderedDict()
+        self._kept: OrderedDict[bytes, object] = OrderedDict()  # parsed on arrival, taken by the sum
         self._sizes: dict[bytes, int] = {}
-        self._loaded_bytes, self._lock = 0, threading.Lock()
+        self._kept_bytes, self._lock = 0, threading.Lock()
 
     @property
     def per_ciphertext(self) -> int:
@@ -186,24 +186,33 @@ class _Seal:
         (self.encryptor.encrypt_symmetric if self.symmetric else self.encryptor.encrypt)(plain, cipher)
         return self._bytes(cipher)
 
-    def load(self, chunk: bytes):
+    def load(self, chunk: bytes, keep: bool = False):
         """A ciphertext of this context's data level, or PayloadError: what SEAL refuses to load, and what loads
-        but cannot be added here (another level, scale or size). Read-only: the most recent loads are kept (up to
-        LOADED_CACHE_BYTES), so the checks at arrival and the sum parse each ciphertext once."""
+        but cannot be added here (another level, scale or size). ``keep``: hold it (up to LOADED_CACHE_BYTES, the
+        oldest dropped first) until a sum takes it, so the checks on arrival and the sum parse each chunk once."""
         digest = hashlib.blake2b(chunk, digest_size=16).digest()
         with self._lock:
-            if (cached := self._loaded.get(digest)) is not None:
-                self._loaded.move_to_end(digest)
-                return cached
+            if (kept := self._kept.get(digest)) is not None:
+                return kept
         cipher = self._parse(chunk)
-        size = 2 * 8 * cipher.poly_modulus_degree() * cipher.coeff_modulus_size()  # two polynomials in memory
-        with self._lock:
-            self._loaded[digest], self._sizes[digest] = cipher, size
-            self._loaded_bytes += size
-            while self._loaded_bytes > LOADED_CACHE_BYTES and len(self._loaded) > 1:
-                oldest, _ = self._loaded.popitem(last=False)
-                self._loaded_bytes -= self._sizes.pop(oldest)
+        if keep:
+            size = 2 * 8 * cipher.poly_modulus_degree() * cipher.coeff_modulus_size()  # two polynomials in memory
+            with self._lock:
+                self._kept[digest], self._sizes[digest] = cipher, size
+                self._kept_bytes += size
+                while self._kept_bytes > LOADED_CACHE_BYTES and len(self._kept) > 1:
+                    oldest, _ = self._kept.popitem(last=False)
+                    self._kept_bytes -= self._sizes.pop(oldest)
         return cipher
+
+    def take(self, chunk: bytes):
+        """The ciphertext of ``chunk``, released from the kept ones (parsed now if it was not kept)."""
+        digest = hashlib.blake2b(chunk, digest_size=16).digest()
+        with self._lock:
+            if (kept := self._kept.pop(digest, None)) is not None:
+                self._kept_bytes -= self._sizes.pop(digest)
+                return kept
+        return self._parse(chunk)
 
     def _parse(self, chunk: bytes):
         cipher = self.api.Ciphertext(self.context)
@@ -218,12 +227,9 @@ class _Seal:
         return cipher
 
     def sum(self, chunks: list[bytes]) -> bytes:
-        if len(chunks) == 1:
-            return self._bytes(self.load(chunks[0]))
-        total = self.api.Ciphertext(self.context)
-        self.evaluator.add(self.load(chunks[0]), self.load(chunks[1]), total)  # loaded ones stay as they are
-        for chunk in chunks[2:]:
-            self.evaluator.add_inplace(total, self.load(chunk))
+        total = self.take(chunks[0])
+        for chunk in chunks[1:]:
+            self.evaluator.add_inplace(total, self.take(chunk))
         return self._bytes(total)
 
     def decrypt(self, chunk: bytes) -> np.ndarray:
@@ -360,7 +366,7 @@ class CKKSCodec:
             return f"{len(chunks)} ciphertexts (the layout needs {expected})"
         for i, chunk in enumerate(chunks):
             try:
-                self._seal.load(chunk)
+                self._seal.load(chunk, keep=True)
             except PayloadError as exc:
                 return f"ciphertext {i}: {exc}"
         return None

@@ -239,7 +239,7 @@ class SiloAgent:
         try:
             with COMPUTE:  # a database silo snapshots its rows first (silo.source)
                 frame = pipeline.silo_interactions(self.cfg, self.silo_id, refresh=True)
-                report = pipeline.validate_silo(self.cfg, self.silo_id, frame)
+                report = pipeline.validate_silo(self.cfg, self.silo_id, frame, in_child=True)
                 if report.success:
                     pipeline.split_silo(self.cfg, self.silo_id, frame)
                     data = pipeline.load_silo_data(self.cfg, self.silo_id)

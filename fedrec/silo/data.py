@@ -187,12 +187,14 @@ def data_version(frame: pd.DataFrame) -> str:
     return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
 
 
-def validate_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> ValidationReport:
-    """Validate one silo's interactions against the GE suite and save its report."""
+def validate_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None,
+                  in_child: bool = False) -> ValidationReport:
+    """Validate one silo's interactions against the GE suite and save its report (``in_child``: GE runs in a child
+    process, for long-lived silo hosts)."""
     paths = Paths.of(cfg)
     frame = silo_interactions(cfg, silo_id, refresh=True) if frame is None else frame
     catalogue = read_catalogue(paths.catalogue)["item_id"].tolist()
-    report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions)
+    report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions, in_child=in_child)
     report.save(paths.validation / f"{check_silo_id(silo_id)}.json")
     return report
 

@@ -358,3 +358,21 @@ def test_the_decryptor_refuses_an_aggregate_weighing_past_one(keys, vectors):
     # Execute / Assert
     with pytest.raises(PayloadError, match="n_samples .* of a weighting total"):
         decrypt_aggregate(forged, silo_codec(keys))
+
+
+def test_checked_ciphertexts_are_parsed_once_and_released_by_the_sum(keys, vectors, monkeypatch):
+    """The coordinator parses every chunk when it checks an update on arrival; the sum takes those, and holds
+    nothing afterwards."""
+    silo, coordinator = silo_codec(keys), coordinator_codec(keys)
+    payloads = [silo.encrypt(x) for x in vectors]
+    parsed = []
+    parse = coordinator._seal._parse
+    monkeypatch.setattr(coordinator._seal, "_parse", lambda chunk: parsed.append(chunk) or parse(chunk))
+
+    problems = [coordinator.chunk_problem(p, LENGTH) for p in payloads]
+    total = coordinator.add(payloads)
+
+    assert problems == [None] * len(payloads)
+    assert len(parsed) == sum(len(p) for p in payloads) == 9
+    assert not coordinator._seal._kept and coordinator._seal._kept_bytes == 0
+    np.testing.assert_allclose(silo.decrypt(total, LENGTH), np.sum(vectors, axis=0), atol=1e-6)

@@ -150,3 +150,26 @@ def test_now_defaults_to_wall_clock():
     report = validate_interactions(df, "s", CATALOGUE, 5)
 
     assert [f["column"] for f in report.failures] == ["timestamp"]
+
+
+@pytest.mark.slow
+def test_a_child_process_gives_the_same_verdicts_and_is_gone_after_the_last(monkeypatch):
+    """Silo hosts validate in a child process (GE never loaded in the long-lived host): the same reports, one child
+    for validations that follow each other, and no child once none has come for LINGER_S."""
+    import time
+
+    from fedrec.silo import validation
+
+    monkeypatch.setattr(validation._Child, "LINGER_S", 0.5)
+    frames = [clean_frame(), _corrupt("rating_9")]
+
+    reports = [validate_interactions(f, "7", CATALOGUE, 5, now=NOW, in_child=True) for f in frames]
+    pool = validation._CHILD._pool
+    again = validate_interactions(clean_frame(), "7", CATALOGUE, 5, now=NOW, in_child=True)
+    same_child = validation._CHILD._pool is pool and pool is not None
+    time.sleep(1.5)
+
+    assert [dataclasses.asdict(r) for r in reports] == [dataclasses.asdict(run(f)) for f in frames]
+    assert reports[0].success and not reports[1].success and again == reports[0]
+    assert same_child
+    assert validation._CHILD._pool is None

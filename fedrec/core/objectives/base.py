@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fedrec.core.errors import PayloadError
+from fedrec.core.metrics import EVAL_CHUNK_USERS
 
 if TYPE_CHECKING:
     from fedrec.core.training import SiloData
@@ -31,7 +32,7 @@ class Objective(ABC):
 
     @abstractmethod
     def evaluate(self, model, data: "SiloData", k: int, targets: tuple[str, ...] = ("val", "test"),
-                 full: bool = True, device: torch.device | None = None, chunk_users: int = 256) -> dict[str, Any]:
+                 full: bool = True, device: torch.device | None = None, chunk_users: int = EVAL_CHUNK_USERS) -> dict[str, Any]:
         """The metric sums of ``model`` on each target's held-out item (``val``, ``test``)."""
 
     @abstractmethod

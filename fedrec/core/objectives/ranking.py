@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import torch
 
-from fedrec.core.metrics import MetricSums, full_rank, sampled_rank
+from fedrec.core.metrics import EVAL_CHUNK_USERS, MetricSums, full_rank, sampled_rank
 from fedrec.core.objectives.base import Objective
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class Ranking(Objective):
 
     @torch.no_grad()
     def evaluate(self, model, data: "SiloData", k: int, targets: tuple[str, ...] = ("val", "test"),
-                 full: bool = True, device: torch.device | None = None, chunk_users: int = 256) -> dict[str, MetricSums]:
+                 full: bool = True, device: torch.device | None = None, chunk_users: int = EVAL_CHUNK_USERS) -> dict[str, MetricSums]:
         """Rank each user's val and/or test item among its fixed negatives (and, if ``full``, among all unseen
         items), scoring every item once per user for all targets. For the test item the validation item counts as
         seen; the test item is never used for ``val``."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import torch
 
-from fedrec.core.metrics import RatingSums
+from fedrec.core.metrics import EVAL_CHUNK_USERS, RatingSums
 from fedrec.core.objectives.base import Objective
 from fedrec.models.rating import RATING_MAX, RATING_MIN
 
@@ -127,7 +127,7 @@ class Rating(Objective):
         return data.rating_samples(rng)
 
     def evaluate(self, model, data: "SiloData", k: int, targets: tuple[str, ...] = ("val", "test"),
-                 full: bool = True, device: torch.device | None = None, chunk_users: int = 256) -> dict[str, RatingSums]:
+                 full: bool = True, device: torch.device | None = None, chunk_users: int = EVAL_CHUNK_USERS) -> dict[str, RatingSums]:
         return evaluate_ratings(model, data, targets, device)
 
     def empty_sums(self) -> RatingSums:
