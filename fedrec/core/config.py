@@ -272,8 +272,8 @@ class CryptoConfig(Section):
     #: symmetric ciphertexts sent seeded (SEAL: the uniformly random polynomial as the seed it was drawn from,
     #: drawn again on loading): half the bytes, no cost in range, noise or security; sums are sent whole
     seeded: bool = True
-    #: processes in which a silo encrypts and decrypts updates of >= 256 ciphertexts (>= 1M shared parameters) in
-    #: parts (TenSEAL holds the GIL: threads do not help; 4M parameters, 2 workers: encrypt 1.5x, decrypt 2.1x
+    #: processes in which a silo encrypts and decrypts updates of >= 256 ciphertexts (>= 2M shared parameters) in
+    #: parts (SEAL holds the GIL: threads do not help; 4M parameters, 2 workers: encrypt 2.1x, decrypt 1.4x
     #: faster); 0 = torch's intra-op threads (1 per local silo host, the cores on a silo's own machine); 1 = none
     workers: int = checked(0, "crypto.workers must be >= 0 (0 = auto)", ge=0)
 
