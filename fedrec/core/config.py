@@ -262,7 +262,7 @@ class CryptoConfig(Section):
     quantization_bits: int = checked(17, "crypto.quantization_bits must be in 0..40", ge=0, le=40)
     #: signed integer lanes of this width hold the round's summed shares: |mean update| < 2^(lane_bits - 1 - bits)
     lane_bits: int = 19
-    #: lanes packed per slot value (BatchCrypt-style): bytes per value = 16 / (pack * slot_values), halved again
+    #: lanes packed per slot value (BatchCrypt-style): bytes per parameter = 32 / (pack * slot_values), halved again
     #: when seeded (defaults: 4 bytes, x1 of fp32)
     pack: int = 2
     #: reals per CKKS slot: 2 encodes a pair as one complex number (the same noise per value; at most sqrt(2)
