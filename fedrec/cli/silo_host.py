@@ -2,7 +2,9 @@
 
 Started by the coordinator's local launcher (one machine): ``python -m fedrec.cli.silo_host --silos 0,3 ...``.
 Each silo's agent is its own Prefect flow run in its own thread; they take turns computing
-(:data:`fedrec.silo.agent.COMPUTE`) on one torch thread, so two hosts use two cores without the GIL.
+(:data:`fedrec.silo.agent.COMPUTE`) on one torch thread, so two hosts use two cores without the GIL. Before it loads
+torch and Prefect, the host reads and validates its silos' data in a child process (Great Expectations never shares
+its memory with the training stack); the agents' validate tasks take those verdicts.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from fedrec.core import env
 
     env.apply_defaults()
+    from fedrec.silo.validation import prevalidate
+
+    try:  # Great Expectations in a child process that exits before torch and Prefect load here (peak RSS)
+        prevalidate(args.params, json.loads(args.overrides) or None, silos)
+    except Exception:  # noqa: BLE001 - each agent then validates its silo itself and names what failed
+        traceback.print_exc()
     import torch
 
     torch.set_num_threads(args.threads)

@@ -144,8 +144,52 @@ class _Child:
                 self._pool.shutdown(wait=False)
                 self._pool = None
 
+    def close(self) -> None:
+        """Now, waiting for the child to exit (nothing may be in flight)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
 
 _CHILD = _Child()
+
+#: silo id -> (interactions, report) read and validated before this process loaded its training stack (prevalidate)
+_PREVALIDATED: dict[str, tuple[pd.DataFrame, ValidationReport]] = {}
+
+
+def prevalidate(params_path: str, overrides: dict[str, Any] | None, silo_ids: list[str]) -> list[str]:
+    """Read and validate these silos' interactions (silo.source, then the GE suite) in a child process that exits
+    before this one goes on: a silo host calls it before it imports torch and Prefect, so the two never share
+    memory (peak RSS), and its silos' agents take the results (:func:`take_prevalidated`). Returns the silos done;
+    a silo whose data could not be read is not among them (its agent reads it again and reports why)."""
+    try:
+        done = _CHILD.run(_read_and_validate, params_path, overrides, list(silo_ids))
+    finally:
+        _CHILD.close()
+    _PREVALIDATED.update(done)
+    return sorted(done)
+
+
+def take_prevalidated(silo_id: str) -> tuple[pd.DataFrame, ValidationReport] | None:
+    """This silo's interactions and report from :func:`prevalidate` (once), or None."""
+    return _PREVALIDATED.pop(silo_id, None)
+
+
+def _read_and_validate(params_path: str, overrides: dict[str, Any] | None,
+                       silo_ids: list[str]) -> dict[str, tuple[pd.DataFrame, ValidationReport]]:
+    from fedrec.core.config import load_config
+    from fedrec.silo import data as pipeline
+
+    cfg = load_config(params_path, overrides)
+    done = {}
+    for silo_id in silo_ids:
+        try:
+            frame = pipeline.silo_interactions(cfg, silo_id, refresh=True)
+            done[silo_id] = (frame, pipeline.validate_silo(cfg, silo_id, frame))
+        except Exception:  # noqa: BLE001 - the agent reads it again and names why in its hello
+            continue
+    return done
 
 
 def _validate(df, silo_id, catalogue, min_user_interactions, now) -> ValidationReport:

@@ -285,3 +285,29 @@ def test_a_decryptor_asked_before_it_saw_the_survivors_named_reveals_its_own_sha
     # Assert: its own shares are among the reveals (3 of 3 are needed), so the sum opens: a mean, no verdict
     assert coord.exchange.exists(reveal_key(1, "0"))
     assert coord.exchange.exists(mean_key(1, 0)) and not coord.exchange.exists(verdict_key(1, 0))
+
+
+@pytest.mark.slow
+def test_a_host_validates_its_silos_in_a_child_first_and_their_agents_take_those_verdicts(cfg, params_file):
+    """fedrec.cli.silo_host reads and validates its silos before it loads torch and Prefect (peak RSS): each agent
+    takes its silo's verdict once; a silo whose data could not be read is left to its agent."""
+    from fedrec.silo.validation import prevalidate, take_prevalidated
+
+    # Prepare: silo 2 ships a rating of 9; silo 9 does not exist
+    bad = pipeline.Paths.of(cfg).silos / "2" / "interactions.parquet"
+    frame = pd.read_parquet(bad)
+    frame.loc[3, "rating"] = 9
+    frame.to_parquet(bad, index=False)
+
+    # Execute: the host's step, then silo 0's file breaks before its agent validates
+    done = prevalidate(str(params_file), None, ["0", "2", "9"])
+    (pipeline.Paths.of(cfg).silos / "0" / "interactions.parquet").write_bytes(b"not parquet")
+    hellos = {s: SiloAgent(cfg, s, "run-pre").validate() for s in ("0", "2")}
+
+    # Assert: the agents used the verdicts made before (silo 0's from its data as it was then), once each
+    assert done == ["0", "2"]
+    assert hellos["0"].valid and hellos["0"].n_train > 0
+    assert not hellos["2"].valid and any("expect_column_values_to_be_between(rating)" in f
+                                         for f in hellos["2"].failures)
+    assert take_prevalidated("0") is None and take_prevalidated("2") is None
+    assert not SiloAgent(cfg, "0", "run-pre-2").validate().valid  # no verdict left: reads the broken file itself
