@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedrec.core import env
 
     env.apply_defaults()
-    from fedrec.silo.validation import prevalidate
+    from fedrec.silo.prevalidation import prevalidate
 
     try:  # Great Expectations in a child process that exits before torch and Prefect load here (peak RSS)
         prevalidate(args.params, json.loads(args.overrides) or None, silos)

@@ -68,7 +68,7 @@ from fedrec.models import RecModel, build_model
 from fedrec.protocol.reads import gather_masks, load_candidate, load_global, read_mask_keys, read_update
 from fedrec.protocol.vetting import candidates as robust_candidates
 from fedrec.silo import data as pipeline
-from fedrec.silo import personal, privacy, validation
+from fedrec.silo import personal, prevalidation, privacy
 from fedrec.silo.store import SiloStore, silo_seed
 from fedrec.wire.exchange import (
     ADMISSION_KEY,
@@ -238,7 +238,7 @@ class SiloAgent:
         """Great Expectations on the silo's own data; on success, split it and keep it in memory."""
         try:
             with COMPUTE:  # a database silo snapshots its rows first (silo.source)
-                if (done := validation.take_prevalidated(self.silo_id)) is not None:  # by its host, at start
+                if (done := prevalidation.take_prevalidated(self.silo_id)) is not None:  # by its host, at start
                     frame, report = done
                 else:
                     frame = pipeline.silo_interactions(self.cfg, self.silo_id, refresh=True)

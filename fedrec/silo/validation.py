@@ -105,7 +105,7 @@ def validate_interactions(
     run Great Expectations in a child process of this one (shared by the silos validating at the same time, gone
     when none is), so a long-lived silo host never holds GE (140 MB per process, measured)."""
     if in_child:
-        return _CHILD.run(_validate, df, silo_id, catalogue, min_user_interactions, now)
+        return GE_CHILD.run(_validate, df, silo_id, catalogue, min_user_interactions, now)
     with _GE_LOCK:
         return _validate(df, silo_id, catalogue, min_user_interactions, now)
 
@@ -152,45 +152,8 @@ class _Child:
                 self._pool = None
 
 
-_CHILD = _Child()
-
-#: silo id -> (interactions, report) read and validated before this process loaded its training stack (prevalidate)
-_PREVALIDATED: dict[str, tuple[pd.DataFrame, ValidationReport]] = {}
-
-
-def prevalidate(params_path: str, overrides: dict[str, Any] | None, silo_ids: list[str]) -> list[str]:
-    """Read and validate these silos' interactions (silo.source, then the GE suite) in a child process that exits
-    before this one goes on: a silo host calls it before it imports torch and Prefect, so the two never share
-    memory (peak RSS), and its silos' agents take the results (:func:`take_prevalidated`). Returns the silos done;
-    a silo whose data could not be read is not among them (its agent reads it again and reports why)."""
-    try:
-        done = _CHILD.run(_read_and_validate, params_path, overrides, list(silo_ids))
-    finally:
-        _CHILD.close()
-    _PREVALIDATED.update(done)
-    return sorted(done)
-
-
-def take_prevalidated(silo_id: str) -> tuple[pd.DataFrame, ValidationReport] | None:
-    """This silo's interactions and report from :func:`prevalidate` (once), or None."""
-    return _PREVALIDATED.pop(silo_id, None)
-
-
-def _read_and_validate(params_path: str, overrides: dict[str, Any] | None,
-                       silo_ids: list[str]) -> dict[str, tuple[pd.DataFrame, ValidationReport]]:
-    from fedrec.core.config import load_config
-    from fedrec.silo import data as pipeline
-
-    cfg = load_config(params_path, overrides)
-    done = {}
-    for silo_id in silo_ids:
-        try:
-            frame = pipeline.silo_interactions(cfg, silo_id, refresh=True)
-            done[silo_id] = (frame, pipeline.validate_silo(cfg, silo_id, frame))
-        except Exception:  # noqa: BLE001 - the agent reads it again and names why in its hello
-            continue
-    return done
-
+#: this process's child for Great Expectations (fedrec.silo.prevalidation uses it too)
+GE_CHILD = _Child()
 
 def _validate(df, silo_id, catalogue, min_user_interactions, now) -> ValidationReport:
     import great_expectations as gx

@@ -291,7 +291,7 @@ def test_a_decryptor_asked_before_it_saw_the_survivors_named_reveals_its_own_sha
 def test_a_host_validates_its_silos_in_a_child_first_and_their_agents_take_those_verdicts(cfg, params_file):
     """fedrec.cli.silo_host reads and validates its silos before it loads torch and Prefect (peak RSS): each agent
     takes its silo's verdict once; a silo whose data could not be read is left to its agent."""
-    from fedrec.silo.validation import prevalidate, take_prevalidated
+    from fedrec.silo.prevalidation import prevalidate, take_prevalidated
 
     # Prepare: silo 2 ships a rating of 9; silo 9 does not exist
     bad = pipeline.Paths.of(cfg).silos / "2" / "interactions.parquet"

@@ -164,12 +164,12 @@ def test_a_child_process_gives_the_same_verdicts_and_is_gone_after_the_last(monk
     frames = [clean_frame(), _corrupt("rating_9")]
 
     reports = [validate_interactions(f, "7", CATALOGUE, 5, now=NOW, in_child=True) for f in frames]
-    pool = validation._CHILD._pool
+    pool = validation.GE_CHILD._pool
     again = validate_interactions(clean_frame(), "7", CATALOGUE, 5, now=NOW, in_child=True)
-    same_child = validation._CHILD._pool is pool and pool is not None
+    same_child = validation.GE_CHILD._pool is pool and pool is not None
     time.sleep(1.5)
 
     assert [dataclasses.asdict(r) for r in reports] == [dataclasses.asdict(run(f)) for f in frames]
     assert reports[0].success and not reports[1].success and again == reports[0]
     assert same_child
-    assert validation._CHILD._pool is None
+    assert validation.GE_CHILD._pool is None
