@@ -5,6 +5,7 @@ Must run before Prefect is imported: Prefect reads PREFECT_HOME when its setting
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+@functools.cache
 def _glibc():
+    """This process's C library when it is glibc (loaded once: trim_heap runs after every round), else None."""
     import ctypes
     import ctypes.util
     import platform
