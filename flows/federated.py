@@ -54,12 +54,10 @@ from fedrec.tasks.coordinator import (
 
 
 def _api_url() -> str | None:
-    """The Prefect API this flow reports to, for the silo hosts (also when it is Prefect's ephemeral server)."""
-    from prefect.server.api.server import SubprocessASGIServer
+    """The Prefect API this flow reports to (prefect_api's own local server included), for the silo hosts."""
     from prefect.settings import get_current_settings
 
-    ephemeral = SubprocessASGIServer._instances.get(None)
-    return get_current_settings().api.url or (ephemeral.api_url if ephemeral and ephemeral.running else None)
+    return get_current_settings().api.url
 
 
 def _federation_name() -> str:
@@ -92,7 +90,10 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
              checkpoint: dict | None = None):
     """Launch the silo agents (unless ``launcher`` already did), admit them, run ``rounds`` rounds, stop them.
     After each round the coordinator's state is checkpointed (with ``checkpoint``, e.g. the MLflow run id); a run
-    that has a checkpoint resumes after its last checkpointed round instead. Returns (coordinator, history)."""
+    that has a checkpoint resumes after its last checkpointed round instead. Returns (coordinator, history).
+    The silo agents are told to stop either way; a ``launcher`` passed in is joined by its owner (so that their
+    processes wind down while the coordinator logs the run), one launched here before this returns."""
+    own = launcher is None
     launcher = launcher or _launcher(cfg, run_id, roster, params_path, overrides, sizes, refit)
     coord = Coordinator(cfg, run_id, len(pipeline.catalogue_ids(cfg)), gone=launcher.gone)
     open_run(coord)
@@ -119,10 +120,15 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
         coord.stop("finished" if finished else "the coordinator stopped early",
                    coord.state.round if coord.state is not None else 0)
         close_run(run_id)
-        failed = launcher.join()
+        if own:
+            _join(launcher)
+    return coord, list(coord.state.history)
+
+
+def _join(launcher) -> None:
+    failed = launcher.join()
     if failed:
         get_run_logger().warning("silo agents that did not finish cleanly: %s", failed)
-    return coord, list(coord.state.history)
 
 
 @flow(name="federated_training", flow_run_name=_federation_name)
@@ -142,7 +148,7 @@ def federated_training(params_path: str = "params.yaml", overrides: dict[str, An
         return _train_and_track(cfg, run_id, roster, launcher, params_path, overrides, silo_sizes, show_progress)
     finally:  # whatever happened, no silo agent is left waiting
         Coordinator(cfg, run_id, 0).stop("the coordinator's flow ended", 0)
-        launcher.join()
+        _join(launcher)
 
 
 def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, params_path: str,

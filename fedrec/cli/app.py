@@ -17,6 +17,7 @@ from fedrec.cli import sources as cli_sources
 from fedrec.cli.options import (
     ParamsOpt,
     SetOpt,
+    check_data,
     command_config,
     emit,
     err,
@@ -30,6 +31,7 @@ from fedrec.cli.options import (
 from fedrec.core import audit, env
 from fedrec.core.config import Config
 from fedrec.core.objectives import objective
+from fedrec.orchestration.local_server import spawn_early
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated recommendation with encrypted aggregation.",
                   epilog="Every command that reads params.yaml takes -S key=value overrides; `fedrec config` shows the "
@@ -175,7 +177,9 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         if run_id is not None:  # before anything turns it into a path (logs, checkpoint, exchange)
             check_run_id(run_id)
         overrides = merged_overrides(set_, _run_options(rounds, local_epochs, model, no_he))
-        cfg = load_params(params, overrides, data=True)  # fail fast on bad config or data directory, before Prefect starts
+        cfg = load_params(params, overrides)  # fail fast on a bad config, before Prefect starts
+        spawn_early()  # the run's Prefect server starts on the other core while this process imports the flows
+        check_data(cfg)  # and on a data directory that holds no MovieLens
         from fedrec.flows.federated import run_demo
 
         summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)
@@ -199,6 +203,7 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
             check_run_id(run_id)
         overrides = merged_overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_params(params, overrides)
+        spawn_early()
         from fedrec.coordinator.preflight import coordinator_ready
 
         for line in coordinator_ready(cfg, roster):  # fail fast, named, before any flow run starts

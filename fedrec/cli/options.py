@@ -42,10 +42,15 @@ def load_params(params: Path, overrides: dict | None, data: bool = False) -> Con
                   "(`fedrec config` shows them; run from the project directory or pass --params)", soft_wrap=True)
     cfg = load_config(params, overrides)
     if data:
-        from fedrec.silo import data as pipeline
-
-        pipeline.check_data_dir(cfg)
+        check_data(cfg)
     return cfg
+
+
+def check_data(cfg: Config) -> None:
+    """A set data directory (FEDREC_DATA_DIR, data.raw_dir) must exist and hold MovieLens (DataError)."""
+    from fedrec.silo import data as pipeline
+
+    pipeline.check_data_dir(cfg)
 
 
 def command_config(params: Path, sets: list[str] | None, extra: dict | None = None, data: bool = False) -> Config:

@@ -26,12 +26,15 @@ Only sums (:class:`~fedrec.core.metrics.MetricSums`) leave a silo, as for the wa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fedrec.core.metrics import EVAL_CHUNK_USERS, MetricSums
+
+if TYPE_CHECKING:  # torch only where a model is scored: fedrec.silo.data (validation, splits) runs without it
+    import torch
 
 #: holdout columns: each user's cold items, oldest first (the last one is the user's cold target), and the cold
 #: items the target is ranked against in the sampled protocol
@@ -110,7 +113,6 @@ def tie_aware_sums(above: np.ndarray, ties: np.ndarray, k: int) -> tuple[float, 
     return hr, ndcg
 
 
-@torch.no_grad()
 def evaluate_cold(model, data, k: int, full: bool = True, device: torch.device | None = None,
                   chunk_users: int = EVAL_CHUNK_USERS) -> MetricSums | None:
     """HR/NDCG sums of each user's cold item among cold candidates (sampled: the user's cold negatives; full: every
@@ -119,40 +121,43 @@ def evaluate_cold(model, data, k: int, full: bool = True, device: torch.device |
     cold: ColdItems | None = getattr(data, "cold", None)
     if cold is None or getattr(model, "task", "ranking") != "ranking":
         return None
-    if hasattr(model, "eval"):
-        model.eval()
-    device = device or torch.device("cpu")
-    users = cold.users
-    in_pool = np.zeros(data.n_items, dtype=bool)
-    in_pool[cold.pool] = True
-    row_of = np.full(data.n_users, -1, dtype=np.int64)
-    sums = MetricSums()
-    for start in range(0, len(users), chunk_users):
-        local = users[start:start + chunk_users]
-        rows = np.arange(len(local))
-        users_t = torch.from_numpy(local).to(device)
-        wanted = cold.targets[local]
-        negs = cold.negatives[local]
-        cand = np.concatenate([wanted[:, None], np.where(negs >= 0, negs, 0)], axis=1)
-        scores = model.predict(users_t.repeat_interleave(cand.shape[1]),
-                               torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
-        valid = negs >= 0
-        pos, neg = scores[:, :1], scores[:, 1:]
-        hr, ndcg = tie_aware_sums(((neg > pos) & valid).sum(1), ((neg == pos) & valid).sum(1), k)
-        full_hr = full_ndcg = 0.0
-        if full:
-            all_scores = model.full_sort_predict(users_t).cpu().numpy()
-            candidates = np.repeat(in_pool[None, :], len(local), axis=0)
-            row_of[:] = -1
-            row_of[local] = rows
-            known_rows = row_of[cold.known // data.n_items]
-            sel = known_rows >= 0
-            candidates[known_rows[sel], (cold.known % data.n_items)[sel]] = False  # the target too
-            target = all_scores[rows, wanted][:, None]
-            full_hr, full_ndcg = tie_aware_sums(((all_scores > target) & candidates).sum(1),
-                                                ((all_scores == target) & candidates).sum(1), k)
-        sums = sums + MetricSums(n=len(local), hr=hr, ndcg=ndcg, full_hr=full_hr, full_ndcg=full_ndcg)
-    return sums
+    import torch
+
+    with torch.no_grad():
+        if hasattr(model, "eval"):
+            model.eval()
+        device = device or torch.device("cpu")
+        users = cold.users
+        in_pool = np.zeros(data.n_items, dtype=bool)
+        in_pool[cold.pool] = True
+        row_of = np.full(data.n_users, -1, dtype=np.int64)
+        sums = MetricSums()
+        for start in range(0, len(users), chunk_users):
+            local = users[start:start + chunk_users]
+            rows = np.arange(len(local))
+            users_t = torch.from_numpy(local).to(device)
+            wanted = cold.targets[local]
+            negs = cold.negatives[local]
+            cand = np.concatenate([wanted[:, None], np.where(negs >= 0, negs, 0)], axis=1)
+            scores = model.predict(users_t.repeat_interleave(cand.shape[1]),
+                                   torch.from_numpy(cand.reshape(-1)).to(device)).view(len(local), -1).cpu().numpy()
+            valid = negs >= 0
+            pos, neg = scores[:, :1], scores[:, 1:]
+            hr, ndcg = tie_aware_sums(((neg > pos) & valid).sum(1), ((neg == pos) & valid).sum(1), k)
+            full_hr = full_ndcg = 0.0
+            if full:
+                all_scores = model.full_sort_predict(users_t).cpu().numpy()
+                candidates = np.repeat(in_pool[None, :], len(local), axis=0)
+                row_of[:] = -1
+                row_of[local] = rows
+                known_rows = row_of[cold.known // data.n_items]
+                sel = known_rows >= 0
+                candidates[known_rows[sel], (cold.known % data.n_items)[sel]] = False  # the target too
+                target = all_scores[rows, wanted][:, None]
+                full_hr, full_ndcg = tie_aware_sums(((all_scores > target) & candidates).sum(1),
+                                                    ((all_scores == target) & candidates).sum(1), k)
+            sums = sums + MetricSums(n=len(local), hr=hr, ndcg=ndcg, full_hr=full_hr, full_ndcg=full_ndcg)
+        return sums
 
 
 def cold_metrics(model, data, k: int, full: bool = True, device: torch.device | None = None) -> dict[str, float]:

@@ -263,20 +263,29 @@ def prefect_api() -> Iterator[str]:
         temporary_settings,
     )
 
+    from fedrec.orchestration.local_server import LocalServer, take_early
+
+    early = take_early()  # started by the CLI's first lines (fedrec.orchestration.local_server.spawn_early)
     url = get_current_settings().api.url
     if url:
+        if early is not None:
+            early.stop()
         yield url
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ[OWN_SERVER_PID] = str(server.server_process.pid)
+    server = early or LocalServer()
+    try:
+        api_url = server.wait_ready(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    except BaseException:
+        server.stop()
+        raise
+    os.environ[OWN_SERVER_PID] = str(server.pid)
     quiet = _NoViewLinks()  # "View at <this server>" would be a dead link once the run ends and it stops
     logging.getLogger("prefect.flow_runs").addFilter(quiet)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
             _drain_prefect_workers()  # logs and events reach the server before it stops
     finally:
         logging.getLogger("prefect.flow_runs").removeFilter(quiet)

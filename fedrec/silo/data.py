@@ -20,11 +20,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from fedrec.core import coldstart
 from fedrec.core.config import Config
 from fedrec.core.data import files, synthetic
 from fedrec.core.data.movielens import (
@@ -42,11 +42,13 @@ from fedrec.core.data.partition import (
 from fedrec.core.data.split import Split, split_interactions
 from fedrec.core.data.types import Dataset
 from fedrec.core.errors import PartitionChangedError
-from fedrec.core.training import SiloData
 from fedrec.silo import source
 from fedrec.silo.paths import Paths, silo_base_file
 from fedrec.silo.validation import ValidationReport, validate_interactions
 from fedrec.wire.exchange import check_silo_id
+
+if TYPE_CHECKING:
+    from fedrec.core.training import SiloData
 
 
 def load_dataset(cfg: Config) -> Dataset:
@@ -223,6 +225,8 @@ def split_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None) -> 
     frame = silo_interactions(cfg, silo_id) if frame is None else frame
     catalogue = read_catalogue(paths.catalogue)["item_id"].to_numpy()
     ev = cfg.evaluation
+    from fedrec.core import coldstart  # torch: not at import
+
     cold = coldstart.cold_item_ids(catalogue, ev.cold_item_fraction, ev.cold_seed)  # cold start: none when 0
     split = split_interactions(frame, catalogue, ev.n_negatives, ev.seed, cold)
     split.save(paths.silo_split(silo_id))
@@ -241,6 +245,8 @@ def catalogue_ids(cfg: Config) -> np.ndarray:
 
 
 def load_silo_data(cfg: Config, silo_id: str) -> SiloData:
+    from fedrec.core.training import SiloData  # torch: not at import (the validation child has none)
+
     return SiloData.from_split(Split.load(Paths.of(cfg).silo_split(silo_id)), catalogue_ids(cfg))
 
 
@@ -250,6 +256,8 @@ def load_union(cfg: Config, silo_ids: list[str]) -> SiloData:
     union = Split(pd.concat([s.train for s in splits], ignore_index=True),
                   pd.concat([s.holdout for s in splits], ignore_index=True),
                   cold_items=splits[0].cold_items if splits else ())  # the same cold items at every silo
+    from fedrec.core.training import SiloData
+
     return SiloData.from_split(union, catalogue_ids(cfg))
 
 
@@ -309,6 +317,8 @@ def silo_sizes(cfg: Config) -> dict[str, int]:
 def split_cold_ids(cfg: Config) -> np.ndarray:
     """The configured cold items (item ids) of this catalogue."""
     ev = cfg.evaluation
+    from fedrec.core import coldstart
+
     return coldstart.cold_item_ids(catalogue_ids(cfg), ev.cold_item_fraction, ev.cold_seed)
 
 
