@@ -39,7 +39,7 @@ from fedrec.orchestration.launch import (
     prefect_api,
 )
 from fedrec.orchestration.ops import plots
-from fedrec.orchestration.tracking import mlflow_run
+from fedrec.orchestration.tracking import mlflow_run, warm_up
 from fedrec.protocol.reads import load_global
 from fedrec.silo import data as pipeline
 from fedrec.silo import privacy
@@ -282,6 +282,7 @@ def run_federation(params_path: str = "params.yaml", overrides: dict[str, Any] |
                    silos: list[str] | None = None, silo_sizes: dict[str, int] | None = None,
                    show_progress: bool = False, run_id: str | None = None) -> dict[str, Any]:
     """Run `federated_training` against a Prefect API that the silo agents can reach too."""
+    warm_up(load_config(params_path, overrides))  # MLflow's imports while the Prefect server starts
     with prefect_api():
         return federated_training(params_path=params_path, overrides=overrides, silos=silos, silo_sizes=silo_sizes,
                                   show_progress=show_progress, run_id=run_id)

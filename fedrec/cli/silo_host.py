@@ -85,4 +85,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedrec.core.env import exit_now
+
+    exit_now(main())  # the atexit flushes (Prefect's logs and events), not the heap teardown

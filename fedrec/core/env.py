@@ -5,9 +5,11 @@ Must run before Prefect is imported: Prefect reads PREFECT_HOME when its setting
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
+from typing import NoReturn
 
 OFFLINE_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -64,3 +66,26 @@ def _glibc():
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
+
+
+def exit_now(code: int | str | None = 0) -> NoReturn:
+    """Leave the process as ``sys.exit(code)`` would, without the interpreter's teardown of its heap (≈2 s for a
+    coordinator or silo host that loaded torch, Prefect and MLflow: measured on a whole run): the atexit handlers
+    run (Prefect's and MLflow's flushes among them), stdout and stderr are flushed, then ``os._exit``. Where a
+    non-daemon thread still runs, the ordinary exit (which waits for it) is taken instead."""
+    import atexit
+    import sys
+    import threading
+
+    if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    status = int(code or 0)
+    main = threading.main_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main):
+        sys.exit(status)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

@@ -36,3 +36,29 @@ def test_trim_heap_gives_freed_pages_back():
     env.trim_heap()
 
     assert held - rss() > 100 * 2**20 and len(pin) == 10  # without the trim: 12 MB (measured)
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from fedrec.core.env import exit_now
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+if sys.argv[2] == "thread":  # a non-daemon thread still working: the ordinary exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
+sys.stdout.write("unflushed")  # no newline, still buffered (stdout is a pipe)
+exit_now(int(sys.argv[3]) if sys.argv[3].isdigit() else sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize(("mode", "code", "status"), [("plain", "3", 3), ("thread", "0", 0), ("plain", "boom", 1)])
+def test_exit_now_keeps_the_exit_status_the_atexit_handlers_buffered_output_and_running_threads(tmp_path, mode, code,
+                                                                                                 status):
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), mode, code], capture_output=True,
+                          text=True, timeout=60)
+
+    assert done.returncode == status
+    assert done.stdout == "unflushed"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").exists() == (mode == "thread")
+    assert ("boom" in done.stderr) == (code == "boom")
