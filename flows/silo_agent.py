@@ -22,12 +22,10 @@ from fedrec.core.errors import ConfigError
 from fedrec.silo.agent import SiloAgent
 from fedrec.tasks.silo import (
     close_agent,
-    evaluate_round,
-    fit_round,
     join_federation,
     open_agent,
-    settle_round,
     setup_silo,
+    take_part,
     validate_data,
 )
 
@@ -83,10 +81,7 @@ def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
             return {"silo_id": silo_id, "admitted": False, "rounds": 0}
         setup_silo(*ids)
         while (ins := agent.next_instructions(rounds)) is not None:
-            if fit_round(*ids, ins) is not None:
-                settle_round(*ids, ins)
-            if ins.evaluate:
-                evaluate_round(*ids, ins.round)
+            take_part(*ids, ins)  # fit, settle and (when asked) evaluate: one task run per round
             rounds = ins.round
     except BaseException as exc:
         agent.leave(rounds, exc)  # the coordinator stops waiting for this silo

@@ -16,9 +16,7 @@ from fedrec.silo.agent import SiloAgent
 from fedrec.wire.messages import (
     Admission,
     FitInstructions,
-    FitReport,
     Hello,
-    MetricReport,
 )
 
 _OPEN: dict[tuple[str, str], SiloAgent] = {}  # this process's agents, by (run id, silo id)
@@ -58,27 +56,22 @@ def setup_silo(run_id: str, silo_id: str) -> str:
     return _agent(run_id, silo_id).setup()
 
 
-@task(name="fit", task_run_name="fit-silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
-def fit_round(run_id: str, silo_id: str, ins: FitInstructions) -> FitReport | None:
-    """Publish the round's mask keys and sealed shares, train E local epochs, mask and encrypt the weighted update
-    in memory, publish it (None: the silo refused the round's participant or mask set)."""
-    return _agent(run_id, silo_id).fit(ins)
-
-
-@task(name="settle", task_run_name="settle-silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
-def settle_round(run_id: str, silo_id: str, ins: FitInstructions) -> dict:
-    """Until the round's global model: reveal shares for the survivors' unmasking (once); decrypt when asked.
-    Then the round's transient buffers go back to the system (a silo host serves many rounds)."""
+@task(name="round", task_run_name="silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
+def take_part(run_id: str, silo_id: str, ins: FitInstructions) -> dict | None:
+    """This silo's round, one task run (each task run is three events the Prefect server records: one per round
+    per silo, not one per step, halved the server's work on a run). Fit: publish the round's mask keys and sealed
+    shares, train E local epochs, mask and encrypt the weighted update in memory, publish it. Settle: until the
+    round's global model, reveal shares for the survivors' unmasking (once) and decrypt when asked. Evaluate
+    (when the instructions ask): HR/NDCG sums over the silo's own users (only sums leave the silo). Then the
+    round's transient buffers go back to the system (a silo host serves many rounds). Returns what it did (counts);
+    None: the silo refused the round's participant or mask set (it still evaluates when asked)."""
+    agent = _agent(run_id, silo_id)
     try:
-        return _agent(run_id, silo_id).settle(ins)
-    finally:
-        env.trim_heap()
-
-
-@task(name="evaluate", task_run_name="evaluate-silo-{silo_id}-round-{server_round}", cache_policy=NO_CACHE)
-def evaluate_round(run_id: str, silo_id: str, server_round: int) -> MetricReport:
-    """HR/NDCG sums over the silo's own users (only sums leave the silo)."""
-    try:
-        return _agent(run_id, silo_id).evaluate(server_round)
+        fitted = agent.fit(ins)
+        settled = agent.settle(ins) if fitted is not None else None
+        if ins.evaluate:
+            env.trim_heap()
+            agent.evaluate(ins.round)
+        return settled
     finally:
         env.trim_heap()

@@ -287,10 +287,34 @@ def prefect_api() -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield api_url
             _drain_prefect_workers()  # logs and events reach the server before it stops
+            _await_idle(server.pid)  # and it has written them (a stopped server drops what it has not)
     finally:
         logging.getLogger("prefect.flow_runs").removeFilter(quiet)
         os.environ.pop(OWN_SERVER_PID, None)
         server.stop()
+
+
+def _await_idle(pid: int | None, timeout_s: float = 15.0, window_s: float = 0.25, busy: float = 0.1) -> None:
+    """Wait (up to ``timeout_s``) until process ``pid`` uses less than ``busy`` of a core over ``window_s``: the
+    local Prefect server works through the events it has queued (niced during the rounds, it can be seconds
+    behind at the end), and stopping it drops the ones it has not written (its task-run recorder logs "Error
+    flushing"; the UI would show those task runs running for ever). Linux (/proc); elsewhere no wait."""
+    stat = Path(f"/proc/{pid}/stat")
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def cpu_s() -> float:  # utime + stime: fields 14 and 15, counted after the ")" that ends the command name
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        last = cpu_s()
+        while time.monotonic() < deadline:
+            time.sleep(window_s)
+            now = cpu_s()
+            if now - last < busy * window_s:
+                return
+            last = now
 
 
 class _NoViewLinks(logging.Filter):

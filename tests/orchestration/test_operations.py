@@ -294,7 +294,7 @@ def test_a_triggered_run_is_executed_by_the_worker_and_visible_through_the_api(u
     assert all(r.state.is_completed() for r in silo_runs)
     assert [t.rsplit("-", 1)[0] for t in retraining_tasks] == ["federated_training", "retention"]  # subflow, task
     assert {"round-1", "round-2", "evaluate-round-1", "evaluate-round-2"} <= set(federation_tasks)
-    assert any(t.startswith("fit") for t in silo_tasks), silo_tasks
+    assert any(t.startswith("silo-") and "-round-" in t for t in silo_tasks), silo_tasks
     # one table artifact per round (rows: the silos and "all"), and the federation's summary
     tables = sorted((a for a in artifacts if a.key.startswith("fedrec-round")), key=lambda a: a.key)
     assert [(a.key, a.type) for a in tables] == [("fedrec-round-0001", "table"), ("fedrec-round-0002", "table")]

@@ -163,4 +163,4 @@ def test_coordinator_process_runs_encrypted_rounds_without_opening_silo_data_or_
         assert run.state.is_completed(), run.state
         names = {t.name for t in task_runs}
         silo = run.parameters["silo_id"]
-        assert {f"validate-silo-{silo}", f"fit-silo-{silo}-round-1", f"fit-silo-{silo}-round-2"} <= names
+        assert {f"validate-silo-{silo}", f"silo-{silo}-round-1", f"silo-{silo}-round-2"} <= names
