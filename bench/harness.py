@@ -307,7 +307,8 @@ def run_rows(args: argparse.Namespace, notes: list[str]) -> list[Row]:
             f"partition.seed={args.seed}", *args.sets]
     print(f"[bench] provisioning ML-100K region silos in {ws.data}", flush=True)
     init_store(ws.mlflow_db, WORK / "provision" / "mlflow")
-    notes.append(f"data provisioned once before the rows (prepare + partition, untimed): "
+    notes.append(f"data provisioned once before the rows (the DVC pipeline's prepare, partition and validate; untimed: "
+                 "the runs' silos take the saved verdicts of their unchanged data): "
                  f"{provision_data(ws, sets, WORK / 'provision'):.1f} s")
     rows = [attempt(name, lambda he=he, name=name: fedrec_row(name, he, args.rounds, ws, sets, args.timeout))
             for name, he in (("fedrec_he", True), ("fedrec_plain", False))]

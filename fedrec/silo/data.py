@@ -44,7 +44,7 @@ from fedrec.core.data.types import Dataset
 from fedrec.core.errors import PartitionChangedError
 from fedrec.silo import source
 from fedrec.silo.paths import Paths, silo_base_file
-from fedrec.silo.validation import ValidationReport, validate_interactions
+from fedrec.silo.validation import ValidationReport, input_digest, saved_verdict, validate_interactions
 from fedrec.wire.exchange import check_silo_id
 
 if TYPE_CHECKING:
@@ -192,13 +192,26 @@ def data_version(frame: pd.DataFrame) -> str:
 def validate_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None,
                   in_child: bool = False) -> ValidationReport:
     """Validate one silo's interactions against the GE suite and save its report (``in_child``: GE runs in a child
-    process, for long-lived silo hosts)."""
-    paths = Paths.of(cfg)
+    process, for long-lived silo hosts). Data that passed before, unchanged (same rows, catalogue, suite and
+    settings: :func:`fedrec.silo.validation.input_digest`), takes its saved verdict without running GE again."""
     frame = silo_interactions(cfg, silo_id, refresh=True) if frame is None else frame
-    catalogue = read_catalogue(paths.catalogue)["item_id"].tolist()
+    if (report := saved_validation(cfg, silo_id, frame)) is not None:
+        return report
+    catalogue = read_catalogue(Paths.of(cfg).catalogue)["item_id"].tolist()
     report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions, in_child=in_child)
-    report.save(paths.validation / f"{check_silo_id(silo_id)}.json")
+    digest = input_digest(frame, catalogue, cfg.data.min_user_interactions) if report.success else None
+    report.save(_report_path(cfg, silo_id), digest)
     return report
+
+
+def saved_validation(cfg: Config, silo_id: str, frame: pd.DataFrame) -> ValidationReport | None:
+    """The passing verdict saved for exactly this data (and catalogue, suite, settings), or None: GE must run."""
+    catalogue = read_catalogue(Paths.of(cfg).catalogue)["item_id"].tolist()
+    return saved_verdict(_report_path(cfg, silo_id), input_digest(frame, catalogue, cfg.data.min_user_interactions))
+
+
+def _report_path(cfg: Config, silo_id: str) -> Path:
+    return Paths.of(cfg).validation / f"{check_silo_id(silo_id)}.json"
 
 
 def validate_all(cfg: Config) -> list[ValidationReport]:

@@ -1,7 +1,8 @@
 """A silo host's first step: read and validate its silos' data before it loads its training stack.
 
-:func:`prevalidate` runs in a child process (fedrec.silo.validation's) that exits before the host imports torch
-and Prefect, so Great Expectations never shares memory with them (the run's peak RSS); the silos' agents take the
+:func:`prevalidate` reads each silo's data; a silo whose unchanged data passed before takes its saved verdict, the
+others go through Great Expectations in a child process (fedrec.silo.validation's) that exits before the host
+imports torch and Prefect, so GE never shares memory with them (the run's peak RSS); the silos' agents take the
 verdicts with :func:`take_prevalidated` in their validate step (fedrec.silo.agent).
 """
 
@@ -18,14 +19,33 @@ _PREVALIDATED: dict[str, tuple[pd.DataFrame, ValidationReport]] = {}
 
 
 def prevalidate(params_path: str, overrides: dict[str, Any] | None, silo_ids: list[str]) -> list[str]:
-    """Read and validate these silos' interactions (silo.source, then the GE suite) in a child process that exits
-    before this one goes on: a silo host calls it before it imports torch and Prefect, so the two never share
-    memory (peak RSS), and its silos' agents take the results (:func:`take_prevalidated`). Returns the silos done;
-    a silo whose data could not be read is not among them (its agent reads it again and reports why)."""
-    try:
-        done = GE_CHILD.run(_read_and_validate, params_path, overrides, list(silo_ids))
-    finally:
-        GE_CHILD.close()
+    """Read these silos' interactions (silo.source, then feedback) and validate them: a silo whose unchanged data
+    passed before takes its saved verdict (fedrec.silo.data.validate_silo); the others go through the GE suite in a
+    child process that exits before this one goes on (a silo host calls this before it imports torch and Prefect,
+    so the two never share memory: peak RSS). Its silos' agents take the results (:func:`take_prevalidated`).
+    Returns the silos done; a silo whose data could not be read is not among them (its agent reads it again and
+    reports why)."""
+    from fedrec.core.config import load_config
+    from fedrec.silo import data as pipeline
+
+    cfg = load_config(params_path, overrides)
+    done: dict[str, tuple[pd.DataFrame, ValidationReport]] = {}
+    todo: dict[str, pd.DataFrame] = {}
+    for silo_id in silo_ids:
+        try:
+            frame = pipeline.silo_interactions(cfg, silo_id, refresh=True)
+            report = pipeline.saved_validation(cfg, silo_id, frame)
+        except Exception:  # noqa: BLE001 - the agent reads it again and names why in its hello
+            continue
+        if report is not None:
+            done[silo_id] = (frame, report)
+        else:
+            todo[silo_id] = frame
+    if todo:
+        try:
+            done |= GE_CHILD.run(_validate, params_path, overrides, todo)
+        finally:
+            GE_CHILD.close()
     _PREVALIDATED.update(done)
     return sorted(done)
 
@@ -35,17 +55,16 @@ def take_prevalidated(silo_id: str) -> tuple[pd.DataFrame, ValidationReport] | N
     return _PREVALIDATED.pop(silo_id, None)
 
 
-def _read_and_validate(params_path: str, overrides: dict[str, Any] | None,
-                       silo_ids: list[str]) -> dict[str, tuple[pd.DataFrame, ValidationReport]]:
-    from fedrec.core.config import load_config  # in the child: these load torch
+def _validate(params_path: str, overrides: dict[str, Any] | None,
+              frames: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.DataFrame, ValidationReport]]:
+    from fedrec.core.config import load_config  # in the child
     from fedrec.silo import data as pipeline
 
     cfg = load_config(params_path, overrides)
     done = {}
-    for silo_id in silo_ids:
+    for silo_id, frame in frames.items():
         try:
-            frame = pipeline.silo_interactions(cfg, silo_id, refresh=True)
             done[silo_id] = (frame, pipeline.validate_silo(cfg, silo_id, frame))
-        except Exception:  # noqa: BLE001 - the agent reads it again and names why in its hello
+        except Exception:  # noqa: BLE001 - the agent validates it again and names why in its hello
             continue
     return done

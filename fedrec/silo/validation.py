@@ -42,13 +42,56 @@ class ValidationReport:
     def summary(self) -> list[str]:
         return [f"{f['expectation']}({f.get('column') or ''}): {f['detail']}" for f in self.failures]
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, input_digest: str | None = None) -> None:
+        """The report as JSON; ``input_digest`` (:func:`input_digest`, a passing report only) lets the next
+        validation of the very same data take this verdict (:func:`saved_verdict`)."""
+        record = asdict(self) | ({"input_digest": input_digest} if input_digest else {})
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(asdict(self), indent=2, default=str))
+        Path(path).write_text(json.dumps(record, indent=2, default=str))
 
     def raise_if_failed(self) -> None:
         if not self.success:
             raise SiloValidationError(self.silo_id, self.summary())
+
+
+def input_digest(df: pd.DataFrame, catalogue: list[int], min_user_interactions: int,
+                 suite_path: str | Path = SUITE_PATH) -> str | None:
+    """A digest of everything a verdict depends on: the rows (values, dtypes, column names, order), the
+    catalogue, min_user_interactions, the suite's text and the Great Expectations version. None when the frame
+    cannot be hashed (then it is always validated). The validation time (the timestamps' upper bound) is left
+    out: only passing verdicts are taken again, and a row that was not in the future is not later."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        rows = pd.util.hash_pandas_object(df, index=False).to_numpy()
+        ge = version("great_expectations")
+    except (TypeError, ValueError, PackageNotFoundError):
+        return None
+    digest = hashlib.sha256(json.dumps({
+        "columns": [str(c) for c in df.columns], "dtypes": [str(t) for t in df.dtypes], "rows": len(df),
+        "min_user_interactions": int(min_user_interactions), "great_expectations": ge}).encode())
+    digest.update(rows.tobytes())
+    digest.update(pd.Series(catalogue, dtype="int64").to_numpy().tobytes())
+    digest.update(Path(suite_path).read_bytes())
+    return digest.hexdigest()
+
+
+def saved_verdict(path: str | Path, digest: str | None) -> ValidationReport | None:
+    """The passing report saved at ``path`` for input ``digest`` (:meth:`ValidationReport.save`), or None: the
+    data, the catalogue, the suite or its settings changed since, or the report failed, or there is none."""
+    if digest is None:
+        return None
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("input_digest") != digest or record.get("success") is not True:
+        return None
+    try:
+        return ValidationReport(**{k: record[k] for k in ValidationReport.__dataclass_fields__})
+    except (KeyError, TypeError):
+        return None
 
 
 def load_suite(path: str | Path = SUITE_PATH):

@@ -311,3 +311,39 @@ def test_a_host_validates_its_silos_in_a_child_first_and_their_agents_take_those
                                          for f in hellos["2"].failures)
     assert take_prevalidated("0") is None and take_prevalidated("2") is None
     assert not SiloAgent(cfg, "0", "run-pre-2").validate().valid  # no verdict left: reads the broken file itself
+
+
+@pytest.mark.slow
+def test_a_host_whose_silos_passed_on_the_same_data_starts_no_validation_child(cfg, params_file, monkeypatch):
+    """Unchanged data that passed takes its saved verdict: no Great Expectations (its child and 5 s of imports)
+    at a host's start, but a silo whose data changed, or failed before, goes through the suite again."""
+    from fedrec.silo import prevalidation
+    from fedrec.silo.prevalidation import prevalidate, take_prevalidated
+
+    # Prepare: silo 2 fails (a rating of 9); every silo validated once
+    bad = pipeline.Paths.of(cfg).silos / "2" / "interactions.parquet"
+    frame = pd.read_parquet(bad)
+    frame.loc[3, "rating"] = 9
+    frame.to_parquet(bad, index=False)
+    assert prevalidate(str(params_file), None, ["0", "1", "2"]) == ["0", "1", "2"]
+    for silo in ("0", "1", "2"):
+        take_prevalidated(silo)
+    sent: list[list[str]] = []
+    real_run = prevalidation.GE_CHILD.run
+    monkeypatch.setattr(prevalidation.GE_CHILD, "run",
+                        lambda fn, params, overrides, frames: sent.append(sorted(frames)) or real_run(
+                            fn, params, overrides, frames))
+
+    # Execute: the same data again; then silo 1 gets one more (valid) interaction
+    again = prevalidate(str(params_file), None, ["0", "1", "2"])
+    verdicts = {s: take_prevalidated(s)[1] for s in again}
+    one = pipeline.Paths.of(cfg).silos / "1" / "interactions.parquet"
+    rows = pd.read_parquet(one)
+    rows = pd.concat([rows, rows.iloc[[0]].assign(timestamp=rows["timestamp"].max() + 1)], ignore_index=True)
+    rows.to_parquet(one, index=False)
+    changed = prevalidate(str(params_file), None, ["0", "1"])
+
+    # Assert: only the failing silo went to the child the second time; only the changed one the third
+    assert again == ["0", "1", "2"] and sent == [["2"], ["1"]] and changed == ["0", "1"]
+    assert verdicts["0"].success and verdicts["1"].success and not verdicts["2"].success
+    assert take_prevalidated("1")[1].n_rows == len(rows)

@@ -173,3 +173,37 @@ def test_a_child_process_gives_the_same_verdicts_and_is_gone_after_the_last(monk
     assert reports[0].success and not reports[1].success and again == reports[0]
     assert same_child
     assert validation.GE_CHILD._pool is None
+
+
+def test_the_input_digest_changes_with_rows_order_dtypes_catalogue_settings_and_suite(tmp_path):
+    from fedrec.silo.validation import SUITE_PATH, input_digest
+
+    df = clean_frame()
+    suite = tmp_path / "suite.json"
+    suite.write_text(SUITE_PATH.read_text() + "\n")
+    one_value = df.copy()
+    one_value.loc[4, "rating"] = 4 if df.loc[4, "rating"] != 4 else 3
+
+    base = input_digest(df, CATALOGUE, 5)
+    variants = [input_digest(one_value, CATALOGUE, 5), input_digest(df.iloc[::-1], CATALOGUE, 5),
+                input_digest(df.astype({"rating": "float64"}), CATALOGUE, 5),
+                input_digest(df.rename(columns={"rating": "stars"}), CATALOGUE, 5),
+                input_digest(df, CATALOGUE[:-1], 5), input_digest(df, CATALOGUE, 6), input_digest(df, CATALOGUE, 5, suite)]
+
+    assert base == input_digest(clean_frame(), list(CATALOGUE), 5)
+    assert None not in variants and len({base, *variants}) == 1 + len(variants)
+
+
+def test_a_saved_verdict_is_taken_only_when_it_passed_on_the_same_input(tmp_path):
+    from fedrec.silo.validation import input_digest, saved_verdict
+
+    passed, failed = run(clean_frame()), run(_corrupt("rating_9"))
+    digest = input_digest(clean_frame(), CATALOGUE, 5)
+    passed.save(tmp_path / "ok.json", digest)
+    failed.save(tmp_path / "bad.json", digest)
+    (tmp_path / "junk.json").write_text("{not json")
+
+    assert saved_verdict(tmp_path / "ok.json", digest) == passed
+    assert saved_verdict(tmp_path / "ok.json", input_digest(clean_frame(), CATALOGUE, 6)) is None
+    assert saved_verdict(tmp_path / "bad.json", digest) is None  # a failed verdict is never taken again
+    assert saved_verdict(tmp_path / "junk.json", digest) is None and saved_verdict(tmp_path / "none.json", digest) is None
