@@ -31,7 +31,8 @@ _WARMING: threading.Thread | None = None
 def warm_up(cfg: Config) -> None:
     """Import MLflow and open its store in a background thread (≈4.5 s of CPU, nearly all imports), started while
     this process waits for its Prefect server: the run's :func:`mlflow_run` then finds it done instead of
-    competing for the CPU with the silos' start-up. Errors are left to :func:`mlflow_run`, which names them."""
+    competing for the CPU with the silos' start-up; then matplotlib, for the run's plots at its end (0.8 s
+    there). Errors are left to :func:`mlflow_run`, which names them."""
     global _WARMING
 
     def work() -> None:
@@ -40,6 +41,10 @@ def warm_up(cfg: Config) -> None:
             from mlflow.tracking import MlflowClient
 
             MlflowClient(tracking_uri(cfg)).get_experiment_by_name(cfg.tracking.experiment)
+            import matplotlib
+
+            matplotlib.use("Agg")  # as the run's plots use it (fedrec.orchestration.ops.plots), at its end
+            import matplotlib.pyplot  # noqa: F401
 
     if _WARMING is None:
         _WARMING = threading.Thread(target=work, name="mlflow-warm-up", daemon=True)
