@@ -195,12 +195,12 @@ def validate_silo(cfg: Config, silo_id: str, frame: pd.DataFrame | None = None,
     process, for long-lived silo hosts). Data that passed before, unchanged (same rows, catalogue, suite and
     settings: :func:`fedrec.silo.validation.input_digest`), takes its saved verdict without running GE again."""
     frame = silo_interactions(cfg, silo_id, refresh=True) if frame is None else frame
-    if (report := saved_validation(cfg, silo_id, frame)) is not None:
-        return report
     catalogue = read_catalogue(Paths.of(cfg).catalogue)["item_id"].tolist()
+    digest = input_digest(frame, catalogue, cfg.data.min_user_interactions)
+    if (report := saved_verdict(_report_path(cfg, silo_id), digest)) is not None:
+        return report
     report = validate_interactions(frame, silo_id, catalogue, cfg.data.min_user_interactions, in_child=in_child)
-    digest = input_digest(frame, catalogue, cfg.data.min_user_interactions) if report.success else None
-    report.save(_report_path(cfg, silo_id), digest)
+    report.save(_report_path(cfg, silo_id), digest if report.success else None)
     return report
 
 
