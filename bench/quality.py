@@ -37,6 +37,10 @@ def main() -> None:
     ap.add_argument("--tune", default="results/tune.json", help="bench/tune.py's output (the ALS it chose)")
     ap.add_argument("--out", default="results/quality.json")
     ap.add_argument("--personalisation", default="recency", help="the personalised row's model.personalisation")
+    ap.add_argument("-P", "--personal-set", dest="personal_sets", action="append",
+                    default=["model.transition_dim=32", "model.transition_lr=0.01"],
+                    help="key=value for the personalised row only (default: the shared next-item tables, "
+                         "model.transition_dim 32 at learning rate 0.01)")
     args = ap.parse_args()
     from fedrec.core.training import evaluate_targets, train_centralized
     from fedrec.flows.federated import run_demo
@@ -71,15 +75,17 @@ def main() -> None:
             else:
                 more = {"federation.seed": seed, "training.seeds": [seed]}
                 if row == "personalised":
-                    more["model.personalisation"] = args.personalisation
+                    more |= {"model.personalisation": args.personalisation} | parse_overrides(args.personal_sets)
                 summary = run_demo(params_path=args.params, overrides=overrides | more)
                 test, extra = {m: summary[m] for m in keys}, {"selected": summary["selected_round"],
-                                                              "run_id": summary["run_id"]}
+                                                              "run_id": summary["run_id"],
+                                                              **{f"val_{m}": summary["val"][m] for m in keys[:2]}}
             record = {"seed": seed, **{m: float(test[m]) for m in keys}, **extra,
                       "seconds": time.perf_counter() - t0}
             per_seed[row].append(record)
             print(json.dumps({"row": row, **record}), flush=True)
-            result = {"seeds": seeds, "overrides": overrides, "personalisation": args.personalisation, "als": als_params, "per_seed": per_seed,
+            result = {"seeds": seeds, "overrides": overrides, "personalisation": args.personalisation,
+                      "personal_sets": parse_overrides(args.personal_sets), "als": als_params, "per_seed": per_seed,
                       "summary": {r: {m: tuning.seeds_stats([x[m] for x in v]) for m in keys}
                                   for r, v in per_seed.items() if v},
                       "wall_seconds": time.perf_counter() - started}

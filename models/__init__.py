@@ -14,6 +14,7 @@ from fedrec.models.gmf import GMFItemTower
 from fedrec.models.hybrid import HybridItemTower  # NeuMF + a shared adapter over frozen item text embeddings
 from fedrec.models.neumf import NeuMFItemTower
 from fedrec.models.rating import rating_model
+from fedrec.models.transitions import Transitions
 
 __all__ = ["RecModel", "RecModelConfig", "UserTower", "GMFItemTower", "NeuMFItemTower", "HybridItemTower",
            "build_model"]
@@ -31,6 +32,9 @@ def build_model(cfg: RecModelConfig, generator: torch.Generator | None = None) -
                                 cfg.adapter_hidden, cfg.dropout, cfg.id_dropout)
     else:
         raise ValueError(f"unknown model {cfg.name!r}; expected 'gmf', 'neumf' or 'hybrid'")
+    if cfg.transition_dim > 0:  # shared next-item tables (the recency head scores histories through them)
+        items.transitions = Transitions(cfg.num_items, cfg.transition_dim, cfg.transition_window,
+                                        cfg.transition_lr, cfg.transition_pairs)
     if cfg.task == "rating":  # explicit ratings: the same tower plus biases, MSE (models/rating.py)
         model: RecModel = rating_model(items, cfg.num_users)
         model.reset_parameters(generator)

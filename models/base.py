@@ -26,6 +26,11 @@ class RecModelConfig:
     item_features: Any = field(default=None, compare=False, repr=False)
     adapter_hidden: int = 64
     id_dropout: float = 0.0
+    #: shared next-item tables of this size in the item tower (models/transitions.py; 0: none) and their pair window
+    transition_dim: int = 0
+    transition_window: int = 3
+    transition_lr: float = 0.0  # 0: the optimiser's
+    transition_pairs: int = 1
 
 
 class UserTower(nn.Module):

@@ -208,6 +208,19 @@ class ModelConfig(Section):
     recency_decay: float = checked(0.5, "model.recency_decay must be in (0, 1]", gt=0, le=1)
     #: recency: weight of the head's standardised score beside the model's (0: the model alone)
     recency_weight: float = checked(0.5, "model.recency_weight must be >= 0", ge=0)
+    #: shared next-item tables of this size in the item tower (fedrec.models.transitions: learned by the federation
+    #: from each silo's own time-ordered histories, exchanged like item rows; the recency head scores a user's
+    #: latest items through them); 0: none. Doubles a NeuMF round's payload at 32.
+    transition_dim: int = checked(0, "model.transition_dim must be >= 0", ge=0)
+    #: transition_dim: items within this many rows of each other in one user's history are a training pair
+    transition_window: int = checked(3, "model.transition_window must be >= 1", ge=1)
+    #: transition_dim: the tables' own Adam learning rate (0: training.lr)
+    transition_lr: float = checked(0.0, "model.transition_lr must be >= 0 (0: training.lr)", ge=0)
+    #: transition_dim: pairs drawn per training row each epoch, in batches this many times training.batch_size
+    #: (as many optimiser steps as one pair per row: a round's update stays inside the encoding's range)
+    transition_pairs: int = checked(1, "model.transition_pairs must be >= 1", ge=1)
+    #: transition_dim: weight of the tables' standardised score in the recency head
+    transition_weight: float = checked(0.5, "model.transition_weight must be >= 0", ge=0)
 
 
 class TrainingConfig(Section):
@@ -567,6 +580,11 @@ class Config(Section):
              "privacy.enabled supports task: ranking only (the rating task has no user-level DP update yet)"),
             (self.task == "ranking" or "recency" not in self.model.personalisation,
              "model.personalisation recency supports task: ranking only (it re-ranks items, it predicts no rating)"),
+            (self.model.transition_dim == 0 or "recency" in self.model.personalisation,
+             "model.transition_dim > 0 needs model.personalisation recency (the recency head scores through the "
+             "tables)"),
+            (self.model.transition_dim == 0 or not self.privacy.enabled,
+             "model.transition_dim > 0 is not trained by privacy.enabled's user-level DP update: set it to 0"),
         ]
 
     def replace(self, **overrides: Any) -> "Config":

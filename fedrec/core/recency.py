@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedrec.models import transitions
+
 #: standardisation floor (a user whose scores are all equal gets zeros, not NaN)
 EPS = 1e-6
 
@@ -113,20 +115,26 @@ class RecencyScorer(_Rescorer):
     :meth:`for_target` switches to."""
 
     def __init__(self, model, history: np.ndarray, decay: float, weight: float,
-                 targets: dict[str, np.ndarray] | None = None, space: torch.Tensor | None = None):
+                 targets: dict[str, np.ndarray] | None = None, space: torch.Tensor | None = None,
+                 transition_weight: float = 0.0):
         self.model = model
-        self.decay, self.weight = float(decay), float(weight)
+        self.decay, self.weight, self.transition_weight = float(decay), float(weight), float(transition_weight)
         self.task = getattr(model, "task", "ranking")
         self._targets = targets or {}
         self._space = item_space(model) if space is None else space
+        self._tables = transitions.of(model) if self.transition_weight > 0 else None
         self.history = np.asarray(history, dtype=np.int64)
         self._profiles = self._profile(self.history)
 
-    def _profile(self, history: np.ndarray) -> torch.Tensor:
+    def _weights(self, history: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(history, decay**age where there is an item, else 0) as tensors on the item space's device."""
         device = self._space.device
         h = torch.from_numpy(history).to(device)
         ages = torch.arange(h.shape[1], device=device, dtype=torch.float32)
-        w = (self.decay ** ages)[None, :] * (h >= 0).float()
+        return h, (self.decay ** ages)[None, :] * (h >= 0).float()
+
+    def _profile(self, history: np.ndarray) -> torch.Tensor:
+        h, w = self._weights(history)
         return torch.einsum("ua,uad->ud", w, self._space[h.clamp_min(0)])
 
     def for_target(self, target: str) -> "RecencyScorer":
@@ -134,7 +142,15 @@ class RecencyScorer(_Rescorer):
         history = self._targets.get(target)
         if history is None:
             return self
-        return RecencyScorer(self.model, history, self.decay, self.weight, space=self._space)
+        return RecencyScorer(self.model, history, self.decay, self.weight, space=self._space,
+                             transition_weight=self.transition_weight)
+
+    @torch.no_grad()
+    def transition_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """[batch, n_items]: the users' histories scored through the shared next-item tables
+        (fedrec.models.transitions), unstandardised."""
+        h, w = self._weights(self.history[users.cpu().numpy()])
+        return self._tables.scores(h, w)
 
     @torch.no_grad()
     def recency_scores(self, users: torch.Tensor) -> torch.Tensor:
@@ -144,9 +160,11 @@ class RecencyScorer(_Rescorer):
     @torch.no_grad()
     def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
         base = standardise(self.model.full_sort_predict(users).float())
-        if self.weight == 0:
-            return base
-        return base + self.weight * standardise(self.recency_scores(users)).to(base.device)
+        if self.weight > 0:
+            base = base + self.weight * standardise(self.recency_scores(users)).to(base.device)
+        if self._tables is not None:
+            base = base + self.transition_weight * standardise(self.transition_scores(users)).to(base.device)
+        return base
 
 
 def explain(space: torch.Tensor, history: np.ndarray, item: int, decay: float, n: int = 3) -> list[tuple[int, float]]:
@@ -187,4 +205,5 @@ def for_evaluation(model, data, cfg) -> RecencyScorer:
     m = cfg.model
     history = recent_items(data.train_users, data.train_items, data.n_users, m.recency_length)
     latest = history if getattr(data, "val_in_train", False) else with_latest(history, data.val_items)
-    return RecencyScorer(model, history, m.recency_decay, m.recency_weight, {"val": history, "test": latest})
+    return RecencyScorer(model, history, m.recency_decay, m.recency_weight, {"val": history, "test": latest},
+                         transition_weight=m.transition_weight)

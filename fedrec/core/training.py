@@ -32,7 +32,7 @@ from fedrec.core.metrics import (
     MetricSums,
 )
 from fedrec.core.objectives import objective, objective_of
-from fedrec.models import RecModel, RecModelConfig, build_model
+from fedrec.models import RecModel, RecModelConfig, build_model, transitions
 
 
 class Scorer(Protocol):
@@ -88,6 +88,7 @@ class SiloData:
     #: the refit view (:meth:`with_validation_in_train`): each user's validation item is its latest training row
     val_in_train: bool = False
     _seen_codes: np.ndarray = field(init=False, repr=False)
+    _pairs: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._seen_codes = np.unique(self.train_users * self.n_items + self.train_items)
@@ -137,6 +138,13 @@ class SiloData:
         import dataclasses
 
         return dataclasses.replace(self, test_items=None, test_ratings=None)
+
+    def transition_pairs(self, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """(before, after): items one user touched within ``window`` rows of each other, both orders
+        (fedrec.models.transitions.pairs; computed once per window)."""
+        if window not in self._pairs:
+            self._pairs[window] = transitions.pairs(self.train_users, self.train_items, window)
+        return self._pairs[window]
 
     def seen_mask(self, local_users: np.ndarray) -> np.ndarray:
         """bool [len(local_users), n_items]: items in each user's training data."""
@@ -189,14 +197,22 @@ def model_config(cfg: ModelConfig, num_users: int, num_items: int, task: str = "
     return RecModelConfig(name=cfg.name, num_users=num_users, num_items=num_items,
                           embedding_dim=cfg.embedding_dim, mlp_layers=tuple(cfg.mlp_layers), dropout=cfg.dropout,
                           task=task, item_features=item_features, adapter_hidden=cfg.adapter_hidden,
-                          id_dropout=cfg.id_dropout)
+                          id_dropout=cfg.id_dropout, transition_dim=cfg.transition_dim,
+                          transition_window=cfg.transition_window, transition_lr=cfg.transition_lr,
+                          transition_pairs=cfg.transition_pairs)
 
 
 def make_optimizer(model: RecModel, cfg: TrainingConfig) -> torch.optim.Optimizer:
     """Adam; the fused kernel (one pass over all parameters per step) on CPU and CUDA: ~1.6x faster epochs here."""
     device = next(model.parameters()).device
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    tables = transitions.of(model)
+    if tables is None or not tables.lr:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    own = {id(p) for p in tables.parameters()}  # the next-item tables at their own learning rate
+    groups = [{"params": [p for p in model.parameters() if id(p) not in own]},
+              {"params": list(tables.parameters()), "lr": tables.lr}]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def proximal_term(model: RecModel, reference: dict[str, torch.Tensor], mu: float) -> torch.Tensor:
@@ -239,6 +255,12 @@ def train_epoch(
         optimizer.step()
         if on_batch is not None:
             on_batch(b + 1, n_batches)
+    if (tables := transitions.of(model)) is not None:  # the shared next-item tables: as many pairs as rows
+        before, after = data.transition_pairs(tables.window)
+        allowed = None if data.cold is None else data.cold.warm_items(data.n_items)
+        transitions.train_pairs(tables, optimizer, before, after, data.n_train * tables.pairs_per_row,
+                                cfg.n_negatives, cfg.batch_size * tables.pairs_per_row, data.n_items, rng, device,
+                                allowed)
     return float(total) / len(users)
 
 

@@ -60,7 +60,8 @@ def recency_head(model, history: np.ndarray, cfg: Config,
                  targets: dict[str, np.ndarray] | None = None) -> recency.RecencyScorer:
     """``model`` with the recency head over ``history`` (int64 [n_users, L], most recent first)."""
     m = cfg.model
-    return recency.RecencyScorer(model, history, m.recency_decay, m.recency_weight, targets)
+    return recency.RecencyScorer(model, history, m.recency_decay, m.recency_weight, targets,
+                                 transition_weight=m.transition_weight)
 
 
 def evaluation_scorer(model, data: SiloData, cfg: Config) -> recency.RecencyScorer:

@@ -392,3 +392,34 @@ def test_recommendations_use_the_silos_personal_model(personal_run):
     own = own[own["user_id"] == user].sort_values("timestamp", kind="mergesort")
     latest = int(np.flatnonzero(rec.catalogue["item_id"].to_numpy() == own["item_id"].iloc[-1])[0])
     assert rec.model.history[rec.model_users[user], 0] == latest
+
+
+TRANSITIONS = {"model.personalisation": "recency", "model.transition_dim": 8, "model.transition_lr": 0.01}
+
+
+@pytest.fixture(scope="module")
+def transitions_run(prefect_harness, tmp_path_factory):
+    return _run_flow(tmp_path_factory.mktemp("transitions"), TRANSITIONS)
+
+
+def test_the_next_item_tables_are_learned_by_the_federation_and_score_the_silos_own_histories(he_run,
+                                                                                             transitions_run):
+    """model.transition_dim: the tables travel as item-tower rows (masks + CKKS, like the rest), move every round,
+    and the silo's recommender scores its users' own latest items through the last global tables."""
+    from fedrec.core.recency import RecencyScorer
+    from fedrec.silo.recommend import SiloRecommender
+
+    summary, _, path = transitions_run
+    cfg = load_config(path, TRANSITIONS)
+    assert summary["he"] is True and summary["failures"] == {}
+    exchange = run_exchange(cfg, summary["run_id"])
+    first, last = load_global(exchange, 1), load_global(exchange, summary["rounds"])
+    plain = load_global(run_exchange(load_config(he_run[2]), he_run[0]["run_id"]), 1)
+    assert set(last) == set(plain) | {"transitions.prev.weight", "transitions.next.weight"}
+    assert not torch.equal(first["transitions.prev.weight"], last["transitions.prev.weight"])
+    assert summary["bytes_per_round_mean"] > he_run[0]["bytes_per_round_mean"]  # the tables are sent, encrypted
+
+    rec = SiloRecommender(cfg, summary["silos"][0])
+    assert isinstance(rec.model, RecencyScorer) and rec.model.transition_weight == 0.5
+    assert torch.equal(rec.model._tables.prev.weight.detach().cpu(), last["transitions.prev.weight"])
+    assert len(rec.recommend(next(iter(rec.model_users)), k=5).items) == 5
