@@ -38,9 +38,9 @@ def main() -> None:
     ap.add_argument("--out", default="results/quality.json")
     ap.add_argument("--personalisation", default="recency", help="the personalised row's model.personalisation")
     ap.add_argument("-P", "--personal-set", dest="personal_sets", action="append",
-                    default=["model.transition_dim=32", "model.transition_lr=0.01"],
+                    default=["model.transition_dim=32"],
                     help="key=value for the personalised row only (default: the shared next-item tables, "
-                         "model.transition_dim 32 at learning rate 0.01)")
+                         "model.transition_dim 32; their lr and pairs from params.yaml)")
     args = ap.parse_args()
     from fedrec.core.training import evaluate_targets, train_centralized
     from fedrec.flows.federated import run_demo

@@ -214,11 +214,12 @@ class ModelConfig(Section):
     transition_dim: int = checked(0, "model.transition_dim must be >= 0", ge=0)
     #: transition_dim: items within this many rows of each other in one user's history are a training pair
     transition_window: int = checked(3, "model.transition_window must be >= 1", ge=1)
-    #: transition_dim: the tables' own Adam learning rate (0: training.lr)
-    transition_lr: float = checked(0.0, "model.transition_lr must be >= 0 (0: training.lr)", ge=0)
+    #: transition_dim: the tables' own Adam learning rate (0: training.lr; 0.01 chosen on the validation item, above
+    #: 0.01 a silo's local update can leave the CKKS encoding range)
+    transition_lr: float = checked(0.01, "model.transition_lr must be >= 0 (0: training.lr)", ge=0)
     #: transition_dim: pairs drawn per training row each epoch, in batches this many times training.batch_size
     #: (as many optimiser steps as one pair per row: a round's update stays inside the encoding's range)
-    transition_pairs: int = checked(1, "model.transition_pairs must be >= 1", ge=1)
+    transition_pairs: int = checked(4, "model.transition_pairs must be >= 1", ge=1)
     #: transition_dim: weight of the tables' standardised score in the recency head
     transition_weight: float = checked(0.5, "model.transition_weight must be >= 0", ge=0)
 
