@@ -3,7 +3,8 @@ std, sampled and full ranking, the test item selecting nothing:
 
 - popularity; implicit's ALS with the hyper-parameters bench/tune.py chose on validation (results/tune.json);
 - the centralized model of params.yaml (its defaults: bench/tune.py --apply), pooled data;
-- federated with CKKS and masks, without and with personalisation (model.personalisation: finetune).
+- federated with CKKS and masks, without and with personalisation (``--personalisation``, default recency, plus
+  ``-P`` settings for that row only: by default the shared next-item tables, model.transition_dim 32).
 
 Writes results/quality.json and prints the Markdown table (README, BENCHMARKS.md); one MLflow run (``quality``).
 The per-silo comparison with training alone is bench/local_only.py.
@@ -24,7 +25,7 @@ from fedrec.core.config import load_config, parse_overrides
 
 ROWS = ("pop", "als", "centralized", "federated", "personalised")
 LABELS = {"pop": "popularity", "als": "ALS (implicit, tuned on validation)", "centralized": "centralized {model}",
-          "federated": "federated {model}, CKKS + masks", "personalised": "personalised federated {model} ({personalisation})"}
+          "federated": "federated {model}, CKKS + masks", "personalised": "personalised federated {model} ({personalisation}{extra})"}
 
 
 def main() -> None:
@@ -99,10 +100,11 @@ def main() -> None:
 
 
 def markdown(result: dict, keys: list[str], model: str, personalisation: str = "recency") -> str:
+    extra = "".join(f", {k} {v}" for k, v in result.get("personal_sets", {}).items())
     lines = ["| model | " + " | ".join(keys) + " | seeds |", "|---|" + "---|" * (len(keys) + 1)]
     for row, stats in result["summary"].items():
         cells = " | ".join(f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" for m in keys)
-        lines.append(f"| {LABELS[row].format(model=model, personalisation=personalisation)} | {cells} | {len(result['per_seed'][row])} |")
+        lines.append(f"| {LABELS[row].format(model=model, personalisation=personalisation, extra=extra)} | {cells} | {len(result['per_seed'][row])} |")
     return "\n".join(lines)
 
 

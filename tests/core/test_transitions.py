@@ -96,3 +96,34 @@ def test_the_tables_need_the_recency_head_and_no_dp(tiny_params):
                                  "privacy": tiny_params.get("privacy", {}) | {"enabled": True}})
     with pytest.raises(ConfigError, match="model.transition_window"):
         from_dict(tiny_params | {"model": model | {"transition_window": 0}})
+
+
+def test_trained_tables_aggregate_bit_identically_under_ckks_and_in_plaintext(cycle_model):
+    """The tables are more rows of the same flat update: real CKKS ciphertexts of two silos' trained updates
+    (tables included) decrypt to exactly the plaintext path's mean."""
+    from fedrec.core.config import CryptoConfig
+    from fedrec.core.state import flatten_state
+    from fedrec.crypto.ckks import CKKSCodec, PlainCodec, create_keys
+    from fedrec.crypto.updates import LocalUpdate, aggregate_updates, decrypt_aggregate, encrypt_update
+
+    cfg, data, model = cycle_model
+    start = {k: v.clone() for k, v in model.shared_state().items()}
+    updates = []
+    for i, n in enumerate((120, 45)):
+        local = build_model(model_config(cfg.model, data.n_users, data.n_items), torch.Generator().manual_seed(0))
+        train_epoch(local, make_optimizer(local, cfg.training), data, cfg.training, np.random.default_rng(i),
+                    torch.device("cpu"))
+        delta = {k: v - start[k] for k, v in local.shared_state().items()}
+        assert delta["transitions.next.weight"].abs().sum() > 0
+        updates.append(LocalUpdate(silo_id=str(i), round=1, n_samples=n, delta=delta))
+    crypto = CryptoConfig()
+    keys = create_keys(crypto)
+    slots = crypto.poly_modulus_degree // 2
+    silo = CKKSCodec(keys.secret_context, slots, public_context=keys.public_context)
+    he_sum = aggregate_updates([encrypt_update(u, silo, crypto, 165) for u in updates],
+                               CKKSCodec(keys.public_context, slots), 1, crypto)
+    plain_sum = aggregate_updates([encrypt_update(u, PlainCodec(), crypto, 165) for u in updates], PlainCodec(), 1,
+                                  crypto)
+    he, plain = decrypt_aggregate(he_sum, silo).mean_delta, decrypt_aggregate(plain_sum, PlainCodec()).mean_delta
+    assert set(he) == set(start) and "transitions.prev.weight" in he
+    np.testing.assert_array_equal(flatten_state(he), flatten_state(plain))
