@@ -537,11 +537,22 @@ class RatingConfig(Section):
     patience: int = checked(8, "rating.patience must be >= 1", ge=1)
     #: task: rating's federation.rounds
     rounds: int = checked(100, "rating.rounds must be >= 1", ge=1)
+    #: task: rating's model.personalisation: recency adds each user's recent rating drift (fedrec.core.drift: the
+    #: decayed mean of their latest residuals, kept in the silo) to the prediction
+    personalisation: Literal["none", "recency"] = "recency"
+    #: task: rating's model.recency_length (the user's latest ratings the drift is taken over)
+    recency_length: int = checked(10, "rating.recency_length must be >= 1", ge=1)
+    #: task: rating's model.recency_decay (the a-th most recent residual weighs recency_decay**a)
+    recency_decay: float = checked(0.8, "rating.recency_decay must be in (0, 1]", gt=0, le=1)
+    #: task: rating's model.recency_weight (the drift's weight in the prediction)
+    recency_weight: float = checked(0.75, "rating.recency_weight must be >= 0", ge=0)
 
 
 #: which key each rating default replaces
 RATING_KEYS = {"model": "model.name", "embedding_l2": "training.embedding_l2", "epochs": "training.epochs",
-               "patience": "training.patience", "rounds": "federation.rounds"}
+               "patience": "training.patience", "rounds": "federation.rounds",
+               "personalisation": "model.personalisation", "recency_length": "model.recency_length",
+               "recency_decay": "model.recency_decay", "recency_weight": "model.recency_weight"}
 
 
 class ItemTextConfig(Section):
@@ -579,8 +590,11 @@ class Config(Section):
              "evaluation.selection_metric rmse/mae needs task: rating"),
             (self.task == "ranking" or not self.privacy.enabled,
              "privacy.enabled supports task: ranking only (the rating task has no user-level DP update yet)"),
-            (self.task == "ranking" or "recency" not in self.model.personalisation,
-             "model.personalisation recency supports task: ranking only (it re-ranks items, it predicts no rating)"),
+            (self.task == "ranking" or self.model.personalisation in ("none", "recency"),
+             "task: rating supports model.personalisation none or recency (each user's recent rating drift, "
+             "fedrec.core.drift) only"),
+            (self.task == "ranking" or self.model.transition_dim == 0,
+             "model.transition_dim > 0 supports task: ranking only (the tables score next items, not ratings)"),
             (self.model.transition_dim == 0 or "recency" in self.model.personalisation,
              "model.transition_dim > 0 needs model.personalisation recency (the recency head scores through the "
              "tables)"),

@@ -201,7 +201,11 @@ def for_evaluation(model, data, cfg) -> RecencyScorer:
     """``model`` with the recency head (``cfg.model``'s length, decay, weight) for evaluating ``data``'s held-out
     items: the training rows are the history of the validation item; the validation item, which came before the
     test item, is the newest of the test item's (in the refit view, where it is a training row already, it is not
-    pushed in twice)."""
+    pushed in twice). ``task: rating``: the rating head of :mod:`fedrec.core.drift` instead."""
+    if cfg.task == "rating":
+        from fedrec.core import drift
+
+        return drift.for_evaluation(model, data, cfg)
     m = cfg.model
     history = recent_items(data.train_users, data.train_items, data.n_users, m.recency_length)
     latest = history if getattr(data, "val_in_train", False) else with_latest(history, data.val_items)

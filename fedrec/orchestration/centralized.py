@@ -93,7 +93,7 @@ def run_baseline(
     ev, task = cfg.evaluation, objective(cfg.task)
     report = BaselineReport(model=model, selection_metric=task.selection_label(ev.selection_metric, ev.k),
                             silos=silos)
-    if task.uses_ratings:  # the held-out ratings, and the global-mean and bias baselines on the same split
+    if task.uses_ratings:  # the held-out ratings, and the global-mean and bias (+ drift) baselines on that split
         if model == "pop":
             raise ConfigError("--model pop ranks by popularity; task: rating reports its global-mean and bias "
                               "baselines with every gmf/neumf run")
@@ -130,7 +130,8 @@ def log_baselines(cfg: Config, baselines: dict[str, dict]) -> str:
     """One MLflow run (``centralized-rating-baselines``) with the baselines' validation and test RMSE/MAE."""
     with mlflow_run(cfg, "centralized-rating-baselines", {"kind": "centralized", "model": "baselines",
                                                           "task": "rating"}) as run:
-        run.log_params({"bias_reg_user": baselines["bias"]["reg_user"], "bias_reg_item": baselines["bias"]["reg_item"]})
+        run.log_params({"bias_reg_user": baselines["bias"]["reg_user"], "bias_reg_item": baselines["bias"]["reg_item"],
+                        **{f"bias_drift_{k}": baselines["bias_drift"][k] for k in ("weight", "decay", "length")}})
         metrics = {}
         for name, values in baselines.items():
             for key, value in values.items():

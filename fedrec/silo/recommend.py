@@ -155,7 +155,7 @@ class SiloRecommender:
         if run_id is not None:
             self._load_model(run_id)
             self._fold_in_feedback(run_id)
-            if personal.uses_recency(self.cfg):  # each user's latest items, feedback since training included
+            if personal.uses_recency(self.cfg) and self.cfg.task == "ranking":  # the latest items, feedback included
                 self.model = self._with_recency(interactions, item_index)
         self._loaded = stamp
 

@@ -92,10 +92,11 @@ def test_in_the_refit_view_the_val_item_is_the_test_historys_newest_once(silo):
     assert (test_history == plain).all()  # the same history as without the refit: the val item not pushed twice
 
 
-def test_recency_needs_the_ranking_task_and_checked_settings(tiny_params):
+def test_recency_under_the_rating_task_is_the_drift_head_only_and_settings_are_checked(tiny_params):
     model = tiny_params["model"]
-    with pytest.raises(ConfigError, match="recency supports task: ranking"):
-        from_dict(tiny_params | {"task": "rating", "model": model | {"personalisation": "recency"}})
+    assert from_dict(tiny_params | {"task": "rating", "model": model | {"personalisation": "recency"}})
+    with pytest.raises(ConfigError, match="task: rating supports model.personalisation none or recency"):
+        from_dict(tiny_params | {"task": "rating", "model": model | {"personalisation": "finetune+recency"}})
     with pytest.raises(ConfigError, match="model.recency_decay"):
         from_dict(tiny_params | {"model": model | {"recency_decay": 0.0}})
     with pytest.raises(ConfigError, match="model.recency_length"):

@@ -52,8 +52,9 @@ def evaluate_ratings(model, data: "SiloData", targets: tuple[str, ...] = ("val",
     users = np.arange(data.n_users)
     for target in targets:
         items, actual = _targets(data)[target]
+        scorer = model.for_target(target) if hasattr(model, "for_target") else model  # a head's view for target
         predicted = np.concatenate([
-            model.predict_rating(torch.tensor(users[s:s + chunk], device=device),
+            scorer.predict_rating(torch.tensor(users[s:s + chunk], device=device),
                                  torch.tensor(items[s:s + chunk], device=device)).cpu().numpy()
             for s in range(0, data.n_users, chunk)]) if data.n_users else np.zeros(0)
         out[target] = RatingSums.from_errors(predicted, actual)
@@ -94,7 +95,8 @@ def fit_biases(data: "SiloData", reg_user: float, reg_item: float, iterations: i
 
 
 def rating_baselines(data: "SiloData") -> dict[str, dict]:
-    """{global_mean: {val_rmse, val_mae, rmse, mae}, bias: {..., reg_user, reg_item}}: test keys unprefixed."""
+    """{global_mean: {val_rmse, val_mae, rmse, mae}, bias: {..., reg_user, reg_item}, bias_drift: {..., weight,
+    decay, length}}: test keys unprefixed."""
     _need_ratings(data)
     users = np.arange(data.n_users)
 
@@ -110,7 +112,34 @@ def rating_baselines(data: "SiloData") -> dict[str, dict]:
     fits = [fit_biases(data, ru, ri) for ru, ri in itertools.product(BIAS_REGULARISATION, BIAS_REGULARISATION)]
     best = min(fits, key=lambda b: RatingSums.from_errors(b.predict(users, data.val_items), data.val_ratings).sse)
     result["bias"] = {"reg_user": best.reg_user, "reg_item": best.reg_item, **scores(best.predict)}
+    result["bias_drift"] = bias_with_drift(data, best)
     return result
+
+
+#: the bias baseline's own drift head (the same head as task: rating's recency, fedrec.core.drift): weight x decay,
+#: chosen on validation like its lambdas
+DRIFT_WEIGHTS, DRIFT_DECAYS, DRIFT_LENGTH = (0.25, 0.5, 0.75, 1.0), (0.5, 0.8, 1.0), 10
+
+
+def bias_with_drift(data: "SiloData", biases: Biases) -> dict[str, float]:
+    """mu + b_u + b_i plus each user's recent drift over the bias model's residuals: the bias baseline given the
+    same per-user head as the rating model (``model.personalisation: recency``), so the two compare like for like."""
+    from fedrec.core import drift
+
+    users = np.arange(data.n_users)
+    residual = data.train_ratings - biases.predict(data.train_users, data.train_items)
+    rows = {"val": (data.train_users, residual),  # the test rating's drift has the validation rating as its newest
+            "test": (np.r_[data.train_users, users], np.r_[residual, data.val_ratings - biases.predict(users, data.val_items)])}
+
+    def sums(target: str, weight: float, decay: float) -> RatingSums:
+        items, actual = _targets(data)[target]
+        offsets = drift.recent_mean(*rows[target], data.n_users, DRIFT_LENGTH, decay)
+        return RatingSums.from_errors(clip(biases.predict(users, items) + weight * offsets), actual)
+
+    weight, decay = min(itertools.product(DRIFT_WEIGHTS, DRIFT_DECAYS), key=lambda wd: sums("val", *wd).sse)
+    val, test = sums("val", weight, decay).means(), sums("test", weight, decay).means()
+    return {"weight": weight, "decay": decay, "length": DRIFT_LENGTH, **{f"val_{m}": v for m, v in val.items()},
+            **test}
 
 
 class Rating(Objective):
