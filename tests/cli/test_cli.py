@@ -487,7 +487,9 @@ def test_the_runs_own_prefect_server_prints_no_view_at_link(tmp_path):
         "    return 1\n"
         "with prefect_api():\n"
         "    assert tiny() == 1\n")
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
+    # a fresh PREFECT_HOME migrates a new database first: on a busy 2-core machine that can outlast Prefect's 20 s
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
 
