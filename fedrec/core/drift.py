@@ -32,6 +32,15 @@ def predictions(model, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         for s in range(0, len(users), CHUNK)]).astype(np.float64)
 
 
+def row_ages(users: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, age): the rows grouped by user, each user's rows kept in time order, and each row's age within its
+    user (0 = the user's last row), in that order (also fedrec.core.recency.recent_items')."""
+    order = np.argsort(users, kind="stable")
+    u = users[order]
+    ends = np.cumsum(np.bincount(u, minlength=n_users))
+    return order, ends[u] - 1 - np.arange(len(u))
+
+
 def recent_mean(users: np.ndarray, values: np.ndarray, n_users: int, length: int, decay: float) -> np.ndarray:
     """float64 [n_users]: each user's decayed mean of its last ``length`` values (0 for a user without any).
 
@@ -40,10 +49,8 @@ def recent_mean(users: np.ndarray, values: np.ndarray, n_users: int, length: int
     out = np.zeros(n_users)
     if len(users) == 0 or length == 0:
         return out
-    order = np.argsort(users, kind="stable")  # keeps each user's rows in time order
+    order, age = row_ages(users, n_users)
     u, v = users[order], np.asarray(values, dtype=np.float64)[order]
-    ends = np.cumsum(np.bincount(u, minlength=n_users))
-    age = ends[u] - 1 - np.arange(len(u))  # 0 = the user's last row
     keep = age < length
     w = float(decay) ** age[keep]
     total = np.bincount(u[keep], weights=w * v[keep], minlength=n_users)
@@ -82,26 +89,28 @@ class DriftScorer:
         return base + self.weight * shift
 
 
-def user_drift(model, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, length: int,
-               decay: float) -> np.ndarray:
-    """[n_users]: each user's decayed mean residual (rating minus the model's clipped prediction) over their last
-    ``length`` rows."""
-    model.eval()
-    residual = np.asarray(ratings, dtype=np.float64) - np.clip(predictions(model, users, items), RATING_MIN, RATING_MAX)
-    return recent_mean(users, residual, n_users, length, decay)
+def _clip(predicted: np.ndarray) -> np.ndarray:
+    return np.clip(predicted, RATING_MIN, RATING_MAX)
+
+
+def offsets(users: np.ndarray, residual: np.ndarray, val_residual: np.ndarray | None, n_users: int, length: int,
+            decay: float) -> tuple[np.ndarray, np.ndarray]:
+    """(val, test) [n_users]: each user's drift over their training rows' residuals, and the same with the validation
+    rating's residual (``val_residual``, per user; None in the refit view, where it is a training row already) as the
+    newest row, for the test rating that came after it."""
+    val = recent_mean(users, residual, n_users, length, decay)
+    if val_residual is None:
+        return val, val
+    return val, recent_mean(np.r_[users, np.arange(n_users)], np.r_[residual, val_residual], n_users, length, decay)
 
 
 def for_evaluation(model, data, cfg) -> DriftScorer:
-    """``model`` with the drift head for ``data``'s held-out ratings: the training rows give the validation
-    rating's drift; the validation rating, which came before the test rating, is the newest row of the test
-    rating's (in the refit view, where it is a training row already, it is not counted twice)."""
+    """``model`` with the drift head for ``data``'s held-out ratings, over the residuals of the model's clipped
+    predictions (:func:`offsets`)."""
     m = cfg.model
-    users, items, ratings = data.train_users, data.train_items, data.train_ratings
-    val = user_drift(model, users, items, ratings, data.n_users, m.recency_length, m.recency_decay)
-    if getattr(data, "val_in_train", False):
-        test = val
-    else:
-        every = np.arange(data.n_users)
-        test = user_drift(model, np.r_[users, every], np.r_[items, data.val_items], np.r_[ratings, data.val_ratings],
-                          data.n_users, m.recency_length, m.recency_decay)
+    model.eval()
+    residual = data.train_ratings - _clip(predictions(model, data.train_users, data.train_items))
+    val_residual = None if getattr(data, "val_in_train", False) else \
+        data.val_ratings - _clip(predictions(model, np.arange(data.n_users), data.val_items))
+    val, test = offsets(data.train_users, residual, val_residual, data.n_users, m.recency_length, m.recency_decay)
     return DriftScorer(model, val, m.recency_weight, {"val": val, "test": test})

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedrec.core.drift import row_ages
 from fedrec.models import transitions
 
 #: standardisation floor (a user whose scores are all equal gets zeros, not NaN)
@@ -39,10 +40,8 @@ def recent_items(users: np.ndarray, items: np.ndarray, n_users: int, length: int
     out = np.full((n_users, length), -1, dtype=np.int64)
     if len(users) == 0 or length == 0:
         return out
-    order = np.argsort(users, kind="stable")  # keeps each user's rows in time order
+    order, age = row_ages(users, n_users)
     u, it = users[order], items[order]
-    ends = np.cumsum(np.bincount(u, minlength=n_users))
-    age = ends[u] - 1 - np.arange(len(u))  # 0 = the user's last row
     keep = age < length
     out[u[keep], age[keep]] = it[keep]
     return out

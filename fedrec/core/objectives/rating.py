@@ -14,6 +14,7 @@ Baselines, fitted on the pooled training ratings of the same split (the centrali
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
@@ -128,13 +129,17 @@ def bias_with_drift(data: "SiloData", biases: Biases) -> dict[str, float]:
 
     users = np.arange(data.n_users)
     residual = data.train_ratings - biases.predict(data.train_users, data.train_items)
-    rows = {"val": (data.train_users, residual),  # the test rating's drift has the validation rating as its newest
-            "test": (np.r_[data.train_users, users], np.r_[residual, data.val_ratings - biases.predict(users, data.val_items)])}
+    val_residual = data.val_ratings - biases.predict(users, data.val_items)
+
+    @functools.cache
+    def offsets(decay: float) -> tuple[np.ndarray, np.ndarray]:
+        return drift.offsets(data.train_users, residual, val_residual, data.n_users, DRIFT_LENGTH, decay)
 
     def sums(target: str, weight: float, decay: float) -> RatingSums:
         items, actual = _targets(data)[target]
-        offsets = drift.recent_mean(*rows[target], data.n_users, DRIFT_LENGTH, decay)
-        return RatingSums.from_errors(clip(biases.predict(users, items) + weight * offsets), actual)
+        val, test = offsets(decay)
+        return RatingSums.from_errors(clip(biases.predict(users, items) + weight * (val if target == "val" else test)),
+                                      actual)
 
     weight, decay = min(itertools.product(DRIFT_WEIGHTS, DRIFT_DECAYS), key=lambda wd: sums("val", *wd).sse)
     val, test = sums("val", weight, decay).means(), sums("test", weight, decay).means()
