@@ -616,15 +616,23 @@ class Coordinator:
         return new_state is not None
 
     def vet(self, server_round: int, results: list[AggregateResult | None],
-            voters: list[str]) -> tuple[AggregateResult | None, dict[str, float]]:
-        """federation.robust_rule vetted: the candidate models (every opened group; every group but one) are
-        published, the ``voters`` score each on their own validation users (:class:`Vote`), and the round's result
-        is the candidate :func:`robust.pick` chooses on the summed scores. Returns it and each candidate's score
-        (a silo without a vote in time is not counted; with no vote at all every group is kept)."""
+            voters: list[str]) -> tuple[AggregateResult | None, dict[str, float], list[AggregateResult]]:
+        """federation.robust_rule vetted: a group mean far out of the others' spread (:func:`robust.odd_one_out`,
+        ``federation.outlier_ratio``: a scaled update, or a promoted item's boosted rows that barely move the
+        silos' validation scores) is left out first, and counts towards ``federation.vet_drop``; then, while that
+        allows more, the candidate models (every remaining group; every group but one) are published, the
+        ``voters`` score each on their own validation users (:class:`Vote`), and the round's result is the
+        candidate :func:`robust.pick` chooses on the summed scores. Returns it, each candidate's score (a silo
+        without a vote in time is not counted; with no vote at all every remaining group is kept) and the group
+        results the candidates were made of."""
         opened = [r for r in results if r is not None]
-        if len(opened) < 2:
-            return robust.combine(opened, "mean"), {}
-        sets = vetting.candidates(len(opened), self.cfg.federation.vet_drop)
+        drop = self.cfg.federation.vet_drop  # the most groups this round may leave out, the odd one included
+        if len(opened) >= 3:
+            kept = robust.odd_one_out(opened, self.cfg.federation.outlier_ratio)
+            drop, opened = drop - (len(opened) - len(kept)), kept
+        if len(opened) < 2 or drop < 1:
+            return robust.combine(opened, "mean"), {}, opened
+        sets = vetting.candidates(len(opened), drop)
         combined = [robust.combine([opened[g] for g in groups], "mean") for groups in sets]
         try:
             for c, result in enumerate(combined):
@@ -635,7 +643,7 @@ class Coordinator:
             self._post(vet_key(server_round), VetRequest(round=server_round, candidates=len(sets)).to_json())
         except PayloadError as exc:  # a key of this round's vetting holds what this coordinator never signed
             log.warning("round %d: not vetted, every group kept: %s", server_round, exc)
-            return combined[0], {}
+            return combined[0], {}, opened
         arrived = self.exchange.wait_all({s: vote_key(server_round, s) for s in voters},
                                          timeout=self.cfg.federation.round_timeout_s, **self._timing)
         task, ev = objective(self.cfg.task), self.cfg.evaluation
@@ -668,7 +676,7 @@ class Coordinator:
             selection = task.selection(ev.selection_metric)
             scores = [task.score(t.means(ev.k), selection, ev.k) for t in totals]
         chosen = robust.pick(scores, self.cfg.federation.vet_margin) if arrived else 0
-        return combined[chosen], {f"candidate_{c}": s for c, s in enumerate(scores)}
+        return combined[chosen], {f"candidate_{c}": s for c, s in enumerate(scores)}, opened
 
     def roll_back(self, base_round: int) -> None:
         """federation.guard_drop: the silos refused the last round's model; the next round starts again from round

@@ -14,7 +14,9 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
   kept groups' spread from their mean; otherwise every group (FedAvg), so a clean run loses nothing to it;
   A silo whose group is left out in nearly every round it takes part in (``federation.outlier_ban_rounds`` rounds
   at least) is left out from then on (:func:`repeated_outliers`): its honest group mates stop paying for it;
-* ``vetted``: the silos vet the round (their own guard, before the model is published): the coordinator makes
+* ``vetted``: first the ``outlier`` test (a group mean far out of the others' spread is left out, e.g. a promoted
+  item's boosted rows, which barely move anyone's validation score); then, as far as ``federation.vet_drop``
+  allows more, the silos vet the round (their own guard, before the model is published): the coordinator makes
   candidate models from every group (FedAvg) and from every group but one, each silo scores each candidate on its
   own validation users and sends the sums (a :class:`~fedrec.wire.messages.Vote`), and the group whose leaving out
   gains the federation's validation metric most (more than ``federation.vet_margin``) is left out. Whatever the

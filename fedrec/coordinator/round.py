@@ -58,8 +58,9 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
     # mean out of the model (krum, norm_filter, vetted): ``kept`` names whose updates are in it
     opened_silos = {s for o in opened if o.result is not None for s in o.result.contributors}
     vetting: dict[str, float] = {}
+    vetted: list = []  # the group results the vetting's candidates were made of
     if fed.robust_rule == "vetted":  # the silos score each candidate on their validation users first
-        result, vetting = coord.vet(server_round, [o.result for o in opened], sorted(opened_silos))
+        result, vetting, vetted = coord.vet(server_round, [o.result for o in opened], sorted(opened_silos))
     else:
         result = robust.combine([o.result for o in opened], fed.robust_rule, fed.norm_filter, fed.outlier_ratio)
     t_vet = time.perf_counter()
@@ -83,7 +84,7 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
                  "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start}
         | ({"vet": t_vet - t_mean} if vetting else {}),
         vetting=vetting,
-        vet_groups=[sorted(o.result.contributors) for o in opened if o.result is not None] if vetting else [],
+        vet_groups=[sorted(r.contributors) for r in vetted] if vetting else [],
     )
     after = coord.state.replace(history=state.history + (record,))
     if fed.robust_rule in ("outlier", "vetted") and fed.outlier_ban_rounds > 0:  # group testing across rounds

@@ -370,8 +370,8 @@ class FederationConfig(Section):
     #: is positive with a t-statistic above this, after federation.outlier_ban_rounds vetted rounds; 0 = never (the
     #: default: on ML-100K an honest silo reached t 3.2 in a clean run, a sign-flipping one 4.2 only after 40 rounds)
     vet_ban_z: float = checked(0.0, "federation.vet_ban_z must be >= 0 (0: never)", ge=0)
-    #: robust_rule outlier: how far (in multiples of the kept groups' spread around their mean) the odd group mean
-    #: must lie to be left out
+    #: robust_rule outlier and vetted (tested before the vote; a group left out so counts towards vet_drop): how far
+    #: (in multiples of the kept groups' spread around their mean) the odd group mean must lie to be left out
     outlier_ratio: float = checked(3.0, "federation.outlier_ratio must be > 1", gt=1)
     #: robust_rule outlier / vetted: a silo whose group was left out in >= 90 % of at least this many rounds it took
     #: part in is left out of the following rounds (groups are drawn afresh each round, so honest silos are not);

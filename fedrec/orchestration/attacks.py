@@ -7,7 +7,9 @@ honest update's scale ×10 in its place), ``stale`` (the silo resends the update
 Targeted item promotion: ``promote`` (FedRecAttack/PipAttack-style model poisoning: each of the silo's users also
 "likes" the target item in training, and the target item's rows of the update are boosted), ``fakeusers`` (data
 poisoning: fake users, each with the target item and popular filler items, trained into the silo's update).
-An attacker who knows the defence: ``lie`` (Little Is Enough, Baruch et al. NeurIPS'19: each value moved against its
+The yardstick for every defence that leaves a silo out: ``absent`` (the silo never joins: a federation of the
+others, the best any such defence can give the honest silos' users, since a malicious silo's own honest data is
+never sent). An attacker who knows the defence: ``lie`` (Little Is Enough, Baruch et al. NeurIPS'19: each value moved against its
 own descent direction by ``factor`` times the tensor's mean magnitude, small enough to stay inside the spread of
 honest updates that a median or a guard tolerates, every round).
 
@@ -38,7 +40,7 @@ from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
 from fedrec.wire.messages import FitInstructions
 
-ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers", "lie")
+ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers", "lie", "absent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +183,9 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
     evaluation every round. Returns the test metrics at the round chosen on validation, the last round's, and
     (``target`` >= 0) the target item's exposure ER@k under the last global model. ``agents_out`` receives the
     agents (tests look at what a malicious one would honestly have sent)."""
-    silos = pipeline.ensure_data(cfg)
+    absent = {s for s, a in (malicious or {}).items() if a.kind == "absent"}
+    silos = [s for s in pipeline.ensure_data(cfg) if s not in absent]
+    malicious = {s: a for s, a in (malicious or {}).items() if s not in absent}
     rounds = rounds or cfg.federation.rounds
     run_id = f"attack-{uuid.uuid4().hex[:12]}"
     coord = Coordinator(cfg, run_id, n_items=len(pipeline.catalogue_ids(cfg)))

@@ -57,6 +57,14 @@ def test_item_promotion_pushes_a_cold_item_into_the_honest_users_top_k(cfg):
     assert promoted["exposure"] > clean["exposure"] + 0.3, (clean["exposure"], promoted["exposure"])
 
 
+def test_an_absent_silo_never_joins_and_the_others_federate(cfg):
+    agents: dict = {}
+    result = run_in_process(cfg, {"0": Attack("absent")}, rounds=1, agents_out=agents)
+
+    assert not result["errors"] and sorted(agents) == ["1", "2", "3"]
+    assert sorted(result["per_silo_selected"]) == ["1", "2", "3"]  # the others' users, evaluated as always
+
+
 def test_attacks_are_checked():
     with pytest.raises(ValueError, match="attack must be one of"):
         Attack("krum-breaker")

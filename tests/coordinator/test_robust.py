@@ -244,7 +244,8 @@ def test_the_outlier_rule_leaves_out_a_silo_whose_group_is_left_out_round_after_
 
 @pytest.mark.slow
 def test_vetting_leaves_out_a_sign_flipping_silos_group(cfg):
-    fed = cfg["federation"] | {"groups": 3, "outlier_ban_rounds": 0}
+    # the vote alone (no group is ever far enough out for the odd-group test that comes first)
+    fed = cfg["federation"] | {"groups": 3, "outlier_ban_rounds": 0, "outlier_ratio": 1e9}
     attack = {"0": Attack("signflip", factor=-1.0)}
     vetted: list = []
     run_in_process(from_dict(cfg | {"federation": fed | {"robust_rule": "vetted"}}), attack, rounds=3,
@@ -258,6 +259,23 @@ def test_vetting_leaves_out_a_sign_flipping_silos_group(cfg):
     for r in left_out:  # chosen on the silos' validation scores: it beats the candidate with every group
         assert max(r.vetting.values()) > r.vetting["candidate_0"]
     assert not any(r.kept or r.vetting for r in plain)
+
+
+@pytest.mark.slow
+def test_vetting_leaves_out_a_promoting_silos_group_its_scores_barely_see(cfg):
+    """Targeted promotion boosts one item's rows: the silos' validation scores barely move (vetting alone keeps
+    it), but its group mean lies far out of the others' spread, so the vetted rule leaves it out before voting."""
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted", "outlier_ban_rounds": 0}
+    attack = {"0": Attack("promote", factor=30.0, target=7)}
+    vetted: list = []
+    run_in_process(from_dict(cfg | {"federation": fed}), attack, rounds=2, on_round=vetted.append)
+    removed: list = []  # the defence removed (no odd group is ever far enough out): the promoter's group stays in
+    run_in_process(from_dict(cfg | {"federation": fed | {"outlier_ratio": 1e9}}), attack, rounds=2,
+                   on_round=removed.append)
+
+    assert all(r.kept and "0" not in r.kept for r in vetted), [(r.kept, r.vetting) for r in vetted]
+    assert not any(r.vetting for r in vetted)  # the odd group spent the round's one drop (vet_drop 1): no vote
+    assert any("0" in r.kept or not r.kept for r in removed), [(r.kept, r.vetting) for r in removed]
 
 
 def _vetted_run(cfg, rounds: int, **kw) -> tuple[dict, list]:
@@ -305,7 +323,8 @@ def test_a_silo_scores_no_more_candidates_than_its_own_params_allow(cfg, caplog)
 
 @pytest.mark.slow
 def test_vetting_scores_name_a_harmful_silo_across_rounds_and_it_is_left_out(cfg):
-    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted", "vet_ban_z": 2.0, "outlier_ban_rounds": 4}
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted", "vet_ban_z": 2.0, "outlier_ban_rounds": 4,
+                               "outlier_ratio": 1e9}  # the vote's scores alone, no odd-group test first
     records: list = []
     run_in_process(from_dict(cfg | {"federation": fed}), {"0": Attack("scale", factor=-100.0)}, rounds=6,
                    on_round=records.append)
