@@ -618,18 +618,25 @@ class Coordinator:
     def vet(self, server_round: int, results: list[AggregateResult | None],
             voters: list[str]) -> tuple[AggregateResult | None, dict[str, float], list[AggregateResult]]:
         """federation.robust_rule vetted: a group mean far out of the others' spread (:func:`robust.odd_one_out`,
-        ``federation.outlier_ratio``: a scaled update, or a promoted item's boosted rows that barely move the
-        silos' validation scores) is left out first, and counts towards ``federation.vet_drop``; then, while that
-        allows more, the candidate models (every remaining group; every group but one) are published, the
-        ``voters`` score each on their own validation users (:class:`Vote`), and the round's result is the
-        candidate :func:`robust.pick` chooses on the summed scores. Returns it, each candidate's score (a silo
-        without a vote in time is not counted; with no vote at all every remaining group is kept) and the group
-        results the candidates were made of."""
+        ``federation.outlier_ratio``: a scaled update) is left out first, and counts towards
+        ``federation.vet_drop`` and the silos' group testing; then each item row a remaining group moved far
+        beyond the others takes their mean (:func:`robust.guard_rows`, ``federation.row_guard``: a promoted item,
+        whose boosted rows barely move the silos' validation scores); then, while ``vet_drop`` allows more, the
+        candidate models (every remaining group; every group but one) are published, the ``voters`` score each on
+        their own validation users (:class:`Vote`), and the round's result is the candidate :func:`robust.pick`
+        chooses on the summed scores. Returns it, each candidate's score (a silo without a vote in time is not
+        counted; with no vote at all every remaining group is kept) and the group results the candidates were
+        made of."""
         opened = [r for r in results if r is not None]
         drop = self.cfg.federation.vet_drop  # the most groups this round may leave out, the odd one included
         if len(opened) >= 3:
             kept = robust.odd_one_out(opened, self.cfg.federation.outlier_ratio)
             drop, opened = drop - (len(opened) - len(kept)), kept
+        opened, replaced = robust.guard_rows(opened, self.n_items, self.cfg.federation.row_guard)
+        if replaced:
+            log.warning("round %d: %d item rows of %d group means far beyond the other groups' took their mean "
+                        "(federation.row_guard): %s", server_round, len(replaced), len({g for g, _, _ in replaced}),
+                        ", ".join(f"{name}[{row}]" for _, name, row in replaced[:8]))
         if len(opened) < 2 or drop < 1:
             return robust.combine(opened, "mean"), {}, opened
         sets = vetting.candidates(len(opened), drop)

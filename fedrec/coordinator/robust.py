@@ -14,8 +14,9 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
   kept groups' spread from their mean; otherwise every group (FedAvg), so a clean run loses nothing to it;
   A silo whose group is left out in nearly every round it takes part in (``federation.outlier_ban_rounds`` rounds
   at least) is left out from then on (:func:`repeated_outliers`): its honest group mates stop paying for it;
-* ``vetted``: first the ``outlier`` test (a group mean far out of the others' spread is left out, e.g. a promoted
-  item's boosted rows, which barely move anyone's validation score); then, as far as ``federation.vet_drop``
+* ``vetted``: first the ``outlier`` test (a group mean far out of the others' spread is left out: a scaled update),
+  then each item row is guarded (:func:`guard_rows`: a group's row far longer than the other groups' takes their
+  mean: a promoted item's boosted rows, which barely move anyone's validation score); then, as far as ``federation.vet_drop``
   allows more, the silos vet the round (their own guard, before the model is published): the coordinator makes
   candidate models from every group (FedAvg) and from every group but one, each silo scores each candidate on its
   own validation users and sends the sums (a :class:`~fedrec.wire.messages.Vote`), and the group whose leaving out
@@ -73,6 +74,41 @@ def odd_one_out(results: list[AggregateResult], ratio: float) -> list[AggregateR
     center = np.mean([flat[i] for i in keep], axis=0)
     spread = float(np.mean([np.linalg.norm(flat[i] - center) for i in keep]))
     return [results[i] for i in keep] if np.linalg.norm(flat[odd] - center) > ratio * max(spread, 1e-12) else results
+
+
+def guard_rows(results: list[AggregateResult], n_items: int,
+               ratio: float) -> tuple[list[AggregateResult], list[tuple[int, str, int]]]:
+    """robust_rule vetted, per item row (``federation.row_guard``): in each item table (first dimension = the
+    catalogue), a group whose row is more than ``ratio`` times as long as the median of the other groups' same row
+    (and than the table's median row, so that rows nobody moved are no yardstick) takes the other groups' weighted
+    mean for that row instead. Targeted promotion pushes one item's rows far beyond what any honest group moves
+    them while the rest of its update is honest: the whole-update tests (odd group, vetting) need not see it, this
+    does, and it changes nothing else. Returns the guarded results and the (group, table, row) it replaced."""
+    if ratio <= 0 or len(results) < 2:
+        return results, []
+    tables = [k for k, t in results[0].mean_delta.items() if t.dim() == 2 and t.shape[0] == n_items]
+    weights = np.array([r.total_samples for r in results], dtype=np.float64)
+    deltas = [dict(r.mean_delta) for r in results]
+    replaced: list[tuple[int, str, int]] = []
+    for name in tables:
+        stack = np.stack([r.mean_delta[name].double().numpy() for r in results])  # groups x rows x dims
+        norms = np.linalg.norm(stack, axis=2)
+        floor = float(np.median(norms))
+        for g in range(len(results)):
+            others = [h for h in range(len(results)) if h != g]
+            bad = norms[g] > ratio * np.maximum(np.median(norms[others], axis=0), floor)
+            if not bad.any():
+                continue
+            w = weights[others] / weights[others].sum()
+            row = np.tensordot(w, stack[others][:, bad], axes=1)
+            guarded = deltas[g][name].clone()
+            guarded[torch.from_numpy(bad)] = torch.from_numpy(row).to(guarded.dtype)
+            deltas[g][name] = guarded
+            replaced += [(g, name, int(i)) for i in np.flatnonzero(bad)]
+    if not replaced:
+        return results, []
+    return [AggregateResult(mean_delta=d, total_samples=r.total_samples, contributors=r.contributors)
+            for d, r in zip(deltas, results)], replaced
 
 
 def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str, str]:

@@ -119,6 +119,32 @@ def test_vetting_candidates_are_every_group_and_each_group_left_out_and_only_a_c
     assert pick([0.60], margin=0.0) == 0
 
 
+def test_the_row_guard_replaces_only_a_row_one_group_moved_far_beyond_the_others():
+    from fedrec.coordinator.robust import guard_rows
+
+    rng = np.random.default_rng(0)
+    n_items = 50
+
+    def group(contributors, n, boost=None):
+        table = torch.from_numpy(rng.normal(0, 0.05, (n_items, 4))).float()
+        if boost is not None:
+            table[boost] = 3.0  # a promoted item's row: ~60x an honest row
+        return AggregateResult(mean_delta={"items": table, "bias": torch.ones(3)}, total_samples=n,
+                               contributors=contributors)
+
+    honest = [group(("a",), 10), group(("b",), 30), group(("c",), 20)]
+    assert guard_rows(honest, n_items, 10.0) == (honest, [])  # a clean round: nothing touched
+    promoted = honest[:2] + [group(("c",), 20, boost=7)]
+    guarded, replaced = guard_rows(promoted, n_items, 10.0)
+    assert replaced == [(2, "items", 7)]
+    expected = (10 * honest[0].mean_delta["items"][7] + 30 * honest[1].mean_delta["items"][7]) / 40
+    assert torch.allclose(guarded[2].mean_delta["items"][7], expected)  # the others' weighted mean
+    rest = [i for i in range(n_items) if i != 7]
+    assert torch.equal(guarded[2].mean_delta["items"][rest], promoted[2].mean_delta["items"][rest])
+    assert torch.equal(guarded[2].mean_delta["bias"], promoted[2].mean_delta["bias"])  # not an item table
+    assert guard_rows(promoted, n_items, 0.0) == (promoted, [])  # off
+
+
 def _vetted_history(rounds: int, harm: dict[str, float], noise: float, seed: int = 0) -> list:
     """Vetted rounds of 9 silos in 3 random groups: leaving a group out gains the sum of its silos' harms + noise."""
     from types import SimpleNamespace
@@ -276,6 +302,26 @@ def test_vetting_leaves_out_a_promoting_silos_group_its_scores_barely_see(cfg):
     assert all(r.kept and "0" not in r.kept for r in vetted), [(r.kept, r.vetting) for r in vetted]
     assert not any(r.vetting for r in vetted)  # the odd group spent the round's one drop (vet_drop 1): no vote
     assert any("0" in r.kept or not r.kept for r in removed), [(r.kept, r.vetting) for r in removed]
+
+
+@pytest.mark.slow
+def test_the_row_guard_keeps_a_promoted_item_out_of_the_honest_users_top_k(cfg):
+    from fedrec.silo import data as pipeline
+
+    c = from_dict(cfg)
+    data = pipeline.load_union(c, pipeline.ensure_data(c))
+    target = int(np.argsort(np.bincount(data.train_items, minlength=data.n_items), kind="stable")[0])
+    # the row guard alone: no odd group is ever far enough out, no vote may leave one out
+    fed = cfg["federation"] | {"groups": 3, "robust_rule": "vetted", "outlier_ratio": 1e9, "vet_margin": 1.0,
+                               "outlier_ban_rounds": 0}
+    attack = {"0": Attack("promote", factor=30.0, target=target)}
+    clean = run_in_process(from_dict(cfg | {"federation": fed}), rounds=2, target=target)
+    guarded = run_in_process(from_dict(cfg | {"federation": fed}), attack, rounds=2, target=target)
+    removed = run_in_process(from_dict(cfg | {"federation": fed | {"row_guard": 0.0}}), attack, rounds=2,
+                             target=target)
+
+    assert removed["exposure"] > clean["exposure"] + 0.2, (clean["exposure"], removed["exposure"])
+    assert guarded["exposure"] <= clean["exposure"] + 0.05, (clean["exposure"], guarded["exposure"])
 
 
 def _vetted_run(cfg, rounds: int, **kw) -> tuple[dict, list]:
