@@ -17,8 +17,8 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
 * ``vetted``: first the ``outlier`` test (a group mean far out of the others' spread is left out: a scaled update),
   then each item row is guarded (:func:`guard_rows`: a group's row far longer than the other groups' takes their
   mean: a promoted item's boosted rows, which barely move anyone's validation score); then, as far as
-  ``federation.vet_drop`` allows more, the silos vet the round (their own guard, before the model is published): the coordinator makes
-  candidate models from every group (FedAvg) and from every group but one, each silo scores each candidate on its
+  ``federation.vet_drop`` allows more, the silos vet the round (their own guard, before the model is published):
+  the coordinator makes candidate models from every group (FedAvg) and from every group but one, each silo scores each candidate on its
   own validation users and sends the sums (a :class:`~fedrec.wire.messages.Vote`), and the group whose leaving out
   gains the federation's validation metric most (more than ``federation.vet_margin``) is left out. Whatever the
   attack (scaled, sign-flipped, noisy, stale, a small shift every round), if it harms the silos' users its group

@@ -10,8 +10,8 @@ poisoning: fake users, each with the target item and popular filler items, train
 The yardstick for every defence that leaves a silo out: ``absent`` (the silo never joins: a federation of the
 others, the best any such defence can give the honest silos' users, since a malicious silo's own honest data is
 never sent). An attacker who knows the defence: ``lie`` (Little Is Enough, Baruch et al. NeurIPS'19: each value moved
-against its own descent direction by ``factor`` times the tensor's mean magnitude, small enough to stay inside the spread of
-honest updates that a median or a guard tolerates, every round).
+against its own descent direction by ``factor`` times the tensor's mean magnitude, small enough to stay inside the
+spread of honest updates that a median or a guard tolerates, every round).
 
 The in-process harness (:func:`run_in_process`) drives one coordinator and every silo agent in threads, as
 tests/support/roundkit does, through the same protocol code a deployment runs (signed payloads, SecAgg masks, CKKS).
