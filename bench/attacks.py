@@ -2,11 +2,11 @@
 real protocol (signed payloads, SecAgg masks, CKKS), every silo agent in one process (fedrec.orchestration.attacks).
 
 Rows: the clean run, then each attack by the malicious silo(s): scale x100, x-100, sign flip, Gaussian noise, a stale
-update, targeted promotion of a cold item (model poisoning), fake users (data poisoning) and an attacker who knows
-the defence (lie: small shifts inside the honest spread, every round); and absent: the malicious silo(s) never
-join, the federation of the others, i.e. the best any defence that leaves them out can give the honest silos' users.
-For each: test HR@10 / NDCG@10 at the round chosen on validation and after the last round; for the targeted rows the target item's exposure
-ER@10 (the share of honest users with it in their top 10) beside the clean run's.
+update, targeted promotion of a cold item (model poisoning), fake users (data poisoning) and an attacker who knows the
+defence (lie: small shifts inside the honest spread, every round); and absent: the malicious silo(s) never join, the
+federation of the others, i.e. the best any defence that leaves them out can give the honest silos' users. For each:
+test HR@10 / NDCG@10 at the round chosen on validation and after the last round; for the targeted rows the target item's
+exposure ER@10 (the share of honest users with it in their top 10) beside the clean run's.
 
 Writes results/attacks.json and prints a Markdown table (README, BENCHMARKS.md).
 

@@ -15,15 +15,15 @@ what is decrypted is still a sum over >= min_silos silos. The G group means are 
   A silo whose group is left out in nearly every round it takes part in (``federation.outlier_ban_rounds`` rounds
   at least) is left out from then on (:func:`repeated_outliers`): its honest group mates stop paying for it;
 * ``vetted``: first the ``outlier`` test (a group mean far out of the others' spread is left out: a scaled update),
-  then each item row is guarded (:func:`guard_rows`: a group's row far longer than the other groups' takes their
-  mean: a promoted item's boosted rows, which barely move anyone's validation score); then, as far as
-  ``federation.vet_drop`` allows more, the silos vet the round (their own guard, before the model is published):
-  the coordinator makes candidate models from every group (FedAvg) and from every group but one, each silo scores each candidate on its
-  own validation users and sends the sums (a :class:`~fedrec.wire.messages.Vote`), and the group whose leaving out
-  gains the federation's validation metric most (more than ``federation.vet_margin``) is left out. Whatever the
-  attack (scaled, sign-flipped, noisy, stale, a small shift every round), if it harms the silos' users its group
-  is left out; repeated, the silo is banned (:func:`repeated_outliers`). What is revealed: each candidate is a sum
-  over >= min_silos silos, so each group mean (a difference of two candidates) is one too;
+  then each item row is guarded (:func:`guard_rows`: a group's row far longer than the other groups' takes their mean: a
+  promoted item's boosted rows, which barely move anyone's validation score); then, as far as ``federation.vet_drop``
+  allows more, the silos vet the round (their own guard, before the model is published): the coordinator makes candidate
+  models from every group (FedAvg) and from every group but one, each silo scores each candidate on its own validation
+  users and sends the sums (a :class:`~fedrec.wire.messages.Vote`), and the group whose leaving out gains the
+  federation's validation metric most (more than ``federation.vet_margin``) is left out. Whatever the attack (scaled,
+  sign-flipped, noisy, stale, a small shift every round), if it harms the silos' users its group is left out; repeated,
+  the silo is banned (:func:`repeated_outliers`). What is revealed: each candidate is a sum over >= min_silos silos, so
+  each group mean (a difference of two candidates) is one too;
 * ``federation.norm_filter`` (with any rule): group means longer than that multiple of the median group norm are
   dropped first, so a scaled or noisy update's group does not even bias the median towards it.
 """
