@@ -185,11 +185,11 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
     agents (tests look at what a malicious one would honestly have sent)."""
     absent = {s for s, a in (malicious or {}).items() if a.kind == "absent"}
     silos = [s for s in pipeline.ensure_data(cfg) if s not in absent]
-    malicious = {s: a for s, a in (malicious or {}).items() if s not in absent}
+    malicious = {s: a for s, a in (malicious or {}).items() if s not in absent}  # a dict from here on
     rounds = rounds or cfg.federation.rounds
     run_id = f"attack-{uuid.uuid4().hex[:12]}"
     coord = Coordinator(cfg, run_id, n_items=len(pipeline.catalogue_ids(cfg)))
-    classes = {s: malicious_agent(a) for s, a in (malicious or {}).items()} | (agent_classes or {})
+    classes = {s: malicious_agent(a) for s, a in malicious.items()} | (agent_classes or {})
     agents = {s: classes.get(s, SiloAgent)(cfg, s, run_id) for s in silos}
     if agents_out is not None:
         agents_out.update(agents)
@@ -228,6 +228,6 @@ def run_in_process(cfg: Config, malicious: dict[str, Attack] | None = None, roun
               "errors": {s: repr(e) for s, e in errors.items()}, "defence": defence,
               "per_silo_selected": best.per_silo_test, "silo_users": {s: a.data.n_users for s, a in agents.items()}}
     if target >= 0:
-        honest = {s: a for s, a in agents.items() if s not in (malicious or {})}
+        honest = {s: a for s, a in agents.items() if s not in malicious}
         result["exposure"] = exposure(honest, dict(coord.global_state), target, cfg.evaluation.k)
     return result
