@@ -11,7 +11,9 @@ The yardstick for every defence that leaves a silo out: ``absent`` (the silo nev
 others, the best any such defence can give the honest silos' users, since a malicious silo's own honest data is
 never sent). An attacker who knows the defence: ``lie`` (Little Is Enough, Baruch et al. NeurIPS'19: each value moved
 against its own descent direction by ``factor`` times the tensor's mean magnitude, small enough to stay inside the
-spread of honest updates that a median or a guard tolerates, every round).
+spread of honest updates that a median or a guard tolerates, every round), and ``sneak`` (promotion that knows the
+row guard: as ``promote``, but the target rows scaled to ``factor`` times the median row of the silo's own honest
+update, so that its group's row stays just inside ``federation.row_guard`` of the others').
 
 The in-process harness (:func:`run_in_process`) drives one coordinator and every silo agent in threads, as
 tests/support/roundkit does, through the same protocol code a deployment runs (signed payloads, SecAgg masks, CKKS).
@@ -40,13 +42,15 @@ from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
 from fedrec.wire.messages import FitInstructions
 
-ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers", "lie", "absent")
+ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers", "lie", "absent", "sneak")
+TARGETED = ("promote", "fakeusers", "sneak")
 
 
 @dataclasses.dataclass(frozen=True)
 class Attack:
     """What a malicious silo does: ``kind`` (one of ATTACKS), ``factor`` (scale: the multiplier; noise: the noise's
-    size in honest standard deviations; promote: the boost of the target rows), ``target`` (promote / fakeusers:
+    size in honest standard deviations; promote: the boost of the target rows; sneak: the target rows' length in
+    medians of the silo's own honest rows), ``target`` (promote / fakeusers / sneak:
     the catalogue index of the item to push), ``fakes`` (fakeusers: how many fake users)."""
 
     kind: str = "none"
@@ -57,7 +61,7 @@ class Attack:
     def __post_init__(self) -> None:
         if self.kind not in ATTACKS:
             raise ValueError(f"attack must be one of {ATTACKS}, got {self.kind!r}")
-        if self.kind in ("promote", "fakeusers") and self.target < 0:
+        if self.kind in TARGETED and self.target < 0:
             raise ValueError(f"attack {self.kind!r} needs a target item")
 
 
@@ -72,6 +76,7 @@ def malicious_agent(attack: Attack) -> type[SiloAgent]:
     class MaliciousAgent(SiloAgent):
         _first: dict[str, torch.Tensor] | None = None
         honest_delta: dict[str, torch.Tensor] | None = None
+        sent_delta: dict[str, torch.Tensor] | None = None
 
         def _train(self, ins: FitInstructions, start_global: dict[str, torch.Tensor]) -> tuple[LocalUpdate, float]:
             update, loss = super()._train(ins, start_global)
@@ -91,19 +96,20 @@ def malicious_agent(attack: Attack) -> type[SiloAgent]:
                 if self._first is None:
                     self._first = delta
                 delta = {k: v.clone() for k, v in self._first.items()}
-            elif attack.kind in ("promote", "fakeusers"):
+            elif attack.kind in TARGETED:
                 delta = self._poison(ins, start_global, delta)
             # kept inside the range the silo's own encoding check accepts, so nothing downstream notices
             c = self.cfg.crypto
             limit = 0.999 * 2.0 ** (c.lane_bits - 1 - c.quantization_bits)
             delta = {k: v.clamp(-limit, limit) for k, v in delta.items()}
+            self.sent_delta = delta  # what it sent instead
             return dataclasses.replace(update, delta=delta), loss
 
         def _poison(self, ins: FitInstructions, start_global: dict[str, torch.Tensor],
                     honest: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             """Train a copy of the global item tower on poisoned rows; its change joins the honest update."""
             data = self.data
-            if attack.kind == "promote":  # every real user of this silo also "likes" the target
+            if attack.kind in ("promote", "sneak"):  # every real user of this silo also "likes" the target
                 users = np.arange(data.n_users, dtype=np.int64)
                 poisoned = dataclasses.replace(data, train_users=np.concatenate([data.train_users, users]),
                                                train_items=np.concatenate([data.train_items,
@@ -118,7 +124,12 @@ def malicious_agent(attack: Attack) -> type[SiloAgent]:
             change = {k: v - start_global[k] for k, v in model.shared_state().items()}
             out = {k: honest[k] + change[k] for k in honest}
             for name in item_rows(out, data.n_items):  # boost the target item's rows
-                out[name][attack.target] = change[name][attack.target] * attack.factor
+                row = change[name][attack.target]
+                if attack.kind == "sneak":  # as long as factor x the silo's own median honest row, no longer
+                    typical = float(honest[name].norm(dim=1).median())
+                    out[name][attack.target] = row * (attack.factor * typical / max(float(row.norm()), 1e-12))
+                else:
+                    out[name][attack.target] = row * attack.factor
             return out
 
         def _fake_users(self, server_round: int) -> tuple[SiloData, UserTower]:

@@ -9,7 +9,7 @@ import pytest
 
 from fedrec.core.config import from_dict
 from fedrec.core.state import flatten_state
-from fedrec.orchestration.attacks import Attack, run_in_process
+from fedrec.orchestration.attacks import Attack, item_rows, run_in_process
 from fedrec.protocol.reads import load_global
 from fedrec.silo import data as pipeline
 from fedrec.wire.exchange import run_exchange
@@ -55,6 +55,23 @@ def test_item_promotion_pushes_a_cold_item_into_the_honest_users_top_k(cfg):
 
     assert not promoted["errors"]
     assert promoted["exposure"] > clean["exposure"] + 0.3, (clean["exposure"], promoted["exposure"])
+
+
+def test_a_sneaking_silo_sends_target_rows_as_long_as_it_chose_and_no_longer(cfg):
+    data = pipeline.load_union(cfg, pipeline.ensure_data(cfg))
+    target = int(np.argsort(np.bincount(data.train_items, minlength=data.n_items), kind="stable")[0])
+    agents: dict = {}
+    result = run_in_process(cfg, {"0": Attack("sneak", factor=1.8, target=target)}, rounds=1, agents_out=agents)
+
+    assert not result["errors"]
+    honest, sent = agents["0"].honest_delta, agents["0"].sent_delta
+    tables = item_rows(sent, data.n_items)
+    assert tables
+    for name in tables:
+        typical = float(honest[name].norm(dim=1).median())
+        assert typical > 0
+        assert float(sent[name][target].norm()) == pytest.approx(1.8 * typical, rel=1e-4)
+        assert not np.allclose(sent[name][target].numpy(), honest[name][target].numpy())
 
 
 def test_an_absent_silo_never_joins_and_the_others_federate(cfg):
