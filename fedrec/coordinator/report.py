@@ -48,6 +48,8 @@ class RoundRecord:
     vetting: dict[str, float] = field(default_factory=dict)
     #: robust_rule vetted: the silos of each opened group, in the order the candidates count them
     vet_groups: list[list[str]] = field(default_factory=list)
+    #: federation.groups > 1: the silos of each opened group (group testing tells twins apart by it)
+    groups: list[list[str]] = field(default_factory=list)
 
     def with_evaluation(self, reports: list[MetricReport], k: int) -> "RoundRecord":
         """This record with the silos' metric sums added up (the federation's metrics) and each silo's means."""

@@ -115,17 +115,33 @@ def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str,
     """Group testing across rounds (robust_rule outlier): groups are drawn afresh every round, so an honest silo shares
     the attacker's group now and then, while the attacker's own group is left out whenever it attacks. The silos
     whose group was left out in at least ``share`` of the >= ``min_rounds`` rounds they took part in (from the round
-    records' ``contributors`` and ``kept``), with why; no single update is looked at."""
+    records' ``contributors`` and ``kept``), with why; no single update is looked at. Two such silos that were in the
+    same group in every round either took part in (twins: the rounds cannot tell them apart) wait until a round
+    separates them, so a short ``min_rounds`` never bans an honest silo for having shared the attacker's groups."""
     taken: dict[str, int] = {}
     flagged: dict[str, int] = {}
+    together: dict[str, list[tuple[int, frozenset[str]]]] = {}
+    outs: dict[str, list[set[str]]] = {}
     for record in history:
+        out = set(record.contributors) - set(record.kept) if record.kept else set()
         for silo in record.contributors:
             taken[silo] = taken.get(silo, 0) + 1
-        if record.kept:
-            for silo in set(record.contributors) - set(record.kept):
-                flagged[silo] = flagged.get(silo, 0) + 1
-    return {silo: f"its group's mean was left out as an outlier in {flagged.get(silo, 0)} of its {n} rounds"
-            for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n}
+            group = next((frozenset(g) for g in getattr(record, "groups", ()) if silo in g), frozenset())
+            together.setdefault(silo, []).append((record.round, group))
+            outs.setdefault(silo, []).append(out)
+        for silo in out:
+            flagged[silo] = flagged.get(silo, 0) + 1
+    found = [silo for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n]
+
+    def twins(a: str, b: str) -> bool:  # the same rounds, the same group in each (no groups recorded: the same flags)
+        if [r for r, _ in together[a]] != [r for r, _ in together[b]]:
+            return False
+        return all((a in group and b in group) if group else (a in out) == (b in out)
+                   for (_, group), out in zip(together[a], outs[a]))
+
+    found = [s for s in found if not any(twins(s, t) for t in found if t != s)]
+    return {silo: f"its group's mean was left out as an outlier in {flagged.get(silo, 0)} of its {taken[silo]} rounds"
+            for silo in found}
 
 
 def harm_estimates(history, drop: int = 1) -> dict[str, tuple[float, float]]:

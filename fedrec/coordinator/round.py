@@ -85,6 +85,7 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
         | ({"vet": t_vet - t_mean} if vetting else {}),
         vetting=vetting,
         vet_groups=[sorted(r.contributors) for r in vetted] if vetting else [],
+        groups=[sorted(o.result.contributors) for o in opened if o.result is not None] if len(groups) > 1 else [],
     )
     after = coord.state.replace(history=state.history + (record,))
     if fed.robust_rule in ("outlier", "vetted") and fed.outlier_ban_rounds > 0:  # group testing across rounds

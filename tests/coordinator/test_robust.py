@@ -83,16 +83,44 @@ def test_group_testing_across_rounds_names_the_silo_whose_group_is_always_left_o
     silos = [str(i) for i in range(9)]
     rng = np.random.default_rng(0)
     history = []
-    for _ in range(8):  # fresh random groups of three each round; silo 4's group is always the outlier
+    for r in range(8):  # fresh random groups of three each round; silo 4's group is always the outlier
         order = rng.permutation(silos).tolist()
         odd = next(g for g in (order[:3], order[3:6], order[6:]) if "4" in g)
-        history.append(SimpleNamespace(contributors=silos, kept=sorted(set(silos) - set(odd))))
-    clean = [SimpleNamespace(contributors=silos, kept=[]) for _ in range(8)]
+        history.append(SimpleNamespace(round=r, contributors=silos, kept=sorted(set(silos) - set(odd))))
+    clean = [SimpleNamespace(round=r, contributors=silos, kept=[]) for r in range(8)]
 
     named = repeated_outliers(history, min_rounds=8)
     assert list(named) == ["4"] and "8 of its 8 rounds" in named["4"]
     assert repeated_outliers(history[:7], min_rounds=8) == {}  # too few rounds to tell
     assert repeated_outliers(clean, min_rounds=8) == {}  # nothing left out, nobody named
+
+
+def test_group_testing_waits_while_an_honest_silo_shared_every_one_of_the_attackers_groups():
+    from types import SimpleNamespace
+
+    from fedrec.coordinator.robust import repeated_outliers
+
+    def record(r, groups, attackers):
+        out = [s for g in groups if set(g) & set(attackers) for s in g]
+        return SimpleNamespace(round=r, contributors=silos, kept=sorted(set(silos) - set(out)), groups=groups)
+
+    silos = [str(i) for i in range(9)]
+    history = [record(r, [["4", "5", "6"], ["0", "1", "2"], ["3", "7", "8"]], ["4"]) for r in range(1, 5)]
+    # silos 4, 5 and 6 shared the left-out group in every round: the rounds cannot tell which is the attacker
+    assert repeated_outliers(history, min_rounds=4) == {}
+    # a round that separates them: only silo 4's new group is left out, so silo 4 alone is named
+    history.append(record(5, [["4", "0", "1"], ["2", "3", "5"], ["6", "7", "8"]], ["4"]))
+    assert list(repeated_outliers(history, min_rounds=4)) == ["4"]
+    # two attackers, each in its own group: not twins, both named once the rounds single them out
+    rng = np.random.default_rng(1)
+    two = []
+    for r in range(1, 9):
+        order = rng.permutation(silos).tolist()
+        two.append(record(r, [order[:3], order[3:6], order[6:]], ["4", "7"]))
+    named = repeated_outliers(two, min_rounds=4)
+    assert set(named) <= {"4", "7"} and named  # never an honest silo
+    assert set(repeated_outliers(two + [record(9, [["4", "0", "1"], ["7", "2", "3"], ["5", "6", "8"]], ["4", "7"])],
+                                 min_rounds=4)) == {"4", "7"}
 
 
 @pytest.fixture()
