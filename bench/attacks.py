@@ -4,10 +4,11 @@ real protocol (signed payloads, SecAgg masks, CKKS), every silo agent in one pro
 Rows: the clean run, then each attack by the malicious silo(s): scale x100, x-100, sign flip, Gaussian noise, a stale
 update, targeted promotion of a cold item (model poisoning), fake users (data poisoning) and an attacker who knows the
 defence (lie: small shifts inside the honest spread, every round; sneak: promotion whose target rows stay just inside
-the row guard: 2 x the others' row, times the ~2 by which its group mates dilute its share: 3.6 own median rows); and absent: the malicious silo(s) never join, the
-federation of the others, i.e. the best any defence that leaves them out can give the honest silos' users. For each:
-test HR@10 / NDCG@10 at the round chosen on validation and after the last round; for the targeted rows the target item's
-exposure ER@10 (the share of honest users with it in their top 10) beside the clean run's.
+the row guard: 2 x the others' row, times the ~2 by which its group mates dilute its share: 3.6 own median rows); and
+absent: the malicious silo(s) never join, the federation of the others, i.e. the best any defence that leaves them
+out can give the honest silos' users. For each: test HR@10 / NDCG@10 at the round chosen on validation and after the
+last round; for the targeted rows the target item's exposure ER@10 (the share of honest users with it in their top 10)
+beside the clean run's.
 
 Writes results/attacks.json and prints a Markdown table (README, BENCHMARKS.md).
 
