@@ -120,26 +120,17 @@ def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str,
     separates them, so a short ``min_rounds`` never bans an honest silo for having shared the attacker's groups."""
     taken: dict[str, int] = {}
     flagged: dict[str, int] = {}
-    together: dict[str, list[tuple[int, frozenset[str]]]] = {}
-    outs: dict[str, list[set[str]]] = {}
+    trace: dict[str, list[tuple[int, object]]] = {}  # per round its group (none recorded: whether it was left out)
     for record in history:
         out = set(record.contributors) - set(record.kept) if record.kept else set()
         for silo in record.contributors:
             taken[silo] = taken.get(silo, 0) + 1
-            group = next((frozenset(g) for g in getattr(record, "groups", ()) if silo in g), frozenset())
-            together.setdefault(silo, []).append((record.round, group))
-            outs.setdefault(silo, []).append(out)
+            group = next((frozenset(g) for g in getattr(record, "groups", ()) if silo in g), None)
+            trace.setdefault(silo, []).append((record.round, silo in out if group is None else group))
         for silo in out:
             flagged[silo] = flagged.get(silo, 0) + 1
     found = [silo for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n]
-
-    def twins(a: str, b: str) -> bool:  # the same rounds, the same group in each (no groups recorded: the same flags)
-        if [r for r, _ in together[a]] != [r for r, _ in together[b]]:
-            return False
-        return all((a in group and b in group) if group else (a in out) == (b in out)
-                   for (_, group), out in zip(together[a], outs[a]))
-
-    found = [s for s in found if not any(twins(s, t) for t in found if t != s)]
+    found = [s for s in found if sum(trace[t] == trace[s] for t in found) == 1]  # twins wait
     return {silo: f"its group's mean was left out as an outlier in {flagged.get(silo, 0)} of its {taken[silo]} rounds"
             for silo in found}
 
