@@ -4,7 +4,8 @@ real protocol (signed payloads, SecAgg masks, CKKS), every silo agent in one pro
 Rows: the clean run, then each attack by the malicious silo(s): scale x100, x-100, sign flip, Gaussian noise, a stale
 update, targeted promotion of a cold item (model poisoning), fake users (data poisoning) and an attacker who knows the
 defence (lie: small shifts inside the honest spread, every round; sneak: promotion whose target rows stay just inside
-the row guard: 2 x the others' row, times the ~2 by which its group mates dilute its share: 3.6 own median rows); and
+the row guard: 2 x the others' row, times the ~2 by which its group mates dilute its share: 3.6 own median rows; rig:
+a sign flip whose silo also lies in every vote of the vetting, to keep its group in); and
 absent: the malicious silo(s) never join, the federation of the others, i.e. the best any defence that leaves them
 out can give the honest silos' users. For each: test HR@10 / NDCG@10 at the round chosen on validation and after the
 last round; for the targeted rows the target item's exposure ER@10 (the share of honest users with it in their top 10)
@@ -30,7 +31,7 @@ from fedrec.core.config import load_config, parse_overrides
 ROWS = {"clean": ("none", 1.0), "scale": ("scale", 100.0), "scale_neg": ("scale", -100.0),
         "signflip": ("signflip", -1.0), "noise": ("noise", 10.0), "stale": ("stale", 1.0),
         "promote": ("promote", 30.0), "fakeusers": ("fakeusers", 30.0), "lie": ("lie", 1.5),
-        "absent": ("absent", 0.0), "sneak": ("sneak", 3.6)}
+        "absent": ("absent", 0.0), "sneak": ("sneak", 3.6), "rig": ("rig", -1.0)}
 
 
 def main() -> None:

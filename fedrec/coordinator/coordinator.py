@@ -624,7 +624,8 @@ class Coordinator:
         whose boosted rows barely move the silos' validation scores); then, while ``vet_drop`` allows more, the
         candidate models (every remaining group; every group but one) are published, the ``voters`` score each on
         their own validation users (:class:`Vote`), and the round's result is the candidate :func:`robust.pick`
-        chooses on the summed scores. Returns it, each candidate's score (a silo without a vote in time is not
+        chooses on the pooled scores (each silo's gains clipped to the other silos' range, ``federation.vote_trim``:
+        :func:`robust.pooled_scores`). Returns it, each candidate's score (a silo without a vote in time is not
         counted; with no vote at all every remaining group is kept) and the group results the candidates were
         made of."""
         opened = [r for r in results if r is not None]
@@ -656,6 +657,9 @@ class Coordinator:
         task, ev = objective(self.cfg.task), self.cfg.evaluation
         totals = [task.empty_sums() for _ in sets]
         auc_totals, auc_users = np.zeros(len(sets)), 0  # federation.vet_metric auc: sums over every voter's users
+        use_auc = self.cfg.federation.vet_metric == "auc"
+        selection = task.selection(ev.selection_metric)
+        by_metric: dict[str, list] = {"auc": [], "sel": []}  # per voter: its users, its mean score of each candidate
         for silo in voters:
             if silo not in arrived:
                 continue
@@ -677,11 +681,17 @@ class Coordinator:
             totals = [t + v for t, v in zip(totals, sums)]
             if vote.auc:
                 auc_totals, auc_users = auc_totals + np.asarray(vote.auc), auc_users + sums[0].n
-        if self.cfg.federation.vet_metric == "auc" and auc_users > 0:
-            scores = [float(a) / auc_users for a in auc_totals]
+            if (users := getattr(sums[0], "n", 0) or 0) > 0:
+                by_metric["sel"].append((users, [task.score(v.means(ev.k), selection, ev.k) for v in sums]))
+                if vote.auc:
+                    by_metric["auc"].append((users, [float(a) / users for a in vote.auc]))
+        if use_auc and auc_users > 0:
+            scores, ballots = [float(a) / auc_users for a in auc_totals], by_metric["auc"]
         else:
-            selection = task.selection(ev.selection_metric)
-            scores = [task.score(t.means(ev.k), selection, ev.k) for t in totals]
+            scores, ballots = [task.score(t.means(ev.k), selection, ev.k) for t in totals], by_metric["sel"]
+        if (trim := self.cfg.federation.vote_trim) and len(ballots) > 2 * trim + 1:  # lying voters clipped
+            shift = np.subtract(robust.pooled_scores(ballots, trim), robust.pooled_scores(ballots, 0))
+            scores = [float(s + d) for s, d in zip(scores, shift)]
         chosen = robust.pick(scores, self.cfg.federation.vet_margin) if arrived else 0
         return combined[chosen], {f"candidate_{c}": s for c, s in enumerate(scores)}, opened
 

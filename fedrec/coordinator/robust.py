@@ -183,6 +183,33 @@ def harmful_silos(history, drop: int, z: float, min_rounds: int) -> dict[str, st
             for s, (harm, t) in harm_estimates(vetted, drop).items() if harm > 0 and t > z}
 
 
+def pooled_scores(ballots: list[tuple[float, list[float]]], trim: int) -> list[float]:
+    """robust_rule vetted: the federation's validation score of each candidate from the silos' ballots, each ``(users,
+    [its users' mean score of candidate 0, 1, ...])``. Unclipped (``trim`` 0, or too few ballots) it is the users-
+    weighted mean of the ballots (the pooled score: every silo's users count once). With ``trim`` = t >= 1 and more
+    than 2t + 1 ballots, each silo's *gain* of a candidate over candidate 0 is first clipped to the t-th smallest and
+    t-th largest gain of the other silos, so up to t lying voters move the pooled gain no further than honest silos'
+    own gains reach: a silo that scores every candidate but 0 at nothing (to keep its own poisoned group in) or one
+    candidate at everything (to have an honest group left out) counts as the most extreme honest silo does, not as
+    its share of the users times the whole score range."""
+    if not ballots:
+        return []
+    users = np.array([max(float(n), 0.0) for n, _ in ballots])
+    if users.sum() <= 0:
+        return [0.0] * len(ballots[0][1])
+    scores = np.array([s for _, s in ballots], dtype=float)  # silos x candidates
+    w = users / users.sum()
+    base = float(w @ scores[:, 0])
+    gains = scores - scores[:, :1]
+    if trim >= 1 and len(ballots) > 2 * trim + 1:
+        clipped = gains.copy()
+        for i in range(len(ballots)):
+            others = np.sort(np.delete(gains, i, axis=0), axis=0)
+            clipped[i] = np.clip(gains[i], others[trim - 1], others[-trim])
+        gains = clipped
+    return [base + float(w @ gains[:, c]) for c in range(scores.shape[1])]
+
+
 def pick(scores: list[float], margin: float) -> int:
     """robust_rule vetted: the candidate to publish from the federation's validation score of each (higher is
     better; candidate 0 has every group): the best of the others when it beats candidate 0 by more than

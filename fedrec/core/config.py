@@ -365,6 +365,12 @@ class FederationConfig(Section):
     #: robust_rule vetted: the most groups one round may leave out (the candidates are every way of leaving out up to
     #: this many, one group always kept): 2 with two malicious silos in two groups
     vet_drop: int = checked(1, "federation.vet_drop must be in 1..4", ge=1, le=4)
+    #: robust_rule vetted: how many lying voters the pooled score withstands: each silo's gain of a candidate over
+    #: the every-group candidate is clipped to the vote_trim-th smallest and largest of the other silos' gains
+    #: (needs more than 2 x vote_trim + 1 votes), so a silo that scores candidates at will (to keep its own group in,
+    #: or to have an honest one left out) moves the pooled score no further than the most extreme honest silo;
+    #: 0 = the plain users-weighted pool (a liar moves it by its users' share of the whole score range)
+    vote_trim: int = checked(1, "federation.vote_trim must be in 0..4", ge=0, le=4)
     #: robust_rule vetted, group testing: a silo is left out of the following rounds once the harm its presence does
     #: (least squares over every vetted round: how much leaving its group out raised the silos' validation score)
     #: is positive with a t-statistic above this, after federation.outlier_ban_rounds vetted rounds; 0 = never (the

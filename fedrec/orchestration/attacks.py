@@ -13,7 +13,9 @@ never sent). An attacker who knows the defence: ``lie`` (Little Is Enough, Baruc
 against its own descent direction by ``factor`` times the tensor's mean magnitude, small enough to stay inside the
 spread of honest updates that a median or a guard tolerates, every round), and ``sneak`` (promotion that knows the
 row guard: as ``promote``, but the target rows scaled to ``factor`` times the median row of the silo's own honest
-update, so that its group's row stays just inside ``federation.row_guard`` of the others').
+update, so that its group's row stays just inside ``federation.row_guard`` of the others'), and ``rig`` (a sign flip
+whose silo also lies in every vetting vote: the every-group candidate scored perfect and every other at nothing, so
+that its own group is never left out, the most a voter can move the pooled score within its users' share).
 
 The in-process harness (:func:`run_in_process`) drives one coordinator and every silo agent in threads, as
 tests/support/roundkit does, through the same protocol code a deployment runs (signed payloads, SecAgg masks, CKKS).
@@ -40,9 +42,9 @@ from fedrec.models import RecModel
 from fedrec.models.base import UserTower
 from fedrec.silo import data as pipeline
 from fedrec.silo.agent import SiloAgent
-from fedrec.wire.messages import FitInstructions
+from fedrec.wire.messages import FitInstructions, Vote
 
-ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers", "lie", "absent", "sneak")
+ATTACKS = ("none", "scale", "signflip", "noise", "stale", "promote", "fakeusers", "lie", "absent", "sneak", "rig")
 TARGETED = ("promote", "fakeusers", "sneak")
 
 
@@ -85,7 +87,7 @@ def malicious_agent(attack: Attack) -> type[SiloAgent]:
             rng = np.random.default_rng(ins.round)
             if attack.kind == "scale":
                 delta = {k: v * attack.factor for k, v in delta.items()}
-            elif attack.kind == "signflip":
+            elif attack.kind in ("signflip", "rig"):
                 delta = {k: -v for k, v in delta.items()}
             elif attack.kind == "noise":
                 delta = {k: torch.from_numpy(rng.normal(0.0, attack.factor * float(v.std()) + 1e-12, v.shape))
@@ -104,6 +106,14 @@ def malicious_agent(attack: Attack) -> type[SiloAgent]:
             delta = {k: v.clamp(-limit, limit) for k, v in delta.items()}
             self.sent_delta = delta  # what it sent instead
             return dataclasses.replace(update, delta=delta), loss
+
+        def _ballot(self, vote: Vote) -> Vote:
+            if attack.kind != "rig":
+                return vote
+            best = [{f: (v if f == "n" else (vote.val[0]["n"] if c == 0 else 0)) for f, v in val.items()}
+                    for c, val in enumerate(vote.val)]
+            return dataclasses.replace(vote, val=best, auc=[float(vote.val[0]["n"]) if c == 0 else 0.0
+                                                            for c in range(len(vote.auc))])
 
         def _poison(self, ins: FitInstructions, start_global: dict[str, torch.Tensor],
                     honest: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

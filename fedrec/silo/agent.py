@@ -644,8 +644,12 @@ class SiloAgent:
                 sums.append(dataclasses.asdict(val))
         finally:
             self.model.load_shared_state(kept)
-        vote = Vote(silo_id=self.silo_id, round=server_round, val=sums, auc=aucs)
+        vote = self._ballot(Vote(silo_id=self.silo_id, round=server_round, val=sums, auc=aucs))
         self._post_once(vote_key(server_round, self.silo_id), vote.to_json())
+        return vote
+
+    def _ballot(self, vote: Vote) -> Vote:
+        """The vote as sent: this silo's honest scores (the attack suite's lying voter overrides it)."""
         return vote
 
     def evaluate(self, server_round: int) -> MetricReport:

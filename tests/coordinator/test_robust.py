@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedrec.coordinator.coordinator import _vote_problem, split_groups
-from fedrec.coordinator.robust import combine, harm_estimates, harmful_silos, pick
+from fedrec.coordinator.robust import combine, harm_estimates, harmful_silos, pick, pooled_scores
 from fedrec.core.config import from_dict
 from fedrec.core.metrics import MetricSums
 from fedrec.core.state import flatten_state
@@ -202,6 +202,28 @@ def test_group_testing_on_vetting_scores_names_the_harmful_silo_and_no_honest_on
     assert harmful_silos(clean, drop=1, z=3.0, min_rounds=8) == {}  # honest silos: dropping them only costs
 
 
+def test_a_lying_voter_moves_the_pooled_score_no_further_than_the_most_extreme_honest_silo():
+    rng = np.random.default_rng(0)
+    # six honest silos: leaving out group 1 (the poisoned one) gains 0.004-0.008, leaving out 2 or 3 about nothing
+    honest = [(float(n), [0.80 + d, 0.80 + d + g, 0.80 + d + e2, 0.80 + d + e3])
+              for n, d, g, e2, e3 in zip(rng.integers(50, 150, 6), rng.normal(0, 0.02, 6), rng.uniform(0.004, 0.008, 6),
+                                         rng.normal(0, 0.0005, 6), rng.normal(0, 0.0005, 6))]
+    liar = (300.0, [1.0, 0.0, 0.0, 0.0])  # a third of the users: every candidate but "every group" scored at nothing
+    margin = 0.0015
+
+    assert pick(pooled_scores(honest, 0), margin) == 1 == pick(pooled_scores(honest, 1), margin)
+    assert pick(pooled_scores(honest + [liar], 0), margin) == 0  # the plain pool: the liar keeps its group in
+    assert pick(pooled_scores(honest + [liar], 1), margin) == 1  # clipped to the honest range: it is left out
+    # honest votes alone: clipping moves each gain no further than the spread of the honest gains themselves
+    gains = [np.subtract(s, s[0]) for s in (pooled_scores(honest, 0), pooled_scores(honest, 1))]
+    assert np.allclose(gains[0], gains[1], atol=0.002) and pooled_scores(honest, 1)[0] == pooled_scores(honest, 0)[0]
+    # too few votes to clip (<= 2 x trim + 1): the plain pool
+    assert pooled_scores(honest[:2] + [liar], 1) == pooled_scores(honest[:2] + [liar], 0)
+    # a liar that pushes an honest group out (candidate 2 scored perfect) does not get it out either
+    pusher = (300.0, [0.0, 0.0, 1.0, 0.0])
+    assert pick(pooled_scores(honest + [pusher], 0), margin) == 2 and pick(pooled_scores(honest + [pusher], 1), margin) == 1
+
+
 def test_an_impossible_vote_is_named():
     good = [MetricSums(n=10, hr=6.0, ndcg=3.0), MetricSums(n=10, hr=7.0, ndcg=3.5)]
     assert _vote_problem(good, n_train=200, task="ranking") is None
@@ -313,6 +335,21 @@ def test_vetting_leaves_out_a_sign_flipping_silos_group(cfg):
     for r in left_out:  # chosen on the silos' validation scores: it beats the candidate with every group
         assert max(r.vetting.values()) > r.vetting["candidate_0"]
     assert not any(r.kept or r.vetting for r in plain)
+
+
+@pytest.mark.slow
+def test_a_sign_flipping_silo_that_lies_in_every_vote_is_still_left_out(cfg):
+    """Attack rig: the sign flip's silo scores the every-group candidate perfect and every other at nothing; in the
+    plain pool that keeps its group in, with its gains clipped to the honest silos' range (vote_trim 1) it is not."""
+    fed = cfg["federation"] | {"groups": 3, "outlier_ban_rounds": 0, "outlier_ratio": 1e9, "robust_rule": "vetted"}
+    attack = {"0": Attack("rig", factor=-1.0)}
+    trimmed: list = []
+    run_in_process(from_dict(cfg | {"federation": fed}), attack, rounds=3, on_round=trimmed.append)
+    plain: list = []  # the defence removed: the liar's ballot counts at its users' share of the whole range
+    run_in_process(from_dict(cfg | {"federation": fed | {"vote_trim": 0}}), attack, rounds=3, on_round=plain.append)
+
+    assert len([r for r in trimmed if r.kept and "0" not in r.kept]) >= 2, [(r.kept, r.vetting) for r in trimmed]
+    assert not any(r.kept and "0" not in r.kept for r in plain), [(r.kept, r.vetting) for r in plain]
 
 
 @pytest.mark.slow
