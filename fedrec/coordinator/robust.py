@@ -111,28 +111,32 @@ def guard_rows(results: list[AggregateResult], n_items: int,
             for d, r in zip(deltas, results)], replaced
 
 
-def repeated_outliers(history, min_rounds: int, share: float = 0.9) -> dict[str, str]:
+def repeated_outliers(history, min_rounds: int, share: float = 0.9, recent: bool = False) -> dict[str, str]:
     """Group testing across rounds (robust_rule outlier): groups are drawn afresh every round, so an honest silo shares
     the attacker's group now and then, while the attacker's own group is left out whenever it attacks. The silos
     whose group was left out in at least ``share`` of the >= ``min_rounds`` rounds they took part in (from the round
-    records' ``contributors`` and ``kept``), with why; no single update is looked at. Two such silos that were in the
-    same group in every round either took part in (twins: the rounds cannot tell them apart) wait until a round
-    separates them, so a short ``min_rounds`` never bans an honest silo for having shared the attacker's groups."""
-    taken: dict[str, int] = {}
-    flagged: dict[str, int] = {}
-    trace: dict[str, list[tuple[int, object]]] = {}  # per round its group (none recorded: whether it was left out)
-    for record in history:
+    records' ``contributors`` and ``kept``), with why; no single update is looked at. ``recent``: also in ``share``
+    of the last ``min_rounds`` rounds they took part in alone, so a silo that was honest at first (a stale update,
+    an attack switched on late) is not waited out for nine times its honest rounds. Two such silos that were in the
+    same group in every round counted (twins: the rounds cannot tell them apart) wait until a round separates them,
+    so a short ``min_rounds`` never bans an honest silo for having shared the attacker's groups."""
+    events: dict[str, list[tuple[int, object, bool]]] = {}  # per silo and round: its group (none recorded: whether
+    for record in history:                                   # it was left out), and whether it was left out
         out = set(record.contributors) - set(record.kept) if record.kept else set()
         for silo in record.contributors:
-            taken[silo] = taken.get(silo, 0) + 1
             group = next((frozenset(g) for g in getattr(record, "groups", ()) if silo in g), None)
-            trace.setdefault(silo, []).append((record.round, silo in out if group is None else group))
-        for silo in out:
-            flagged[silo] = flagged.get(silo, 0) + 1
-    found = [silo for silo, n in sorted(taken.items()) if n >= min_rounds and flagged.get(silo, 0) >= share * n]
-    found = [s for s in found if sum(trace[t] == trace[s] for t in found) == 1]  # twins wait
-    return {silo: f"its group's mean was left out as an outlier in {flagged.get(silo, 0)} of its {taken[silo]} rounds"
-            for silo in found}
+            events.setdefault(silo, []).append((record.round, silo in out if group is None else group, silo in out))
+
+    def named(window: int | None, why: str) -> dict[str, str]:
+        seen = {s: e[-window:] if window else e for s, e in sorted(events.items()) if len(e) >= min_rounds}
+        found = {s: e for s, e in seen.items() if sum(left for *_, left in e) >= share * len(e)}
+        traces = {s: [(r, g) for r, g, _ in e] for s, e in found.items()}
+        return {s: why.format(n=sum(left for *_, left in e), of=len(e))  # twins wait
+                for s, e in found.items() if sum(t == traces[s] for t in traces.values()) == 1}
+
+    recent_found = named(min_rounds, "its group's mean was left out as an outlier in {n} of its last {of} rounds")
+    return (recent_found if recent else {}) | named(
+        None, "its group's mean was left out as an outlier in {n} of its {of} rounds")
 
 
 def harm_estimates(history, drop: int = 1) -> dict[str, tuple[float, float]]:

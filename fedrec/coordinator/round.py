@@ -89,7 +89,7 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
     )
     after = coord.state.replace(history=state.history + (record,))
     if fed.robust_rule in ("outlier", "vetted") and fed.outlier_ban_rounds > 0:  # group testing across rounds
-        culprits = robust.repeated_outliers(after.history, fed.outlier_ban_rounds)
+        culprits = robust.repeated_outliers(after.history, fed.outlier_ban_rounds, recent=fed.outlier_ban_recent)
         if fed.robust_rule == "vetted" and fed.vet_ban_z > 0:  # and the harm each silo's presence did, estimated
             culprits |= robust.harmful_silos(after.history, fed.vet_drop, fed.vet_ban_z, fed.outlier_ban_rounds)
         culprits = {s: why for s, why in culprits.items() if s not in after.banned}

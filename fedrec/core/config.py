@@ -390,6 +390,10 @@ class FederationConfig(Section):
     #: two silos that shared the left-out group in every round wait until a round separates them); 4: a sign flip
     #: banned at round 4 instead of 8 (ML-100K); 0 = never
     outlier_ban_rounds: int = checked(4, "federation.outlier_ban_rounds must be >= 0 (0: never)", ge=0)
+    #: robust_rule outlier / vetted: also ban a silo whose group was left out in >= 90 % of its last
+    #: outlier_ban_rounds rounds alone (twins there wait too), so one that was honest at first (a stale update: its
+    #: first rounds are honest) is not waited out for nine times its honest rounds
+    outlier_ban_recent: bool = False
     #: > 0 (with groups >= 3): drop the group means whose L2 norm exceeds this multiple of the median group norm
     #: before combining them (a scaled or noisy update lengthens its group's mean); 0 = keep every group
     norm_filter: float = checked(0.0, "federation.norm_filter must be >= 0 (0: off)", ge=0)

@@ -123,6 +123,32 @@ def test_group_testing_waits_while_an_honest_silo_shared_every_one_of_the_attack
                                  min_rounds=4)) == {"4", "7"}
 
 
+def test_a_silo_honest_at_first_is_banned_on_its_recent_rounds_not_waited_out_for_nine_times_them():
+    from types import SimpleNamespace
+
+    from fedrec.coordinator.robust import repeated_outliers
+
+    silos = [str(i) for i in range(9)]
+    rng = np.random.default_rng(2)
+    history = []
+    for r in range(1, 21):  # silo 4 honest in rounds 1-2 (a stale update is), its group left out from round 3 on
+        order = rng.permutation(silos).tolist()
+        groups = [order[:3], order[3:6], order[6:]]
+        out = next(g for g in groups if "4" in g) if r > 2 else []
+        history.append(SimpleNamespace(round=r, contributors=silos, kept=sorted(set(silos) - set(out)), groups=groups))
+
+    def first(recent: bool) -> int:
+        return next(r for r in range(1, 21) if repeated_outliers(history[:r], 4, recent=recent))
+
+    assert first(recent=False) == 20  # 18 of 20 rounds: only then 90 % of every round it took part in
+    assert first(recent=True) == 6  # rounds 3-6: each of its last four
+    assert all(set(repeated_outliers(history[:r], 4, recent=True)) <= {"4"} for r in range(1, 21))
+    # an honest silo that shared silo 4's group in each of those four rounds is its twin there: both wait
+    twin = [SimpleNamespace(round=r, contributors=silos, kept=[] if r <= 2 else ["0", "1", "2", "3", "7", "8"],
+                            groups=[["4", "5", "6"], ["0", "1", "2"], ["3", "7", "8"]]) for r in range(1, 7)]
+    assert repeated_outliers(twin, 4, recent=True) == {}
+
+
 @pytest.fixture()
 def cfg(tmp_path):
     raw = make_tiny_params(tmp_path)
