@@ -393,7 +393,7 @@ class FederationConfig(Section):
     #: robust_rule outlier / vetted: also ban a silo whose group was left out in >= 90 % of its last
     #: outlier_ban_rounds rounds alone (twins there wait too), so one that was honest at first (a stale update: its
     #: first rounds are honest) is not waited out for nine times its honest rounds
-    outlier_ban_recent: bool = False
+    outlier_ban_recent: bool = True
     #: > 0 (with groups >= 3): drop the group means whose L2 norm exceeds this multiple of the median group norm
     #: before combining them (a scaled or noisy update lengthens its group's mean); 0 = keep every group
     norm_filter: float = checked(0.0, "federation.norm_filter must be >= 0 (0: off)", ge=0)
