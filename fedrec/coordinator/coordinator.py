@@ -657,9 +657,7 @@ class Coordinator:
         task, ev = objective(self.cfg.task), self.cfg.evaluation
         totals = [task.empty_sums() for _ in sets]
         auc_totals, auc_users = np.zeros(len(sets)), 0  # federation.vet_metric auc: sums over every voter's users
-        use_auc = self.cfg.federation.vet_metric == "auc"
-        selection = task.selection(ev.selection_metric)
-        by_metric: dict[str, list] = {"auc": [], "sel": []}  # per voter: its users, its mean score of each candidate
+        counted: list = []  # per counted vote over users: its users, its sums and AUC sums of each candidate
         for silo in voters:
             if silo not in arrived:
                 continue
@@ -682,13 +680,14 @@ class Coordinator:
             if vote.auc:
                 auc_totals, auc_users = auc_totals + np.asarray(vote.auc), auc_users + sums[0].n
             if (users := getattr(sums[0], "n", 0) or 0) > 0:
-                by_metric["sel"].append((users, [task.score(v.means(ev.k), selection, ev.k) for v in sums]))
-                if vote.auc:
-                    by_metric["auc"].append((users, [float(a) / users for a in vote.auc]))
-        if use_auc and auc_users > 0:
-            scores, ballots = [float(a) / auc_users for a in auc_totals], by_metric["auc"]
+                counted.append((users, sums, vote.auc))
+        selection = task.selection(ev.selection_metric)
+        if self.cfg.federation.vet_metric == "auc" and auc_users > 0:
+            scores = [float(a) / auc_users for a in auc_totals]
+            ballots = [(n, [float(a) / n for a in auc]) for n, _, auc in counted if auc]
         else:
-            scores, ballots = [task.score(t.means(ev.k), selection, ev.k) for t in totals], by_metric["sel"]
+            scores = [task.score(t.means(ev.k), selection, ev.k) for t in totals]
+            ballots = [(n, [task.score(v.means(ev.k), selection, ev.k) for v in sums]) for n, sums, _ in counted]
         if (trim := self.cfg.federation.vote_trim) and len(ballots) > 2 * trim + 1:  # lying voters clipped
             shift = np.subtract(robust.pooled_scores(ballots, trim), robust.pooled_scores(ballots, 0))
             scores = [float(s + d) for s, d in zip(scores, shift)]

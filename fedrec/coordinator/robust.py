@@ -134,9 +134,9 @@ def repeated_outliers(history, min_rounds: int, share: float = 0.9, recent: bool
         return {s: why.format(n=sum(left for *_, left in e), of=len(e))  # twins wait
                 for s, e in found.items() if sum(t == traces[s] for t in traces.values()) == 1}
 
-    recent_found = named(min_rounds, "its group's mean was left out as an outlier in {n} of its last {of} rounds")
-    return (recent_found if recent else {}) | named(
-        None, "its group's mean was left out as an outlier in {n} of its {of} rounds")
+    lately = named(min_rounds, "its group's mean was left out as an outlier in {n} of its last {of} rounds") \
+        if recent else {}
+    return lately | named(None, "its group's mean was left out as an outlier in {n} of its {of} rounds")
 
 
 def harm_estimates(history, drop: int = 1) -> dict[str, tuple[float, float]]:
@@ -198,9 +198,7 @@ def pooled_scores(ballots: list[tuple[float, list[float]]], trim: int) -> list[f
     its share of the users times the whole score range."""
     if not ballots:
         return []
-    users = np.array([max(float(n), 0.0) for n, _ in ballots])
-    if users.sum() <= 0:
-        return [0.0] * len(ballots[0][1])
+    users = np.array([float(n) for n, _ in ballots])  # each > 0: the coordinator pools only votes over users
     scores = np.array([s for _, s in ballots], dtype=float)  # silos x candidates
     w = users / users.sum()
     base = float(w @ scores[:, 0])
