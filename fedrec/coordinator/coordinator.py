@@ -164,8 +164,8 @@ def split_groups(silos: list[str], groups: int, min_silos: int, seed: int, serve
 
 def _vote_problem(sums: list, n_train: int, task: str, auc: list[float] = ()) -> str | None:
     """What is impossible about a silo's vote: candidates scored over different numbers of users, more users than
-    its training rows, or (ranking) a hit or NDCG sum outside [0, users]. A silo then moves the pooled score by at
-    most its own users' share."""
+    its training rows, a negative or non-finite sum, or (ranking) a hit, NDCG or AUC sum outside [0, users]. What
+    passes moves the pooled score by at most its users' share, and federation.vote_trim bounds it further."""
     users = {getattr(x, "n", None) for x in sums}
     if len(users) != 1:
         return "the candidates are scored over different numbers of users"
@@ -174,6 +174,8 @@ def _vote_problem(sums: list, n_train: int, task: str, auc: list[float] = ()) ->
         return None
     if not 0 <= n <= n_train:
         return f"{n} users scored, more than its {n_train} training rows"
+    if any(not np.isfinite(v) or v < 0 for x in sums for v in dataclasses.asdict(x).values()):
+        return "a sum that is negative or not a finite number"  # e.g. a rating vote's NaN or negative squared error
     if task == "ranking" and any(not 0 <= v <= n for x in sums for f, v in dataclasses.asdict(x).items() if f != "n"):
         return "a sum outside [0, users]"
     if any(not 0 <= a <= n for a in auc):

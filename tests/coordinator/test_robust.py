@@ -257,6 +257,12 @@ def test_an_impossible_vote_is_named():
     assert "more than its" in _vote_problem([MetricSums(n=500, hr=1.0)] * 2, 200, "ranking")
     assert "outside" in _vote_problem([good[0], MetricSums(n=10, hr=70.0)], 200, "ranking")  # 70 hits of 10 users
     assert "AUC" in _vote_problem(good, 200, "ranking", auc=[5.0, 12.0])  # an AUC sum above its 10 users
+    assert "AUC" in _vote_problem(good, 200, "ranking", auc=[5.0, float("nan")])
+    from fedrec.core.metrics import RatingSums  # a rating vote has no [0, users] bound: still finite and >= 0
+
+    assert _vote_problem([RatingSums(n=10, sse=9.0, sae=8.0)] * 2, 200, "rating") is None
+    assert "not a finite number" in _vote_problem([RatingSums(n=10, sse=float("nan"), sae=8.0)] * 2, 200, "rating")
+    assert "negative" in _vote_problem([RatingSums(n=10, sse=-9.0, sae=8.0)] * 2, 200, "rating")
 
 
 @pytest.mark.slow
