@@ -24,6 +24,7 @@ from fedrec.tasks.silo import (
     close_agent,
     join_federation,
     open_agent,
+    play_round,
     setup_silo,
     take_part,
     validate_data,
@@ -65,6 +66,16 @@ def _run_name() -> str:
     return f"silo-{params.get('silo_id')}-{params.get('run_id')}"
 
 
+def _log_round(logger, server_round: int, did: dict | None) -> None:
+    """The silo's round in its flow run's log (operations.silo_round_tasks false): its own figures only."""
+    if did is None:
+        logger.info("round %d: sat out (participant or mask set refused)", server_round)
+        return
+    logger.info("round %d: loss %.4f, trained %.2f s, encrypted and sent %.2f s, %.2f MB%s", server_round,
+                did["loss"], did["seconds_train"], did["seconds_encrypt"], did["bytes_sent"] / 1e6,
+                ", decrypted the sum" if did.get("decrypted") else "")
+
+
 @flow(name="silo_agent", flow_run_name=_run_name)
 def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
                overrides: dict[str, Any] | None = None, validation_in_train: bool = False) -> dict[str, Any]:
@@ -81,7 +92,10 @@ def silo_agent(run_id: str, silo_id: str = "", params_path: str = "params.yaml",
             return {"silo_id": silo_id, "admitted": False, "rounds": 0}
         setup_silo(*ids)
         while (ins := agent.next_instructions(rounds)) is not None:
-            take_part(*ids, ins)  # fit, settle and (when asked) evaluate: one task run per round
+            if agent.cfg.operations.silo_round_tasks:
+                take_part(*ids, ins)  # fit, settle and (when asked) evaluate: one task run per round
+            else:
+                _log_round(logger, ins.round, play_round(agent, ins))
             rounds = ins.round
     except BaseException as exc:
         agent.leave(rounds, exc)  # the coordinator stops waiting for this silo

@@ -56,22 +56,29 @@ def setup_silo(run_id: str, silo_id: str) -> str:
     return _agent(run_id, silo_id).setup()
 
 
-@task(name="round", task_run_name="silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
-def take_part(run_id: str, silo_id: str, ins: FitInstructions) -> dict | None:
-    """This silo's round, one task run (each task run is three events the Prefect server records: one per round
-    per silo, not one per step, halved the server's work on a run). Fit: publish the round's mask keys and sealed
-    shares, train E local epochs, mask and encrypt the weighted update in memory, publish it. Settle: until the
-    round's global model, reveal shares for the survivors' unmasking (once) and decrypt when asked. Evaluate
-    (when the instructions ask): HR/NDCG sums over the silo's own users (only sums leave the silo). Then the
-    round's transient buffers go back to the system (a silo host serves many rounds). Returns what it did (counts);
-    None: the silo refused the round's participant or mask set (it still evaluates when asked)."""
-    agent = _agent(run_id, silo_id)
+def play_round(agent: SiloAgent, ins: FitInstructions) -> dict | None:
+    """This silo's round: fit (publish the round's mask keys and sealed shares, train E local epochs, mask and
+    encrypt the weighted update in memory, publish it), settle (until the round's global model, reveal shares for
+    the survivors' unmasking, once, and decrypt when asked), evaluate when the instructions ask (HR/NDCG sums over
+    the silo's own users: only sums leave the silo). Then the round's transient buffers go back to the system (a
+    silo host serves many rounds). Returns what it did (counts and its own figures); None: the silo refused the
+    round's participant or mask set (it still evaluates when asked)."""
     try:
         fitted = agent.fit(ins)
         settled = agent.settle(ins) if fitted is not None else None
         if ins.evaluate:
             env.trim_heap()
             agent.evaluate(ins.round)
-        return settled
+        if settled is None:
+            return None
+        return settled | {"loss": fitted.loss, "seconds_train": fitted.seconds_train,
+                          "seconds_encrypt": fitted.seconds_encrypt, "bytes_sent": fitted.bytes_sent}
     finally:
         env.trim_heap()
+
+
+@task(name="round", task_run_name="silo-{silo_id}-round-{ins.round}", cache_policy=NO_CACHE)
+def take_part(run_id: str, silo_id: str, ins: FitInstructions) -> dict | None:
+    """:func:`play_round` as one task run per silo per round (operations.silo_round_tasks): three events the Prefect
+    server records, one task run per round rather than one per step."""
+    return play_round(_agent(run_id, silo_id), ins)

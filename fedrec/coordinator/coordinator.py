@@ -474,8 +474,17 @@ class Coordinator:
                             else self._participants.get(slot(server_round, group), silos))
         total = self.total_samples(participants)
         failures = {s: self._mask_failure(server_round, s) for s in participants if s not in silos}
+        checked: dict[str, EncryptedUpdate | PayloadError] = {}
+
+        def check(silo: str) -> None:  # each update verified as it arrives: at the last arrival, one is left
+            try:
+                checked[silo] = read_update(self.exchange, self.roster, server_round, silo, self.codec,
+                                            self.cfg.crypto, layout, self.n_train.get(silo), total)
+            except PayloadError as exc:
+                checked[silo] = exc
+
         arrived = self.exchange.wait_all({s: update_key(server_round, s) for s in silos},
-                                         timeout=fed.round_timeout_s, **self._timing)
+                                         timeout=fed.round_timeout_s, on_arrival=check, **self._timing)
         # a silo posts its report right after its update: wait for it too (reading it at once would race)
         self.exchange.wait_all({s: fit_report_key(server_round, s) for s in arrived},
                                timeout=min(30.0, fed.round_timeout_s), **self._timing)
@@ -486,9 +495,10 @@ class Coordinator:
                 failures[silo] = (self.why_gone(silo) if silo in self.gone()
                                   else f"no update within {fed.round_timeout_s:.0f}s")
                 continue
+            if isinstance(update := checked[silo], PayloadError):
+                failures[silo] = str(update)
+                continue
             try:
-                update = read_update(self.exchange, self.roster, server_round, silo, self.codec, self.cfg.crypto,
-                                     layout, self.n_train.get(silo), total)
                 report_key = fit_report_key(server_round, silo)
                 reports[silo] = FitReport.from_json(self.exchange.read(report_key, self.roster.get(silo)), report_key)
                 updates[silo] = update

@@ -371,6 +371,12 @@ class CKKSCodec:
                 return f"ciphertext {i}: {exc}"
         return None
 
+    def keeps(self, n_chunks: int) -> bool:
+        """Whether ``n_chunks`` parsed ciphertexts fit what this party keeps parsed (LOADED_CACHE_BYTES): only then
+        does parsing them ahead of their sum (:meth:`chunk_problem`) save the sum's parsing."""
+        data = self._seal.context.first_context_data().parms()
+        return n_chunks * 2 * 8 * data.poly_modulus_degree() * len(data.coeff_modulus()) <= LOADED_CACHE_BYTES
+
     def add(self, payloads: list[list[bytes]]) -> list[bytes]:
         n_chunks = {len(p) for p in payloads}
         if len(n_chunks) != 1:

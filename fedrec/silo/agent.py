@@ -503,6 +503,7 @@ class SiloAgent:
         r, fed, g = ins.round, self.cfg.federation, ins.group
         self._groups[r] = g
         attempt, decrypted, voted = 0, False, False
+        warm = {update_key(r, s): s for s in self._decryptors_reads(ins)}
         while True:
             keys = [global_key(r), STOP_KEY]
             if self._masks is not None and self._masks.round == r and not self._masks.revealed:
@@ -511,12 +512,17 @@ class SiloAgent:
                 keys.append(decrypt_key(r, attempt, g))
             if fed.robust_rule == "vetted" and not voted:
                 keys.append(vet_key(r))
-            key = self._wait(keys, 3 * fed.round_timeout_s)
+            key = self._wait(keys + (list(warm) if not decrypted else []), 3 * fed.round_timeout_s)
             if key is None:
                 raise FederationError(f"silo {self.silo_id}: round {r} did not finish within "
                                       f"{3 * fed.round_timeout_s:.0f}s; the coordinator seems gone")
             if key == global_key(r) or (key == STOP_KEY and self._stopped()):
                 break
+            if key in warm:  # parsed now, while the others' arrive: decrypt() reads it again, parsed already
+                with COMPUTE, contextlib.suppress(PayloadError):  # refused there, by name, if it is in the sum
+                    read_update(self.exchange, self.roster, r, warm.pop(key), self.codec, self.cfg.crypto, None,
+                                None, ins.total_samples)
+                continue
             if key == unmask_key(r, g):
                 self.reveal(r)
             elif key == vet_key(r):
@@ -535,6 +541,16 @@ class SiloAgent:
                 attempt += 1
         self._masks = None
         return {"round": r, "decrypted": decrypted}
+
+    def _decryptors_reads(self, ins: FitInstructions) -> list[str]:
+        """The silos whose updates the round's decryptor (the key holder, CKKS) parses as they arrive, before it
+        is asked: the sum it rebuilds then takes them parsed (none when they would not all stay parsed)."""
+        if not (self.cfg.federation.he and self.is_key_holder and isinstance(self.codec, CKKSCodec)):
+            return []
+        masks = self._masks if self._masks is not None and self._masks.round == ins.round else None
+        silos = masks.mask_set if masks is not None and masks.mask_set else list(ins.silos)
+        slots = masking.n_slots(sum(t.numel() for t in self.model.shared_state().values()), self.cfg.crypto.pack)
+        return silos if self.codec.keeps(len(silos) * -(-slots // self.codec.per_ciphertext)) else []
 
     def reveal(self, server_round: int) -> Reveal | None:
         """Once per round: this silo's shares of the survivors' self-mask seeds and of the dropped silos' mask keys,

@@ -183,9 +183,11 @@ class Exchange:
             pause(delay)
 
     def wait_all(self, keys: dict[str, str], *, timeout: float, poll: float,
-                 gone: Callable[[], set[str]] | None = None) -> set[str]:
+                 gone: Callable[[], set[str]] | None = None,
+                 on_arrival: Callable[[str], None] | None = None) -> set[str]:
         """Of ``{name: key}``, the names whose key appeared within ``timeout`` s. Stops early once every
-        name has either arrived or is in ``gone()`` (producers known to be dead)."""
+        name has either arrived or is in ``gone()`` (producers known to be dead). ``on_arrival(name)`` is called
+        once per name as its key appears (work on the early arrivals while the others are awaited)."""
         pending, arrived = dict(keys), set()
         deadline = time.monotonic() + timeout
         for delay in self.pauses(poll):
@@ -194,6 +196,8 @@ class Exchange:
                 if key in found:
                     arrived.add(name)
                     del pending[name]
+                    if on_arrival is not None:
+                        on_arrival(name)
             if not pending or time.monotonic() >= deadline:
                 break
             if gone is not None and set(pending) <= gone():
