@@ -1,14 +1,19 @@
 """The one-command benchmark (`make bench`): fedrec against Flower and centralized training, on the same work.
 
 The work: ML-100K region silos (11), NeuMF with the project's defaults, R rounds (default 10) of one local epoch,
-evaluation only after the last round, the configured seed. Rows, run one after another (never side by side):
+evaluation only after the last round, the configured seed. Rows, run one after another (never side by side), the
+yardsticks right after ``fedrec_he`` (this machine's speed drifts by tens of per cent within minutes):
 
 1. ``fedrec_he``: ``fedrec run`` with CKKS aggregation;
-2. ``fedrec_plain``: the same with ``--no-he``;
-3. ``flower``: Flower FedAvg, the yardstick in ../shared/bench/flower_reference (flower_ref.py), in its own virtual
-   environment ``$FLOWER_VENV`` (skipped, with the reason printed, when unset or missing);
-4. ``centralized``: ``fedrec centralized --model neumf`` for R epochs (one epoch per round), and ``bare_loop``: the
-   yardstick's single-process PyTorch loop (flower_ref_bare.py; needs ``$FLOWER_VENV`` too).
+2. ``bare_loop``: the yardstick's single-process PyTorch loop (flower_ref_bare.py), and ``flower``: Flower FedAvg, the
+   yardstick in ../shared/bench/flower_reference (flower_ref.py), both in their own virtual environment
+   ``$FLOWER_VENV`` (skipped, with the reason printed, when unset or missing);
+3. ``fedrec_plain``: the same as 1 with ``--no-he``; ``fedrec_he_robust``: 1 with the robust rule;
+4. ``centralized``: ``fedrec centralized --model neumf`` for R epochs (one epoch per round).
+
+The limit of a round: the silos' training split over the machine's cores. Stated two ways: against the bare loop's
+round (another process, run right after) and against the run's own training CPU (each silo's training thread's CPU
+seconds, summed per round: the same work, measured in the same seconds as the round, whatever the machine's speed).
 
 Measured per row: median round wall time, the whole process's wall time, bytes each silo sends per round, the peak
 of the summed RSS of the whole process tree (sampled every 0.2 s), sampled and full-ranking HR@10 / NDCG@10.
@@ -200,6 +205,25 @@ def add_ratios(rows: list[Row]) -> None:
             row.ratios[f"total_wall_vs_{ref}"] = _ratio(row.total_wall_s, base.total_wall_s)
 
 
+def round_limits(rows: list[Row], cores: int) -> dict:
+    """Each fedrec row's median round against the silos' training split over ``cores``: the bare loop's (its median
+    round / cores) and the row's own (its median per-round sum of the silos' training CPU seconds / cores)."""
+    by_name = {r.name: r for r in rows if not r.error}
+    bare = by_name.get("bare_loop")
+    out = {}
+    for row in rows:
+        if not row.name.startswith("fedrec") or row.error or not row.raw:
+            continue
+        train_cpu = (row.raw.get("seconds_per_phase_median") or {}).get("train_cpu")
+        out[row.name] = {
+            "cores": cores, "median_round_s": row.median_round_s,
+            "bare_split_s": bare.median_round_s / cores if bare else None,
+            "vs_bare_split": _ratio(row.median_round_s, bare.median_round_s / cores) if bare else None,
+            "train_cpu_split_s": train_cpu / cores if train_cpu else None,
+            "vs_train_cpu_split": _ratio(row.median_round_s, train_cpu / cores) if train_cpu else None}
+    return out
+
+
 def he_bytes_ratio(rows: list[Row]) -> dict | None:
     """fedrec HE bytes per silo per round / (shared parameters x 4 B): the cost of CKKS over fp32 plaintext."""
     by_name = {r.name: r for r in rows if not r.error}
@@ -238,6 +262,14 @@ def bench_markdown(result: dict) -> str:
     if hb:
         parts.append(f"- CKKS bytes per silo per round / fp32 shared parameters: **{hb['ratio']:.2f}×** "
                      f"({hb['he_bytes'] / 1e6:.3f} MB vs {hb['shared_params']:,} params × 4 B).")
+    for name, lim in (result.get("round_limits") or {}).items():
+        said = [f"{lim['vs_bare_split']:.2f}× the bare loop's ({lim['bare_split_s']:.2f} s)"
+                if lim.get("vs_bare_split") else "",
+                f"{lim['vs_train_cpu_split']:.2f}× the run's own training CPU ({lim['train_cpu_split_s']:.2f} s)"
+                if lim.get("vs_train_cpu_split") else ""]
+        if any(said):
+            parts.append(f"- {name}: median round {lim['median_round_s']:.2f} s against the silos' training split "
+                         f"over {lim['cores']} cores: " + "; ".join(s for s in said if s) + ".")
     robust = next((r for r in rows if r.name == "fedrec_he_robust" and not r.error), None)
     if robust is not None and robust.ratios.get("median_round_vs_fedrec_he"):
         parts.append(f"- robust aggregation ({', '.join(ROBUST_SETS)}) against fedrec_he: median round "
@@ -310,21 +342,21 @@ def run_rows(args: argparse.Namespace, notes: list[str]) -> list[Row]:
     notes.append(f"data provisioned once before the rows (the DVC pipeline's prepare, partition and validate; untimed: "
                  "the runs' silos take the saved verdicts of their unchanged data): "
                  f"{provision_data(ws, sets, WORK / 'provision'):.1f} s")
-    rows = [attempt(name, lambda he=he, name=name: fedrec_row(name, he, args.rounds, ws, sets, args.timeout))
-            for name, he in (("fedrec_he", True), ("fedrec_plain", False))]
+    problem = flower_venv_problem(args.flower_venv)
+    rows = [attempt("fedrec_he", lambda: fedrec_row("fedrec_he", True, args.rounds, ws, sets, args.timeout))]
+    if not problem:  # the yardsticks beside fedrec_he (this machine's speed drifts by tens of per cent in minutes)
+        silos = len(rows[0].raw["silos"]) if rows[0].raw else 11
+        rows.append(attempt("bare_loop", lambda: bare_row(args.flower_venv, args.rounds, args.timeout)))
+        rows.append(attempt("flower", lambda: flower_row(args.flower_venv, args.rounds, silos, args.timeout)))
+    else:
+        print(f"[bench] flower, bare_loop: skipped ({problem})", flush=True)
+        notes.append(f"Flower and bare-loop rows skipped: {problem}")
+    rows.append(attempt("fedrec_plain", lambda: fedrec_row("fedrec_plain", False, args.rounds, ws, sets,
+                                                            args.timeout)))
     # robust aggregation under encryption (issue #20): three groups' secure sums, vetted by the silos
     rows.append(attempt("fedrec_he_robust", lambda: fedrec_row("fedrec_he_robust", True, args.rounds, ws,
                                                                 [*sets, *ROBUST_SETS], args.timeout)))
-    problem = flower_venv_problem(args.flower_venv)
-    if problem:
-        print(f"[bench] flower, bare_loop: skipped ({problem})", flush=True)
-        notes.append(f"Flower and bare-loop rows skipped: {problem}")
-    else:
-        silos = len(rows[0].raw["silos"]) if rows[0].raw else 11
-        rows.append(attempt("flower", lambda: flower_row(args.flower_venv, args.rounds, silos, args.timeout)))
     rows.append(attempt("centralized", lambda: centralized_row(args.rounds, ws, sets, args.seed, args.timeout)))
-    if not problem:
-        rows.append(attempt("bare_loop", lambda: bare_row(args.flower_venv, args.rounds, args.timeout)))
     return rows
 
 
@@ -337,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_rows(args, notes)
     add_ratios(rows)
     outputs = [shown_path(args.out_dir / "bench.json"), shown_path(args.out_dir / "bench.png")]
-    result = {"rounds": args.rounds, "seed": args.seed, "command": command.strip(), "machine": machine(),
-              "outputs": outputs, "notes": notes, "he_bytes_ratio": he_bytes_ratio(rows), "rows": [asdict(r) for r in rows]}
+    box = machine()
+    result = {"rounds": args.rounds, "seed": args.seed, "command": command.strip(), "machine": box,
+              "outputs": outputs, "notes": notes, "he_bytes_ratio": he_bytes_ratio(rows),
+              "round_limits": round_limits(rows, int(box["cores"] or 1)), "rows": [asdict(r) for r in rows]}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "bench.json").write_text(json.dumps(result, indent=2))
     plot_bars(rows, args.out_dir / "bench.png")

@@ -13,7 +13,9 @@ silos run their own `silo_agent` flow runs (flows/silo_agent.py) in their own pr
 
 from __future__ import annotations
 
+import contextvars
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,40 @@ def _launcher(cfg: Config, run_id: str, silos: list[str], params_path: str, over
                           silo_flow=silo_agent).start()
 
 
+class RoundReporter:
+    """``on_round(record)`` (MLflow metrics, the round's table artifact, the log line, the progress bar) on one
+    thread of its own, in the flow run's context, while the next round runs: the silos no longer wait for it (≈40 ms
+    a round here, with nothing to do). One report at a time, in order; a report's error is raised at the next
+    :meth:`report` or at :meth:`close`."""
+
+    def __init__(self, on_round) -> None:
+        self.on_round = on_round
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedrec-round-report") if on_round else None
+        self._pending: Future | None = None
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def report(self, record: RoundRecord) -> None:
+        if self._pool is None:
+            return
+        self._settle()
+        self._pending = self._pool.submit(contextvars.copy_context().run, self.on_round, record)
+
+    def close(self, wait: bool = True) -> None:
+        """Wait for the last report (``wait``: and raise its error) and stop the thread."""
+        if self._pool is None:
+            return
+        try:
+            if wait:
+                self._settle()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params_path: str, overrides: dict | None,
              sizes: dict[str, int] | None = None, refit: bool = False, on_round=None, launcher=None,
              checkpoint: dict | None = None):
@@ -98,6 +134,7 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
     coord = Coordinator(cfg, run_id, len(pipeline.catalogue_ids(cfg)), gone=launcher.gone)
     open_run(coord)
     finished = False
+    reporter = RoundReporter(on_round)
     try:
         restored = coord.restore()
         if restored is None:
@@ -111,12 +148,13 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
             record = federated_round(run_id, r, evaluate)
             if evaluate:
                 record = collect_evaluation(run_id, r)
-            if on_round is not None:
-                on_round(record)
+            reporter.report(record)
             coord.save_checkpoint(checkpoint)  # the run's state after round r: what a resumed run starts from
             faults.crash_point("coordinator-after-round", r)
+        reporter.close()
         finished = True
     finally:
+        reporter.close(wait=finished)
         coord.stop("finished" if finished else "the coordinator stopped early",
                    coord.state.round if coord.state is not None else 0)
         close_run(run_id)

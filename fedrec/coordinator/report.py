@@ -124,7 +124,7 @@ class RoundRecord:
         """One markdown line: loss, contributors, failures, the coordinator's seconds."""
         return (f"**Round {self.round}**: loss {self.loss:.4f}; {len(self.contributors)} silos contributed"
                 + (f"; failed: {', '.join(sorted(self.failures))}" if self.failures else "")
-                + "; seconds: " + ", ".join(f"{p} {s:.2f}" for p, s in self.seconds.items() if p != "train"))
+                + "; seconds: " + ", ".join(f"{p} {s:.2f}" for p, s in self.seconds.items() if not p.startswith("train")))
 
 
 def rounds_figure(history: list[RoundRecord], k: int):

@@ -79,6 +79,7 @@ def fit_round(state: RunState, coord: Coordinator, server_round: int, evaluate: 
                           for s, r in collected.reports.items()},
         plaintext_bytes=next(iter(collected.reports.values())).plaintext_bytes if collected.reports else 0,
         seconds={"train": sum(r.seconds_train for r in collected.reports.values()),
+                 "train_cpu": sum(r.cpu_train for r in collected.reports.values()),
                  "encrypt": sum(r.seconds_encrypt for r in collected.reports.values()),
                  "wait_updates": t_collect - start, "aggregate": t_aggregate - t_collect,
                  "decrypt": t_mean - t_aggregate, "round": time.perf_counter() - start}

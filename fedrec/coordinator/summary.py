@@ -15,7 +15,7 @@ from fedrec.core.objectives import objective
 from fedrec.core.training import model_config
 from fedrec.models import build_model
 
-PHASES = ("train", "encrypt", "wait_updates", "aggregate", "decrypt", "evaluate")
+PHASES = ("train", "train_cpu", "encrypt", "wait_updates", "aggregate", "decrypt", "evaluate")
 
 
 def evaluation_due(cfg: Config, server_round: int, last_round: int, refit: bool = False) -> bool:
@@ -50,6 +50,7 @@ def summarize(cfg: Config, run_id: str, admission, history: list[RoundRecord], b
         "seconds_per_round": statistics.fmean(round_seconds),
         "seconds_per_round_median": statistics.median(round_seconds),
         "seconds_per_phase": {p: statistics.fmean(h.seconds.get(p, 0.0) for h in history) for p in PHASES},
+        "seconds_per_phase_median": {p: statistics.median(h.seconds.get(p, 0.0) for h in history) for p in PHASES},
         "bytes_per_round": bytes_mean,
         "bytes_per_round_mean": statistics.fmean(bytes_mean.values()),
         "plaintext_fp32_bytes": history[-1].plaintext_bytes,

@@ -93,7 +93,8 @@ class RunLogger:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k.replace("@", "_at_"): float(v) for k, v in metrics.items()}
-        self._mlflow.log_metrics(clean, step=step)
+        # by run id: MLflow's active run is per thread, and the rounds' metrics are logged from a thread of their own
+        self._mlflow.log_metrics(clean, step=step, run_id=self.run_id)
 
     def log_dict(self, payload: dict[str, Any], artifact_file: str) -> None:
         self._mlflow.log_dict(payload, artifact_file)

@@ -449,10 +449,10 @@ class SiloAgent:
         self._bases[r] = ins.base_round if ins.base_round >= 0 else r - 1  # after a roll-back: an earlier model
         start_global = self.global_state(self._bases[r])
         with COMPUTE:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             update, loss = (self._train_private(ins, start_global) if cfg.privacy.enabled
                             else self._train(ins, start_global))
-            seconds_train = time.perf_counter() - start
+            seconds_train, cpu_train = time.perf_counter() - start, time.thread_time() - cpu_start
         if not all(bool(torch.isfinite(t).all()) for t in update.delta.values()):
             raise PayloadError(f"silo {self.silo_id}, round {r}: the local update holds NaN/Inf; not sent")
         try:
@@ -469,7 +469,7 @@ class SiloAgent:
             return None
         report = FitReport(silo_id=self.silo_id, round=r, n_samples=update.n_samples, loss=loss,
                            seconds_train=seconds_train, seconds_encrypt=seconds_encrypt, bytes_sent=bytes_sent,
-                           plaintext_bytes=4 * sum(t.numel() for t in update.delta.values()))
+                           plaintext_bytes=4 * sum(t.numel() for t in update.delta.values()), cpu_train=cpu_train)
         self._post_once(fit_report_key(r, self.silo_id), report.to_json())
         return report
 

@@ -288,6 +288,8 @@ class FitReport(Message):
     seconds_encrypt: float
     bytes_sent: int
     plaintext_bytes: int
+    #: CPU seconds of the thread that trained (torch's intra-op threads beyond it not counted: silo hosts run one)
+    cpu_train: float = 0.0
 
 
 @dataclass(frozen=True)

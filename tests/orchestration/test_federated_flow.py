@@ -103,6 +103,13 @@ def test_he_run_is_tracked_in_mlflow(he_run):
         assert np.mean([m.value for m in history]) == pytest.approx(summary["bytes_per_round"][silo])
     assert [m.step for m in client.get_metric_history(run_id, "seconds/train")] == [1, 2]
     assert all(m.value > 0 for m in client.get_metric_history(run_id, "seconds/encrypt"))
+    # the silos' training CPU (one thread each: never more than their training's wall time)
+    walls = [m.value for m in client.get_metric_history(run_id, "seconds/train")]
+    cpus = [m.value for m in client.get_metric_history(run_id, "seconds/train_cpu")]
+    assert len(cpus) == 2 and all(0 < cpu <= wall + 0.01 for cpu, wall in zip(cpus, walls)), (cpus, walls)
+    # the rounds' metrics, logged from a thread of their own, went to this run (MLflow's active run is per thread)
+    assert len(client.search_runs([run.info.experiment_id],
+                                  f"tags.prefect_flow_run = '{summary['run_id']}'")) == 1
     assert run.data.metrics["selected_round"] == summary["selected_round"]
     assert run.data.params["silos"] == "0,1,2" and run.data.params["silos_excluded"] == "-"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
@@ -423,3 +430,37 @@ def test_the_next_item_tables_are_learned_by_the_federation_and_score_the_silos_
     assert isinstance(rec.model, RecencyScorer) and rec.model.transition_weight == 0.5
     assert torch.equal(rec.model._tables.prev.weight.detach().cpu(), last["transitions.prev.weight"])
     assert len(rec.recommend(next(iter(rec.model_users)), k=5).items) == 5
+
+
+def test_round_reports_run_in_order_beside_the_rounds_in_the_flow_runs_context_and_their_errors_surface():
+    # Prepare: a report that records where it ran and what context it saw, and fails on one record
+    import contextvars
+    import threading
+
+    from fedrec.flows.federated import RoundReporter
+
+    var = contextvars.ContextVar("flow_run", default=None)
+    var.set("this flow run")
+    seen = []
+
+    def on_round(record):
+        seen.append((record, threading.current_thread() is threading.main_thread(), var.get()))
+        if record == "bad":
+            raise RuntimeError("tracking store down")
+
+    # Execute / Assert: in order, off the rounds' thread, in the flow run's context
+    reporter = RoundReporter(on_round)
+    reporter.report("round 1")
+    reporter.report("round 2")
+    reporter.close()
+    assert seen == [("round 1", False, "this flow run"), ("round 2", False, "this flow run")]
+    # a failed report is raised at the next report (nothing lost silently), and at close
+    reporter = RoundReporter(on_round)
+    reporter.report("bad")
+    with pytest.raises(RuntimeError, match="tracking store down"):
+        reporter.report("round 3")
+    reporter.close()
+    reporter = RoundReporter(on_round)
+    reporter.report("bad")
+    with pytest.raises(RuntimeError, match="tracking store down"):
+        reporter.close()
