@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -290,6 +291,14 @@ class FitReport(Message):
     plaintext_bytes: int
     #: CPU seconds of the thread that trained (torch's intra-op threads beyond it not counted: silo hosts run one)
     cpu_train: float = 0.0
+
+    def _checked(self, source: str) -> "FitReport":
+        counts = (self.n_samples, self.bytes_sent, self.plaintext_bytes)
+        figures = (self.loss, self.seconds_train, self.seconds_encrypt, self.cpu_train)
+        if min(counts) < 0 or not all(math.isfinite(x) for x in figures) or min(figures[1:]) < 0:
+            raise PayloadError(f"{source}: implausible bookkeeping (counts {counts}, loss and seconds {figures}): "
+                               "a count or a time below zero, or a figure that is not a finite number")
+        return self
 
 
 @dataclass(frozen=True)

@@ -244,3 +244,16 @@ def test_a_parsed_message_is_frozen_and_replaceable():
     assert (later.round, later.silos, later.local_epochs) == (4, ["1"], ins.local_epochs)
     with pytest.raises(dataclasses.FrozenInstanceError):
         ins.round = 5
+
+
+@pytest.mark.parametrize("fields", [{"seconds_train": -1.0}, {"cpu_train": -0.5}, {"bytes_sent": -1},
+                                    {"seconds_encrypt": 1e400}, {"loss": float("nan")}],
+                         ids=["negative seconds", "negative CPU", "negative bytes", "infinite", "NaN loss"])
+def test_a_fit_report_with_impossible_bookkeeping_is_refused_by_name(fields):
+    # Prepare: a silo's report whose figures reach the round's record, MLflow and the round's table
+    data = _posted(BY_CLASS[FitReport], **fields)
+
+    # Act / Assert: named (by the JSON reader for what JSON cannot hold, else as implausible bookkeeping)
+    with pytest.raises(PayloadError, match=rf"^{re.escape(KEY)}: "):
+        FitReport.from_json(data, KEY)
+    assert FitReport.from_json(_posted(BY_CLASS[FitReport]), KEY) == BY_CLASS[FitReport]  # control: the sample passes
