@@ -109,3 +109,26 @@ def test_transient_io_errors_are_retried_and_named_errors_are_not(tmp_path, monk
     assert len(failures) == 2 and ex.get(update_key(1, "a")) == b"alpha"
     with pytest.raises(ExchangeConflictError):  # named: not retried into success
         ex.put(update_key(1, "a"), b"again")
+
+
+def test_wait_all_hands_over_each_arrival_once_while_it_waits_for_the_rest(tmp_path):
+    # Prepare: two updates present, a third written by another party while the first two are handled
+    import threading
+
+    ex = Exchange(str(tmp_path / "exchange"))
+    ex.put(update_key(1, "a"), b"a")
+    ex.put(update_key(1, "b"), b"b")
+    handed = []
+
+    def on_arrival(name):
+        handed.append((name, ex.exists(update_key(1, "c"))))
+        if len(handed) == 1:  # the last silo's update comes in while an early one is worked on
+            threading.Timer(0.05, ex.put, (update_key(1, "c"), b"c")).start()
+
+    # Act
+    arrived = ex.wait_all({s: update_key(1, s) for s in "abcd"}, timeout=1.0, poll=0.01, on_arrival=on_arrival)
+
+    # Assert: each arrival handed over once, the early ones before the late one was there; "d" never came
+    assert arrived == {"a", "b", "c"}
+    assert sorted(name for name, _ in handed) == ["a", "b", "c"] and len(handed) == 3
+    assert [late for name, late in handed if name in "ab"] == [False, False]
