@@ -126,7 +126,9 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
              checkpoint: dict | None = None):
     """Launch the silo agents (unless ``launcher`` already did), admit them, run ``rounds`` rounds, stop them.
     After each round the coordinator's state is checkpointed (with ``checkpoint``, e.g. the MLflow run id); a run
-    that has a checkpoint resumes after its last checkpointed round instead. Returns (coordinator, history).
+    that has a checkpoint resumes after its last checkpointed round instead. ``on_round(record)`` reports each round
+    beside the next one (:class:`RoundReporter`); a resumed run first hands it every restored round again, since
+    the crash may have cut the last one's report short: it skips what it already reported. Returns (coordinator, history).
     The silo agents are told to stop either way; a ``launcher`` passed in is joined by its owner (so that their
     processes wind down while the coordinator logs the run), one launched here before this returns."""
     own = launcher is None
@@ -142,6 +144,8 @@ def federate(cfg: Config, run_id: str, roster: list[str], rounds: int, *, params
             open_federation(run_id)
         else:
             get_run_logger().info("run %s resumes after round %d (its checkpoint)", run_id, restored[0].round)
+            for record in coord.state.history:  # the last round's report may have been cut short by the crash
+                reporter.report(record)
         local_server_yields_cpu()
         for r in range(coord.state.round + 1, rounds + 1):
             evaluate = evaluation_due(cfg, r, rounds, refit)
@@ -206,16 +210,21 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
 
         sigma = privacy.noise_multiplier(cfg.privacy, cfg.federation.rounds) if cfg.privacy.enabled else 0.0
 
+        # a resumed run: the rounds whose report reached MLflow (the report's last step) are not reported again
+        reported = run.logged_steps("train_loss") if resumed else set()
+
         def on_round(record: RoundRecord) -> None:
+            if record.round in reported:
+                return
             dp = ({"dp_epsilon": privacy.epsilon(sigma, cfg.privacy.user_sample_rate, record.round, cfg.privacy.delta)}
                   if cfg.privacy.enabled else {})
-            run.log_metrics(record.mlflow_metrics() | dp, step=record.round)
             create_table_artifact(record.table(k), key=round_artifact_key(record.round), description=record.headline())
             shown = objective(cfg.task).headline(k)  # hr@k | rmse (task: rating)
             status = f"loss {record.loss:.4f}" + (f" {shown} {record.val[shown]:.4f} (val)" if record.val else "")
             logger.info("round %d: %s%s", record.round, status, f"; failed: {record.failures}" if record.failures else "")
-            if progress:
+            if progress and record.round > (resumed or {}).get("rounds_done", 0):
                 progress.update(progress.task_ids[0], advance=1, status=status)
+            run.log_metrics(record.mlflow_metrics() | dp, step=record.round)  # last: it marks the round reported
 
         coord, history = federate(cfg, run_id, roster, cfg.federation.rounds, params_path=params_path,
                                   overrides=overrides, sizes=silo_sizes, on_round=on_round, launcher=launcher,

@@ -96,6 +96,12 @@ class RunLogger:
         # by run id: MLflow's active run is per thread, and the rounds' metrics are logged from a thread of their own
         self._mlflow.log_metrics(clean, step=step, run_id=self.run_id)
 
+    def logged_steps(self, metric: str) -> set[int]:
+        """The steps at which ``metric`` was logged in this run (none when it never was)."""
+        from mlflow.tracking import MlflowClient
+
+        return {m.step for m in MlflowClient().get_metric_history(self.run_id, metric.replace("@", "_at_"))}
+
     def log_dict(self, payload: dict[str, Any], artifact_file: str) -> None:
         self._mlflow.log_dict(payload, artifact_file)
 
