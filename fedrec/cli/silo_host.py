@@ -84,7 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+def import_stack() -> None:
+    """What every host imports (the warm host once, for all of them): pandas, torch, ``torch._dynamo`` (torch.optim's
+    first step imports it, ≈1 s of CPU), Prefect and the silo's flow."""
+    import pandas  # noqa: F401
+    import torch
+    import torch._dynamo  # noqa: F401
+
+    import fedrec.flows.silo_agent  # noqa: F401
+    import fedrec.silo.prevalidation  # noqa: F401
+
+    torch.set_num_threads(1)
+
+
 if __name__ == "__main__":
     from fedrec.core.env import exit_now
 
+    if sys.argv[1:] == ["--warm"]:  # the warm host (fedrec.orchestration.warm_host): forks the run's other hosts
+        from fedrec.orchestration.warm_host import serve
+
+        exit_now(serve(main, import_stack))
     exit_now(main())  # the atexit flushes (Prefect's logs and events), not the heap teardown

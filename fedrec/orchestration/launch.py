@@ -25,6 +25,7 @@ from typing import Iterator
 
 from fedrec.core.config import Config
 from fedrec.core.fsperm import open_private_log, private_dir
+from fedrec.orchestration.warm_host import host_env
 from fedrec.wire.exchange import check_run_id, check_silo_id
 
 #: the pid of the Prefect server :func:`prefect_api` started (only that one is ever reniced)
@@ -106,6 +107,15 @@ def host_count(cfg: Config) -> int:
     return cfg.federation.max_parallel_silos or os.cpu_count() or 1
 
 
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat): tells it from a later one that
+    got the same pid."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class LocalSiloHosts:
     """Silo host processes on this machine; each keeps its silos' state in memory for the whole run."""
 
@@ -123,48 +133,67 @@ class LocalSiloHosts:
                         for s in silos}
         self.log_dir = Path(cfg.federation.state_dir) / "logs" / run_id
         self.pid_file = Path(cfg.federation.state_dir) / "coordinator" / run_id / "hosts.json"
-        self.attached: list[tuple[list[str], int]] = []  # hosts of this run that outlived a crashed coordinator
+        # hosts of this run that outlived a crashed coordinator: (silos, pid, start ticks)
+        self.attached: list[tuple[list[str], int, int | None]] = []
         self._cmd = [sys.executable, "-m", "fedrec.cli.silo_host", "--params", str(params_path), "--run-id", run_id,
                      "--overrides", json.dumps(overrides or {})] + (["--validation-in-train"] if validation_in_train
                                                                      else [])
-        # one intra-op thread per host: OpenMP reads this in every thread (torch.set_num_threads does not reach
-        # the silos' threads), so hosts never oversubscribe the cores
-        self._env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} | (
-            {"PREFECT_API_URL": api_url} if api_url else {})
+        # one intra-op thread per host (host_env): OpenMP reads it in every thread (torch.set_num_threads does not
+        # reach the silos' threads), so hosts never oversubscribe the cores
+        self._env = host_env() | ({"PREFECT_API_URL": api_url} if api_url else {})
         self.procs: list[tuple[list[str], subprocess.Popen]] = []
 
-    def _host_alive(self, pid: int) -> bool:
+    def _host_alive(self, pid: int, started: int | None = None) -> bool:
+        """``pid`` is still this run's host: a silo host whose command line names this run, or (a host forked by
+        the warm host, whose command line names none) one that started when the host list says it did."""
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return b"fedrec.cli.silo_host" in cmdline and self.run_id.encode() in cmdline
+        if b"fedrec.cli.silo_host" not in cmdline:
+            return False
+        return self.run_id.encode() in cmdline or (started is not None and _start_ticks(pid) == started)
 
     def start(self) -> "LocalSiloHosts":
         """Start the hosts; or, when this run's hosts outlived its crashed coordinator, attach to them (their
         silo agents kept their state in memory and wait for the next round's instructions)."""
+        from fedrec.orchestration.warm_host import take_warm
+
+        warm = take_warm()  # started with the CLI's first lines (fedrec.orchestration.warm_host)
         if self.pid_file.exists():
-            previous = [(entry["silos"], int(entry["pid"])) for entry in json.loads(self.pid_file.read_text())]
-            if previous and all(self._host_alive(pid) for _, pid in previous):
+            previous = [(entry["silos"], int(entry["pid"]), entry.get("started"))
+                        for entry in json.loads(self.pid_file.read_text())]
+            if previous and all(self._host_alive(pid, started) for _, pid, started in previous):
                 self.attached = previous
+                if warm is not None:
+                    warm.stop()
                 return self
         private_dir(self.log_dir)
         if self.federation and self.silo_flow is not None:
             self.linked = linked_silo_runs(self.silo_flow, self.federation, self.run_id, self._params)
+        hosts = []
         for i, group in enumerate(self.groups):
             runs = {s: self.linked[s] for s in group if s in self.linked}
-            with open_private_log(self.log_dir / f"host-{i}.log") as log:  # the host keeps its own descriptor
-                proc = subprocess.Popen(self._cmd + ["--silos", ",".join(group), "--flow-runs", json.dumps(runs)],
-                                        stdout=log, stderr=subprocess.STDOUT, env=self._env)
-            self.procs.append((group, proc))
+            log = self.log_dir / f"host-{i}.log"
+            open_private_log(log).close()
+            hosts.append((self._cmd[3:] + ["--silos", ",".join(group), "--flow-runs", json.dumps(runs)], log))
+        forked = warm.launch(hosts, self._env) if warm is not None else None
+        if forked is not None:
+            self.procs = list(zip(self.groups, forked))
+        else:
+            for group, (argv, log) in zip(self.groups, hosts):
+                with open(log, "ab") as out:  # the host keeps its own descriptor
+                    self.procs.append((group, subprocess.Popen(self._cmd[:3] + argv, stdout=out,
+                                                               stderr=subprocess.STDOUT, env=self._env)))
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(json.dumps([{"silos": g, "pid": p.pid} for g, p in self.procs]))
+        self.pid_file.write_text(json.dumps([{"silos": g, "pid": p.pid, "started": _start_ticks(p.pid)}
+                                             for g, p in self.procs]))
         return self
 
     def gone(self) -> set[str]:
         """Silos whose host process has exited."""
         return ({s for group, proc in self.procs if proc.poll() is not None for s in group}
-                | {s for group, pid in self.attached if not self._host_alive(pid) for s in group})
+                | {s for group, pid, started in self.attached if not self._host_alive(pid, started) for s in group})
 
     def failed_hosts(self) -> list[str]:
         return [f"host {i} ({','.join(g)}) exit {p.returncode}; log {self.log_dir / f'host-{i}.log'}"
@@ -179,10 +208,10 @@ class LocalSiloHosts:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for group, pid in self.attached:  # not our children: wait by looking
-            while self._host_alive(pid) and time.monotonic() < deadline:
+        for group, pid, started in self.attached:  # not our children: wait by looking
+            while self._host_alive(pid, started) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if self._host_alive(pid):
+            if self._host_alive(pid, started):
                 with contextlib.suppress(OSError):
                     os.kill(pid, 9)
         if self.linked:

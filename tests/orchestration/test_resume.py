@@ -27,6 +27,10 @@ pytestmark = pytest.mark.slow  # real servers, subprocess CLIs or whole federati
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _fedrec_run(params: Path, run_id: str, env: dict, fault: str | None = None) -> subprocess.CompletedProcess:
     fedrec = str(Path(sys.executable).with_name("fedrec"))
     extra = {"FEDREC_FAULT": fault} if fault else {}
@@ -48,6 +52,7 @@ def test_a_crashed_coordinator_resumes_and_ends_with_the_uninterrupted_model(pre
     crashed = _fedrec_run(params, "crashy", env, fault="coordinator-after-round:2")
     hosts = json.loads((Path(cfg.federation.state_dir) / "coordinator" / "crashy" / "hosts.json").read_text())
     alive_after_crash = [Path(f"/proc/{h['pid']}").exists() for h in hosts]
+    parents = [_parent(h["pid"]) if alive else None for h, alive in zip(hosts, alive_after_crash)]
     stopped_after_crash = run_exchange(cfg, "crashy").exists("stop.json")
     resumed = _fedrec_run(params, "crashy", env)
     straight = _fedrec_run(params, "straight", env)
@@ -55,6 +60,7 @@ def test_a_crashed_coordinator_resumes_and_ends_with_the_uninterrupted_model(pre
     # Assert: the crash was a crash (no stop, no summary), its agents waited, the resumed run finished
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-2000:]
     assert not stopped_after_crash and all(alive_after_crash)
+    assert parents[1] == hosts[0]["pid"]  # host 1 was forked by the warm host, which is host 0 (and outlived the CLI)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert straight.returncode == 0, straight.stderr[-3000:]
     summary = json.loads(resumed.stdout.splitlines()[-1])

@@ -1,0 +1,49 @@
+"""The warm silo host (fedrec.orchestration.warm_host): a real ``python -m fedrec.cli.silo_host --warm`` process that
+forks the launch's other hosts from itself, runs host 0 itself, and reports each forked host's exit code; one it
+cannot serve (another environment) is stopped and the launcher spawns the hosts itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedrec.orchestration.warm_host import ForkedHost, WarmHost, host_env
+
+pytestmark = pytest.mark.slow  # a process that imports torch and Prefect: not in `make test-fast`
+
+
+def test_the_warm_host_forks_the_other_hosts_runs_host_0_and_reports_each_exit_code(tmp_path):
+    # Prepare: two hosts whose run id is refused by the host's own argument check (exit 2, message in its log)
+    warm = WarmHost()
+    hosts = [(["--silos", silos, "--run-id", "../escape"], tmp_path / f"host-{i}.log")
+             for i, silos in enumerate(["0,1", "2"])]
+
+    # Execute
+    procs = warm.launch(hosts, host_env())
+    codes = [p.wait(timeout=60) for p in procs]
+
+    # Assert: host 0 is the warm host's own process; host 1 a process it forked, whose code it reported; each host
+    # wrote its own log
+    assert procs[0] is warm.proc
+    assert isinstance(procs[1], ForkedHost) and procs[1].pid != warm.proc.pid
+    assert codes == [2, 2]
+    for _, log in hosts:
+        assert "run id" in log.read_text().lower(), log.read_text()
+
+
+def test_a_launch_with_another_environment_is_left_to_the_launcher_and_the_warm_host_stops(tmp_path):
+    warm = WarmHost()
+    env = host_env() | {"FEDREC_SOMETHING_NEW": "1"}  # read at import time, perhaps: the warm host's imports are stale
+
+    procs = warm.launch([(["--silos", "0", "--run-id", "r"], tmp_path / "host-0.log")], env)
+
+    assert procs is None
+    assert warm.proc.returncode == 0  # it read the end of its input and exited, having forked nothing
+    assert not (tmp_path / "host-0.log").exists() or (tmp_path / "host-0.log").read_text() == ""
+
+
+def test_an_unused_warm_host_exits_when_stopped():
+    warm = WarmHost()
+
+    warm.stop()
+
+    assert warm.proc.returncode == 0
