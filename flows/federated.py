@@ -242,10 +242,9 @@ def _train_and_track(cfg: Config, run_id: str, roster: list[str], launcher, para
         if coord.data_versions:  # which data each silo trained on (a resumed run logged them at its start)
             run.set_tags({f"data_version.{s}": v for s, v in coord.data_versions.items()})
         report_dir = Path(cfg.operations.reports_dir) / run_id
-        for figure_name, figure in plots.figures(history, k, best.round).items():
-            plots.save(figure, report_dir / figure_name)
-            run.log_figure(figure, figure_name)
-        run.log_figure(rounds_figure(history, k), "hr_ndcg_per_round.png")
+        figures = plots.figures(history, k, best.round) | {"hr_ndcg_per_round.png": rounds_figure(history, k)}
+        for figure_name, figure in figures.items():  # rendered once: the reports' PNG is the MLflow artifact
+            run.log_saved_figure(figure, plots.save(figure, report_dir / figure_name))
         # the run's description (the top of MLflow's default Overview): the training curves, then what was selected
         run.set_tags({"mlflow.note.content": (
             f"![training curves](get-artifact?path=training_curves.png&run_uuid={run.run_id})\n\n"
