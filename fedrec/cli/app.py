@@ -32,7 +32,7 @@ from fedrec.core import audit, env
 from fedrec.core.config import Config
 from fedrec.core.objectives import objective
 from fedrec.orchestration.local_server import spawn_early
-from fedrec.orchestration.warm_host import spawn_warm
+from fedrec.orchestration.warm_host import warm_start
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated recommendation with encrypted aggregation.",
                   epilog="Every command that reads params.yaml takes -S key=value overrides; `fedrec config` shows the "
@@ -180,12 +180,12 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         overrides = merged_overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_params(params, overrides)  # fail fast on a bad config, before Prefect starts
         spawn_early()  # the run's Prefect server starts on the other core while this process imports the flows
-        if cfg.federation.launcher == "local" and cfg.federation.warm_host:
-            spawn_warm()  # and the first silo host imports the training stack (the others are forked from it)
-        check_data(cfg)  # and on a data directory that holds no MovieLens
-        from fedrec.flows.federated import run_demo
+        # and the first silo host imports the training stack (the others are forked from it)
+        with warm_start(cfg.federation.launcher == "local" and cfg.federation.warm_host):
+            check_data(cfg)  # and on a data directory that holds no MovieLens
+            from fedrec.flows.federated import run_demo
 
-        summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)
+            summary = run_demo(params_path=str(params), overrides=overrides, show_progress=True, run_id=run_id)
     _print_summary(summary, cfg, output, as_json)
 
 
@@ -207,16 +207,15 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
         overrides = merged_overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_params(params, overrides)
         spawn_early()
-        if cfg.federation.launcher == "local" and cfg.federation.warm_host:
-            spawn_warm()
-        from fedrec.coordinator.preflight import coordinator_ready
+        with warm_start(cfg.federation.launcher == "local" and cfg.federation.warm_host):
+            from fedrec.coordinator.preflight import coordinator_ready
 
-        for line in coordinator_ready(cfg, roster):  # fail fast, named, before any flow run starts
-            err.print(f"ok  {line}", soft_wrap=True, markup=False, highlight=False)
-        from fedrec.flows.federated import run_federation
+            for line in coordinator_ready(cfg, roster):  # fail fast, named, before any flow run starts
+                err.print(f"ok  {line}", soft_wrap=True, markup=False, highlight=False)
+            from fedrec.flows.federated import run_federation
 
-        summary = run_federation(params_path=str(params), overrides=overrides, silos=roster,
-                                 show_progress=not as_json, run_id=run_id)
+            summary = run_federation(params_path=str(params), overrides=overrides, silos=roster,
+                                     show_progress=not as_json, run_id=run_id)
     _print_summary(summary, cfg, output, as_json)
     from fedrec.core.audit import hold_for_inspection
 

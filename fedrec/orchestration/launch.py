@@ -91,15 +91,44 @@ def settle_links(flow_run_ids: dict[str, str]) -> None:
                 client.set_task_run_state(run.parent_task_run_id, state, force=True)
 
 
-def balanced_groups(silos: list[str], n_groups: int, sizes: dict[str, int] | None = None) -> list[list[str]]:
-    """Longest-processing-time-first: biggest silos first, each to the least loaded host (round robin without sizes)."""
+#: a silo's fixed cost in a round, in training rows: ≈8 ms of set-up and ≈20 ms to mask, encrypt and send its
+#: update, against ≈27 µs a row of training (ML-100K region silos, NeuMF, 2026-12-08 host logs)
+PER_SILO_ROWS = 1000
+
+
+def balanced_groups(silos: list[str], n_groups: int, sizes: dict[str, int] | None = None,
+                    per_silo: int = 0) -> list[list[str]]:
+    """Silos over ``n_groups`` hosts by load (a silo's size plus ``per_silo``, its fixed cost in rows; 1 each
+    without sizes): longest-processing-time first, then moves and swaps between the most and the least loaded host
+    while they lower the larger of the two (LPT alone left ML-100K's region silos at 51.5k/48.5k rows)."""
     n_groups = max(1, min(n_groups, len(silos)))
+    cost = {s: (sizes or {}).get(s, 1) + per_silo if sizes else 1 for s in silos}
     groups: list[list[str]] = [[] for _ in range(n_groups)]
     load = [0] * n_groups
-    for silo in sorted(silos, key=lambda s: (-(sizes or {}).get(s, 1), s)):
+    for silo in sorted(silos, key=lambda s: (-cost[s], s)):
         i = min(range(n_groups), key=lambda g: (load[g], len(groups[g]), g))
         groups[i].append(silo)
-        load[i] += (sizes or {}).get(silo, 1)
+        load[i] += cost[silo]
+    for _ in range(4 * len(silos)):
+        hi, lo = max(range(n_groups), key=lambda g: load[g]), min(range(n_groups), key=lambda g: load[g])
+        best = (load[hi], None, None)  # the larger load of the two after the change; what moves each way
+        for a in groups[hi]:
+            for b in [None, *groups[lo]]:
+                shift = cost[a] - (cost[b] if b is not None else 0)
+                if 0 < shift and max(load[hi] - shift, load[lo] + shift) < best[0]:
+                    best = (max(load[hi] - shift, load[lo] + shift), a, b)
+        _, a, b = best
+        if a is None:
+            break
+        groups[hi].remove(a)
+        groups[lo].append(a)
+        shift = cost[a]
+        if b is not None:
+            groups[lo].remove(b)
+            groups[hi].append(b)
+            shift -= cost[b]
+        load[hi] -= shift
+        load[lo] += shift
     return [sorted(g) for g in groups if g]
 
 
@@ -123,7 +152,7 @@ class LocalSiloHosts:
                  overrides: dict | None, api_url: str | None, validation_in_train: bool = False,
                  sizes: dict[str, int] | None = None, federation: str | None = None, silo_flow=None):
         run_id, silos = check_run_id(run_id), [check_silo_id(s) for s in silos]
-        self.groups = balanced_groups(silos, host_count(cfg), sizes)
+        self.groups = balanced_groups(silos, host_count(cfg), sizes, per_silo=PER_SILO_ROWS if sizes else 0)
         self.run_id = run_id
         self.federation = federation  # the coordinator's flow run name: the silo runs are linked to it
         self.silo_flow = silo_flow  # the silo_agent flow (fedrec.flows.silo_agent), whose runs are created here

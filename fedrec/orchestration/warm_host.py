@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Iterator
 
 #: environment variables the launch may set after the warm host started: read at run time, not at import time
 MAY_DIFFER = frozenset({"PREFECT_API_URL", "FEDREC_OWN_PREFECT_SERVER_PID"})
@@ -130,14 +131,13 @@ class WarmHost:
         return [self.proc] + [ForkedHost(int(pid), self) for pid in answer["pids"]]
 
     def stop(self) -> None:
-        """Stop a warm host that serves no launch (it exits at the end of its input)."""
+        """Stop a warm host that serves no launch: it holds nothing but imported modules (it may still be importing
+        them, and reads its input only then), so it is killed."""
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
 
 
 def spawn_warm() -> None:
@@ -147,9 +147,18 @@ def spawn_warm() -> None:
         return
     with contextlib.suppress(Exception):
         _WARM = WarmHost()
-        import atexit
 
-        atexit.register(_stop_unused)
+
+@contextlib.contextmanager
+def warm_start(enabled: bool) -> Iterator[None]:
+    """A warm host for what runs inside (when ``enabled``); one that no launch took is stopped on the way out,
+    error or not."""
+    if enabled:
+        spawn_warm()
+    try:
+        yield
+    finally:
+        _stop_unused()
 
 
 def take_warm() -> WarmHost | None:

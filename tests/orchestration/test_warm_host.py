@@ -37,13 +37,16 @@ def test_a_launch_with_another_environment_is_left_to_the_launcher_and_the_warm_
     procs = warm.launch([(["--silos", "0", "--run-id", "r"], tmp_path / "host-0.log")], env)
 
     assert procs is None
-    assert warm.proc.returncode == 0  # it read the end of its input and exited, having forked nothing
+    assert warm.proc.returncode is not None  # stopped, having forked nothing
     assert not (tmp_path / "host-0.log").exists() or (tmp_path / "host-0.log").read_text() == ""
 
 
-def test_an_unused_warm_host_exits_when_stopped():
-    warm = WarmHost()
+def test_a_warm_host_no_launch_took_is_stopped_on_the_way_out_even_after_an_error():
+    from fedrec.orchestration import warm_host
 
-    warm.stop()
+    with pytest.raises(RuntimeError), warm_host.warm_start(True):
+        warm = warm_host._WARM
+        raise RuntimeError("the run failed before its hosts were launched")
 
-    assert warm.proc.returncode == 0
+    assert warm is not None and warm.proc.returncode is not None
+    assert warm_host._WARM is None
