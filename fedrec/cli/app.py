@@ -181,7 +181,7 @@ def run(rounds: Optional[int] = RoundsOpt, local_epochs: Optional[int] = EpochsO
         cfg = load_params(params, overrides)  # fail fast on a bad config, before Prefect starts
         spawn_early()  # the run's Prefect server starts on the other core while this process imports the flows
         # and the first silo host imports the training stack (the others are forked from it)
-        with warm_start(cfg.federation.launcher == "local" and cfg.federation.warm_host):
+        with warm_start(cfg):
             check_data(cfg)  # and on a data directory that holds no MovieLens
             from fedrec.flows.federated import run_demo
 
@@ -207,7 +207,7 @@ def coordinate(silos: str = typer.Option(..., "--silos", help="comma-separated r
         overrides = merged_overrides(set_, _run_options(rounds, local_epochs, model, no_he))
         cfg = load_params(params, overrides)
         spawn_early()
-        with warm_start(cfg.federation.launcher == "local" and cfg.federation.warm_host):
+        with warm_start(cfg):
             from fedrec.coordinator.preflight import coordinator_ready
 
             for line in coordinator_ready(cfg, roster):  # fail fast, named, before any flow run starts

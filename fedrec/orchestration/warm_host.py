@@ -28,7 +28,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from fedrec.core.config import Config
 
 #: environment variables the launch may set after the warm host started: read at run time, not at import time
 MAY_DIFFER = frozenset({"PREFECT_API_URL", "FEDREC_OWN_PREFECT_SERVER_PID"})
@@ -150,10 +153,10 @@ def spawn_warm() -> None:
 
 
 @contextlib.contextmanager
-def warm_start(enabled: bool) -> Iterator[None]:
-    """A warm host for what runs inside (when ``enabled``); one that no launch took is stopped on the way out,
-    error or not."""
-    if enabled:
+def warm_start(cfg: "Config") -> Iterator[None]:
+    """A warm host for what runs inside (``federation.warm_host`` with the local launcher); one that no launch took
+    is stopped on the way out, error or not."""
+    if cfg.federation.launcher == "local" and cfg.federation.warm_host:
         spawn_warm()
     try:
         yield

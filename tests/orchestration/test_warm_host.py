@@ -4,8 +4,13 @@ cannot serve (another environment) is stopped and the launcher spawns the hosts 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
+from fedrec.core.config import from_dict
 from fedrec.orchestration.warm_host import ForkedHost, WarmHost, host_env
 
 pytestmark = pytest.mark.slow  # a process that imports torch and Prefect: not in `make test-fast`
@@ -44,9 +49,27 @@ def test_a_launch_with_another_environment_is_left_to_the_launcher_and_the_warm_
 def test_a_warm_host_no_launch_took_is_stopped_on_the_way_out_even_after_an_error():
     from fedrec.orchestration import warm_host
 
-    with pytest.raises(RuntimeError), warm_host.warm_start(True):
+    cfg = from_dict({"federation": {"launcher": "local", "warm_host": True}})
+    with pytest.raises(RuntimeError), warm_host.warm_start(cfg):
         warm = warm_host._WARM
         raise RuntimeError("the run failed before its hosts were launched")
 
     assert warm is not None and warm.proc.returncode is not None
     assert warm_host._WARM is None
+
+
+def test_a_warm_host_with_another_thread_alive_refuses_to_fork(tmp_path):
+    # Prepare: a warm host whose imports left a thread running (a fork would copy its locks, not the thread)
+    code = ("import threading, time; from fedrec.orchestration.warm_host import serve; "
+            "serve(lambda argv: 0, lambda: threading.Thread(target=time.sleep, args=(30,), daemon=True).start())")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    request = {"hosts": [{"argv": [], "log": str(tmp_path / f"host-{i}.log")} for i in range(2)], "env": host_env()}
+
+    # Execute
+    ready = json.loads(proc.stdout.readline())
+    out, _ = proc.communicate(json.dumps(request) + "\n", timeout=60)
+
+    # Assert: it said ready, then refused by name and forked nothing (no host ran, no log written)
+    assert ready == {"ready": True}
+    assert "refused" in json.loads(out.splitlines()[0]) and "pids" not in out
+    assert not any((tmp_path / f"host-{i}.log").exists() for i in range(2))
